@@ -1,0 +1,55 @@
+"""The interface each format module implements below ``DiskImage``.
+
+A format opens one file, validates it, and reduces its allocation table to a
+:class:`~pyvhdx.bat.BlockTable` (the block-map protocol of DESIGN.md "Layers").
+``DiskImage`` does all I/O from that table.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from .bat import BlockTable
+from .constants import DiskType, ImageFormat
+from .info import Problem
+from .source import FileSource
+
+__all__ = ["FormatHandler"]
+
+
+class FormatHandler:
+    """Base of ``VHDXFile``, ``VHDFile`` and ``RawFile``.
+
+    Subclasses set every attribute in their constructor.
+    """
+
+    format: ImageFormat
+    disk_type: DiskType
+    virtual_size: int
+    block_size: int | None
+    logical_sector_size: int = 512
+    physical_sector_size: int = 512
+    source: FileSource
+    table: BlockTable
+    creator: str | None = None
+    identifier: uuid.UUID | None = None
+    log_replayed: bool = False
+    header_copy: int | None = None
+    region_table_copy: int | None = None
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+        self.failed_copies: list[str] = []
+
+    def parent_info(self) -> dict[str, Any] | None:
+        """Parent identity and locators of a differencing disk, else None."""
+        return None
+
+    def format_specific(self) -> dict[str, Any]:
+        """Format-specific fields for ``info`` (``format-specific`` in JSON)."""
+        return {}
+
+    def close(self) -> None:
+        """Release the file."""
+        self.source.close()

@@ -1,0 +1,418 @@
+"""``DiskImage``: the format-independent block-I/O layer (DESIGN.md "Layers").
+
+All reads go through :meth:`DiskImage.readinto_at`. A read inside one block
+takes a short scalar path (one table lookup, one positional read). A larger read
+maps the whole range to coalesced runs in one vectorized step
+(:meth:`pyvhdx.bat.BlockTable.map`) and issues one positional read per run
+straight into the caller's buffer; zero runs are filled in place.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
+
+import numpy as np
+
+from .bat import CODE_UNMAPPED, CODE_ZERO, LOAD_CHUNK_SHIFT, BlockTable
+from .base import FormatHandler
+from .constants import DiskType, ImageFormat, RunKind
+from .errors import (
+    InvalidArgumentError,
+    PyvhdxError,
+    ReadOnlyError,
+    TruncatedImageError,
+    UnsupportedFeatureError,
+)
+from .info import AllocationSummary, ImageInfo
+from .source import FileSource
+
+if TYPE_CHECKING:
+    from .stream import DiskStream
+
+__all__ = ["DiskImage", "Extent", "detect_format", "open_image"]
+
+
+class Extent(NamedTuple):
+    """A run of the virtual disk: ``[start, start + length)`` reads as ``kind``.
+
+    ``file_offset`` is where DATA runs are stored in the image file, else None.
+    """
+
+    start: int
+    length: int
+    kind: RunKind
+    file_offset: int | None
+
+    @property
+    def data(self) -> bool:
+        return self.kind in (RunKind.DATA, RunKind.PARENT)
+
+    @property
+    def zero(self) -> bool:
+        return self.kind in (RunKind.ZERO, RunKind.UNMAPPED)
+
+
+def _zero_fill(mv: memoryview) -> None:
+    np.frombuffer(mv, dtype=np.uint8)[:] = 0
+
+
+class DiskImage:
+    """An open virtual disk image of any format.
+
+    Obtain one with :func:`pyvhdx.open`. It is a context manager; closing it
+    closes the file if pyvhdx opened it.
+    """
+
+    def __init__(self, handler: FormatHandler, *, mode: str = "r") -> None:
+        self._h = handler
+        self._table: BlockTable = handler.table
+        self._source = handler.source
+        self.mode = mode
+        self.read_error: PyvhdxError | None = getattr(handler, "read_error", None)
+        self.parent: DiskImage | None = None
+        self._closed = False
+
+    # -- properties ------------------------------------------------------------
+
+    @property
+    def handler(self) -> FormatHandler:
+        """The format object (``VHDXFile``, ``VHDFile`` or ``RawFile``)."""
+        return self._h
+
+    @property
+    def format(self) -> ImageFormat:
+        return self._h.format
+
+    @property
+    def disk_type(self) -> DiskType:
+        return self._h.disk_type
+
+    @property
+    def virtual_size(self) -> int:
+        return self._h.virtual_size
+
+    @property
+    def size(self) -> int:
+        """Alias of :attr:`virtual_size` (for dfvfs/pytsk3-style callers)."""
+        return self._h.virtual_size
+
+    @property
+    def block_size(self) -> int | None:
+        return self._h.block_size
+
+    @property
+    def logical_sector_size(self) -> int:
+        return self._h.logical_sector_size
+
+    @property
+    def physical_sector_size(self) -> int:
+        return self._h.physical_sector_size
+
+    @property
+    def name(self) -> str:
+        return self._source.name
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def get_size(self) -> int:
+        """The virtual size (pytsk3 ``Img_Info`` convention)."""
+        return self._h.virtual_size
+
+    # -- reads -----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("I/O operation on closed image")
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """Read ``length`` bytes at virtual ``offset``; short only at the disk's end."""
+        if length < 0:
+            raise InvalidArgumentError(f"negative read length {length}")
+        if offset < 0:
+            raise InvalidArgumentError(f"negative offset {offset}")
+        length = max(0, min(length, self._h.virtual_size - offset))
+        buf = bytearray(length)
+        n = self.readinto_at(offset, buf)
+        if n != length:  # pragma: no cover - readinto_at fills fully or raises
+            del buf[n:]
+        return bytes(buf)
+
+    def readinto_at(self, offset: int, buffer: Any) -> int:
+        """Read into ``buffer`` (any writable buffer) from virtual ``offset``.
+
+        Returns the number of bytes read: ``len(buffer)``, or less at the end of
+        the disk, 0 at or past it.
+
+        Raises:
+            InvalidArgumentError: a negative offset or a read-only buffer.
+            UnsupportedFeatureError: the image cannot be read (yet).
+            TruncatedImageError: the file ends inside a block the image uses.
+        """
+        if self._closed:
+            self._check_open()
+        mv = buffer if type(buffer) is memoryview else memoryview(buffer)
+        if mv.ndim != 1 or mv.itemsize != 1:
+            mv = mv.cast("B")
+        if mv.readonly:
+            raise InvalidArgumentError("buffer is read-only")
+        if offset < 0:
+            raise InvalidArgumentError(f"negative offset {offset}")
+        size = self._h.virtual_size
+        n = len(mv)
+        if offset + n > size:
+            if offset >= size:
+                return 0
+            n = size - offset
+            mv = mv[:n]
+        if n == 0:
+            return 0
+        if self.read_error is not None:
+            raise self.read_error
+        table = self._table
+        block = offset >> table.block_shift
+        if (offset + n - 1) >> table.block_shift == block:
+            # Scalar path: the read stays inside one block.
+            code = table.code(block)
+            if code >= 0:
+                pos = code + (offset & table.block_mask)
+                got = self._source.readinto(mv, pos)
+                if got != n:
+                    raise TruncatedImageError(
+                        f"file ends inside block {block} ({got} of {n} bytes at {pos:#x})",
+                        structure="data block",
+                        offset=pos,
+                    )
+                return n
+            if code == CODE_ZERO or code == CODE_UNMAPPED:
+                _zero_fill(mv)
+                return n
+        self._read_runs(offset, mv)
+        return n
+
+    def _read_runs(self, offset: int, mv: memoryview) -> None:
+        """General path: map the range to runs and serve each one."""
+        runs = self._table.map(offset, len(mv))
+        source = self._source
+        for start, length, kind, foff in zip(
+            runs.start.tolist(), runs.length.tolist(), runs.kind.tolist(),
+            runs.file_offset.tolist(),
+        ):
+            sub = mv[start - offset : start - offset + length]
+            if kind == RunKind.DATA:
+                got = source.readinto(sub, foff)
+                if got != length:
+                    raise TruncatedImageError(
+                        f"file ends inside data at {foff:#x} ({got} of {length} bytes)",
+                        structure="data block",
+                        offset=foff,
+                    )
+            elif kind == RunKind.PARENT:
+                if self.parent is None:
+                    raise UnsupportedFeatureError(
+                        "this range is stored in the parent disk, which is not open",
+                        offset=start,
+                    )
+                self.parent.readinto_at(start, sub)
+            else:
+                _zero_fill(sub)
+
+    # -- allocation map --------------------------------------------------------
+
+    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
+        """Yield the allocation map of ``[offset, offset + length)`` as merged runs.
+
+        Works window by window, so memory stays bounded for any disk size.
+        """
+        self._check_open()
+        size = self._h.virtual_size
+        if offset < 0:
+            raise InvalidArgumentError(f"negative offset {offset}")
+        end = size if length is None else min(size, offset + length)
+        window = self._table.block_size << LOAD_CHUNK_SHIFT
+        pending: list[Any] | None = None
+        pos = offset
+        while pos < end:
+            stop = min(end, (pos // window + 1) * window)
+            runs = self._table.map(pos, stop - pos)
+            for s, ln, k, f in zip(
+                runs.start.tolist(), runs.length.tolist(), runs.kind.tolist(),
+                runs.file_offset.tolist(),
+            ):
+                if pending is not None and pending[2] == k and (
+                    k != RunKind.DATA or pending[3] + pending[1] == f
+                ):
+                    pending[1] += ln
+                    continue
+                if pending is not None:
+                    yield _extent(pending)
+                pending = [s, ln, k, f]
+            pos = stop
+        if pending is not None:
+            yield _extent(pending)
+
+    def allocation_summary(self) -> AllocationSummary:
+        """Count blocks by what they map to (decodes the whole table)."""
+        self._check_open()
+        t = self._table
+        codes = t.codes(0, t.block_count)
+        return AllocationSummary(
+            block_count=t.block_count,
+            data_blocks=int(np.count_nonzero(codes >= 0)),
+            zero_blocks=int(np.count_nonzero(codes == CODE_ZERO)),
+            unmapped_blocks=int(np.count_nonzero(codes == CODE_UNMAPPED)),
+            parent_blocks=int(np.count_nonzero(codes == -3)),
+            partial_blocks=int(np.count_nonzero(codes == -4)),
+        )
+
+    # -- writes (not yet) ------------------------------------------------------
+
+    def write_at(self, offset: int, data: Any) -> int:
+        """Write ``data`` at virtual ``offset`` (images opened with mode="r+")."""
+        if self.mode == "r":
+            raise ReadOnlyError("image is open read-only", offset=offset)
+        raise UnsupportedFeatureError("writing images is not supported yet")
+
+    def flush(self) -> None:
+        """Flush pending writes (nothing to do for a read-only image)."""
+
+    # -- views -----------------------------------------------------------------
+
+    def stream(self) -> DiskStream:
+        """A file-like view (``io.RawIOBase``) of the virtual disk."""
+        from .stream import DiskStream
+
+        self._check_open()
+        return DiskStream(self)
+
+    def info(self) -> ImageInfo:
+        """Summarize the image (what ``pyvhdx info`` prints)."""
+        self._check_open()
+        h = self._h
+        allocation: AllocationSummary | None
+        try:
+            allocation = self.allocation_summary()
+        except PyvhdxError:
+            allocation = None
+        return ImageInfo(
+            filename=self.name,
+            format=h.format.value,
+            disk_type=h.disk_type.value,
+            virtual_size=h.virtual_size,
+            file_size=self._source.physical_size,
+            block_size=h.block_size,
+            logical_sector_size=h.logical_sector_size,
+            physical_sector_size=h.physical_sector_size,
+            creator=h.creator,
+            identifier=h.identifier,
+            log_replayed=h.log_replayed,
+            dirty=h.log_replayed,
+            header_copy=h.header_copy,
+            region_table_copy=h.region_table_copy,
+            failed_copies=list(h.failed_copies),
+            allocation=allocation,
+            parent=h.parent_info(),
+            problems=list(h.problems),
+            format_specific=h.format_specific(),
+        )
+
+    # -- lifetime --------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the image (and its parent chain, if pyvhdx opened it)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.parent is not None:
+            self.parent.close()
+        self._h.close()
+
+    def __enter__(self) -> DiskImage:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<DiskImage {self.name!r} {self.format.value} {self.disk_type.value} "
+            f"{self.virtual_size} bytes>"
+        )
+
+
+def _extent(p: list[Any]) -> Extent:
+    kind = RunKind(p[2])
+    return Extent(p[0], p[1], kind, p[3] if kind == RunKind.DATA else None)
+
+
+# -- opening -----------------------------------------------------------------------
+
+
+def detect_format(source: FileSource) -> ImageFormat:
+    """Tell the format of an image by its content, never by its name.
+
+    VHDX: the file identifier ``vhdxfile`` at 0, or a ``head`` signature at one
+    of the header offsets (MS-VHDX 2.2). VHD: a ``conectix`` footer at the end
+    (512 or 511 bytes) or, for dynamic disks, at offset 0. Otherwise raw.
+    """
+    from .constants import (
+        VHD_FOOTER_COOKIE,
+        VHDX_HEADER_OFFSETS,
+        VHDX_HEADER_SIGNATURE,
+        VHDX_SIGNATURE,
+    )
+
+    size = source.size
+    if source.read(0, 8) == VHDX_SIGNATURE:
+        return ImageFormat.VHDX
+    if any(source.read(off, 4) == VHDX_HEADER_SIGNATURE for off in VHDX_HEADER_OFFSETS):
+        return ImageFormat.VHDX
+    for tail in (512, 511):
+        if size >= tail and source.read(size - tail, 8) == VHD_FOOTER_COOKIE:
+            return ImageFormat.VHD
+    if source.read(0, 8) == VHD_FOOTER_COOKIE:
+        return ImageFormat.VHD
+    return ImageFormat.RAW
+
+
+def open_image(
+    file: str | os.PathLike[str] | BinaryIO,
+    mode: str = "r",
+    *,
+    format: str | ImageFormat | None = None,
+    strict: bool = False,
+) -> DiskImage:
+    """Open a VHDX, VHD or raw image; see :func:`pyvhdx.open`."""
+    if mode not in ("r", "r+"):
+        raise InvalidArgumentError(f"mode must be 'r' or 'r+', not {mode!r}")
+    if mode == "r+":
+        raise UnsupportedFeatureError("opening images for writing is not supported yet")
+    source = FileSource(file, writable=mode == "r+")
+    try:
+        fmt = ImageFormat(format) if format is not None else detect_format(source)
+        handler: FormatHandler
+        if fmt is ImageFormat.VHDX:
+            from .vhdx import VHDXFile
+
+            handler = VHDXFile(source, strict=strict)
+        elif fmt is ImageFormat.VHD:
+            from .vhd import VHDFile
+
+            handler = VHDFile(source, strict=strict)
+        else:
+            from .raw import RawFile
+
+            handler = RawFile(source)
+        return DiskImage(handler, mode=mode)
+    except BaseException:
+        source.close()
+        raise

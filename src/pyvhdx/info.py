@@ -1,0 +1,131 @@
+"""``ImageInfo``: what ``pyvhdx info`` shows, shared by the API and the CLI.
+
+Keys of :meth:`ImageInfo.to_dict` follow ``qemu-img info --output=json`` where a
+counterpart exists (``virtual-size``, ``actual-size``, ``format``,
+``cluster-size``, ``dirty-flag``, ``format-specific``; DESIGN.md "Command line").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any
+
+__all__ = ["AllocationSummary", "ImageInfo", "Problem"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A non-fatal defect found while opening: a bad copy, a checksum, a repair."""
+
+    structure: str
+    message: str
+    offset: int | None = None
+    field: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"structure": self.structure, "message": self.message}
+        if self.field is not None:
+            d["field"] = self.field
+        if self.offset is not None:
+            d["offset"] = self.offset
+        return d
+
+    def __str__(self) -> str:
+        where = f" at {self.offset:#x}" if self.offset is not None else ""
+        return f"{self.structure}{where}: {self.message}"
+
+
+@dataclasses.dataclass(frozen=True)
+class AllocationSummary:
+    """How the blocks of the disk are mapped."""
+
+    block_count: int
+    data_blocks: int
+    zero_blocks: int
+    unmapped_blocks: int
+    parent_blocks: int
+    partial_blocks: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "block-count": self.block_count,
+            "data-blocks": self.data_blocks,
+            "zero-blocks": self.zero_blocks,
+            "unmapped-blocks": self.unmapped_blocks,
+            "parent-blocks": self.parent_blocks,
+            "partial-blocks": self.partial_blocks,
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        to_dict = getattr(value, "to_dict", None)
+        if to_dict is not None:
+            return to_dict()
+    return value
+
+
+@dataclasses.dataclass
+class ImageInfo:
+    """Summary of an opened image, format independent plus ``format_specific``."""
+
+    filename: str
+    format: str
+    disk_type: str
+    virtual_size: int
+    file_size: int
+    block_size: int | None
+    logical_sector_size: int
+    physical_sector_size: int
+    creator: str | None = None
+    identifier: uuid.UUID | None = None  # VHDX Page 83 id, VHD unique id
+    log_replayed: bool = False
+    dirty: bool = False
+    header_copy: int | None = None  # 1 or 2 (VHDX), which copy was used
+    region_table_copy: int | None = None
+    failed_copies: list[str] = dataclasses.field(default_factory=list)
+    allocation: AllocationSummary | None = None
+    parent: dict[str, Any] | None = None
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+    format_specific: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def page83_id(self) -> uuid.UUID | None:
+        """The VHDX Page 83 "virtual disk id" (MS-VHDX 2.6.2.3), if VHDX."""
+        return self.identifier if self.format == "vhdx" else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Kebab-case dict, as ``pyvhdx info --json`` prints it."""
+        d: dict[str, Any] = {
+            "filename": self.filename,
+            "format": self.format,
+            "disk-type": self.disk_type,
+            "virtual-size": self.virtual_size,
+            "actual-size": self.file_size,
+            "cluster-size": self.block_size,
+            "logical-sector-size": self.logical_sector_size,
+            "physical-sector-size": self.physical_sector_size,
+            "creator": self.creator,
+            "identifier": _jsonable(self.identifier),
+            "dirty-flag": self.dirty,
+            "log-replayed": self.log_replayed,
+            "header-copy": self.header_copy,
+            "region-table-copy": self.region_table_copy,
+            "failed-copies": list(self.failed_copies),
+            "problems": [p.to_dict() for p in self.problems],
+        }
+        if self.allocation is not None:
+            d["allocation"] = self.allocation.to_dict()
+        if self.parent is not None:
+            d["backing-image"] = _jsonable(self.parent)
+        d["format-specific"] = {"type": self.format, "data": _jsonable(self.format_specific)}
+        return {k: v for k, v in d.items() if v is not None}
