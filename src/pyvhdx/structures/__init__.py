@@ -1,0 +1,1 @@
+"""Construct declarations of the on-disk structures (parse and build are symmetric)."""
