@@ -1,1 +1,1 @@
-"""Construct declarations of the on-disk structures (parse and build are symmetric)."""
+"""Construct declarations of the on-disk structures (one module per format)."""

@@ -1,0 +1,770 @@
+"""VHDX images: open, validate, choose copies, replay the log, map the BAT.
+
+Implements the read side of MS-VHDX: the file type identifier (2.2.1), the two
+headers (2.2.2) and region tables (2.2.3) with the choice of the current copy,
+the log (2.3, replayed in memory for read-only opens), the BAT (2.5) and the
+metadata region (2.6). Every offset and length read from the file is checked
+against the file size and the specification's alignment and limits before use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .bat import (
+    CODE_PARTIAL,
+    BlockTable,
+    chunk_ratio,
+    decode_vhdx_payload_entries,
+    vhdx_bat_entry_count,
+    vhdx_payload_index,
+)
+from .base import FormatHandler
+from .checksum import crc32c_with_zeroed_field
+from .constants import (
+    KNOWN_METADATA,
+    KNOWN_REGIONS,
+    META_FILE_PARAMETERS,
+    META_LOGICAL_SECTOR_SIZE,
+    META_PAGE83_DATA,
+    META_PARENT_LOCATOR,
+    META_PHYSICAL_SECTOR_SIZE,
+    META_VIRTUAL_DISK_SIZE,
+    PARENT_LOCATOR_TYPE_VHDX,
+    REGION_BAT,
+    REGION_METADATA,
+    VHDX_ALIGNMENT,
+    VHDX_HEADER_AREA_SIZE,
+    VHDX_HEADER_OFFSETS,
+    VHDX_HEADER_SIZE,
+    VHDX_MAX_BLOCK_SIZE,
+    VHDX_MAX_METADATA_ENTRIES,
+    VHDX_MAX_METADATA_ITEM_SIZE,
+    VHDX_MAX_REGION_ENTRIES,
+    VHDX_MAX_VIRTUAL_SIZE,
+    VHDX_METADATA_TABLE_SIZE,
+    VHDX_MIN_BLOCK_SIZE,
+    VHDX_REGION_TABLE_OFFSETS,
+    VHDX_REGION_TABLE_SIZE,
+    VHDX_SECTOR_SIZES,
+    VHDX_SIGNATURE,
+    DiskType,
+    ImageFormat,
+)
+from .errors import (
+    ChecksumError,
+    InvalidImageError,
+    PyvhdxError,
+    UnsupportedFeatureError,
+)
+from .info import Problem
+from .source import FileSource
+from .structures import parse
+from .structures.vhdx import (
+    FILE_IDENTIFIER,
+    FILE_PARAMETERS,
+    HEADER,
+    METADATA_ENTRY,
+    METADATA_TABLE_HEADER,
+    PARENT_LOCATOR_ENTRY,
+    PARENT_LOCATOR_HEADER,
+    REGION_TABLE_ENTRY,
+    REGION_TABLE_HEADER,
+)
+
+if TYPE_CHECKING:
+    from .log import LogState
+
+__all__ = ["HeaderCopy", "MetadataItem", "RegionEntry", "RegionTableCopy", "VHDXFile"]
+
+NIL_GUID = uuid.UUID(int=0)
+
+# MS-VHDX 2.6.1.2 metadata entry flags
+META_IS_USER = 1
+META_IS_VIRTUAL_DISK = 2
+META_IS_REQUIRED = 4
+
+
+@dataclasses.dataclass
+class HeaderCopy:
+    """One of the two headers, with the result of its validation (MS-VHDX 2.2.2)."""
+
+    index: int  # 1 or 2
+    offset: int
+    fields: dict[str, Any] | None  # parsed fields, None if unparsable
+    valid: bool
+    error: str | None
+    stored_checksum: int | None = None
+    computed_checksum: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "copy": self.index,
+            "offset": self.offset,
+            "valid": self.valid,
+        }
+        if self.error:
+            d["error"] = self.error
+        if self.stored_checksum is not None:
+            d["checksum"] = self.stored_checksum
+            d["computed-checksum"] = self.computed_checksum
+        if self.fields is not None:
+            d.update({k.replace("_", "-"): v for k, v in self.fields.items() if k != "reserved"})
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionEntry:
+    """A region table entry (MS-VHDX 2.2.3.2)."""
+
+    guid: uuid.UUID
+    file_offset: int
+    length: int
+    required: bool
+
+    @property
+    def name(self) -> str:
+        return KNOWN_REGIONS.get(self.guid, "unknown")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "guid": str(self.guid),
+            "name": self.name,
+            "file-offset": self.file_offset,
+            "length": self.length,
+            "required": self.required,
+        }
+
+
+@dataclasses.dataclass
+class RegionTableCopy:
+    """One of the two region tables, validated (MS-VHDX 2.2.3)."""
+
+    index: int
+    offset: int
+    valid: bool
+    error: str | None
+    entries: list[RegionEntry]
+    stored_checksum: int | None = None
+    computed_checksum: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"copy": self.index, "offset": self.offset, "valid": self.valid}
+        if self.error:
+            d["error"] = self.error
+        if self.stored_checksum is not None:
+            d["checksum"] = self.stored_checksum
+            d["computed-checksum"] = self.computed_checksum
+        d["entries"] = [e.to_dict() for e in self.entries]
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class MetadataItem:
+    """A metadata table entry and its raw bytes (MS-VHDX 2.6.1.2)."""
+
+    item_id: uuid.UUID
+    offset: int  # relative to the metadata region
+    length: int
+    is_user: bool
+    is_virtual_disk: bool
+    is_required: bool
+    data: bytes
+
+    @property
+    def name(self) -> str:
+        return KNOWN_METADATA.get(self.item_id, "user" if self.is_user else "unknown")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "item-id": str(self.item_id),
+            "name": self.name,
+            "offset": self.offset,
+            "length": self.length,
+            "is-user": self.is_user,
+            "is-virtual-disk": self.is_virtual_disk,
+            "is-required": self.is_required,
+        }
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+class VHDXFile(FormatHandler):
+    """A VHDX image opened for reading.
+
+    Args:
+        source: the image file.
+        strict: refuse an image with any defect, even one a good copy hides.
+
+    Raises:
+        InvalidImageError: a malformed structure (``ChecksumError`` when no valid
+            copy of a checksummed structure is left, ``TruncatedImageError`` when
+            the file ends too early).
+        UnsupportedFeatureError: an unknown required region or metadata item.
+        LogReplayError: a pending log that cannot be replayed.
+    """
+
+    def __init__(self, source: FileSource, *, strict: bool = False) -> None:
+        super().__init__()
+        self.source = source
+        self.strict = strict
+        self.format = ImageFormat.VHDX
+        self.read_error: PyvhdxError | None = None
+        self.file_size = source.physical_size
+        self._read_file_identifier()
+        self.headers = [self._read_header(i) for i in (1, 2)]
+        self.header = self._choose_header()
+        self.log_state: LogState | None = None
+        self._replay_log()
+        self.region_tables = [self._read_region_table(i) for i in (1, 2)]
+        self.regions = self._choose_region_table()
+        self._read_metadata()
+        self._setup_bat()
+        if self.strict and self.problems:
+            raise InvalidImageError(
+                f"strict open refused: {self.problems[0]}",
+                structure=self.problems[0].structure,
+                field=self.problems[0].field,
+                offset=self.problems[0].offset,
+            )
+
+    # -- problems --------------------------------------------------------------
+
+    def _problem(
+        self, structure: str, message: str, offset: int | None = None, field: str | None = None
+    ) -> None:
+        self.problems.append(Problem(structure, message, offset, field))
+
+    # -- 2.2.1 file type identifier ----------------------------------------------
+
+    def _read_file_identifier(self) -> None:
+        data = self.source.read_exact(0, FILE_IDENTIFIER.sizeof(), "VHDX file identifier")
+        if data[:8] != VHDX_SIGNATURE:
+            self.creator = None
+            self._problem(
+                "file identifier",
+                f"signature is {data[:8]!r}, not {VHDX_SIGNATURE!r}",
+                0,
+                "Signature",
+            )
+            return
+        self.creator = parse(FILE_IDENTIFIER, data, structure="file identifier", offset=0).creator
+
+    # -- 2.2.2 headers -------------------------------------------------------------
+
+    def _read_header(self, index: int) -> HeaderCopy:
+        offset = VHDX_HEADER_OFFSETS[index - 1]
+        name = f"header {index}"
+        if offset + VHDX_HEADER_SIZE > self.source.size:
+            return HeaderCopy(index, offset, None, False, "beyond the end of the file")
+        data = self.source.read(offset, VHDX_HEADER_SIZE)
+        if data[:4] != b"head":
+            return HeaderCopy(index, offset, None, False, f"signature is {data[:4]!r}, not b'head'")
+        stored = int.from_bytes(data[4:8], "little")
+        computed = crc32c_with_zeroed_field(data, 4)
+        fields = dict(parse(HEADER, data, structure=name, offset=offset))
+        fields.pop("_io", None)
+        copy = HeaderCopy(index, offset, fields, False, None, stored, computed)
+        if stored != computed:
+            copy.error = f"checksum {stored:#010x} does not match {computed:#010x}"
+        elif fields["version"] != 1:
+            copy.error = f"version {fields['version']} is not 1"
+        else:
+            copy.valid = True
+        return copy
+
+    def _choose_header(self) -> dict[str, Any]:
+        """The current header: the valid one with the larger SequenceNumber (2.2.2.1)."""
+        valid = [h for h in self.headers if h.valid]
+        for h in self.headers:
+            if not h.valid:
+                self.failed_copies.append(f"header {h.index}")
+                self._problem(f"header {h.index}", h.error or "invalid", h.offset)
+        if not valid:
+            first = self.headers[0]
+            raise ChecksumError(
+                f"no valid VHDX header: header 1: {first.error}; header 2: {self.headers[1].error}",
+                structure="header",
+                field="Checksum",
+                offset=first.offset,
+            )
+        # Equal sequence numbers (Disk2vhd writes two identical headers): take header 1.
+        best = max(valid, key=lambda h: (h.fields["sequence_number"], -h.index))  # type: ignore[index]
+        self.header_copy = best.index
+        header = best.fields
+        assert header is not None
+        self._validate_header_fields(header, best.offset)
+        return header
+
+    def _validate_header_fields(self, h: dict[str, Any], offset: int) -> None:
+        if h["log_version"] != 0:
+            raise UnsupportedFeatureError(
+                f"log version {h['log_version']} (only 0 is defined)",
+                structure=f"header {self.header_copy}",
+                field="LogVersion",
+                offset=offset + 64,
+            )
+        log_offset, log_length = h["log_offset"], h["log_length"]
+        where = {"structure": f"header {self.header_copy}", "offset": offset}
+        if log_length % VHDX_ALIGNMENT or log_offset % VHDX_ALIGNMENT:
+            raise InvalidImageError(
+                f"log at {log_offset:#x}+{log_length:#x} is not 1 MiB aligned",
+                field="LogOffset",
+                **where,  # type: ignore[arg-type]
+            )
+        if log_length and (
+            log_offset < VHDX_HEADER_AREA_SIZE or log_offset + log_length > self.source.size
+        ):
+            raise InvalidImageError(
+                f"log at {log_offset:#x}+{log_length:#x} lies outside the "
+                f"{self.source.size:#x}-byte file",
+                field="LogOffset",
+                **where,  # type: ignore[arg-type]
+            )
+
+    # -- 2.3 log ---------------------------------------------------------------------
+
+    def _replay_log(self) -> None:
+        h = self.header
+        if h["log_guid"] == NIL_GUID:
+            return
+        if h["log_length"] == 0:
+            raise InvalidImageError(
+                "the header names a log (LogGuid is set) but the log has no length",
+                structure=f"header {self.header_copy}",
+                field="LogLength",
+                offset=VHDX_HEADER_OFFSETS[(self.header_copy or 1) - 1] + 68,
+            )
+        from .log import load_log, replay_in_memory
+
+        state = load_log(
+            self.source,
+            log_offset=h["log_offset"],
+            log_length=h["log_length"],
+            log_guid=h["log_guid"],
+        )
+        self.log_state = state
+        if not state.active:
+            self._problem(
+                "log",
+                "LogGuid is set but the log holds no valid sequence to replay",
+                h["log_offset"],
+            )
+            return
+        replay_in_memory(self.source, state)
+        self.log_replayed = True
+
+    # -- 2.2.3 region tables ------------------------------------------------------------
+
+    def _read_region_table(self, index: int) -> RegionTableCopy:
+        offset = VHDX_REGION_TABLE_OFFSETS[index - 1]
+        if offset + VHDX_REGION_TABLE_SIZE > self.source.size:
+            return RegionTableCopy(index, offset, False, "beyond the end of the file", [])
+        data = self.source.read(offset, VHDX_REGION_TABLE_SIZE)
+        if data[:4] != b"regi":
+            return RegionTableCopy(
+                index, offset, False, f"signature is {data[:4]!r}, not b'regi'", []
+            )
+        stored = int.from_bytes(data[4:8], "little")
+        computed = crc32c_with_zeroed_field(data, 4)
+        table = RegionTableCopy(index, offset, False, None, [], stored, computed)
+        if stored != computed:
+            table.error = f"checksum {stored:#010x} does not match {computed:#010x}"
+            return table
+        head = parse(REGION_TABLE_HEADER, data[:16], structure=f"region table {index}", offset=offset)
+        if head.entry_count > VHDX_MAX_REGION_ENTRIES:
+            table.error = f"EntryCount {head.entry_count} exceeds {VHDX_MAX_REGION_ENTRIES}"
+            return table
+        for i in range(head.entry_count):
+            pos = 16 + 32 * i
+            e = parse(
+                REGION_TABLE_ENTRY,
+                data[pos : pos + 32],
+                structure=f"region table {index} entry {i}",
+                offset=offset + pos,
+            )
+            table.entries.append(
+                RegionEntry(e.guid, e.file_offset, e.length, bool(e.flags & 1))
+            )
+        table.valid = True
+        return table
+
+    def _choose_region_table(self) -> dict[uuid.UUID, RegionEntry]:
+        for t in self.region_tables:
+            if not t.valid:
+                self.failed_copies.append(f"region table {t.index}")
+                self._problem(f"region table {t.index}", t.error or "invalid", t.offset)
+        valid = [t for t in self.region_tables if t.valid]
+        if not valid:
+            t1, t2 = self.region_tables
+            raise ChecksumError(
+                f"no valid region table: table 1: {t1.error}; table 2: {t2.error}",
+                structure="region table",
+                field="Checksum",
+                offset=t1.offset,
+            )
+        table = valid[0]
+        self.region_table_copy = table.index
+        regions: dict[uuid.UUID, RegionEntry] = {}
+        spans: list[tuple[int, int, str]] = []
+        if self.header["log_length"]:
+            spans.append((self.header["log_offset"], self.header["log_length"], "log"))
+        for i, e in enumerate(table.entries):
+            where = {
+                "structure": f"region table {table.index} entry {i} ({e.name})",
+                "offset": table.offset + 16 + 32 * i,
+            }
+            if e.guid in regions:
+                raise InvalidImageError(f"region {e.guid} appears twice", field="Guid", **where)  # type: ignore[arg-type]
+            if e.guid not in KNOWN_REGIONS:
+                if e.required:
+                    raise UnsupportedFeatureError(
+                        f"unknown required region {e.guid}", field="Required", **where  # type: ignore[arg-type]
+                    )
+                self._problem(where["structure"], f"unknown optional region {e.guid} ignored")  # type: ignore[arg-type]
+            if (
+                e.file_offset % VHDX_ALIGNMENT
+                or e.length % VHDX_ALIGNMENT
+                or e.length == 0
+                or e.file_offset < VHDX_HEADER_AREA_SIZE
+            ):
+                raise InvalidImageError(
+                    f"region at {e.file_offset:#x}+{e.length:#x} is not 1 MiB aligned "
+                    "or lies in the header area",
+                    field="FileOffset",
+                    **where,  # type: ignore[arg-type]
+                )
+            if e.file_offset + e.length > self.source.size:
+                raise InvalidImageError(
+                    f"region at {e.file_offset:#x}+{e.length:#x} lies beyond the end of the "
+                    f"{self.source.size:#x}-byte file",
+                    field="Length",
+                    **where,  # type: ignore[arg-type]
+                )
+            for s, ln, what in spans:
+                if e.file_offset < s + ln and s < e.file_offset + e.length:
+                    raise InvalidImageError(
+                        f"region at {e.file_offset:#x}+{e.length:#x} overlaps the {what}",
+                        field="FileOffset",
+                        **where,  # type: ignore[arg-type]
+                    )
+            spans.append((e.file_offset, e.length, e.name))
+            regions[e.guid] = e
+        for guid in (REGION_BAT, REGION_METADATA):
+            if guid not in regions:
+                raise InvalidImageError(
+                    f"the region table has no {KNOWN_REGIONS[guid]} region",
+                    structure=f"region table {table.index}",
+                    offset=table.offset,
+                )
+        self.reserved_spans = spans
+        return regions
+
+    # -- 2.6 metadata -------------------------------------------------------------------
+
+    def _read_metadata(self) -> None:
+        region = self.regions[REGION_METADATA]
+        base = region.file_offset
+        if region.length < VHDX_METADATA_TABLE_SIZE:
+            raise InvalidImageError(
+                "metadata region is smaller than its 64 KiB table",
+                structure="metadata region",
+                field="Length",
+                offset=base,
+            )
+        table = self.source.read_exact(base, VHDX_METADATA_TABLE_SIZE, "metadata table")
+        head = parse(METADATA_TABLE_HEADER, table[:32], structure="metadata table", offset=base)
+        if head.entry_count > VHDX_MAX_METADATA_ENTRIES:
+            raise InvalidImageError(
+                f"EntryCount {head.entry_count} exceeds {VHDX_MAX_METADATA_ENTRIES}",
+                structure="metadata table",
+                field="EntryCount",
+                offset=base + 10,
+            )
+        self.metadata: dict[uuid.UUID, MetadataItem] = {}
+        self.metadata_order: list[MetadataItem] = []
+        for i in range(head.entry_count):
+            pos = 32 + 32 * i
+            name = f"metadata entry {i}"
+            e = parse(METADATA_ENTRY, table[pos : pos + 32], structure=name, offset=base + pos)
+            if e.length > VHDX_MAX_METADATA_ITEM_SIZE or (
+                e.length
+                and (e.offset < VHDX_METADATA_TABLE_SIZE or e.offset + e.length > region.length)
+            ):
+                raise InvalidImageError(
+                    f"item {e.item_id} at {e.offset:#x}+{e.length:#x} lies outside the "
+                    f"{region.length:#x}-byte metadata region (or in its table)",
+                    structure=name,
+                    field="Offset",
+                    offset=base + pos,
+                )
+            key = (e.item_id, bool(e.flags & META_IS_USER))
+            if e.item_id in self.metadata and not key[1]:
+                raise InvalidImageError(
+                    f"metadata item {e.item_id} appears twice",
+                    structure=name,
+                    field="ItemId",
+                    offset=base + pos,
+                )
+            data = self.source.read_exact(base + e.offset, e.length, name) if e.length else b""
+            item = MetadataItem(
+                e.item_id,
+                e.offset,
+                e.length,
+                bool(e.flags & META_IS_USER),
+                bool(e.flags & META_IS_VIRTUAL_DISK),
+                bool(e.flags & META_IS_REQUIRED),
+                data,
+            )
+            self.metadata_order.append(item)
+            if item.item_id not in KNOWN_METADATA:
+                if item.is_required and not item.is_user:
+                    raise UnsupportedFeatureError(
+                        f"unknown required metadata item {item.item_id}",
+                        structure=name,
+                        field="IsRequired",
+                        offset=base + pos,
+                    )
+                continue
+            self.metadata[item.item_id] = item
+        self._decode_metadata()
+
+    def _item(self, guid: uuid.UUID, size: int | None) -> MetadataItem:
+        item = self.metadata.get(guid)
+        name = KNOWN_METADATA[guid]
+        base = self.regions[REGION_METADATA].file_offset
+        if item is None:
+            raise InvalidImageError(
+                f"required metadata item {name} is missing",
+                structure="metadata table",
+                field=name,
+                offset=base,
+            )
+        if size is not None and item.length < size:
+            raise InvalidImageError(
+                f"metadata item {name} is {item.length} bytes, expected {size}",
+                structure=f"metadata item {name}",
+                field="Length",
+                offset=base + item.offset,
+            )
+        return item
+
+    def _decode_metadata(self) -> None:
+        base = self.regions[REGION_METADATA].file_offset
+        fp_item = self._item(META_FILE_PARAMETERS, 8)
+        fp = parse(FILE_PARAMETERS, fp_item.data[:8], structure="file parameters", offset=base)
+        where = lambda item, field: {  # noqa: E731
+            "structure": f"metadata item {item.name}",
+            "field": field,
+            "offset": base + item.offset,
+        }
+        if not (
+            _is_power_of_two(fp.block_size)
+            and VHDX_MIN_BLOCK_SIZE <= fp.block_size <= VHDX_MAX_BLOCK_SIZE
+        ):
+            raise InvalidImageError(
+                f"block size {fp.block_size} is not a power of two from 1 to 256 MiB",
+                **where(fp_item, "BlockSize"),
+            )
+        self.block_size = fp.block_size
+        self.leave_block_allocated = bool(fp.flags & 1)
+        self.has_parent = bool(fp.flags & 2)
+
+        vs_item = self._item(META_VIRTUAL_DISK_SIZE, 8)
+        ls_item = self._item(META_LOGICAL_SECTOR_SIZE, 4)
+        ps_item = self._item(META_PHYSICAL_SECTOR_SIZE, 4)
+        self.logical_sector_size = int.from_bytes(ls_item.data[:4], "little")
+        self.physical_sector_size = int.from_bytes(ps_item.data[:4], "little")
+        for item, value, fld in (
+            (ls_item, self.logical_sector_size, "LogicalSectorSize"),
+            (ps_item, self.physical_sector_size, "PhysicalSectorSize"),
+        ):
+            if value not in VHDX_SECTOR_SIZES:
+                raise InvalidImageError(f"sector size {value} is not 512 or 4096", **where(item, fld))
+        self.virtual_size = int.from_bytes(vs_item.data[:8], "little")
+        if (
+            self.virtual_size == 0
+            or self.virtual_size > VHDX_MAX_VIRTUAL_SIZE
+            or self.virtual_size % self.logical_sector_size
+        ):
+            raise InvalidImageError(
+                f"virtual size {self.virtual_size} is not a multiple of the "
+                f"{self.logical_sector_size}-byte sector from 1 sector to 64 TiB",
+                **where(vs_item, "VirtualDiskSize"),
+            )
+        p83 = self.metadata.get(META_PAGE83_DATA)
+        if p83 is not None and p83.length >= 16:
+            self.identifier = uuid.UUID(bytes_le=p83.data[:16])
+        else:
+            self.identifier = None
+            self._problem("metadata", "Page 83 Data item is missing", base)
+
+        self.parent_locator: dict[str, str] | None = None
+        self.parent_locator_type: uuid.UUID | None = None
+        if self.has_parent:
+            self.disk_type = DiskType.DIFFERENCING
+            self._decode_parent_locator(self._item(META_PARENT_LOCATOR, 20))
+        elif self.leave_block_allocated:
+            self.disk_type = DiskType.FIXED
+        else:
+            self.disk_type = DiskType.DYNAMIC
+
+    def _decode_parent_locator(self, item: MetadataItem) -> None:
+        """MS-VHDX 2.6.2.6: key/value offsets are relative to the locator item."""
+        offset = self.regions[REGION_METADATA].file_offset + item.offset
+        head = parse(PARENT_LOCATOR_HEADER, item.data[:20], structure="parent locator", offset=offset)
+        self.parent_locator_type = head.locator_type
+        if 20 + 12 * head.key_value_count > item.length:
+            raise InvalidImageError(
+                f"{head.key_value_count} key/value entries do not fit in the "
+                f"{item.length}-byte parent locator",
+                structure="parent locator",
+                field="KeyValueCount",
+                offset=offset + 18,
+            )
+        kv: dict[str, str] = {}
+        for i in range(head.key_value_count):
+            pos = 20 + 12 * i
+            e = parse(
+                PARENT_LOCATOR_ENTRY,
+                item.data[pos : pos + 12],
+                structure=f"parent locator entry {i}",
+                offset=offset + pos,
+            )
+            texts = []
+            for fld, off, ln in (("Key", e.key_offset, e.key_length), ("Value", e.value_offset, e.value_length)):
+                if off + ln > item.length or ln % 2:
+                    raise InvalidImageError(
+                        f"{fld.lower()} at {off:#x}+{ln:#x} lies outside the "
+                        f"{item.length}-byte parent locator",
+                        structure=f"parent locator entry {i}",
+                        field=f"{fld}Offset",
+                        offset=offset + pos,
+                    )
+                texts.append(item.data[off : off + ln].decode("utf-16-le", errors="surrogatepass"))
+            kv[texts[0]] = texts[1]
+        if head.locator_type != PARENT_LOCATOR_TYPE_VHDX:
+            self._problem("parent locator", f"unknown locator type {head.locator_type}", offset)
+        if "parent_linkage" not in kv:
+            self._problem("parent locator", "parent_linkage key is missing", offset)
+        self.parent_locator = kv
+
+    # -- 2.5 BAT -------------------------------------------------------------------------
+
+    def _setup_bat(self) -> None:
+        region = self.regions[REGION_BAT]
+        differencing = self.disk_type is DiskType.DIFFERENCING
+        self.chunk_ratio = chunk_ratio(self.logical_sector_size, self.block_size)
+        self.bat_entry_count = vhdx_bat_entry_count(
+            self.virtual_size, self.block_size, self.logical_sector_size, differencing
+        )
+        if self.bat_entry_count * 8 > region.length:
+            raise InvalidImageError(
+                f"the BAT region ({region.length:#x} bytes) is too small for "
+                f"{self.bat_entry_count} entries",
+                structure="BAT region",
+                field="Length",
+                offset=region.file_offset,
+            )
+        self.bat_offset = region.file_offset
+        self.table = BlockTable(
+            self.virtual_size,
+            self.block_size,
+            self._load_bat,
+            sector_size=self.logical_sector_size,
+        )
+        if differencing:
+            self.read_error = UnsupportedFeatureError(
+                "reading a differencing VHDX needs its parent; differencing support is not "
+                "implemented yet",
+                structure="file parameters",
+                field="HasParent",
+            )
+        if self.table.block_count <= 1 << 16:
+            self.table.load_all()
+
+    def _load_bat(self, first: int, count: int) -> np.ndarray:
+        """Decode payload entries of blocks ``first .. first + count - 1``."""
+        ratio = self.chunk_ratio
+        i0 = vhdx_payload_index(first, ratio)
+        i1 = vhdx_payload_index(first + count - 1, ratio)
+        raw = self.source.read_exact(self.bat_offset + 8 * i0, 8 * (i1 - i0 + 1), "BAT")
+        entries = np.frombuffer(raw, dtype="<u8")
+        blocks = np.arange(first, first + count, dtype=np.int64)
+        payload = entries[blocks + blocks // ratio - i0]
+        codes = decode_vhdx_payload_entries(
+            payload,
+            first_block=first,
+            bat_offset=self.bat_offset,
+            block_size=self.block_size,
+            virtual_size=self.virtual_size,
+            file_size=self.source.size,
+            differencing=self.disk_type is DiskType.DIFFERENCING,
+            min_data_offset=VHDX_HEADER_AREA_SIZE,
+            ratio=ratio,
+        )
+        self._check_overlaps(codes, first)
+        return codes
+
+    def _check_overlaps(self, codes: np.ndarray, first: int) -> None:
+        """Payload blocks may not overlap the log or a region (SPEC-NOTES pitfall 10)."""
+        present = (codes >= 0) | (codes == CODE_PARTIAL)
+        if not present.any():
+            return
+        offs = codes
+        for start, length, what in self.reserved_spans:
+            hit = (codes >= 0) & (offs < start + length) & (offs + self.block_size > start)
+            if hit.any():
+                i = int(np.flatnonzero(hit)[0])
+                raise InvalidImageError(
+                    f"payload block {first + i} at {int(offs[i]):#x} overlaps the {what} "
+                    f"at {start:#x}+{length:#x}",
+                    structure="BAT",
+                    field="FileOffsetMB",
+                    offset=self.bat_offset + 8 * vhdx_payload_index(first + i, self.chunk_ratio),
+                )
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def parent_info(self) -> dict[str, Any] | None:
+        if self.disk_type is not DiskType.DIFFERENCING:
+            return None
+        return {
+            "locator-type": str(self.parent_locator_type),
+            "locator": dict(self.parent_locator or {}),
+        }
+
+    def format_specific(self) -> dict[str, Any]:
+        h = self.header
+        d: dict[str, Any] = {
+            "creator": self.creator,
+            "header-copy": self.header_copy,
+            "sequence-number": h["sequence_number"],
+            "file-write-guid": str(h["file_write_guid"]),
+            "data-write-guid": str(h["data_write_guid"]),
+            "log-guid": str(h["log_guid"]),
+            "log-offset": h["log_offset"],
+            "log-length": h["log_length"],
+            "log-replayed": self.log_replayed,
+            "region-table-copy": self.region_table_copy,
+            "regions": [e.to_dict() for e in self.regions.values()],
+            "block-size": self.block_size,
+            "leave-block-allocated": self.leave_block_allocated,
+            "has-parent": self.has_parent,
+            "chunk-ratio": self.chunk_ratio,
+            "bat-entries": self.bat_entry_count,
+            "page83-data": str(self.identifier) if self.identifier else None,
+            "metadata-items": [m.to_dict() for m in self.metadata_order],
+        }
+        if self.log_state is not None:
+            d["log-entries"] = len(self.log_state.entries)
+            d["log-active-sequence"] = [e.sequence_number for e in self.log_state.active]
+        if self.parent_locator is not None:
+            d["parent-locator"] = dict(self.parent_locator)
+        return d
