@@ -25,7 +25,7 @@ from .errors import (
 from .image import DiskImage, Extent, detect_format, open_image
 from .info import ImageInfo
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "ChecksumError",
@@ -44,6 +44,7 @@ __all__ = [
     "TruncatedImageError",
     "UnsupportedFeatureError",
     "__version__",
+    "create",
     "detect_format",
     "open",
 ]
@@ -69,3 +70,48 @@ def open(  # noqa: A001 - the public name DESIGN.md fixes
         UnsupportedFeatureError: the image needs a feature pyvhdx lacks.
     """
     return open_image(file, mode, format=format, strict=strict)
+
+
+def create(
+    path: str | os.PathLike[str],
+    size: int,
+    *,
+    format: str | ImageFormat | None = None,
+    disk_type: str | DiskType = DiskType.DYNAMIC,
+    block_size: int | None = None,
+    logical_sector_size: int = 512,
+    physical_sector_size: int = 4096,
+    overwrite: bool = False,
+    preallocate: bool = False,
+) -> None:
+    """Create an empty image (VHDX now; the format from ``format`` or the file name).
+
+    Raises:
+        InvalidArgumentError: a parameter outside the format's limits.
+        FileExistsError: the file exists and ``overwrite`` is false.
+    """
+    from .create import create_vhdx
+
+    fmt = ImageFormat(format) if format is not None else _format_from_name(path)
+    if fmt is not ImageFormat.VHDX:
+        raise UnsupportedFeatureError(f"creating {fmt.value} images is not supported yet")
+    create_vhdx(
+        path,
+        size,
+        disk_type=disk_type,
+        block_size=block_size,
+        logical_sector_size=logical_sector_size,
+        physical_sector_size=physical_sector_size,
+        overwrite=overwrite,
+        preallocate=preallocate,
+    )
+
+
+def _format_from_name(path: str | os.PathLike[str]) -> ImageFormat:
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    return {
+        ".vhd": ImageFormat.VHD,
+        ".avhd": ImageFormat.VHD,
+        ".img": ImageFormat.RAW,
+        ".raw": ImageFormat.RAW,
+    }.get(suffix, ImageFormat.VHDX)
