@@ -12,6 +12,7 @@ from typing import Any
 
 from .bat import BlockTable
 from .constants import DiskType, ImageFormat
+from .errors import UnsupportedFeatureError
 from .info import Problem
 from .source import FileSource
 
@@ -37,6 +38,7 @@ class FormatHandler:
     log_replayed: bool = False
     header_copy: int | None = None
     region_table_copy: int | None = None
+    supports_write: bool = False  # the constructor takes writable=True
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []
@@ -50,6 +52,16 @@ class FormatHandler:
         """Format-specific fields for ``info`` (``format-specific`` in JSON)."""
         return {}
 
+    # -- writes (handlers that support them override these) -------------------
+
+    def write_at(self, offset: int, data: memoryview) -> None:
+        """Write ``data`` at virtual ``offset`` (already checked to lie inside the disk)."""
+        raise UnsupportedFeatureError(f"writing {self.format.value} images is not supported yet")
+
+    def flush(self) -> None:
+        """Make every write so far durable."""
+        self.source.flush()
+
     def close(self) -> None:
-        """Release the file."""
+        """Finish pending work (a writable handler leaves a clean image) and release the file."""
         self.source.close()

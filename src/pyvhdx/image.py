@@ -269,16 +269,45 @@ class DiskImage:
             partial_blocks=int(np.count_nonzero(codes == -4)),
         )
 
-    # -- writes (not yet) ------------------------------------------------------
+    # -- writes ----------------------------------------------------------------
 
     def write_at(self, offset: int, data: Any) -> int:
-        """Write ``data`` at virtual ``offset`` (images opened with mode="r+")."""
+        """Write ``data`` (any bytes-like object) at virtual ``offset``.
+
+        Only for images opened with ``mode="r+"``. The write lies wholly inside
+        the disk or nothing is written.
+
+        Returns:
+            ``len(data)``.
+
+        Raises:
+            ReadOnlyError: the image is open read-only.
+            InvalidArgumentError: a negative offset, or a range past the virtual size.
+        """
+        self._check_open()
         if self.mode == "r":
             raise ReadOnlyError("image is open read-only", offset=offset)
-        raise UnsupportedFeatureError("writing images is not supported yet")
+        mv = data if type(data) is memoryview else memoryview(data)
+        if mv.ndim != 1 or mv.itemsize != 1:
+            mv = mv.cast("B")
+        n = len(mv)
+        if offset < 0:
+            raise InvalidArgumentError(f"negative offset {offset}")
+        if offset + n > self._h.virtual_size:
+            raise InvalidArgumentError(
+                f"write of {n} bytes at {offset:#x} ends past the virtual size "
+                f"{self._h.virtual_size:#x}",
+                offset=offset,
+            )
+        if n:
+            self._h.write_at(offset, mv)
+        return n
 
     def flush(self) -> None:
-        """Flush pending writes (nothing to do for a read-only image)."""
+        """Make every write so far durable (no-op for a read-only image)."""
+        self._check_open()
+        if self.mode != "r":
+            self._h.flush()
 
     # -- views -----------------------------------------------------------------
 
@@ -394,24 +423,23 @@ def open_image(
     """Open a VHDX, VHD or raw image; see :func:`pyvhdx.open`."""
     if mode not in ("r", "r+"):
         raise InvalidArgumentError(f"mode must be 'r' or 'r+', not {mode!r}")
-    if mode == "r+":
-        raise UnsupportedFeatureError("opening images for writing is not supported yet")
-    source = FileSource(file, writable=mode == "r+")
+    writable = mode == "r+"
+    source = FileSource(file, writable=writable)
     try:
         fmt = ImageFormat(format) if format is not None else detect_format(source)
-        handler: FormatHandler
+        handler_cls: type[FormatHandler]
         if fmt is ImageFormat.VHDX:
-            from .vhdx import VHDXFile
-
-            handler = VHDXFile(source, strict=strict)
+            from .vhdx import VHDXFile as handler_cls
         elif fmt is ImageFormat.VHD:
-            from .vhd import VHDFile
-
-            handler = VHDFile(source, strict=strict)
+            from .vhd import VHDFile as handler_cls
         else:
-            from .raw import RawFile
-
-            handler = RawFile(source)
+            from .raw import RawFile as handler_cls
+        if writable and not handler_cls.supports_write:
+            raise UnsupportedFeatureError(f"writing {fmt.value} images is not supported yet")
+        if writable:
+            handler = handler_cls(source, strict=strict, writable=True)  # type: ignore[call-arg]
+        else:
+            handler = handler_cls(source, strict=strict)  # type: ignore[call-arg]
         return DiskImage(handler, mode=mode)
     except BaseException:
         source.close()

@@ -26,7 +26,9 @@ def linear_table(virtual_size: int, data_offset: int = 0) -> BlockTable:
 class RawFile(FormatHandler):
     """A raw image: virtual size = file size, every byte stored."""
 
-    def __init__(self, source: FileSource) -> None:
+    supports_write = True
+
+    def __init__(self, source: FileSource, *, strict: bool = False, writable: bool = False) -> None:
         super().__init__()
         self.source = source
         self.format = ImageFormat.RAW
@@ -34,3 +36,7 @@ class RawFile(FormatHandler):
         self.virtual_size = source.size
         self.block_size = None
         self.table = linear_table(self.virtual_size)
+
+    def write_at(self, offset: int, data: memoryview) -> None:
+        """Write in place: the file is the disk."""
+        self.source.pwrite(data, offset)
