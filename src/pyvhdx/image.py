@@ -333,6 +333,7 @@ class DiskImage:
             disk_type=h.disk_type.value,
             virtual_size=h.virtual_size,
             file_size=self._source.physical_size,
+            allocated_size=_allocated_size(self._source),
             block_size=h.block_size,
             logical_sector_size=h.logical_sector_size,
             physical_sector_size=h.physical_sector_size,
@@ -376,6 +377,14 @@ class DiskImage:
             f"<DiskImage {self.name!r} {self.format.value} {self.disk_type.value} "
             f"{self.virtual_size} bytes>"
         )
+
+
+def _allocated_size(source: FileSource) -> int | None:
+    """Bytes the image file occupies on storage (``qemu-img info`` "actual-size")."""
+    if source.fd is None:
+        return None
+    blocks = getattr(os.fstat(source.fd), "st_blocks", None)
+    return None if blocks is None else blocks * 512
 
 
 def _extent(p: list[Any]) -> Extent:

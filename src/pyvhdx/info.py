@@ -96,6 +96,7 @@ class ImageInfo:
     allocation: AllocationSummary | None = None
     parent: dict[str, Any] | None = None
     problems: list[Problem] = dataclasses.field(default_factory=list)
+    allocated_size: int | None = None  # bytes the file occupies on storage (st_blocks)
     format_specific: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -110,7 +111,8 @@ class ImageInfo:
             "format": self.format,
             "disk-type": self.disk_type,
             "virtual-size": self.virtual_size,
-            "actual-size": self.file_size,
+            "file-size": self.file_size,
+            "actual-size": self.allocated_size,
             "cluster-size": self.block_size,
             "logical-sector-size": self.logical_sector_size,
             "physical-sector-size": self.physical_sector_size,

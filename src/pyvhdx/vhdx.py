@@ -288,12 +288,12 @@ class VHDXFile(FormatHandler):
                 self._problem(f"header {h.index}", h.error or "invalid", h.offset)
         if not valid:
             first = self.headers[0]
-            raise ChecksumError(
-                f"no valid VHDX header: header 1: {first.error}; header 2: {self.headers[1].error}",
-                structure="header",
-                field="Checksum",
-                offset=first.offset,
-            )
+            message = f"no valid VHDX header: header 1: {first.error}; header 2: {self.headers[1].error}"
+            if all(h.fields is None for h in self.headers):
+                raise InvalidImageError(
+                    message, structure="header", field="Signature", offset=first.offset
+                )
+            raise ChecksumError(message, structure="header", field="Checksum", offset=first.offset)
         # Equal sequence numbers (Disk2vhd writes two identical headers): take header 1.
         best = max(valid, key=lambda h: (h.fields["sequence_number"], -h.index))  # type: ignore[index]
         self.header_copy = best.index
