@@ -54,6 +54,7 @@ from .constants import (
     VHDX_SIGNATURE,
     DiskType,
     ImageFormat,
+    PayloadState,
 )
 from .errors import (
     ChecksumError,
@@ -195,7 +196,251 @@ def _is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
-class VHDXFile(FormatHandler):
+# -- writing (MS-VHDX 2.2.2.1 header updates, 2.3 log, 2.5 BAT) ---------------------
+
+
+def build_log_entry(
+    *,
+    sequence_number: int,
+    log_guid: uuid.UUID,
+    sectors: list[tuple[int, bytes]],
+    flushed_file_offset: int,
+    last_file_offset: int,
+    tail: int,
+) -> bytes:
+    """One log entry carrying whole 4 KiB ``sectors`` ``(file_offset, data)``.
+
+    MS-VHDX 2.3.1: a 64-byte entry header and 32-byte data descriptors fill the
+    descriptor sectors (126 in the first, 128 in each later one), then one data
+    sector per descriptor holds bytes 8..4091 of its target; the first 8 and the
+    last 4 bytes ride in the descriptor. The CRC-32C covers the whole entry.
+    """
+    from .structures.vhdx import DATA_DESCRIPTOR, DATA_SECTOR, LOG_ENTRY_HEADER
+
+    count = len(sectors)
+    desc_sectors = 1 if count <= 126 else 1 + -(-(count - 126) // 128)
+    length = 4096 * (desc_sectors + count)
+    out = bytearray(length)
+    out[:64] = LOG_ENTRY_HEADER.build(
+        dict(
+            checksum=0,
+            entry_length=length,
+            tail=tail,
+            sequence_number=sequence_number,
+            descriptor_count=count,
+            reserved=0,
+            log_guid=log_guid,
+            flushed_file_offset=flushed_file_offset,
+            last_file_offset=last_file_offset,
+        )
+    )
+    for i, (offset, data) in enumerate(sectors):
+        pos = 64 + 32 * i if i < 126 else 4096 * (1 + (i - 126) // 128) + 32 * ((i - 126) % 128)
+        out[pos : pos + 32] = DATA_DESCRIPTOR.build(
+            dict(
+                trailing_bytes=int.from_bytes(data[4092:4096], "little"),
+                leading_bytes=int.from_bytes(data[0:8], "little"),
+                file_offset=offset,
+                sequence_number=sequence_number,
+            )
+        )
+        spos = 4096 * (desc_sectors + i)
+        out[spos : spos + 4096] = DATA_SECTOR.build(
+            dict(
+                sequence_high=sequence_number >> 32,
+                data=data[8:4092],
+                sequence_low=sequence_number & 0xFFFFFFFF,
+            )
+        )
+    out[4:8] = crc32c_with_zeroed_field(out, 4).to_bytes(4, "little")
+    return bytes(out)
+
+
+class _VHDXWriter:
+    """The write side of :class:`VHDXFile` (mixed in; state lives on the file object).
+
+    Crash consistency (DESIGN.md "Writes"; SPEC-NOTES pitfall 12): user data is
+    written in place, or into a new block at the 1 MiB-aligned end of the file,
+    and flushed; only then is the BAT changed, through a log entry that is
+    flushed before the BAT sectors are written in place and flushed again. A
+    crash anywhere leaves either the old mapping or a log whose replay gives
+    the new one.
+    """
+
+    source: FileSource
+    header: dict[str, Any]
+    header_copy: int | None
+    table: BlockTable
+    block_size: int
+    chunk_ratio: int
+    bat_offset: int
+    disk_type: DiskType
+
+    def _init_writer(self) -> None:
+        self._session_started = False
+        self._log_seq = 0
+        self._log_pos = 0
+        self._log_guid = NIL_GUID
+        if self.source.overlay is not None:
+            self._commit_overlay()
+
+    # -- headers ------------------------------------------------------------
+
+    def _update_headers(self, **changes: Any) -> None:
+        """Write the header twice, to the non-current slot first (MS-VHDX 2.2.2.1).
+
+        After both writes the two copies are identical and current, each step
+        flushed, so a crash leaves at least one valid header with either the
+        old or the new fields.
+        """
+        from .create import vhdx_header
+
+        h = dict(self.header)
+        h.update(changes)
+        current = self.header_copy or 1
+        for slot in (3 - current, current):
+            h["sequence_number"] += 1
+            raw = vhdx_header(
+                h["sequence_number"],
+                file_write_guid=h["file_write_guid"],
+                data_write_guid=h["data_write_guid"],
+                log_guid=h["log_guid"],
+                log_offset=h["log_offset"],
+                log_length=h["log_length"],
+            )
+            self.source.pwrite(raw, VHDX_HEADER_OFFSETS[slot - 1])
+            self.source.flush()
+            self.header_copy = slot
+        self.header = h
+
+    def _begin_session(self) -> None:
+        """First write of this open: new FileWriteGuid and DataWriteGuid (2.2.2)."""
+        if self._session_started:
+            return
+        self._update_headers(file_write_guid=uuid.uuid4(), data_write_guid=uuid.uuid4())
+        self._session_started = True
+
+    # -- replaying a pending log onto the file ----------------------------------
+
+    def _commit_overlay(self) -> None:
+        """Write the in-memory log replay to the file, then clear LogGuid (2.3.3)."""
+        overlay = self.source.overlay
+        assert overlay is not None
+        size = overlay.size
+        self.source.set_overlay(None)
+        for start, end in overlay.zero_ranges:
+            zeros = bytes(min(end - start, 1 << 20))
+            pos = start
+            while pos < end:
+                n = min(len(zeros), end - pos)
+                self.source.pwrite(zeros[:n], pos)
+                pos += n
+        for off in overlay.sector_offsets:
+            data = overlay.sector(off)
+            assert data is not None
+            self.source.pwrite(data, off)
+        if self.source.physical_size < size:
+            self.source.truncate(size)
+        self.source.flush()
+        self._update_headers(log_guid=NIL_GUID)
+        self.log_replayed = True
+
+    # -- the log ---------------------------------------------------------------
+
+    def _log_and_apply(self, sectors: dict[int, bytes]) -> None:
+        """Change file sectors (the BAT) through one log entry, then in place."""
+        if not sectors:
+            return
+        # The first entry of a session is written under a new LogGuid before the
+        # headers name it: until they do, a crash leaves the log ignored (old BAT).
+        announce = self._log_guid == NIL_GUID
+        if announce:
+            self._log_guid = uuid.uuid4()
+        items = sorted(sectors.items())
+        log_offset, log_length = self.header["log_offset"], self.header["log_length"]
+        max_per_entry = (log_length // 4096) - 2
+        for i in range(0, len(items), max(1, max_per_entry)):
+            chunk = items[i : i + max_per_entry]
+            size = self.source.physical_size
+            self._log_seq += 1
+            desc_sectors = 1 if len(chunk) <= 126 else 1 + -(-(len(chunk) - 126) // 128)
+            length = 4096 * (desc_sectors + len(chunk))
+            if self._log_pos + length > log_length:
+                self._log_pos = 0
+            entry = build_log_entry(
+                sequence_number=self._log_seq,
+                log_guid=self._log_guid,
+                sectors=chunk,
+                flushed_file_offset=size,
+                last_file_offset=size,
+                tail=self._log_pos,
+            )
+            self.source.pwrite(entry, log_offset + self._log_pos)
+            self.source.flush()
+            if announce:
+                self._update_headers(log_guid=self._log_guid)
+                announce = False
+            self._log_pos += length
+            for off, data in chunk:
+                self.source.pwrite(data, off)
+            self.source.flush()
+
+    # -- data --------------------------------------------------------------------
+
+    def write_at(self, offset: int, data: memoryview) -> None:
+        """Write user data; allocate missing blocks at the end of the file."""
+        self._begin_session()
+        table = self.table
+        bs = self.block_size
+        end = offset + len(data)
+        first, last = offset // bs, (end - 1) // bs
+        codes = table.codes(first, last + 1).copy()
+        new_blocks = [first + i for i, c in enumerate(codes.tolist()) if c < 0]
+        if any(c == CODE_PARTIAL for c in codes.tolist()):
+            raise UnsupportedFeatureError("writing into differencing images is not supported yet")
+        if new_blocks:
+            base = -(-self.source.physical_size // VHDX_ALIGNMENT) * VHDX_ALIGNMENT
+            placed = {b: base + k * bs for k, b in enumerate(new_blocks)}
+            self.source.truncate(base + len(new_blocks) * bs)
+            for b, foff in placed.items():
+                codes[b - first] = foff
+        # user data, in place or into the new (zero-filled) blocks
+        pos = offset
+        while pos < end:
+            b = pos // bs
+            stop = min(end, (b + 1) * bs)
+            foff = int(codes[b - first]) + (pos - b * bs)
+            self.source.pwrite(data[pos - offset : stop - offset], foff)
+            pos = stop
+        if not new_blocks:
+            return
+        self.source.flush()
+        # BAT entries of the new blocks, through the log
+        sectors: dict[int, bytearray] = {}
+        for b in new_blocks:
+            entry_off = self.bat_offset + 8 * vhdx_payload_index(b, self.chunk_ratio)
+            sector = entry_off & ~0xFFF
+            if sector not in sectors:
+                sectors[sector] = bytearray(self.source.read_exact(sector, 4096, "BAT"))
+            value = int(codes[b - first]) | PayloadState.FULLY_PRESENT
+            sectors[sector][entry_off - sector : entry_off - sector + 8] = value.to_bytes(8, "little")
+        self._log_and_apply({k: bytes(v) for k, v in sectors.items()})
+        for b in new_blocks:
+            table.set_code(b, int(codes[b - first]))
+
+    def flush(self) -> None:
+        self.source.flush()
+
+    def close_writer(self) -> None:
+        """Leave a clean image: no pending log (LogGuid cleared), everything flushed."""
+        if self._log_guid != NIL_GUID:
+            self._update_headers(log_guid=NIL_GUID)
+            self._log_guid = NIL_GUID
+        self.source.flush()
+
+
+
+class VHDXFile(_VHDXWriter, FormatHandler):
     """A VHDX image opened for reading.
 
     Args:
@@ -210,9 +455,14 @@ class VHDXFile(FormatHandler):
         LogReplayError: a pending log that cannot be replayed.
     """
 
-    def __init__(self, source: FileSource, *, strict: bool = False) -> None:
+    supports_write = True
+
+    def __init__(
+        self, source: FileSource, *, strict: bool = False, writable: bool = False
+    ) -> None:
         super().__init__()
         self.source = source
+        self.writable = writable
         self.strict = strict
         self.format = ImageFormat.VHDX
         self.read_error: PyvhdxError | None = None
@@ -233,6 +483,17 @@ class VHDXFile(FormatHandler):
                 field=self.problems[0].field,
                 offset=self.problems[0].offset,
             )
+        if writable:
+            if self.disk_type is DiskType.DIFFERENCING:
+                raise UnsupportedFeatureError("writing differencing VHDX images is not supported yet")
+            self._init_writer()
+
+    def close(self) -> None:
+        try:
+            if self.writable:
+                self.close_writer()
+        finally:
+            self.source.close()
 
     # -- problems --------------------------------------------------------------
 
@@ -768,3 +1029,4 @@ class VHDXFile(FormatHandler):
         if self.parent_locator is not None:
             d["parent-locator"] = dict(self.parent_locator)
         return d
+
