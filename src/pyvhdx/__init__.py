@@ -22,6 +22,10 @@ from .errors import (
     TruncatedImageError,
     UnsupportedFeatureError,
 )
+# Submodules named like public functions (create) are imported before those
+# functions are defined, so the functions, not the modules, are the package's
+# attributes (a later import of a cached submodule does not rebind them).
+from . import create as _create_module
 from .image import DiskImage, Extent, detect_format, open_image
 from .info import ImageInfo
 
@@ -90,12 +94,10 @@ def create(
         InvalidArgumentError: a parameter outside the format's limits.
         FileExistsError: the file exists and ``overwrite`` is false.
     """
-    from .create import create_vhdx
-
     fmt = ImageFormat(format) if format is not None else _format_from_name(path)
     if fmt is not ImageFormat.VHDX:
         raise UnsupportedFeatureError(f"creating {fmt.value} images is not supported yet")
-    create_vhdx(
+    _create_module.create_vhdx(
         path,
         size,
         disk_type=disk_type,
