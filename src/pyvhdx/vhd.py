@@ -1,0 +1,795 @@
+"""VHD images: fixed, dynamic and differencing (Virtual Hard Disk Image Format
+Specification, 2006; SPEC-NOTES.md "VHD" and pitfalls 14-20).
+
+:class:`VHDFile` opens a VHD read-only, chooses a footer copy (the one at the end
+of the file, or the copy at offset 0 of a dynamic or differencing disk when the
+end copy is missing or damaged), validates every field it uses against the file
+size and the spec's limits, and reduces the image to a
+:class:`~pyvhdx.bat.BlockTable` whose entries are read lazily from the BAT.
+Opening costs a few small reads whatever the disk size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import sys
+import uuid
+import warnings
+from typing import Any, Final, NamedTuple
+
+import numpy as np
+
+from .base import FormatHandler
+from .bat import I64, BlockTable, decode_vhd_bat
+from .checksum import vhd_checksum
+from .constants import (
+    VHD_DYNAMIC_COOKIE,
+    VHD_DYNAMIC_HEADER_SIZE,
+    VHD_FOOTER_COOKIE,
+    VHD_FOOTER_SIZE,
+    VHD_MAX_SIZE,
+    VHD_OLD_FOOTER_SIZE,
+    VHD_SECTOR_SIZE,
+    VHD_TIMESTAMP_EPOCH,
+    DiskType,
+    ImageFormat,
+    KiB,
+    VHDDiskType,
+)
+from .errors import (
+    ChecksumError,
+    InvalidImageError,
+    PyvhdxError,
+    TruncatedImageError,
+    UnsupportedFeatureError,
+)
+from .info import Problem
+from .raw import linear_table
+from .source import FileSource
+from .structures import parse
+from .structures.vhd import (
+    DYNAMIC_HEADER_CHECKSUM_OFFSET,
+    FOOTER_CHECKSUM_OFFSET,
+    VHDDynamicHeader,
+    VHDFooter,
+)
+
+__all__ = [
+    "VHD_MAX_BLOCK_SIZE",
+    "VHD_MAX_CHS_SECTORS",
+    "VHD_MIN_BLOCK_SIZE",
+    "CHSGeometry",
+    "ParentLocator",
+    "VHDFile",
+    "chs_geometry",
+    "vhd_bitmap_size",
+]
+
+#: Smallest block: one sector (QEMU vpc_open rejects a block size below 512 or
+#: not a power of two; the spec's default is 2 MiB, Hyper-V also makes 512 KiB).
+VHD_MIN_BLOCK_SIZE: Final = VHD_SECTOR_SIZE
+#: Largest block: the largest power of two the u32 Block Size field can hold.
+VHD_MAX_BLOCK_SIZE: Final = 1 << 31
+#: The largest CHS geometry, 65535 x 16 x 255 sectors (spec appendix).
+VHD_MAX_CHS_SECTORS: Final = 65535 * 16 * 255
+#: Upper bound on the parent locator data we read: a Windows path holds at most
+#: 32767 UTF-16 code units.
+_MAX_LOCATOR_DATA: Final = 64 * KiB
+_VERSION_1_0: Final = 0x00010000  # File Format Version and Header Version
+_FEATURE_TEMPORARY: Final = 0x1
+_VHD_EPOCH: Final = datetime.datetime.fromtimestamp(VHD_TIMESTAMP_EPOCH, datetime.timezone.utc)
+
+# Field offsets, for error messages (spec "Hard Disk Footer Format" and
+# "Dynamic Disk Header Format").
+_FOOTER_FIELD_OFFSETS: Final = {
+    "DataOffset": 16,
+    "CurrentSize": 48,
+    "DiskType": 60,
+    "Checksum": FOOTER_CHECKSUM_OFFSET,
+}
+_HEADER_FIELD_OFFSETS: Final = {
+    "Cookie": 0,
+    "TableOffset": 16,
+    "MaxTableEntries": 28,
+    "BlockSize": 32,
+    "Checksum": DYNAMIC_HEADER_CHECKSUM_OFFSET,
+}
+
+# Locator platform codes whose data is a path, and its encoding (spec "Dynamic
+# Disk Header Format", Platform Code; SPEC-NOTES "Parent locator entry").
+_LOCATOR_ENCODINGS: Final = {
+    b"W2ku": "utf-16-le",
+    b"W2ru": "utf-16-le",
+    b"Wi2k": "ascii",
+    b"Wi2r": "ascii",
+    b"MacX": "utf-8",
+}
+
+
+# --- geometry (spec appendix "CHS Calculation") -------------------------------------
+
+
+class CHSGeometry(NamedTuple):
+    """A disk geometry: cylinders, heads, sectors per track."""
+
+    cylinders: int
+    heads: int
+    sectors_per_track: int
+
+    @property
+    def sectors(self) -> int:
+        return self.cylinders * self.heads * self.sectors_per_track
+
+    @property
+    def capacity(self) -> int:
+        """Bytes addressed by the geometry (at 512 bytes per sector)."""
+        return self.sectors * VHD_SECTOR_SIZE
+
+
+def chs_geometry(total_sectors: int) -> CHSGeometry:
+    """The CHS geometry the VHD spec appendix assigns to ``total_sectors``.
+
+    Sectors per track 17, then 31, then 63 with 4 to 16 heads; 255 sectors and
+    16 heads from 65535 x 16 x 63 sectors on; capped at 65535 x 16 x 255. This is
+    the algorithm of QEMU ``calculate_geometry``. The capacity it gives may be
+    smaller than ``total_sectors``.
+    """
+    if total_sectors < 0:
+        raise ValueError(f"negative sector count {total_sectors}")
+    total_sectors = min(total_sectors, VHD_MAX_CHS_SECTORS)
+    if total_sectors >= 65535 * 16 * 63:
+        sectors_per_track = 255
+        heads = 16
+        cyl_times_heads = total_sectors // sectors_per_track
+    else:
+        sectors_per_track = 17
+        cyl_times_heads = total_sectors // sectors_per_track
+        heads = max(4, -(-cyl_times_heads // 1024))
+        if cyl_times_heads >= heads * 1024 or heads > 16:
+            sectors_per_track = 31
+            heads = 16
+            cyl_times_heads = total_sectors // sectors_per_track
+        if cyl_times_heads >= heads * 1024:
+            sectors_per_track = 63
+            heads = 16
+            cyl_times_heads = total_sectors // sectors_per_track
+    return CHSGeometry(cyl_times_heads // heads, heads, sectors_per_track)
+
+
+def vhd_bitmap_size(block_size: int) -> int:
+    """Bytes of the sector bitmap before each data block: one bit per sector,
+    padded to a sector boundary (spec "Block Allocation Table and Data Blocks").
+    """
+    bits = block_size // VHD_SECTOR_SIZE
+    nbytes = -(-bits // 8)
+    return -(-nbytes // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _warn(message: str) -> None:
+    """Warn, attributing the warning to the first caller outside pyvhdx."""
+    package_dir = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame = sys._getframe(1)
+    level = 2
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        package_dir
+    ):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
+def _timestamp(seconds: int) -> str:
+    """A VHD time stamp (seconds since 2000-01-01 00:00:00 UTC) as ISO 8601 UTC."""
+    moment = _VHD_EPOCH + datetime.timedelta(seconds=seconds)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _fourcc(raw: bytes) -> str:
+    """A four-character code as text, spaces kept (``"win "``), NULs and other
+    control characters dropped (``b"tap\\0"`` gives ``"tap"``).
+    """
+    return "".join(ch for ch in raw.decode("latin-1") if ch.isprintable())
+
+
+def _version(value: int) -> str:
+    return f"{value >> 16}.{value & 0xFFFF}"
+
+
+def _utf16be_name(raw: bytes) -> str:
+    """Parent Unicode Name: UTF-16BE up to the first NUL code unit."""
+    end = len(raw) - len(raw) % 2
+    for i in range(0, end, 2):
+        if raw[i] == 0 and raw[i + 1] == 0:
+            end = i
+            break
+    return raw[:end].decode("utf-16-be", errors="replace")
+
+
+@dataclasses.dataclass(frozen=True)
+class _FooterCopy:
+    """One copy of the footer as found in the file, before it is trusted."""
+
+    where: str  # "end" or "start"
+    offset: int
+    length: int  # 512, or 511 for files older than Virtual PC 2004
+    raw: bytes  # always 512 bytes (a 511-byte footer is padded with a zero)
+    stored_checksum: int
+    computed_checksum: int
+
+    @classmethod
+    def from_bytes(cls, where: str, offset: int, data: bytes) -> _FooterCopy:
+        raw = data + bytes(VHD_FOOTER_SIZE - len(data))
+        c = FOOTER_CHECKSUM_OFFSET
+        stored = int.from_bytes(raw[c : c + 4], "big")
+        return cls(where, offset, len(data), raw, stored, vhd_checksum(raw, c))
+
+    @property
+    def checksum_ok(self) -> bool:
+        return self.stored_checksum == self.computed_checksum
+
+    @property
+    def disk_type(self) -> int:
+        return int.from_bytes(self.raw[60:64], "big")
+
+    @property
+    def name(self) -> str:
+        if self.where == "end":
+            return "footer at end of file"
+        return "footer copy at offset 0"
+
+
+@dataclasses.dataclass(frozen=True)
+class ParentLocator:
+    """A parent locator entry of the dynamic header, with its decoded path.
+
+    ``path`` is None when the platform code holds no path (``Mac `` alias) or the
+    data lies outside the file.
+    """
+
+    index: int
+    platform_code: str
+    data_space: int
+    data_length: int
+    data_offset: int
+    path: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "platform-code": self.platform_code,
+            "data-space": self.data_space,
+            "data-length": self.data_length,
+            "data-offset": self.data_offset,
+            "path": self.path,
+        }
+
+
+# --- the format handler -------------------------------------------------------------
+
+
+class VHDFile(FormatHandler):
+    """A VHD image opened for reading (fixed, dynamic or differencing).
+
+    Args:
+        source: the image file.
+        strict: make a bad checksum in the footer or dynamic header that is used
+            fatal (:class:`ChecksumError`) instead of a reported problem.
+
+    Raises:
+        InvalidImageError: no footer, an unknown disk type, or a field out of
+            bounds (the error names the structure, field and offset).
+        TruncatedImageError: the file ends before the data it declares.
+        ChecksumError: with ``strict=True``, the footer or dynamic header in use
+            has a bad checksum.
+    """
+
+    def __init__(self, source: FileSource, *, strict: bool = False) -> None:
+        super().__init__()
+        self.source = source
+        self.strict = strict
+        self.format = ImageFormat.VHD
+        self.logical_sector_size = VHD_SECTOR_SIZE
+        self.physical_sector_size = VHD_SECTOR_SIZE
+        self.read_error: PyvhdxError | None = None
+
+        self.footer: Any = None
+        self.footer_copy = "end"
+        self.footer_offset = 0
+        self.footer_size = VHD_FOOTER_SIZE
+        self.footer_checksum_ok = True
+        self.data_end = source.size  # end of data: the EOF footer starts here
+        self.dynamic_header: Any = None
+        self.dynamic_header_offset: int | None = None
+        self.dynamic_header_checksum_ok: bool | None = None
+        self.table_offset: int | None = None
+        self.max_table_entries: int | None = None
+        self.bitmap_size: int | None = None
+        self.parent_unique_id: uuid.UUID | None = None
+        self.parent_name: str | None = None
+        self.parent_time_stamp: int | None = None
+        self.parent_locators: list[ParentLocator] = []
+        self._differencing = False
+
+        footer = self._open_footer()
+        self.vhd_disk_type = VHDDiskType(footer.disk_type)
+        self.virtual_size = int(footer.current_size)
+        self.identifier = footer.unique_id
+        self.creator = (
+            f"{_fourcc(footer.creator_application).strip()} "
+            f"{_version(footer.creator_version)} ({_fourcc(footer.creator_host_os).strip()})"
+        )
+        geom = footer.disk_geometry
+        self.geometry = CHSGeometry(geom.cylinders, geom.heads, geom.sectors_per_track)
+        self._check_sizes()
+        if self.vhd_disk_type is VHDDiskType.FIXED:
+            self.disk_type = DiskType.FIXED
+            self.block_size = None
+            self._open_fixed()
+        else:
+            differencing = self.vhd_disk_type is VHDDiskType.DIFFERENCING
+            self.disk_type = DiskType.DIFFERENCING if differencing else DiskType.DYNAMIC
+            self._open_dynamic(differencing)
+
+    # -- problems ----------------------------------------------------------------
+
+    def _report(self, problem: Problem, *, warn: bool = False) -> None:
+        self.problems.append(problem)
+        if warn:
+            _warn(f"{self.source.name}: {problem}")
+
+    def _bad_checksum(self, structure: str, offset: int, stored: int, computed: int) -> None:
+        """A structure in use has a bad checksum: fatal if strict, else reported."""
+        message = f"bad checksum: stored {stored:#010x}, computed {computed:#010x}"
+        if self.strict:
+            raise ChecksumError(message, structure=structure, field="Checksum", offset=offset)
+        self._report(Problem(structure, message, offset, "Checksum"), warn=True)
+
+    # -- footer (spec "Hard Disk Footer Format"; DESIGN.md "Copies") -------------
+
+    def _footer_at_end(self) -> tuple[_FooterCopy | None, int | None]:
+        """The footer at the end (512 or 511 bytes), or where a cut-off one starts."""
+        src = self.source
+        size = src.size
+        for length in (VHD_FOOTER_SIZE, VHD_OLD_FOOTER_SIZE):
+            if size >= length and src.read(size - length, 8) == VHD_FOOTER_COOKIE:
+                data = src.read_exact(size - length, length, "VHD footer")
+                return _FooterCopy.from_bytes("end", size - length, data), None
+        # A footer cut short: its cookie within the last 510 bytes.
+        tail_len = min(size, VHD_FOOTER_SIZE)
+        tail = src.read(size - tail_len, tail_len)
+        pos = tail.rfind(VHD_FOOTER_COOKIE, max(0, tail_len - (VHD_OLD_FOOTER_SIZE - 1)))
+        if pos >= 0:
+            return None, size - tail_len + pos
+        return None, None
+
+    def _footer_at_start(self) -> _FooterCopy | None:
+        src = self.source
+        if src.size >= VHD_FOOTER_SIZE and src.read(0, 8) == VHD_FOOTER_COOKIE:
+            data = src.read_exact(0, VHD_FOOTER_SIZE, "VHD footer copy")
+            return _FooterCopy.from_bytes("start", 0, data)
+        return None
+
+    def _open_footer(self) -> Any:
+        """Choose the footer copy to trust, record what is wrong with the others,
+        and return the parsed footer.
+        """
+        size = self.source.size
+        end, cut_at = self._footer_at_end()
+        start = self._footer_at_start()
+        # Only dynamic and differencing disks have a copy at offset 0; a fixed
+        # disk's offset 0 is disk data.
+        if start is not None and (
+            start.disk_type not in (VHDDiskType.DYNAMIC, VHDDiskType.DIFFERENCING)
+            or (end is not None and end.offset == 0)
+        ):
+            start = None
+        if end is not None:
+            self.data_end = end.offset
+        elif cut_at is not None:
+            self.data_end = cut_at
+        else:
+            self.data_end = size
+
+        if end is not None and end.checksum_ok:
+            chosen = end
+        elif start is not None and start.checksum_ok:
+            chosen = start
+        elif end is not None:
+            chosen = end
+        elif start is not None:
+            chosen = start
+        elif cut_at is not None:
+            raise TruncatedImageError(
+                f"the file ends {size - cut_at} bytes into the {VHD_FOOTER_SIZE}-byte footer "
+                "and there is no footer copy at offset 0",
+                structure="VHD footer",
+                offset=cut_at,
+            )
+        else:
+            raise InvalidImageError(
+                "no VHD footer (cookie 'conectix') at the end of the file or at offset 0",
+                structure="VHD footer",
+                field="Cookie",
+                offset=max(0, size - VHD_FOOTER_SIZE),
+            )
+
+        self.footer_copy = chosen.where
+        self.footer_offset = chosen.offset
+        self.footer_size = chosen.length
+        self.footer_checksum_ok = chosen.checksum_ok
+        self.footer = parse(VHDFooter, chosen.raw, structure="VHD footer", offset=chosen.offset)
+        other = start if chosen is end else end
+
+        if chosen is start:
+            # The end copy is missing, cut off or damaged.
+            if end is not None:
+                why = (
+                    f"bad checksum: stored {end.stored_checksum:#010x}, "
+                    f"computed {end.computed_checksum:#010x}"
+                )
+                problem = Problem(
+                    end.name, why + "; using the copy at offset 0", end.offset, "Checksum"
+                )
+            elif cut_at is not None:
+                problem = Problem(
+                    "footer at end of file",
+                    f"truncated: the file ends {size - cut_at} bytes into it; "
+                    "using the copy at offset 0",
+                    cut_at,
+                )
+            else:
+                problem = Problem(
+                    "footer at end of file",
+                    "missing (no 'conectix' cookie); using the copy at offset 0",
+                    max(0, size - VHD_FOOTER_SIZE),
+                    "Cookie",
+                )
+            self.failed_copies.append("footer at end of file")
+            self._report(problem, warn=True)
+        elif chosen.disk_type in (VHDDiskType.DYNAMIC, VHDDiskType.DIFFERENCING):
+            if other is None:
+                self.failed_copies.append("footer copy at offset 0")
+                self._report(Problem("footer copy at offset 0", "missing", 0, "Cookie"))
+            elif not other.checksum_ok:
+                self.failed_copies.append(other.name)
+                self._report(
+                    Problem(
+                        other.name,
+                        f"bad checksum: stored {other.stored_checksum:#010x}, "
+                        f"computed {other.computed_checksum:#010x}",
+                        other.offset,
+                        "Checksum",
+                    ),
+                    warn=True,
+                )
+        if other is not None and other.checksum_ok and chosen.checksum_ok:
+            differ = _differing_fields(chosen.raw, other.raw)
+            if differ:
+                self._report(
+                    Problem(
+                        "VHD footer",
+                        f"the footer copies differ in {', '.join(differ)}; using the {chosen.name}",
+                        other.offset,
+                    ),
+                    warn=True,
+                )
+        if not chosen.checksum_ok:
+            self._bad_checksum(
+                f"VHD {chosen.name}",
+                chosen.offset + FOOTER_CHECKSUM_OFFSET,
+                chosen.stored_checksum,
+                chosen.computed_checksum,
+            )
+        if self.footer.disk_type not in (
+            VHDDiskType.FIXED,
+            VHDDiskType.DYNAMIC,
+            VHDDiskType.DIFFERENCING,
+        ):
+            raise InvalidImageError(
+                f"unknown disk type {self.footer.disk_type} (2 fixed, 3 dynamic, 4 differencing)",
+                structure="VHD footer",
+                field="DiskType",
+                offset=self._footer_field("DiskType"),
+            )
+        return self.footer
+
+    def _footer_field(self, name: str) -> int:
+        return self.footer_offset + _FOOTER_FIELD_OFFSETS[name]
+
+    def _check_sizes(self) -> None:
+        footer = self.footer
+        if footer.file_format_version != _VERSION_1_0:
+            self._report(
+                Problem(
+                    "VHD footer",
+                    f"unexpected file format version {footer.file_format_version:#010x} "
+                    "(spec: 0x00010000)",
+                    self.footer_offset + 12,
+                    "FileFormatVersion",
+                )
+            )
+        if self.virtual_size % VHD_SECTOR_SIZE:
+            self._report(
+                Problem(
+                    "VHD footer",
+                    f"CurrentSize {self.virtual_size} is not a multiple of {VHD_SECTOR_SIZE}",
+                    self._footer_field("CurrentSize"),
+                    "CurrentSize",
+                )
+            )
+        if self.virtual_size > VHD_MAX_SIZE:
+            # QEMU refuses these; fixed VHDs above 2040 GiB exist (Azure takes
+            # fixed VHDs up to 32 TiB, SPEC-NOTES pitfall 19), so report only.
+            self._report(
+                Problem(
+                    "VHD footer",
+                    f"CurrentSize {self.virtual_size} exceeds the spec's 2040 GiB limit",
+                    self._footer_field("CurrentSize"),
+                    "CurrentSize",
+                )
+            )
+
+    # -- fixed disks (spec "Fixed Hard Disk Image") ------------------------------
+
+    def _open_fixed(self) -> None:
+        if self.footer_copy != "end":  # pragma: no cover - _open_footer never picks it
+            raise InvalidImageError(
+                "a fixed disk has its footer at the end only",
+                structure="VHD footer",
+                field="DiskType",
+            )
+        size = self.virtual_size
+        if self.data_end < size:
+            raise TruncatedImageError(
+                f"the fixed disk's data ends at {self.data_end:#x}, {size - self.data_end} "
+                f"bytes short of CurrentSize {size}",
+                structure="VHD footer",
+                field="CurrentSize",
+                offset=self._footer_field("CurrentSize"),
+            )
+        if self.data_end > size:
+            self._report(
+                Problem(
+                    "VHD footer",
+                    f"{self.data_end - size} bytes between the end of the disk data "
+                    f"({size:#x}) and the footer are not part of the disk",
+                    self._footer_field("CurrentSize"),
+                    "CurrentSize",
+                )
+            )
+        self.table = linear_table(size, 0)
+
+    # -- dynamic and differencing disks (spec "Dynamic Disk Header Format") ------
+
+    def _header_field(self, name: str) -> int:
+        assert self.dynamic_header_offset is not None
+        return self.dynamic_header_offset + _HEADER_FIELD_OFFSETS[name]
+
+    def _open_dynamic(self, differencing: bool) -> None:
+        data_end = self.data_end
+        hdr_off = int(self.footer.data_offset)
+        if hdr_off < VHD_FOOTER_SIZE or hdr_off > data_end - VHD_DYNAMIC_HEADER_SIZE:
+            raise InvalidImageError(
+                f"dynamic header offset {hdr_off:#x} is not between the footer copy at 0 and "
+                f"the end of data {data_end:#x}",
+                structure="VHD footer",
+                field="DataOffset",
+                offset=self._footer_field("DataOffset"),
+            )
+        self.dynamic_header_offset = hdr_off
+        raw = self.source.read_exact(hdr_off, VHD_DYNAMIC_HEADER_SIZE, "VHD dynamic header")
+        if raw[:8] != VHD_DYNAMIC_COOKIE:
+            raise InvalidImageError(
+                f"dynamic header cookie is {raw[:8]!r}, not {VHD_DYNAMIC_COOKIE!r}",
+                structure="VHD dynamic header",
+                field="Cookie",
+                offset=hdr_off,
+            )
+        hdr = parse(VHDDynamicHeader, raw, structure="VHD dynamic header", offset=hdr_off)
+        self.dynamic_header = hdr
+        computed = vhd_checksum(raw, DYNAMIC_HEADER_CHECKSUM_OFFSET)
+        self.dynamic_header_checksum_ok = hdr.checksum == computed
+        if not self.dynamic_header_checksum_ok:
+            self._bad_checksum(
+                "VHD dynamic header", self._header_field("Checksum"), hdr.checksum, computed
+            )
+        if hdr.header_version != _VERSION_1_0:
+            self._report(
+                Problem(
+                    "VHD dynamic header",
+                    f"unexpected header version {hdr.header_version:#010x} (spec: 0x00010000)",
+                    hdr_off + 24,
+                    "HeaderVersion",
+                )
+            )
+
+        block_size = int(hdr.block_size)
+        if (
+            block_size < VHD_MIN_BLOCK_SIZE
+            or block_size > VHD_MAX_BLOCK_SIZE
+            or block_size & (block_size - 1)
+        ):
+            raise InvalidImageError(
+                f"block size {block_size} is not a power of two of at least "
+                f"{VHD_MIN_BLOCK_SIZE} bytes",
+                structure="VHD dynamic header",
+                field="BlockSize",
+                offset=self._header_field("BlockSize"),
+            )
+        table_offset = int(hdr.table_offset)
+        entries = int(hdr.max_table_entries)
+        if table_offset < VHD_FOOTER_SIZE or table_offset >= data_end:
+            raise InvalidImageError(
+                f"BAT offset {table_offset:#x} is outside the data area "
+                f"[{VHD_FOOTER_SIZE:#x}, {data_end:#x})",
+                structure="VHD dynamic header",
+                field="TableOffset",
+                offset=self._header_field("TableOffset"),
+            )
+        needed = -(-self.virtual_size // block_size)
+        if entries < needed:
+            raise InvalidImageError(
+                f"BAT has {entries} entries; CurrentSize {self.virtual_size} needs {needed} "
+                f"blocks of {block_size} bytes",
+                structure="VHD dynamic header",
+                field="MaxTableEntries",
+                offset=self._header_field("MaxTableEntries"),
+            )
+        if table_offset + 4 * entries > data_end:
+            raise InvalidImageError(
+                f"BAT of {entries} entries ({4 * entries} bytes at {table_offset:#x}) does not "
+                f"fit in the file's data area, which ends at {data_end:#x}",
+                structure="VHD dynamic header",
+                field="MaxTableEntries",
+                offset=self._header_field("MaxTableEntries"),
+            )
+        if (
+            table_offset < hdr_off + VHD_DYNAMIC_HEADER_SIZE
+            and table_offset + 4 * entries > hdr_off
+        ):
+            raise InvalidImageError(
+                f"BAT ({table_offset:#x}+{4 * entries:#x}) overlaps the dynamic header at "
+                f"{hdr_off:#x}",
+                structure="VHD dynamic header",
+                field="TableOffset",
+                offset=self._header_field("TableOffset"),
+            )
+
+        self.block_size = block_size
+        self.table_offset = table_offset
+        self.max_table_entries = entries
+        self.bitmap_size = vhd_bitmap_size(block_size)
+        self.parent_unique_id = hdr.parent_unique_id
+        self.parent_time_stamp = int(hdr.parent_time_stamp)
+        self.parent_name = _utf16be_name(hdr.parent_unicode_name)
+        self.parent_locators = self._read_locators(hdr)
+        self._differencing = differencing
+        self.table = BlockTable(self.virtual_size, block_size, self._load_bat, sector_size=512)
+        if differencing:
+            self.read_error = UnsupportedFeatureError(
+                "reading differencing VHD images needs their parent; differencing support "
+                "is not implemented yet",
+                structure="VHD footer",
+                field="DiskType",
+                offset=self._footer_field("DiskType"),
+            )
+
+    def _load_bat(self, first_block: int, count: int) -> I64:
+        """Read and decode BAT entries ``first_block`` .. ``first_block + count``."""
+        assert self.table_offset is not None and self.block_size is not None
+        assert self.bitmap_size is not None
+        data = self.source.read_exact(self.table_offset + 4 * first_block, 4 * count, "VHD BAT")
+        raw = np.frombuffer(data, dtype=">u4")
+        return decode_vhd_bat(
+            raw,
+            first_block=first_block,
+            bat_offset=self.table_offset,
+            block_size=self.block_size,
+            bitmap_size=self.bitmap_size,
+            virtual_size=self.virtual_size,
+            file_size=self.data_end,
+            differencing=self._differencing,
+        )
+
+    def _read_locators(self, hdr: Any) -> list[ParentLocator]:
+        """Decode the parent locator entries in use, reading path data inside the file."""
+        assert self.dynamic_header_offset is not None
+        out: list[ParentLocator] = []
+        for i, entry in enumerate(hdr.parent_locator_entries):
+            code = bytes(entry.platform_code)
+            space = int(entry.platform_data_space)
+            length = int(entry.platform_data_length)
+            offset = int(entry.platform_data_offset)
+            if code == b"\0\0\0\0" and not (space or length or offset):
+                continue
+            entry_off = self.dynamic_header_offset + 576 + 24 * i
+            path: str | None = None
+            encoding = _LOCATOR_ENCODINGS.get(code)
+            if encoding is not None:
+                if length > _MAX_LOCATOR_DATA or offset + length > self.data_end:
+                    self._report(
+                        Problem(
+                            "VHD parent locator",
+                            f"entry {i} ({_fourcc(code)}): {length} bytes at {offset:#x} lie "
+                            "outside the file or exceed 64 KiB",
+                            entry_off,
+                            "PlatformDataOffset",
+                        )
+                    )
+                else:
+                    data = self.source.read_exact(offset, length, "VHD parent locator data")
+                    path = data.decode(encoding, errors="replace").rstrip("\0")
+            out.append(ParentLocator(i, _fourcc(code), space, length, offset, path))
+        return out
+
+    # -- reporting -----------------------------------------------------------------
+
+    def parent_info(self) -> dict[str, Any] | None:
+        """Parent name, unique id, time stamp and locators of a differencing disk."""
+        if self.disk_type is not DiskType.DIFFERENCING:
+            return None
+        assert self.parent_time_stamp is not None
+        return {
+            "parent-name": self.parent_name,
+            "parent-unique-id": self.parent_unique_id,
+            "parent-timestamp": _timestamp(self.parent_time_stamp),
+            "locators": [loc.to_dict() for loc in self.parent_locators],
+        }
+
+    def format_specific(self) -> dict[str, Any]:
+        """VHD footer fields, and for sparse disks the dynamic header (spec names)."""
+        f = self.footer
+        d: dict[str, Any] = {
+            "disk-type": self.disk_type.value,
+            "disk-type-code": int(f.disk_type),
+            "footer-copy": self.footer_copy,
+            "footer-offset": self.footer_offset,
+            "footer-size": self.footer_size,
+            "features": int(f.features),
+            "temporary": bool(f.features & _FEATURE_TEMPORARY),
+            "file-format-version": _version(f.file_format_version),
+            "data-offset": int(f.data_offset),
+            "timestamp": _timestamp(f.time_stamp),
+            "creator-application": _fourcc(f.creator_application),
+            "creator-version": _version(f.creator_version),
+            "creator-host-os": _fourcc(f.creator_host_os),
+            "original-size": int(f.original_size),
+            "current-size": int(f.current_size),
+            "chs": list(self.geometry),
+            "chs-capacity": self.geometry.capacity,
+            "checksum": int(f.checksum),
+            "checksum-valid": self.footer_checksum_ok,
+            "unique-id": f.unique_id,
+            "saved-state": int(f.saved_state),
+        }
+        h = self.dynamic_header
+        if h is not None:
+            assert self.parent_time_stamp is not None
+            d["dynamic-header"] = {
+                "offset": self.dynamic_header_offset,
+                "data-offset": int(h.data_offset),
+                "table-offset": int(h.table_offset),
+                "header-version": _version(h.header_version),
+                "max-table-entries": int(h.max_table_entries),
+                "block-size": int(h.block_size),
+                "bitmap-size": self.bitmap_size,
+                "checksum": int(h.checksum),
+                "checksum-valid": self.dynamic_header_checksum_ok,
+            }
+            d["parent-unique-id"] = self.parent_unique_id
+            d["parent-timestamp"] = _timestamp(self.parent_time_stamp)
+            d["parent-name"] = self.parent_name
+            d["parent-locators"] = [loc.to_dict() for loc in self.parent_locators]
+        return d
+
+
+def _differing_fields(a: bytes, b: bytes) -> list[str]:
+    """Names of the footer fields in which two footers differ."""
+    fa = VHDFooter.parse(a)
+    fb = VHDFooter.parse(b)
+    return [k for k in fa if not k.startswith("_") and fa[k] != fb[k]]
