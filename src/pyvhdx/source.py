@@ -10,13 +10,129 @@ from __future__ import annotations
 
 import io
 import os
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Mapping
 from typing import BinaryIO
 
 from .errors import InvalidArgumentError, ReadOnlyError, TruncatedImageError
 
-__all__ = ["FileSource"]
+__all__ = ["FileSource", "SectorOverlay"]
 
 _HAS_PREADV = hasattr(os, "preadv")
+_ZEROS = bytes(1 << 20)
+
+
+def _fill_zero(mv: memoryview) -> None:
+    """Set every byte of ``mv`` to zero without allocating more than 1 MiB."""
+    n = len(mv)
+    step = len(_ZEROS)
+    for i in range(0, n, step):
+        j = min(n, i + step)
+        mv[i:j] = _ZEROS[: j - i]
+
+
+class SectorOverlay:
+    """Bytes that replace a file's own: whole data sectors and ranges of zeros.
+
+    This is how a pending VHDX log is replayed for a read-only open (MS-VHDX
+    2.3.3): the result of the replay is kept in memory, the file is untouched.
+    Built once, then read-only. Applying it to a read costs O(log n) plus the
+    number of items touching the range.
+
+    Args:
+        sectors: file offset -> replacement bytes; each offset a multiple of
+            ``sector_size`` and each value exactly ``sector_size`` bytes.
+        zero_ranges: ``(start, end)`` byte ranges that read as zeros; they may
+            touch or overlap each other but must not overlap a data sector.
+        size: the file size the overlay implies; raised to the end of the last
+            item if smaller. Bytes past the physical end of the file and below
+            ``size`` read as zeros unless an item covers them.
+        sector_size: size of a data sector (4 KiB, the VHDX log sector).
+
+    Raises:
+        InvalidArgumentError: an item is misaligned, negative or overlapping.
+    """
+
+    def __init__(
+        self,
+        sectors: Mapping[int, bytes],
+        zero_ranges: Iterable[tuple[int, int]],
+        size: int,
+        *,
+        sector_size: int = 4096,
+    ) -> None:
+        if sector_size <= 0:
+            raise InvalidArgumentError(f"sector_size must be positive, not {sector_size}")
+        self.sector_size = sector_size
+        offsets = sorted(sectors)
+        for off in offsets:
+            if off < 0 or off % sector_size or len(sectors[off]) != sector_size:
+                raise InvalidArgumentError(
+                    f"overlay sector at {off:#x} is not {sector_size} aligned bytes", offset=off
+                )
+        self._offsets: list[int] = offsets
+        self._data: list[bytes] = [bytes(sectors[off]) for off in offsets]
+        starts: list[int] = []
+        ends: list[int] = []
+        for start, end in sorted(zero_ranges):
+            if start < 0 or end < start:
+                raise InvalidArgumentError(
+                    f"bad overlay zero range {start:#x}..{end:#x}", offset=start
+                )
+            if end == start:
+                continue
+            if ends and start <= ends[-1]:
+                ends[-1] = max(ends[-1], end)
+            else:
+                starts.append(start)
+                ends.append(end)
+        self._zero_starts = starts
+        self._zero_ends = ends
+        for off in offsets:
+            i = bisect_right(ends, off)
+            if i < len(starts) and starts[i] < off + sector_size:
+                raise InvalidArgumentError(
+                    f"overlay sector at {off:#x} overlaps a zero range", offset=off
+                )
+        last = max(ends[-1] if ends else 0, offsets[-1] + sector_size if offsets else 0)
+        self.size = max(size, last)
+
+    @property
+    def sector_offsets(self) -> list[int]:
+        """File offsets of the data sectors, ascending (a copy)."""
+        return list(self._offsets)
+
+    @property
+    def zero_ranges(self) -> list[tuple[int, int]]:
+        """Disjoint ``(start, end)`` zero ranges, ascending (a copy)."""
+        return list(zip(self._zero_starts, self._zero_ends, strict=True))
+
+    def sector(self, offset: int) -> bytes | None:
+        """The replacement bytes of the data sector at ``offset``, if any."""
+        i = bisect_left(self._offsets, offset)
+        if i < len(self._offsets) and self._offsets[i] == offset:
+            return self._data[i]
+        return None
+
+    def apply(self, buf: memoryview, offset: int) -> None:
+        """Overwrite ``buf`` (file bytes read at ``offset``) with the overlay's bytes."""
+        end = offset + len(buf)
+        starts, ends = self._zero_starts, self._zero_ends
+        i = bisect_right(ends, offset)
+        while i < len(starts) and starts[i] < end:
+            lo = max(starts[i], offset)
+            hi = min(ends[i], end)
+            _fill_zero(buf[lo - offset : hi - offset])
+            i += 1
+        ss = self.sector_size
+        offsets, data = self._offsets, self._data
+        j = bisect_right(offsets, offset - ss)
+        while j < len(offsets) and offsets[j] < end:
+            sector = offsets[j]
+            lo = max(sector, offset)
+            hi = min(sector + ss, end)
+            buf[lo - offset : hi - offset] = data[j][lo - sector : hi - sector]
+            j += 1
 
 
 class FileSource:
@@ -52,22 +168,23 @@ class FileSource:
                 fd = None
             # Only use the descriptor of a plain file (not of a buffered wrapper
             # with pending writes, nor of a pipe).
-            if fd is not None and isinstance(file, (io.FileIO, io.BufferedReader, io.BufferedRandom)):
+            if fd is not None and isinstance(
+                file, (io.FileIO, io.BufferedReader, io.BufferedRandom)
+            ):
                 if isinstance(file, io.BufferedRandom):
                     file.flush()
                 self.fd = fd
             file.seek(0, os.SEEK_END)
             self._size = file.tell()
-        self.overlay: dict[int, bytes] | None = None
-        self.overlay_size: int | None = None
+        self.overlay: SectorOverlay | None = None
 
     # -- size ---------------------------------------------------------------
 
     @property
     def size(self) -> int:
         """Size of the file as read (with an overlay: as extended by it)."""
-        if self.overlay_size is not None:
-            return max(self._size, self.overlay_size)
+        if self.overlay is not None:
+            return max(self._size, self.overlay.size)
         return self._size
 
     @property
@@ -101,7 +218,7 @@ class FileSource:
             else:
                 assert self._fileobj is not None
                 self._fileobj.seek(offset + done)
-                n = self._fileobj.readinto(buf[done:]) or 0
+                n = self._fileobj.readinto(buf[done:]) or 0  # type: ignore[attr-defined]
             if n <= 0:
                 break
             done += n
@@ -114,29 +231,31 @@ class FileSource:
         where an overlay extends the file, where they read as zeros.
         """
         n = self.readinto_raw(buf, offset)
-        if self.overlay is None:
+        overlay = self.overlay
+        if overlay is None:
             return n
-        end = offset + len(buf)
-        if n < len(buf) and self.overlay_size is not None and self.overlay_size > offset + n:
-            stop = min(end, self.overlay_size)
-            buf[n : stop - offset] = bytes(stop - offset - n)
+        if n < len(buf) and overlay.size > offset + n:
+            stop = min(offset + len(buf), overlay.size)
+            _fill_zero(buf[n : stop - offset])
             n = stop - offset
-        self._apply_overlay(buf, offset)
+        if n:
+            overlay.apply(buf[:n], offset)
         return n
 
-    def _apply_overlay(self, buf: memoryview, offset: int) -> None:
-        assert self.overlay is not None
-        if not self.overlay:
-            return
-        end = offset + len(buf)
-        first = offset & ~0xFFF
-        for sector in range(first, end, 0x1000):
-            data = self.overlay.get(sector)
-            if data is None:
-                continue
-            lo = max(sector, offset)
-            hi = min(sector + len(data), end)
-            buf[lo - offset : hi - offset] = data[lo - sector : hi - sector]
+    def set_overlay(self, overlay: SectorOverlay | None) -> None:
+        """Install ``overlay`` over the file's bytes (None removes it).
+
+        Every later :meth:`readinto`, :meth:`read` and :meth:`read_exact` sees
+        the overlay; :meth:`readinto_raw` never does. Nothing is written.
+        """
+        if overlay is not None and not isinstance(overlay, SectorOverlay):
+            raise InvalidArgumentError("overlay must be a SectorOverlay or None")
+        self.overlay = overlay
+
+    @property
+    def overlay_size(self) -> int | None:
+        """Size of the file as extended by the overlay, or None without one."""
+        return None if self.overlay is None else self.overlay.size
 
     def read(self, offset: int, length: int) -> bytes:
         """Read ``length`` bytes at ``offset``; a short result means end of file."""
@@ -179,9 +298,22 @@ class FileSource:
                 self._fileobj.seek(offset + done)
                 n = self._fileobj.write(mv[done:]) or 0
             if n <= 0:
-                raise OSError(f"write of {len(mv) - done} bytes at {offset + done:#x} made no progress")
+                raise OSError(
+                    f"write of {len(mv) - done} bytes at {offset + done:#x} made no progress"
+                )
             done += n
         self._size = max(self._size, offset + len(mv))
+
+    def truncate(self, size: int) -> None:
+        """Set the file's length (writable sources only); new bytes read as zeros."""
+        if not self.writable:
+            raise ReadOnlyError("image is open read-only", offset=size)
+        if self.fd is not None:
+            os.ftruncate(self.fd, size)
+        else:
+            assert self._fileobj is not None
+            self._fileobj.truncate(size)
+        self._size = size
 
     def flush(self) -> None:
         """Flush writes to stable storage."""
