@@ -188,8 +188,9 @@ def decode_vhd_bat(
 ) -> I64:
     """Decode big-endian VHD BAT entries (sector numbers) into block codes.
 
-    A block's data starts after its sector bitmap (``bitmap_size`` bytes, padded
-    to 512). Entries of 0xFFFFFFFF are unallocated.
+    A block's data starts after its sector bitmap: ``bitmap_size`` is its size
+    already padded to a multiple of 512 (this function does not pad it).
+    Entries of 0xFFFFFFFF are unallocated.
 
     Raises:
         InvalidImageError: a block whose bitmap or data lies outside the file.

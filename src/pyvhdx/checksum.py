@@ -10,9 +10,12 @@ import crc32c as _crc32c
 __all__ = ["crc32c", "crc32c_with_zeroed_field", "vhd_checksum"]
 
 
-def crc32c(data: bytes | bytearray | memoryview) -> int:
-    """CRC-32C (Castagnoli) of ``data``, as used by every VHDX structure."""
-    return int(_crc32c.crc32c(data))
+def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
+    """CRC-32C (Castagnoli) of ``data``, as used by every VHDX structure.
+
+    ``value`` continues a CRC computed over the preceding bytes.
+    """
+    return int(_crc32c.crc32c(data, value))
 
 
 def crc32c_with_zeroed_field(data: bytes | bytearray | memoryview, field_offset: int) -> int:

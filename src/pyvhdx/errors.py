@@ -14,6 +14,7 @@ __all__ = [
     "LogReplayError",
     "ParentError",
     "PyvhdxError",
+    "PyvhdxWarning",
     "ReadOnlyError",
     "TruncatedImageError",
     "UnsupportedFeatureError",
@@ -95,3 +96,7 @@ class ReadOnlyError(PyvhdxError):
 
 class InvalidArgumentError(PyvhdxError, ValueError):
     """The caller passed a bad argument (offset, size, mode, option)."""
+
+
+class PyvhdxWarning(UserWarning):
+    """A defect that did not stop the open (a bad VHD checksum, a damaged copy)."""

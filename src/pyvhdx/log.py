@@ -24,9 +24,9 @@ from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-import crc32c as _crc32c
 from construct import ConstructError
 
+from .checksum import crc32c as _crc32c_continue
 from .constants import VHDX_LOG_SECTOR_SIZE, MiB
 from .errors import InvalidImageError, LogReplayError, TruncatedImageError
 from .source import FileSource, SectorOverlay
@@ -242,7 +242,7 @@ def _read_entry(
         buf = region.read((pos + k0 * _SECTOR) % region.length, (k1 - k0) * _SECTOR)
         if k0 == 0:
             buf[4:8] = bytes(4)  # the Checksum field reads as zero (MS-VHDX 2.3.1.1)
-        crc = _crc32c.crc32c(buf, crc)
+        crc = _crc32c_continue(buf, crc)
         base = k0 * _SECTOR
         while next_desc < count and _HEADER_SIZE + _DESC_SIZE * (next_desc + 1) <= k1 * _SECTOR:
             sig, _, value, target, dseq = _DESC.unpack_from(

@@ -59,6 +59,7 @@ from .constants import (
 from .errors import (
     ChecksumError,
     InvalidImageError,
+    LogReplayError,
     PyvhdxError,
     UnsupportedFeatureError,
 )
@@ -83,6 +84,8 @@ if TYPE_CHECKING:
 __all__ = ["HeaderCopy", "MetadataItem", "RegionEntry", "RegionTableCopy", "VHDXFile"]
 
 NIL_GUID = uuid.UUID(int=0)
+# 64 TiB of payload plus its BAT, metadata and log fit well below this.
+MAX_REPLAYED_FILE_SIZE = 1 << 47
 
 # MS-VHDX 2.6.1.2 metadata entry flags
 META_IS_USER = 1
@@ -327,8 +330,20 @@ class _VHDXWriter:
         overlay = self.source.overlay
         assert overlay is not None
         size = overlay.size
+        physical = self.source.physical_size
+        if size > MAX_REPLAYED_FILE_SIZE:
+            raise LogReplayError(
+                f"the log would grow the file to {size:#x} bytes, beyond any valid VHDX",
+                structure="log",
+                field="LastFileOffset",
+                offset=self.header["log_offset"],
+            )
         self.source.set_overlay(None)
         for start, end in overlay.zero_ranges:
+            # Past the physical end the file is extended with zeros by truncate.
+            end = min(end, physical)
+            if end <= start:
+                continue
             zeros = bytes(min(end - start, 1 << 20))
             pos = start
             while pos < end:
