@@ -10,6 +10,11 @@ from __future__ import annotations
 import os
 from typing import BinaryIO
 
+# Submodules named like public functions (create) are imported before those
+# functions are defined, so the functions, not the modules, are the package's
+# attributes (a later import of a cached submodule does not rebind them).
+from . import create as _create_module
+from ._version import __version__
 from .constants import DiskType, ImageFormat, RunKind
 from .errors import (
     ChecksumError,
@@ -22,14 +27,8 @@ from .errors import (
     TruncatedImageError,
     UnsupportedFeatureError,
 )
-# Submodules named like public functions (create) are imported before those
-# functions are defined, so the functions, not the modules, are the package's
-# attributes (a later import of a cached submodule does not rebind them).
-from . import create as _create_module
 from .image import DiskImage, Extent, detect_format, open_image
 from .info import ImageInfo
-
-from ._version import __version__
 
 __all__ = [
     "ChecksumError",
@@ -54,7 +53,7 @@ __all__ = [
 ]
 
 
-def open(  # noqa: A001 - the public name DESIGN.md fixes
+def open(
     file: str | os.PathLike[str] | BinaryIO,
     mode: str = "r",
     *,

@@ -171,7 +171,6 @@ def decode_vhdx_payload_entries(
     return codes
 
 
-
 # --- VHD (spec "Block Allocation Table and Data Blocks") -------------------------
 
 

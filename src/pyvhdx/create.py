@@ -30,7 +30,6 @@ from .constants import (
     META_PAGE83_DATA,
     META_PHYSICAL_SECTOR_SIZE,
     META_VIRTUAL_DISK_SIZE,
-    MiB,
     REGION_BAT,
     REGION_METADATA,
     VHDX_DEFAULT_BLOCK_SIZE,
@@ -39,6 +38,7 @@ from .constants import (
     VHDX_MIN_BLOCK_SIZE,
     VHDX_SECTOR_SIZES,
     DiskType,
+    MiB,
     PayloadState,
 )
 from .errors import InvalidArgumentError
@@ -149,7 +149,9 @@ def _check_vhdx_args(
     size: int, block_size: int, logical_sector_size: int, physical_sector_size: int
 ) -> None:
     if logical_sector_size not in VHDX_SECTOR_SIZES:
-        raise InvalidArgumentError(f"logical sector size must be 512 or 4096, not {logical_sector_size}")
+        raise InvalidArgumentError(
+            f"logical sector size must be 512 or 4096, not {logical_sector_size}"
+        )
     if physical_sector_size not in VHDX_SECTOR_SIZES:
         raise InvalidArgumentError(
             f"physical sector size must be 512 or 4096, not {physical_sector_size}"

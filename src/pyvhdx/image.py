@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 import numpy as np
 
-from .bat import CODE_UNMAPPED, CODE_ZERO, LOAD_CHUNK_SHIFT, BlockTable
 from .base import FormatHandler
+from .bat import CODE_UNMAPPED, CODE_ZERO, LOAD_CHUNK_SHIFT, BlockTable
 from .constants import DiskType, ImageFormat, RunKind
 from .errors import (
     InvalidArgumentError,
@@ -188,7 +188,7 @@ class DiskImage:
                         offset=pos,
                     )
                 return n
-            if code == CODE_ZERO or code == CODE_UNMAPPED:
+            if code in (CODE_ZERO, CODE_UNMAPPED):
                 _zero_fill(mv)
                 return n
         self._read_runs(offset, mv)
@@ -199,8 +199,11 @@ class DiskImage:
         runs = self._table.map(offset, len(mv))
         source = self._source
         for start, length, kind, foff in zip(
-            runs.start.tolist(), runs.length.tolist(), runs.kind.tolist(),
+            runs.start.tolist(),
+            runs.length.tolist(),
+            runs.kind.tolist(),
             runs.file_offset.tolist(),
+            strict=True,
         ):
             sub = mv[start - offset : start - offset + length]
             if kind == RunKind.DATA:
@@ -240,11 +243,16 @@ class DiskImage:
             stop = min(end, (pos // window + 1) * window)
             runs = self._table.map(pos, stop - pos)
             for s, ln, k, f in zip(
-                runs.start.tolist(), runs.length.tolist(), runs.kind.tolist(),
+                runs.start.tolist(),
+                runs.length.tolist(),
+                runs.kind.tolist(),
                 runs.file_offset.tolist(),
+                strict=True,
             ):
-                if pending is not None and pending[2] == k and (
-                    k != RunKind.DATA or pending[3] + pending[1] == f
+                if (
+                    pending is not None
+                    and pending[2] == k
+                    and (k != RunKind.DATA or pending[3] + pending[1] == f)
                 ):
                     pending[1] += ln
                     continue

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bat import BlockTable
 from .base import FormatHandler
+from .bat import BlockTable
 from .constants import DiskType, ImageFormat
 from .source import FileSource
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .base import FormatHandler
 from .bat import (
     CODE_PARTIAL,
     BlockTable,
@@ -23,7 +24,6 @@ from .bat import (
     vhdx_bat_entry_count,
     vhdx_payload_index,
 )
-from .base import FormatHandler
 from .checksum import crc32c_with_zeroed_field
 from .constants import (
     KNOWN_METADATA,
@@ -274,7 +274,7 @@ class _VHDXWriter:
     header: dict[str, Any]
     header_copy: int | None
     table: BlockTable
-    block_size: int
+    payload_block_size: int
     chunk_ratio: int
     bat_offset: int
     disk_type: DiskType
@@ -406,7 +406,7 @@ class _VHDXWriter:
         """Write user data; allocate missing blocks at the end of the file."""
         self._begin_session()
         table = self.table
-        bs = self.block_size
+        bs = self.payload_block_size
         end = offset + len(data)
         first, last = offset // bs, (end - 1) // bs
         codes = table.codes(first, last + 1).copy()
@@ -438,7 +438,9 @@ class _VHDXWriter:
             if sector not in sectors:
                 sectors[sector] = bytearray(self.source.read_exact(sector, 4096, "BAT"))
             value = int(codes[b - first]) | PayloadState.FULLY_PRESENT
-            sectors[sector][entry_off - sector : entry_off - sector + 8] = value.to_bytes(8, "little")
+            sectors[sector][entry_off - sector : entry_off - sector + 8] = value.to_bytes(
+                8, "little"
+            )
         self._log_and_apply({k: bytes(v) for k, v in sectors.items()})
         for b in new_blocks:
             table.set_code(b, int(codes[b - first]))
@@ -452,7 +454,6 @@ class _VHDXWriter:
             self._update_headers(log_guid=NIL_GUID)
             self._log_guid = NIL_GUID
         self.source.flush()
-
 
 
 class VHDXFile(_VHDXWriter, FormatHandler):
@@ -472,9 +473,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
 
     supports_write = True
 
-    def __init__(
-        self, source: FileSource, *, strict: bool = False, writable: bool = False
-    ) -> None:
+    def __init__(self, source: FileSource, *, strict: bool = False, writable: bool = False) -> None:
         super().__init__()
         self.source = source
         self.writable = writable
@@ -500,7 +499,9 @@ class VHDXFile(_VHDXWriter, FormatHandler):
             )
         if writable:
             if self.disk_type is DiskType.DIFFERENCING:
-                raise UnsupportedFeatureError("writing differencing VHDX images is not supported yet")
+                raise UnsupportedFeatureError(
+                    "writing differencing VHDX images is not supported yet"
+                )
             self._init_writer()
 
     def close(self) -> None:
@@ -564,7 +565,9 @@ class VHDXFile(_VHDXWriter, FormatHandler):
                 self._problem(f"header {h.index}", h.error or "invalid", h.offset)
         if not valid:
             first = self.headers[0]
-            message = f"no valid VHDX header: header 1: {first.error}; header 2: {self.headers[1].error}"
+            message = (
+                f"no valid VHDX header: header 1: {first.error}; header 2: {self.headers[1].error}"
+            )
             if all(h.fields is None for h in self.headers):
                 raise InvalidImageError(
                     message, structure="header", field="Signature", offset=first.offset
@@ -653,7 +656,9 @@ class VHDXFile(_VHDXWriter, FormatHandler):
         if stored != computed:
             table.error = f"checksum {stored:#010x} does not match {computed:#010x}"
             return table
-        head = parse(REGION_TABLE_HEADER, data[:16], structure=f"region table {index}", offset=offset)
+        head = parse(
+            REGION_TABLE_HEADER, data[:16], structure=f"region table {index}", offset=offset
+        )
         if head.entry_count > VHDX_MAX_REGION_ENTRIES:
             table.error = f"EntryCount {head.entry_count} exceeds {VHDX_MAX_REGION_ENTRIES}"
             return table
@@ -665,9 +670,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
                 structure=f"region table {index} entry {i}",
                 offset=offset + pos,
             )
-            table.entries.append(
-                RegionEntry(e.guid, e.file_offset, e.length, bool(e.flags & 1))
-            )
+            table.entries.append(RegionEntry(e.guid, e.file_offset, e.length, bool(e.flags & 1)))
         table.valid = True
         return table
 
@@ -701,7 +704,9 @@ class VHDXFile(_VHDXWriter, FormatHandler):
             if e.guid not in KNOWN_REGIONS:
                 if e.required:
                     raise UnsupportedFeatureError(
-                        f"unknown required region {e.guid}", field="Required", **where  # type: ignore[arg-type]
+                        f"unknown required region {e.guid}",
+                        field="Required",
+                        **where,  # type: ignore[arg-type]
                     )
                 self._problem(where["structure"], f"unknown optional region {e.guid} ignored")  # type: ignore[arg-type]
             if (
@@ -835,11 +840,14 @@ class VHDXFile(_VHDXWriter, FormatHandler):
         base = self.regions[REGION_METADATA].file_offset
         fp_item = self._item(META_FILE_PARAMETERS, 8)
         fp = parse(FILE_PARAMETERS, fp_item.data[:8], structure="file parameters", offset=base)
-        where = lambda item, field: {  # noqa: E731
-            "structure": f"metadata item {item.name}",
-            "field": field,
-            "offset": base + item.offset,
-        }
+
+        def where(item: MetadataItem, field: str) -> dict[str, Any]:
+            return {
+                "structure": f"metadata item {item.name}",
+                "field": field,
+                "offset": base + item.offset,
+            }
+
         if not (
             _is_power_of_two(fp.block_size)
             and VHDX_MIN_BLOCK_SIZE <= fp.block_size <= VHDX_MAX_BLOCK_SIZE
@@ -848,7 +856,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
                 f"block size {fp.block_size} is not a power of two from 1 to 256 MiB",
                 **where(fp_item, "BlockSize"),
             )
-        self.block_size = fp.block_size
+        self.block_size = self.payload_block_size = fp.block_size
         self.leave_block_allocated = bool(fp.flags & 1)
         self.has_parent = bool(fp.flags & 2)
 
@@ -862,7 +870,9 @@ class VHDXFile(_VHDXWriter, FormatHandler):
             (ps_item, self.physical_sector_size, "PhysicalSectorSize"),
         ):
             if value not in VHDX_SECTOR_SIZES:
-                raise InvalidImageError(f"sector size {value} is not 512 or 4096", **where(item, fld))
+                raise InvalidImageError(
+                    f"sector size {value} is not 512 or 4096", **where(item, fld)
+                )
         self.virtual_size = int.from_bytes(vs_item.data[:8], "little")
         if (
             self.virtual_size == 0
@@ -894,7 +904,9 @@ class VHDXFile(_VHDXWriter, FormatHandler):
     def _decode_parent_locator(self, item: MetadataItem) -> None:
         """MS-VHDX 2.6.2.6: key/value offsets are relative to the locator item."""
         offset = self.regions[REGION_METADATA].file_offset + item.offset
-        head = parse(PARENT_LOCATOR_HEADER, item.data[:20], structure="parent locator", offset=offset)
+        head = parse(
+            PARENT_LOCATOR_HEADER, item.data[:20], structure="parent locator", offset=offset
+        )
         self.parent_locator_type = head.locator_type
         if 20 + 12 * head.key_value_count > item.length:
             raise InvalidImageError(
@@ -914,7 +926,10 @@ class VHDXFile(_VHDXWriter, FormatHandler):
                 offset=offset + pos,
             )
             texts = []
-            for fld, off, ln in (("Key", e.key_offset, e.key_length), ("Value", e.value_offset, e.value_length)):
+            for fld, off, ln in (
+                ("Key", e.key_offset, e.key_length),
+                ("Value", e.value_offset, e.value_length),
+            ):
                 if off + ln > item.length or ln % 2:
                     raise InvalidImageError(
                         f"{fld.lower()} at {off:#x}+{ln:#x} lies outside the "
@@ -936,9 +951,9 @@ class VHDXFile(_VHDXWriter, FormatHandler):
     def _setup_bat(self) -> None:
         region = self.regions[REGION_BAT]
         differencing = self.disk_type is DiskType.DIFFERENCING
-        self.chunk_ratio = chunk_ratio(self.logical_sector_size, self.block_size)
+        self.chunk_ratio = chunk_ratio(self.logical_sector_size, self.payload_block_size)
         self.bat_entry_count = vhdx_bat_entry_count(
-            self.virtual_size, self.block_size, self.logical_sector_size, differencing
+            self.virtual_size, self.payload_block_size, self.logical_sector_size, differencing
         )
         if self.bat_entry_count * 8 > region.length:
             raise InvalidImageError(
@@ -951,7 +966,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
         self.bat_offset = region.file_offset
         self.table = BlockTable(
             self.virtual_size,
-            self.block_size,
+            self.payload_block_size,
             self._load_bat,
             sector_size=self.logical_sector_size,
         )
@@ -978,7 +993,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
             payload,
             first_block=first,
             bat_offset=self.bat_offset,
-            block_size=self.block_size,
+            block_size=self.payload_block_size,
             virtual_size=self.virtual_size,
             file_size=self.source.size,
             differencing=self.disk_type is DiskType.DIFFERENCING,
@@ -995,7 +1010,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
             return
         offs = codes
         for start, length, what in self.reserved_spans:
-            hit = (codes >= 0) & (offs < start + length) & (offs + self.block_size > start)
+            hit = (codes >= 0) & (offs < start + length) & (offs + self.payload_block_size > start)
             if hit.any():
                 i = int(np.flatnonzero(hit)[0])
                 raise InvalidImageError(
@@ -1044,4 +1059,3 @@ class VHDXFile(_VHDXWriter, FormatHandler):
         if self.parent_locator is not None:
             d["parent-locator"] = dict(self.parent_locator)
         return d
-
