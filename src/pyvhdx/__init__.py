@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import BinaryIO
 
 # Submodules named like public functions (create) are imported before those
 # functions are defined, so the functions, not the modules, are the package's
 # attributes (a later import of a cached submodule does not rebind them).
+from . import convert as _convert_module
 from . import create as _create_module
 from ._version import __version__
 from .constants import DiskType, ImageFormat, RunKind
@@ -47,6 +49,7 @@ __all__ = [
     "TruncatedImageError",
     "UnsupportedFeatureError",
     "__version__",
+    "convert",
     "create",
     "detect_format",
     "open",
@@ -116,3 +119,35 @@ def _format_from_name(path: str | os.PathLike[str]) -> ImageFormat:
         ".img": ImageFormat.RAW,
         ".raw": ImageFormat.RAW,
     }.get(suffix, ImageFormat.VHDX)
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    format: str | ImageFormat | None = None,
+    disk_type: str | DiskType = DiskType.DYNAMIC,
+    block_size: int | None = None,
+    logical_sector_size: int = 512,
+    physical_sector_size: int = 4096,
+    src_format: str | ImageFormat | None = None,
+    force: bool = False,
+    progress: bool | Callable[[int], None] | None = None,
+) -> _convert_module.ConvertResult:
+    """Convert ``src`` (raw, VHD or VHDX) into a new ``dst`` image.
+
+    See :func:`pyvhdx.convert.convert_image`; the destination format comes from
+    ``format`` or the destination's extension (``.vhdx``, ``.vhd``, else raw).
+    """
+    return _convert_module.convert_image(
+        src,
+        dst,
+        format=format,
+        disk_type=disk_type,
+        block_size=block_size,
+        logical_sector_size=logical_sector_size,
+        physical_sector_size=physical_sector_size,
+        src_format=src_format,
+        force=force,
+        progress=progress,
+    )

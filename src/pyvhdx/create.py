@@ -1,4 +1,4 @@
-"""Create new, empty VHDX (and later VHD) images.
+"""Create new, empty VHDX and VHD images.
 
 VHDX layout written (MS-VHDX 2.1, every object 1 MiB aligned):
 
@@ -11,6 +11,18 @@ VHDX layout written (MS-VHDX 2.1, every object 1 MiB aligned):
 3 MiB    BAT region, rounded up to 1 MiB (2.5)
 ...      payload blocks (fixed: all, in order; dynamic: none yet)
 ======== =========================================================
+
+VHD layout written (Virtual Hard Disk Image Format Specification, 2006;
+SPEC-NOTES.md "VHD"), as QEMU ``vpc`` and Hyper-V write it:
+
+============ ==================================================================
+fixed        the disk data (``size`` bytes, sparse), then the 512-byte footer
+dynamic 0    footer copy (512 bytes)
+dynamic 512  dynamic header (1024 bytes), DataOffset all ones (pitfall 20)
+dynamic 1536 BAT: ceil(size / block) entries of 0xFFFFFFFF, padded with
+             0xFFFFFFFF to a 512-byte multiple
+dynamic end  footer (blocks are added before it as they are written)
+============ ==================================================================
 """
 
 from __future__ import annotations
@@ -248,7 +260,8 @@ def create_vhdx(
     try:
         os.pwrite(fd, head, 0)
         os.pwrite(fd, vhdx_metadata_region(items), METADATA_OFFSET)
-        os.pwrite(fd, bat.tobytes(), BAT_OFFSET)
+        if fixed:  # a dynamic BAT is all zeros (NOT_PRESENT): the truncate below makes it
+            os.pwrite(fd, bat.tobytes(), BAT_OFFSET)
         if preallocate and fixed:
             zeros = bytes(min(block_size, 8 * MiB))
             pos = layout.data_offset

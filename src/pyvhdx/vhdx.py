@@ -280,6 +280,9 @@ class _VHDXWriter:
     disk_type: DiskType
 
     def _init_writer(self) -> None:
+        # bulk: a new image being filled by convert, deleted if anything fails;
+        # BAT changes go straight to the file and only close() flushes.
+        self.bulk = False
         self._session_started = False
         self._log_seq = 0
         self._log_pos = 0
@@ -366,6 +369,10 @@ class _VHDXWriter:
         """Change file sectors (the BAT) through one log entry, then in place."""
         if not sectors:
             return
+        if self.bulk:
+            for off, data in sectors.items():
+                self.source.pwrite(data, off)
+            return
         # The first entry of a session is written under a new LogGuid before the
         # headers name it: until they do, a crash leaves the log ignored (old BAT).
         announce = self._log_guid == NIL_GUID
@@ -429,7 +436,8 @@ class _VHDXWriter:
             pos = stop
         if not new_blocks:
             return
-        self.source.flush()
+        if not self.bulk:
+            self.source.flush()
         # BAT entries of the new blocks, through the log
         sectors: dict[int, bytearray] = {}
         for b in new_blocks:

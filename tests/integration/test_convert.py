@@ -1,0 +1,146 @@
+"""convert: content preserved across formats (qemu-img as the oracle), sparse
+output, bounded memory, and nothing half-written left under the destination."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pyvhdx
+from tests.conftest import find_qemu_img, make_raw, qemu_convert
+
+MiB = 1 << 20
+
+
+def digest(path: Path) -> str:
+    with pyvhdx.open(path) as img:
+        return hashlib.file_digest(img.stream(), "sha256").hexdigest()  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("conv") / "src.raw"
+    make_raw(path, 40 * MiB + 3 * 512, seed=3)
+    return path
+
+
+@pytest.mark.parametrize("block_size", [MiB, 2 * MiB, 32 * MiB])
+@pytest.mark.parametrize("disk_type", ["dynamic", "fixed"])
+def test_raw_vhdx_raw_round_trip(
+    tmp_path: Path, source: Path, block_size: int, disk_type: str
+) -> None:
+    want = hashlib.sha256(source.read_bytes()).hexdigest()
+    vhdx = tmp_path / "a.vhdx"
+    pyvhdx.convert(source, vhdx, disk_type=disk_type, block_size=block_size)
+    assert digest(vhdx) == want
+    qemu = find_qemu_img()
+    subprocess.run([qemu, "check", str(vhdx)], check=True, capture_output=True)
+    r = subprocess.run(
+        [qemu, "compare", "-f", "raw", "-F", "vhdx", str(source), str(vhdx)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout
+    back = tmp_path / "b.raw"
+    pyvhdx.convert(vhdx, back)
+    assert back.read_bytes() == source.read_bytes()
+    with pyvhdx.open(vhdx) as img:
+        assert img.block_size == block_size
+        assert img.disk_type.value == disk_type
+
+
+def test_qemu_made_source_and_sparse_raw_destination(tmp_path: Path, source: Path) -> None:
+    vhdx = tmp_path / "q.vhdx"
+    qemu_convert(source, vhdx, "vhdx", {"subformat": "dynamic", "block_size": "1M"})
+    raw = tmp_path / "out.img"
+    result = pyvhdx.convert(vhdx, raw)
+    assert raw.read_bytes() == source.read_bytes()
+    # only the blocks qemu allocated were read; zeros became holes
+    with pyvhdx.open(vhdx) as img:
+        allocated = sum(e.length for e in img.extents() if e.kind == pyvhdx.RunKind.DATA)
+    assert result.bytes_read == allocated < raw.stat().st_size
+    assert raw.stat().st_blocks * 512 <= result.bytes_written + MiB
+
+
+def test_raw_source_holes_are_not_read(tmp_path: Path) -> None:
+    raw = tmp_path / "sparse.img"
+    with raw.open("wb") as f:
+        f.truncate(1 << 40)  # 1 TiB of hole
+        f.seek(512 * MiB)
+        f.write(b"x" * 4096)
+    out = tmp_path / "s.vhdx"
+    result = pyvhdx.convert(raw, out, src_format="raw")
+    assert result.bytes_read < 8 * MiB
+    with pyvhdx.open(out) as img:
+        assert img.virtual_size == 1 << 40
+        assert img.read_at(512 * MiB, 4097) == b"x" * 4096 + b"\0"
+
+
+def test_existing_destination_needs_force(tmp_path: Path, source: Path) -> None:
+    dst = tmp_path / "exists.vhdx"
+    dst.write_bytes(b"keep me")
+    with pytest.raises(FileExistsError):
+        pyvhdx.convert(source, dst)
+    assert dst.read_bytes() == b"keep me"
+    pyvhdx.convert(source, dst, force=True)
+    assert digest(dst) == hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+def test_failure_leaves_nothing_behind(tmp_path: Path, source: Path) -> None:
+    dst = tmp_path / "half.vhdx"
+    calls = []
+
+    def boom(n: int) -> None:
+        calls.append(n)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pyvhdx.convert(source, dst, block_size=MiB, progress=boom)
+    assert not dst.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_64_tib_sparse_source_bounded_memory(tmp_path: Path) -> None:
+    src = tmp_path / "huge.vhdx"
+    pyvhdx.create(src, 64 << 40)
+    # VmHWM, not ru_maxrss: after fork+exec ru_maxrss still counts the parent's pages.
+    code = (
+        "import pyvhdx, re\n"
+        f"r = pyvhdx.convert({str(src)!r}, {str(tmp_path / 'out.vhdx')!r})\n"
+        "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+        "print(r.bytes_read, hwm)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    bytes_read, rss_kib = map(int, out.stdout.split())
+    assert bytes_read == 0
+    assert rss_kib < 100 * 1024, f"peak RSS {rss_kib} KiB"
+    with pyvhdx.open(tmp_path / "out.vhdx") as img:
+        assert img.virtual_size == 64 << 40
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "DiscUtils/vhdx-log-replay.vhdx.gz",
+        "dissect.hypervisor/dynamic.vhd.gz",
+        "dissect.hypervisor/fixed.vhdx.gz",
+        "node-vhd/dynamic.vhd.gz",
+    ],
+)
+def test_realworld_content_survives(
+    tmp_path: Path, name: str, expected_images: list[dict[str, Any]], realworld_image: Any
+) -> None:
+    entry = next(e for e in expected_images if e["file"] == name)
+    path = realworld_image(entry)
+    before = (hashlib.sha256(path.read_bytes()).hexdigest(), os.stat(path).st_mtime_ns)
+    out = tmp_path / "rw.vhdx"
+    pyvhdx.convert(path, out)
+    assert digest(out) == entry["content_sha256"]
+    assert (hashlib.sha256(path.read_bytes()).hexdigest(), os.stat(path).st_mtime_ns) == before
