@@ -63,9 +63,15 @@ def with_crc(data: bytearray, field: int = 4) -> bytearray:
     return data
 
 
-def header_bytes(seq: int, *, log_offset: int, log_length: int = MiB,
-                 log_guid: uuid.UUID | None = None, data_write_guid: uuid.UUID | None = None,
-                 version: int = 1) -> bytearray:
+def header_bytes(
+    seq: int,
+    *,
+    log_offset: int,
+    log_length: int = MiB,
+    log_guid: uuid.UUID | None = None,
+    data_write_guid: uuid.UUID | None = None,
+    version: int = 1,
+) -> bytearray:
     raw = bytearray(
         HEADER.build(
             dict(
@@ -127,6 +133,7 @@ def build_vhdx(
     parent_locator: dict[str, str] | None = None,
     extra_metadata: list[tuple[uuid.UUID, bytes, int]] | None = None,
     creator: str = "pyvhdx tests",
+    sector_bitmaps: dict[int, list[bool]] | None = None,
 ) -> Layout:
     """Write a VHDX whose virtual content is ``content``.
 
@@ -165,13 +172,35 @@ def build_vhdx(
         idx = vhdx_payload_index(b, ratio)
         bat[8 * idx : 8 * idx + 8] = (offset | state).to_bytes(8, "little")
 
+    # sector bitmap blocks, one per chunk that has a partial block (MS-VHDX 2.5.1.2)
+    per_block = block_size // logical_sector_size
+    chunks: dict[int, bytearray] = {}
+    for b, bits in (sector_bitmaps or {}).items():
+        assert len(bits) == per_block
+        chunk = b // ratio
+        bitmap = chunks.setdefault(chunk, bytearray(MiB))
+        first = (b % ratio) * per_block
+        for i, bit in enumerate(bits):
+            if bit:
+                pos = first + i
+                bitmap[pos // 8] |= 1 << (pos % 8)
+    for chunk, bitmap in chunks.items():
+        offset = len(out)
+        out += bitmap
+        idx = (chunk + 1) * ratio + chunk
+        bat[8 * idx : 8 * idx + 8] = (offset | 6).to_bytes(8, "little")
+
     # metadata region
     dwg = uuid.uuid4()
     items: list[tuple[uuid.UUID, bytes, int]] = [
-        (META_FILE_PARAMETERS,
-         block_size.to_bytes(4, "little")
-         + ((1 if disk_type == "fixed" else 0) | (2 if differencing else 0)).to_bytes(4, "little"),
-         4),
+        (
+            META_FILE_PARAMETERS,
+            block_size.to_bytes(4, "little")
+            + ((1 if disk_type == "fixed" else 0) | (2 if differencing else 0)).to_bytes(
+                4, "little"
+            ),
+            4,
+        ),
         (META_VIRTUAL_DISK_SIZE, virtual_size.to_bytes(8, "little"), 6),
         (META_PAGE83_DATA, uuid.uuid4().bytes_le, 6),
         (META_LOGICAL_SECTOR_SIZE, logical_sector_size.to_bytes(4, "little"), 6),
@@ -181,7 +210,9 @@ def build_vhdx(
         items.append((META_PARENT_LOCATOR, parent_locator_bytes(parent_locator or {}), 6))
     items += extra_metadata or []
     meta = bytearray(MiB)
-    meta[:32] = METADATA_TABLE_HEADER.build(dict(reserved=0, entry_count=len(items), reserved2=bytes(20)))
+    meta[:32] = METADATA_TABLE_HEADER.build(
+        dict(reserved=0, entry_count=len(items), reserved2=bytes(20))
+    )
     pos = 64 * 1024
     for i, (guid, data, flags) in enumerate(items):
         meta[32 + 32 * i : 64 + 32 * i] = METADATA_ENTRY.build(
@@ -202,5 +233,6 @@ def build_vhdx(
     out[metadata_offset : metadata_offset + MiB] = meta
     out[bat_offset : bat_offset + bat_length] = bat
     path.write_bytes(bytes(out))
-    return Layout(path, log_offset, metadata_offset, bat_offset, bat_length, data_offset,
-                  blocks, ratio, dwg)
+    return Layout(
+        path, log_offset, metadata_offset, bat_offset, bat_length, data_offset, blocks, ratio, dwg
+    )

@@ -62,6 +62,10 @@ def open(
     *,
     format: str | ImageFormat | None = None,
     strict: bool = False,
+    parent: str | os.PathLike[str] | DiskImage | None = None,
+    resolve_parent: bool = True,
+    allow_missing_parent: bool = False,
+    verify_parent: bool = True,
 ) -> DiskImage:
     """Open a virtual disk image.
 
@@ -70,12 +74,29 @@ def open(
         mode: ``"r"`` (default; never writes to the file) or ``"r+"``.
         format: ``"vhdx"``, ``"vhd"`` or ``"raw"``; detected by content if None.
         strict: refuse images with non-fatal defects (a bad VHD checksum).
+        parent: a differencing disk's parent (path or open image), tried before
+            the locators the child records.
+        resolve_parent: look for the parent at all (False: info only; reads of
+            parent data raise).
+        allow_missing_parent: read a child whose parent is not found, with the
+            parent's data as zeros (reported in ``info().problems``).
+        verify_parent: check the parent's identity against the child's linkage.
 
     Raises:
         InvalidImageError: the image is malformed (subclasses name the defect).
         UnsupportedFeatureError: the image needs a feature pyvhdx lacks.
+        ParentError: a differencing disk's parent is missing or not the right one.
     """
-    return open_image(file, mode, format=format, strict=strict)
+    return open_image(
+        file,
+        mode,
+        format=format,
+        strict=strict,
+        parent=parent,
+        resolve_parent=resolve_parent,
+        allow_missing_parent=allow_missing_parent,
+        verify_parent=verify_parent,
+    )
 
 
 def create(
@@ -89,16 +110,39 @@ def create(
     physical_sector_size: int = 4096,
     overwrite: bool = False,
     preallocate: bool = False,
-) -> None:
-    """Create an empty image (VHDX now; the format from ``format`` or the file name).
+    azure: bool = False,
+) -> int:
+    """Create an empty VHDX or VHD image; the format from ``format`` or the file name.
+
+    VHD images have 512-byte sectors (``physical_sector_size`` is not stored
+    and is ignored); ``azure=True`` makes an Azure-ready fixed VHD, its size
+    rounded up to a whole MiB (see :func:`pyvhdx.create.create_azure_vhd`).
+
+    Returns:
+        The virtual size of the new image (with ``azure``, the rounded size).
 
     Raises:
         InvalidArgumentError: a parameter outside the format's limits.
         FileExistsError: the file exists and ``overwrite`` is false.
+        UnsupportedFeatureError: a format pyvhdx cannot create (raw).
     """
     fmt = ImageFormat(format) if format is not None else _format_from_name(path)
+    if fmt is ImageFormat.VHD:
+        if logical_sector_size != 512:
+            raise InvalidArgumentError(f"VHD sectors are 512 bytes, not {logical_sector_size}")
+        return _create_module.create_vhd(
+            path,
+            size,
+            disk_type=disk_type,
+            block_size=block_size,
+            overwrite=overwrite,
+            preallocate=preallocate,
+            azure=azure,
+        )
     if fmt is not ImageFormat.VHDX:
         raise UnsupportedFeatureError(f"creating {fmt.value} images is not supported yet")
+    if azure:
+        raise InvalidArgumentError("Azure-ready images are fixed VHDs (format 'vhd')")
     _create_module.create_vhdx(
         path,
         size,
@@ -109,6 +153,7 @@ def create(
         overwrite=overwrite,
         preallocate=preallocate,
     )
+    return size
 
 
 def _format_from_name(path: str | os.PathLike[str]) -> ImageFormat:

@@ -48,6 +48,20 @@ class FormatHandler:
         """Parent identity and locators of a differencing disk, else None."""
         return None
 
+    # -- differencing disks (DESIGN.md "Parents") ---------------------------------
+
+    def parent_locations(self) -> list[tuple[str, str]]:
+        """``(locator name, path)`` of the parent, in the order the spec tries them."""
+        return []
+
+    def parent_identity_matches(self, parent: FormatHandler) -> tuple[bool, str]:
+        """Whether ``parent`` is the image this child was made from, and why not."""
+        return True, ""
+
+    def identity_as_parent(self) -> str:
+        """What a child records of this image (VHDX DataWriteGuid, VHD unique id)."""
+        return str(self.identifier)
+
     def format_specific(self) -> dict[str, Any]:
         """Format-specific fields for ``info`` (``format-specific`` in JSON)."""
         return {}

@@ -263,6 +263,13 @@ class BlockTable:
 
     # -- loading --------------------------------------------------------------
 
+    def set_partial_reader(
+        self, bitmap_reader: BitmapReader, partial_offset: Callable[[int], int]
+    ) -> None:
+        """Install the sector bitmap reader for CODE_PARTIAL blocks (differencing)."""
+        self._bitmap_reader = bitmap_reader
+        self._partial_offset = partial_offset
+
     def _load(self, c0: int, c1: int) -> None:
         """Load chunks c0..c1 inclusive, those not yet loaded."""
         for c in range(c0, c1 + 1):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 import numpy as np
@@ -73,6 +74,8 @@ class DiskImage:
         self.mode = mode
         self.read_error: PyvhdxError | None = getattr(handler, "read_error", None)
         self.parent: DiskImage | None = None
+        self._owns_parent = False
+        self.missing_parent = False  # opened with allow_missing_parent and not found
         self._closed = False
 
     # -- properties ------------------------------------------------------------
@@ -215,12 +218,15 @@ class DiskImage:
                         offset=foff,
                     )
             elif kind == RunKind.PARENT:
-                if self.parent is None:
+                if self.parent is not None:
+                    self.parent.readinto_at(start, sub)
+                elif self.missing_parent:
+                    _zero_fill(sub)
+                else:
                     raise UnsupportedFeatureError(
                         "this range is stored in the parent disk, which is not open",
                         offset=start,
                     )
-                self.parent.readinto_at(start, sub)
             else:
                 _zero_fill(sub)
 
@@ -365,9 +371,22 @@ class DiskImage:
         if self._closed:
             return
         self._closed = True
-        if self.parent is not None:
+        if self.parent is not None and self._owns_parent:
             self.parent.close()
         self._h.close()
+
+    def attach_parent(self, parent: DiskImage, *, owned: bool) -> None:
+        """Use ``parent`` for the ranges this differencing disk does not store."""
+        if parent.virtual_size < self.virtual_size:
+            from .errors import ParentError
+
+            raise ParentError(
+                f"parent {parent.name} ({parent.virtual_size} bytes) is smaller than "
+                f"the child ({self.virtual_size} bytes)",
+                tried=[parent.name],
+            )
+        self.parent = parent
+        self._owns_parent = owned
 
     def __enter__(self) -> DiskImage:
         return self
@@ -436,8 +455,16 @@ def open_image(
     *,
     format: str | ImageFormat | None = None,
     strict: bool = False,
+    parent: str | os.PathLike[str] | DiskImage | None = None,
+    resolve_parent: bool = True,
+    allow_missing_parent: bool = False,
+    verify_parent: bool = True,
+    _seen: frozenset[Path] = frozenset(),
 ) -> DiskImage:
-    """Open a VHDX, VHD or raw image; see :func:`pyvhdx.open`."""
+    """Open a VHDX, VHD or raw image, and a differencing disk's parent chain.
+
+    See :func:`pyvhdx.open` for the arguments.
+    """
     if mode not in ("r", "r+"):
         raise InvalidArgumentError(f"mode must be 'r' or 'r+', not {mode!r}")
     writable = mode == "r+"
@@ -457,7 +484,92 @@ def open_image(
             handler = handler_cls(source, strict=strict, writable=True)  # type: ignore[call-arg]
         else:
             handler = handler_cls(source, strict=strict)  # type: ignore[call-arg]
-        return DiskImage(handler, mode=mode)
     except BaseException:
         source.close()
         raise
+    img = DiskImage(handler, mode=mode)
+    if handler.disk_type is DiskType.DIFFERENCING and resolve_parent:
+        try:
+            _attach_parent(img, file, parent, allow_missing_parent, verify_parent, _seen)
+        except BaseException:
+            img.close()
+            raise
+    return img
+
+
+def _attach_parent(
+    img: DiskImage,
+    file: str | os.PathLike[str] | BinaryIO,
+    explicit: str | os.PathLike[str] | DiskImage | None,
+    allow_missing: bool,
+    verify: bool,
+    seen: frozenset[Path],
+) -> None:
+    """Find, open and verify the parent of a differencing disk (DESIGN.md "Parents")."""
+    from .chain import MAX_CHAIN_DEPTH, candidate_paths
+    from .errors import ParentError
+    from .info import Problem
+
+    h = img.handler
+    if isinstance(file, (str, os.PathLike)):
+        here = Path(file).resolve()
+    else:
+        name = getattr(file, "name", None)
+        here = Path(name).resolve() if isinstance(name, str) else Path.cwd() / "<file object>"
+    seen = seen | {here}
+    if len(seen) > MAX_CHAIN_DEPTH:
+        raise ParentError(
+            f"differencing chain deeper than {MAX_CHAIN_DEPTH} images", tried=[str(here)]
+        )
+
+    def check(parent_img: DiskImage, where: str) -> str | None:
+        ok, why = h.parent_identity_matches(parent_img.handler)
+        if ok or not verify:
+            return None
+        return f"{where}: identity mismatch ({why})"
+
+    tried: list[str] = []
+    reasons: list[str] = []
+    if isinstance(explicit, DiskImage):
+        bad = check(explicit, explicit.name)
+        if bad:
+            raise ParentError(
+                f"the given parent is not this disk's parent: {bad}", tried=[explicit.name]
+            )
+        img.attach_parent(explicit, owned=False)
+        return
+    if explicit is not None:
+        candidates = [Path(explicit)]
+    else:
+        candidates = candidate_paths(here.parent, h.parent_locations())
+    for path in candidates:
+        tried.append(str(path))
+        if not path.is_file():
+            reasons.append(f"{path}: not found")
+            continue
+        resolved = path.resolve()
+        if resolved in seen:
+            raise ParentError(f"differencing chain loops back to {resolved}", tried=tried)
+        parent_img = open_image(
+            path,
+            allow_missing_parent=allow_missing,
+            verify_parent=verify,
+            _seen=seen,
+        )
+        bad = check(parent_img, str(path))
+        if bad:
+            parent_img.close()
+            reasons.append(bad)
+            if explicit is not None:
+                raise ParentError(f"the given parent is not this disk's parent: {bad}", tried=tried)
+            continue
+        img.attach_parent(parent_img, owned=True)
+        return
+    message = "parent disk not found" if not reasons else "; ".join(reasons)
+    if not tried:
+        message = "the image names no parent path that can be looked up beside it"
+    if allow_missing:
+        img.missing_parent = True
+        h.problems.append(Problem("parent", f"{message}; data stored in the parent reads as zeros"))
+        return
+    raise ParentError(f"{message} (tried: {', '.join(tried) or 'nothing'})", tried=tried)

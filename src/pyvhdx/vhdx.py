@@ -23,6 +23,7 @@ from .bat import (
     decode_vhdx_payload_entries,
     vhdx_bat_entry_count,
     vhdx_payload_index,
+    vhdx_sector_bitmap_index,
 )
 from .checksum import crc32c_with_zeroed_field
 from .constants import (
@@ -54,7 +55,9 @@ from .constants import (
     VHDX_SIGNATURE,
     DiskType,
     ImageFormat,
+    MiB,
     PayloadState,
+    SectorBitmapState,
 )
 from .errors import (
     ChecksumError,
@@ -979,12 +982,8 @@ class VHDXFile(_VHDXWriter, FormatHandler):
             sector_size=self.logical_sector_size,
         )
         if differencing:
-            self.read_error = UnsupportedFeatureError(
-                "reading a differencing VHDX needs its parent; differencing support is not "
-                "implemented yet",
-                structure="file parameters",
-                field="HasParent",
-            )
+            self.table.set_partial_reader(self._sector_bitmap, self._partial_offset)
+            self._bitmap_cache: dict[int, np.ndarray] = {}
         if self.table.block_count <= 1 << 16:
             self.table.load_all()
 
@@ -1010,6 +1009,84 @@ class VHDXFile(_VHDXWriter, FormatHandler):
         )
         self._check_overlaps(codes, first)
         return codes
+
+    # -- 2.5.1.2 sector bitmaps (differencing) -------------------------------------------
+
+    def _raw_entry(self, index: int, what: str) -> int:
+        off = self.bat_offset + 8 * index
+        return int.from_bytes(self.source.read_exact(off, 8, what), "little")
+
+    def _partial_offset(self, block: int) -> int:
+        """File offset of a partially present block's data."""
+        return self._raw_entry(vhdx_payload_index(block, self.chunk_ratio), "BAT") & (
+            0xFFFFFFFFFFF00000
+        )
+
+    def _sector_bitmap(self, block: int) -> np.ndarray:
+        """One bool per logical sector of ``block``: True if stored in this file.
+
+        MS-VHDX 2.5.1.2 / 2.6: a 1 MiB sector bitmap block per chunk, one bit per
+        sector, least significant bit first (SPEC-NOTES pitfall 17).
+        """
+        ratio = self.chunk_ratio
+        chunk = block // ratio
+        bits = self._bitmap_cache.get(chunk)
+        if bits is None:
+            index = vhdx_sector_bitmap_index(chunk, ratio)
+            entry = self._raw_entry(index, "BAT")
+            state = entry & 7
+            offset = entry & 0xFFFFFFFFFFF00000
+            where = {
+                "structure": "BAT",
+                "field": f"sector bitmap entry {chunk}",
+                "offset": self.bat_offset + 8 * index,
+            }
+            if state != SectorBitmapState.PRESENT:
+                raise InvalidImageError(
+                    f"block {block} is partially present but its sector bitmap "
+                    f"(chunk {chunk}) is not (state {state})",
+                    **where,  # type: ignore[arg-type]
+                )
+            if offset < VHDX_HEADER_AREA_SIZE or offset + MiB > self.source.size:
+                raise InvalidImageError(
+                    f"sector bitmap of chunk {chunk} at {offset:#x} lies outside the file",
+                    **where,  # type: ignore[arg-type]
+                )
+            bits = np.frombuffer(self.source.read_exact(offset, MiB, "sector bitmap"), np.uint8)
+            if len(self._bitmap_cache) >= 8:
+                self._bitmap_cache.pop(next(iter(self._bitmap_cache)))
+            self._bitmap_cache[chunk] = bits
+        per_block = self.payload_block_size // self.logical_sector_size  # a multiple of 8
+        first = (block % ratio) * per_block // 8
+        return np.unpackbits(bits[first : first + per_block // 8], bitorder="little").astype(bool)
+
+    # -- parents (MS-VHDX 2.6.2.6) ----------------------------------------------------------
+
+    def parent_locations(self) -> list[tuple[str, str]]:
+        kv = self.parent_locator or {}
+        return [
+            (k, kv[k]) for k in ("relative_path", "volume_path", "absolute_win32_path") if kv.get(k)
+        ]
+
+    def identity_as_parent(self) -> str:
+        return str(self.header["data_write_guid"])
+
+    def parent_identity_matches(self, parent: FormatHandler) -> tuple[bool, str]:
+        """parent_linkage (or parent_linkage2) must name the parent's DataWriteGuid."""
+        want = parent.identity_as_parent().lower()
+        kv = self.parent_locator or {}
+        seen = []
+        for key in ("parent_linkage", "parent_linkage2"):
+            value = kv.get(key)
+            if value is None:
+                continue
+            seen.append(f"{key} {value}")
+            try:
+                if str(uuid.UUID(value.strip().strip("{}"))) == want:
+                    return True, ""
+            except ValueError:
+                continue
+        return False, f"{'; '.join(seen) or 'no parent_linkage'} != parent DataWriteGuid {{{want}}}"
 
     def _check_overlaps(self, codes: np.ndarray, first: int) -> None:
         """Payload blocks may not overlap the log or a region (SPEC-NOTES pitfall 10)."""

@@ -8,6 +8,8 @@ repository.
 
 from __future__ import annotations
 
+import re
+
 import os
 import uuid
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 
 import pyvhdx
-from pyvhdx.errors import ChecksumError, ParentError, UnsupportedFeatureError
+from pyvhdx.errors import ChecksumError, ParentError
 from tests.conftest import load_expected, sha256_of_file, sha256_of_image
 
 pytestmark = pytest.mark.realworld
@@ -72,30 +74,28 @@ def test_realworld_image(
 
 
 def _check_differencing(path: Path, entry: dict[str, Any]) -> None:
-    """Differencing disks.
+    """Differencing disks (DESIGN.md "Parents").
 
-    TODO(differencing issue): tighten this once differencing support lands. For now
-    the test accepts "not supported yet" (UnsupportedFeatureError, at open or at the
-    first read). Entries with expect == "parent_error" (parent absent) may also raise
-    ParentError, which must name the paths tried. Entries with expect == "ok" have
-    their parent decompressed beside them: if the chain opens and reads, its content
-    hash must be exact.
+    expect == "ok": the parent sits beside the child; the chain reads to the exact
+    hash. expect == "parent_error": opening raises ParentError naming every path
+    tried; with the explicit opt-in the child reads with the parent's data as
+    zeros, to the hash the facts give where they give one.
     """
-    if entry["expect"] == "parent_error":
-        accepted: tuple[type[Exception], ...] = (ParentError, UnsupportedFeatureError)
-    else:
-        accepted = (UnsupportedFeatureError,)
-    try:
+    if entry["expect"] == "ok":
         with pyvhdx.open(path) as img:
-            if entry["expect"] == "parent_error":
-                img.read_at(0, 512)
-                pytest.fail("read a differencing disk whose parent is missing")
+            assert img.parent is not None
             assert img.virtual_size == entry["virtual_size"]
             assert img.disk_type.value == "differencing"
             assert sha256_of_image(img) == entry["content_sha256"]
-    except accepted as exc:
-        if isinstance(exc, ParentError):
-            assert exc.tried, "ParentError must name every path tried"
+        return
+    with pytest.raises(ParentError) as err:
+        pyvhdx.open(path)
+    assert err.value.tried, "ParentError must name every path tried"
+    with pyvhdx.open(path, allow_missing_parent=True) as img:
+        assert img.missing_parent
+        match = re.search(r"content hash is ([0-9a-f]{64})", entry["facts"])
+        if match:
+            assert sha256_of_image(img) == match.group(1)
 
 
 # --- facts from the source projects' own tests ------------------------------------
