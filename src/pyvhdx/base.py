@@ -39,6 +39,7 @@ class FormatHandler:
     header_copy: int | None = None
     region_table_copy: int | None = None
     supports_write: bool = False  # the constructor takes writable=True
+    parent_reader: Any = None  # the parent DiskImage's readinto_at (differencing disks)
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []

@@ -387,6 +387,7 @@ class DiskImage:
             )
         self.parent = parent
         self._owns_parent = owned
+        self._h.parent_reader = parent.readinto_at
 
     def __enter__(self) -> DiskImage:
         return self

@@ -17,6 +17,7 @@ import numpy as np
 
 from .base import FormatHandler
 from .bat import (
+    CODE_PARENT,
     CODE_PARTIAL,
     BlockTable,
     chunk_ratio,
@@ -278,9 +279,20 @@ class _VHDXWriter:
     header_copy: int | None
     table: BlockTable
     payload_block_size: int
+    logical_sector_size: int
+    virtual_size: int
     chunk_ratio: int
+
+    def _partial_offset(self, block: int) -> int:
+        raise NotImplementedError
+
+    def _sector_bitmap(self, block: int) -> np.ndarray:
+        raise NotImplementedError
+
     bat_offset: int
     disk_type: DiskType
+
+    parent_reader: Any = None  # DiskImage.readinto_at of the parent, set by attach_parent
 
     def _init_writer(self) -> None:
         # bulk: a new image being filled by convert, deleted if anything fails;
@@ -413,23 +425,40 @@ class _VHDXWriter:
     # -- data --------------------------------------------------------------------
 
     def write_at(self, offset: int, data: memoryview) -> None:
-        """Write user data; allocate missing blocks at the end of the file."""
+        """Write user data; allocate missing blocks at the end of the file.
+
+        In a differencing disk a block that is not (or only partly) stored here
+        becomes FULLY_PRESENT: the sectors the write does not cover are copied
+        from the parent first, so one BAT entry switches the whole block
+        atomically and no sector bitmap has to change (MS-VHDX 2.5.1.1 allows
+        either; this keeps every change a single logged BAT update).
+        """
         self._begin_session()
         table = self.table
         bs = self.payload_block_size
         end = offset + len(data)
         first, last = offset // bs, (end - 1) // bs
         codes = table.codes(first, last + 1).copy()
-        new_blocks = [first + i for i, c in enumerate(codes.tolist()) if c < 0]
-        if any(c == CODE_PARTIAL for c in codes.tolist()):
-            raise UnsupportedFeatureError("writing into differencing images is not supported yet")
+        old = codes.copy()
+        new_blocks = [
+            first + i for i, c in enumerate(codes.tolist()) if c < 0 and c != CODE_PARTIAL
+        ]
+        partial = [first + i for i, c in enumerate(codes.tolist()) if c == CODE_PARTIAL]
         if new_blocks:
             base = -(-self.source.physical_size // VHDX_ALIGNMENT) * VHDX_ALIGNMENT
-            placed = {b: base + k * bs for k, b in enumerate(new_blocks)}
             self.source.truncate(base + len(new_blocks) * bs)
-            for b, foff in placed.items():
-                codes[b - first] = foff
-        # user data, in place or into the new (zero-filled) blocks
+            for k, b in enumerate(new_blocks):
+                codes[b - first] = base + k * bs
+        for b in partial:
+            codes[b - first] = self._partial_offset(b)
+        # parent data under what this write leaves of each block
+        for b in new_blocks + partial:
+            if old[b - first] == CODE_PARENT or old[b - first] == CODE_PARTIAL:
+                keep = None
+                if old[b - first] == CODE_PARTIAL:
+                    keep = self._sector_bitmap(b)
+                self._copy_from_parent(b, int(codes[b - first]), offset, end, keep)
+        # user data, in place or into the new blocks
         pos = offset
         while pos < end:
             b = pos // bs
@@ -437,13 +466,14 @@ class _VHDXWriter:
             foff = int(codes[b - first]) + (pos - b * bs)
             self.source.pwrite(data[pos - offset : stop - offset], foff)
             pos = stop
-        if not new_blocks:
+        changed = new_blocks + partial
+        if not changed:
             return
         if not self.bulk:
             self.source.flush()
         # BAT entries of the new blocks, through the log
         sectors: dict[int, bytearray] = {}
-        for b in new_blocks:
+        for b in changed:
             entry_off = self.bat_offset + 8 * vhdx_payload_index(b, self.chunk_ratio)
             sector = entry_off & ~0xFFF
             if sector not in sectors:
@@ -453,8 +483,45 @@ class _VHDXWriter:
                 8, "little"
             )
         self._log_and_apply({k: bytes(v) for k, v in sectors.items()})
-        for b in new_blocks:
+        for b in changed:
             table.set_code(b, int(codes[b - first]))
+
+    def _copy_from_parent(
+        self, block: int, file_offset: int, wstart: int, wend: int, keep: np.ndarray | None
+    ) -> None:
+        """Copy the parent's bytes of ``block`` that the write does not cover.
+
+        ``keep`` (sectors already stored here) are left alone. All-zero runs are
+        not written: the new block area reads as zeros already.
+        """
+        reader = self.parent_reader
+        if reader is None:
+            raise UnsupportedFeatureError(
+                "writing into a differencing disk needs its parent open",
+                structure="parent locator",
+            )
+        bs = self.payload_block_size
+        ss = self.logical_sector_size
+        lo = block * bs
+        hi = min(lo + bs, self.virtual_size)
+        buf = bytearray(hi - lo)
+        reader(lo, buf)
+        need = np.ones((hi - lo) // ss, dtype=bool)
+        if keep is not None:
+            need &= ~keep[: need.shape[0]]
+        # sectors wholly inside the write are overwritten anyway
+        s0 = -(-(max(wstart, lo) - lo) // ss)
+        s1 = (min(wend, hi) - lo) // ss
+        if s1 > s0:
+            need[s0:s1] = False
+        if not need.any():
+            return
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], need.view(np.int8), [0]))))
+        mv = memoryview(buf)
+        for a, z in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+            piece = mv[a * ss : z * ss]
+            if np.any(np.frombuffer(piece, np.uint8)):
+                self.source.pwrite(piece, file_offset + a * ss)
 
     def flush(self) -> None:
         self.source.flush()
@@ -509,10 +576,6 @@ class VHDXFile(_VHDXWriter, FormatHandler):
                 offset=self.problems[0].offset,
             )
         if writable:
-            if self.disk_type is DiskType.DIFFERENCING:
-                raise UnsupportedFeatureError(
-                    "writing differencing VHDX images is not supported yet"
-                )
             self._init_writer()
 
     def close(self) -> None:
