@@ -33,7 +33,7 @@ from .source import FileSource
 if TYPE_CHECKING:
     from .stream import DiskStream
 
-__all__ = ["DiskImage", "Extent", "detect_format", "open_image"]
+__all__ = ["ChainExtent", "DiskImage", "Extent", "detect_format", "open_image"]
 
 
 class Extent(NamedTuple):
@@ -54,6 +54,17 @@ class Extent(NamedTuple):
     @property
     def zero(self) -> bool:
         return self.kind in (RunKind.ZERO, RunKind.UNMAPPED)
+
+
+class ChainExtent(NamedTuple):
+    """An :class:`Extent` of a differencing chain, with the image that holds it."""
+
+    start: int
+    length: int
+    kind: RunKind
+    file_offset: int | None
+    depth: int  # 0: the image opened; 1: its parent; ...
+    image: str
 
 
 def _zero_fill(mv: memoryview) -> None:
@@ -268,6 +279,21 @@ class DiskImage:
             pos = stop
         if pending is not None:
             yield _extent(pending)
+
+    def chain_extents(
+        self, offset: int = 0, length: int | None = None, *, _depth: int = 0
+    ) -> Iterator[ChainExtent]:
+        """The allocation map through the whole differencing chain.
+
+        Runs this image sends to its parent are replaced by the parent's own runs,
+        so each run names the image that holds it (``depth`` 0 is this image) and
+        an examiner sees exactly what a checkpoint changed.
+        """
+        for ext in self.extents(offset, length):
+            if ext.kind == RunKind.PARENT and self.parent is not None:
+                yield from self.parent.chain_extents(ext.start, ext.length, _depth=_depth + 1)
+            else:
+                yield ChainExtent(*ext, depth=_depth, image=self.name)
 
     def allocation_summary(self) -> AllocationSummary:
         """Count blocks by what they map to (decodes the whole table)."""
