@@ -16,6 +16,7 @@ from typing import BinaryIO
 # attributes (a later import of a cached submodule does not rebind them).
 from . import convert as _convert_module
 from . import create as _create_module
+from . import merge as _merge_module
 from ._version import __version__
 from .constants import DiskType, ImageFormat, RunKind
 from .errors import (
@@ -52,6 +53,7 @@ __all__ = [
     "convert",
     "create",
     "detect_format",
+    "merge",
     "open",
 ]
 
@@ -196,3 +198,13 @@ def convert(
         force=force,
         progress=progress,
     )
+
+
+def merge(
+    child: str | os.PathLike[str],
+    *,
+    parent: str | os.PathLike[str] | None = None,
+    keep_child: bool = False,
+) -> None:
+    """Merge a differencing disk into its parent (as Merge-VHD); see pyvhdx.merge."""
+    _merge_module.merge_image(child, parent=parent, keep_child=keep_child)
