@@ -1,0 +1,1978 @@
+"""``check_image``: verify everything a reader relies on, and collect every finding.
+
+The checker parses the on-disk structures itself, through
+:mod:`pyvhdx.structures` and :class:`~pyvhdx.source.FileSource`, so that it
+works on images :func:`pyvhdx.open` refuses (both headers damaged, a BAT entry
+past the end of the file...). It never stops at the first defect: each step
+records its findings and the next step goes on with whatever is still
+trustworthy. Finally it tries :func:`pyvhdx.open` and reports
+``cannot open: <error>`` when a reader would refuse the image.
+
+VHDX (MS-VHDX section 2): the file identifier (2.2.1); both headers (2.2.2:
+signature, CRC-32C, version, which is current); the log (2.3: a pending log is
+replayed in memory, as a reader does, and the rest is checked on the replayed
+view); both region tables (2.2.3: CRC-32C, entries, agreement); the metadata
+region (2.6: required items, sizes, limits); every BAT entry (2.5: states,
+reserved bits and offsets; data blocks inside the file, not overlapping each
+other, the header area, the log or any region).
+
+VHD (Virtual Hard Disk Image Format Specification, 2006): both footer copies
+(cookie, checksum, agreement), the footer fields, the dynamic header, every BAT
+entry (inside the file, not overlapping each other or the footer copy, dynamic
+header, BAT or parent locator data) and the size of a fixed disk.
+
+BAT checks are vectorized with numpy: sorting the block offsets and comparing
+each with the furthest end before it finds every overlap (and every duplicate)
+in O(n log n), so BATs with millions of entries take a fraction of a second.
+Findings about single entries are capped per kind (:data:`MAX_FINDINGS_PER_KIND`)
+and followed by a count of the rest.
+
+Severities and the exit code of ``pyvhdx check``: an *error* is a defect a
+reader trips over or a spec violation a repair should fix, including a damaged
+redundant copy (a header, region table or footer copy) that readers skip
+(exit 1); a *warning* is a deviation readers tolerate (exit 0: SPEC-NOTES
+pitfall 6 lists real-world files that have them). A pending log is a warning:
+it is the normal state after a crash and every reader replays it. A missing
+parent is a warning too: it says nothing about this file. *Info* describes
+what was found (which header is current). Every error carries the text of
+what a repair would do (``--repair`` is not implemented).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import os
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from .bat import chunk_ratio, vhdx_bat_entry_count
+from .checksum import crc32c_with_zeroed_field, vhd_checksum
+from .constants import (
+    KNOWN_METADATA,
+    KNOWN_REGIONS,
+    META_FILE_PARAMETERS,
+    META_LOGICAL_SECTOR_SIZE,
+    META_PAGE83_DATA,
+    META_PARENT_LOCATOR,
+    META_PHYSICAL_SECTOR_SIZE,
+    META_VIRTUAL_DISK_SIZE,
+    PARENT_LOCATOR_TYPE_VHDX,
+    REGION_BAT,
+    REGION_METADATA,
+    VHD_BAT_UNUSED,
+    VHD_DYNAMIC_COOKIE,
+    VHD_DYNAMIC_HEADER_SIZE,
+    VHD_FIXED_DATA_OFFSET,
+    VHD_FOOTER_COOKIE,
+    VHD_FOOTER_SIZE,
+    VHD_MAX_SIZE,
+    VHD_OLD_FOOTER_SIZE,
+    VHD_SECTOR_SIZE,
+    VHDX_ALIGNMENT,
+    VHDX_BAT_OFFSET_MASK,
+    VHDX_HEADER_AREA_SIZE,
+    VHDX_HEADER_OFFSETS,
+    VHDX_HEADER_SIZE,
+    VHDX_MAX_BLOCK_SIZE,
+    VHDX_MAX_METADATA_ENTRIES,
+    VHDX_MAX_METADATA_ITEM_SIZE,
+    VHDX_MAX_REGION_ENTRIES,
+    VHDX_MAX_VIRTUAL_SIZE,
+    VHDX_METADATA_TABLE_SIZE,
+    VHDX_MIN_BLOCK_SIZE,
+    VHDX_REGION_TABLE_OFFSETS,
+    VHDX_REGION_TABLE_SIZE,
+    VHDX_SECTOR_BITMAP_BLOCK_SIZE,
+    VHDX_SECTOR_SIZES,
+    VHDX_SIGNATURE,
+    ImageFormat,
+    PayloadState,
+    VHDDiskType,
+)
+from .errors import ParentError, PyvhdxError
+from .image import DiskImage, detect_format, open_image
+from .source import FileSource
+from .structures import parse
+from .structures.vhd import (
+    DYNAMIC_HEADER_CHECKSUM_OFFSET,
+    FOOTER_CHECKSUM_OFFSET,
+    VHDDynamicHeader,
+    VHDFooter,
+)
+from .structures.vhdx import (
+    FILE_PARAMETERS,
+    HEADER,
+    METADATA_ENTRY,
+    METADATA_TABLE_HEADER,
+    PARENT_LOCATOR_ENTRY,
+    PARENT_LOCATOR_HEADER,
+    REGION_TABLE_ENTRY,
+    REGION_TABLE_HEADER,
+)
+
+__all__ = ["MAX_FINDINGS_PER_KIND", "CheckReport", "Finding", "Severity", "check_image"]
+
+#: Findings about individual BAT entries reported per kind of defect; the rest
+#: are counted in one summary finding.
+MAX_FINDINGS_PER_KIND: Final = 16
+
+_NIL_GUID: Final = uuid.UUID(int=0)
+_BAT_CHUNK_ENTRIES: Final = 1 << 20  # BAT entries read and checked per step (8 MiB VHDX)
+_VHDX_RESERVED_BITS: Final = 0xFFFF8  # MS-VHDX 2.5.1: bits 3-19 of a BAT entry
+_META_IS_USER: Final = 1
+
+I64 = npt.NDArray[np.int64]
+
+
+class Severity(str, enum.Enum):
+    """How bad a finding is (see the module docstring for the exit code)."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One thing the check found.
+
+    Attributes:
+        severity: error, warning or info.
+        structure: the on-disk structure (``"header 1"``, ``"BAT"``...).
+        message: what is wrong (or, for info, what was found).
+        offset: the absolute file offset of the structure or field, if any.
+        field: the field concerned, in the spec's name, if any.
+        repair: for errors, what a repair would do.
+    """
+
+    severity: Severity
+    structure: str
+    message: str
+    offset: int | None = None
+    field: str | None = None
+    repair: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Kebab-case dict (``pyvhdx check --json``); absent keys are omitted."""
+        d: dict[str, Any] = {"severity": self.severity.value, "structure": self.structure}
+        if self.field is not None:
+            d["field"] = self.field
+        if self.offset is not None:
+            d["offset"] = self.offset
+        d["message"] = self.message
+        if self.repair is not None:
+            d["repair"] = self.repair
+        return d
+
+    def __str__(self) -> str:
+        where = f" at {self.offset:#x}" if self.offset is not None else ""
+        text = f"{self.severity.value}: {self.structure}{where}: {self.message}"
+        if self.repair:
+            text += f" [repair: {self.repair}]"
+        return text
+
+
+@dataclasses.dataclass
+class CheckReport:
+    """The result of :func:`check_image`.
+
+    ``opened`` tells whether :func:`pyvhdx.open` accepts the image. The counts
+    follow ``qemu-img check --output=json`` where it has a counterpart
+    (``total-clusters``, ``allocated-clusters``, ``image-end-offset``).
+    """
+
+    filename: str
+    format: str | None = None
+    disk_type: str | None = None
+    virtual_size: int | None = None
+    file_size: int | None = None
+    block_size: int | None = None
+    total_blocks: int | None = None
+    allocated_blocks: int | None = None
+    image_end_offset: int | None = None
+    opened: bool = False
+    findings: list[Finding] = dataclasses.field(default_factory=list)
+
+    def _of(self, severity: Severity) -> list[Finding]:
+        return [f for f in self.findings if f.severity is severity]
+
+    @property
+    def errors(self) -> list[Finding]:
+        return self._of(Severity.ERROR)
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return self._of(Severity.WARNING)
+
+    @property
+    def ok(self) -> bool:
+        """No errors (warnings and info allowed)."""
+        return not self.errors
+
+    @property
+    def exit_code(self) -> int:
+        """0 when there is no error, 1 otherwise (2, could not run, is the caller's)."""
+        return 0 if self.ok else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``pyvhdx check --json`` prints."""
+        d: dict[str, Any] = {
+            "filename": self.filename,
+            "format": self.format,
+            "disk-type": self.disk_type,
+            "virtual-size": self.virtual_size,
+            "file-size": self.file_size,
+            "cluster-size": self.block_size,
+            "total-clusters": self.total_blocks,
+            "allocated-clusters": self.allocated_blocks,
+            "image-end-offset": self.image_end_offset,
+            "opened": self.opened,
+            "check-errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "findings": [f.to_dict() for f in self.findings],
+        }
+        return {k: v for k, v in d.items() if v is not None}
+
+
+# -- plumbing ---------------------------------------------------------------------------
+
+
+class _Findings:
+    """Collects findings; per-entry findings are capped by kind."""
+
+    def __init__(self, report: CheckReport) -> None:
+        self.report = report
+
+    def add(
+        self,
+        severity: Severity,
+        structure: str,
+        message: str,
+        offset: int | None = None,
+        field: str | None = None,
+        repair: str | None = None,
+    ) -> None:
+        self.report.findings.append(Finding(severity, structure, message, offset, field, repair))
+
+    def error(
+        self,
+        structure: str,
+        message: str,
+        offset: int | None = None,
+        field: str | None = None,
+        *,
+        repair: str,
+    ) -> None:
+        self.add(Severity.ERROR, structure, message, offset, field, repair)
+
+    def warning(
+        self, structure: str, message: str, offset: int | None = None, field: str | None = None
+    ) -> None:
+        self.add(Severity.WARNING, structure, message, offset, field)
+
+    def info(self, structure: str, message: str, offset: int | None = None) -> None:
+        self.add(Severity.INFO, structure, message, offset)
+
+
+class _EntryFindings:
+    """Findings about BAT entries, at most :data:`MAX_FINDINGS_PER_KIND` per kind."""
+
+    def __init__(self, out: _Findings) -> None:
+        self.out = out
+        self.counts: dict[str, int] = {}
+        self.first: dict[str, Finding] = {}
+
+    def add(
+        self,
+        kind: str,
+        indexes: npt.NDArray[Any],
+        make: Callable[[int], Finding],
+    ) -> None:
+        """Report ``make(i)`` for the first entries of ``indexes`` (ascending)."""
+        n = int(indexes.shape[0])
+        if n == 0:
+            return
+        seen = self.counts.get(kind, 0)
+        room = max(0, MAX_FINDINGS_PER_KIND - seen)
+        for i in indexes[:room].tolist():
+            finding = make(int(i))
+            self.first.setdefault(kind, finding)
+            self.out.report.findings.append(finding)
+        self.counts[kind] = seen + n
+
+    def summarize(self) -> None:
+        """One finding per kind that had more entries than were reported."""
+        for kind, count in self.counts.items():
+            if count > MAX_FINDINGS_PER_KIND:
+                first = self.first[kind]
+                self.out.add(
+                    first.severity,
+                    first.structure,
+                    f"{count - MAX_FINDINGS_PER_KIND} more entries like this ({kind}; "
+                    f"{count} in all)",
+                    None,
+                    first.field,
+                    None if first.repair is None else "as for the entries above",
+                )
+
+
+def _overlaps(starts: I64, ends: I64) -> tuple[I64, I64]:
+    """Positions of the ranges that overlap an earlier-starting range, and that range.
+
+    Sorts by start; a range overlaps an earlier one exactly when it starts
+    before the furthest end seen so far (``np.maximum.accumulate``). Equal
+    starts (duplicate offsets) are overlaps too. Returns ``(hits, partners)``
+    as positions in the input arrays, ``hits`` ordered by position.
+    """
+    n = int(starts.shape[0])
+    if n < 2:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    order = np.argsort(starts, kind="stable")
+    s = starts[order]
+    e = ends[order]
+    reach = np.maximum.accumulate(e)
+    bad = np.flatnonzero(s[1:] < reach[:-1]) + 1
+    if bad.shape[0] == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    partners = np.where(s[bad] < e[bad - 1], bad - 1, -1)
+    # Rare nested case: the overlapping range is not the sorted neighbour.
+    for j in np.flatnonzero(partners < 0)[: MAX_FINDINGS_PER_KIND * 4].tolist():
+        partners[j] = int(np.argmax(e[: bad[j]]))
+    partners = np.where(partners < 0, bad - 1, partners)
+    hits = order[bad]
+    mates = order[partners]
+    by_position = np.argsort(hits, kind="stable")
+    return hits[by_position].astype(np.int64), mates[by_position].astype(np.int64)
+
+
+def _span_hits(starts: I64, ends: I64, span_start: int, span_end: int) -> I64:
+    """Positions of the ranges ``[starts, ends)`` that intersect ``[span_start, span_end)``."""
+    return np.flatnonzero((starts < span_end) & (ends > span_start)).astype(np.int64)
+
+
+# -- VHDX (MS-VHDX section 2) -----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Region:
+    guid: uuid.UUID
+    file_offset: int
+    length: int
+    required: bool
+    entry_offset: int
+
+    @property
+    def name(self) -> str:
+        return KNOWN_REGIONS.get(self.guid, f"region {self.guid}")
+
+
+@dataclasses.dataclass
+class _RegionTable:
+    index: int
+    offset: int
+    valid: bool
+    parsed: bool  # entries could be read (valid, or only the checksum is wrong)
+    entries: list[_Region]
+
+
+class _VHDXChecker:
+    """Checks one VHDX file (MS-VHDX section 2)."""
+
+    def __init__(self, source: FileSource, out: _Findings, report: CheckReport) -> None:
+        self.source = source
+        self.out = out
+        self.report = report
+        self.header: dict[str, Any] | None = None
+        self.header_offset = 0
+        self.spans: list[tuple[int, int, str]] = [(0, VHDX_HEADER_AREA_SIZE, "header area")]
+        self.end = VHDX_HEADER_AREA_SIZE
+
+    def run(self) -> None:
+        self.report.file_size = self.source.physical_size
+        self.check_file_identifier()
+        self.check_headers()
+        self.check_log()
+        regions = self.check_region_tables()
+        if regions is None:
+            return
+        meta = self.check_metadata(regions)
+        if meta is None:
+            return
+        self.check_bat(regions, meta)
+
+    # -- 2.2.1 file type identifier -----------------------------------------------
+
+    def check_file_identifier(self) -> None:
+        sig = self.source.read(0, 8)
+        if sig != VHDX_SIGNATURE:
+            self.out.error(
+                "file identifier",
+                f"signature is {sig!r}, not {VHDX_SIGNATURE!r}",
+                0,
+                "Signature",
+                repair="write the signature 'vhdxfile' at offset 0",
+            )
+
+    # -- 2.2.2 headers ----------------------------------------------------------------
+
+    def _read_header(self, index: int) -> tuple[dict[str, Any] | None, bool, bytes]:
+        """Parse header ``index``; report what is wrong with it. (fields, valid, raw)."""
+        offset = VHDX_HEADER_OFFSETS[index - 1]
+        name = f"header {index}"
+        repair = f"rewrite header {index} from the current header (MS-VHDX 2.2.2.1)"
+        data = self.source.read(offset, VHDX_HEADER_SIZE)
+        if len(data) < VHDX_HEADER_SIZE:
+            self.out.error(name, "lies beyond the end of the file", offset, repair=repair)
+            return None, False, data
+        if data[:4] != b"head":
+            self.out.error(
+                name, f"signature is {data[:4]!r}, not b'head'", offset, "Signature", repair=repair
+            )
+            return None, False, data
+        fields = dict(parse(HEADER, data, structure=name, offset=offset))
+        fields.pop("_io", None)
+        valid = True
+        stored = fields["checksum"]
+        computed = crc32c_with_zeroed_field(data, 4)
+        if stored != computed:
+            self.out.error(
+                name,
+                f"checksum {stored:#010x} does not match the computed {computed:#010x}",
+                offset + 4,
+                "Checksum",
+                repair=repair,
+            )
+            valid = False
+        if fields["version"] != 1:
+            self.out.error(
+                name, f"version {fields['version']} is not 1", offset + 66, "Version", repair=repair
+            )
+            valid = False
+        return fields, valid, data
+
+    def check_headers(self) -> None:
+        """Both headers; the current one is the valid one with the larger SequenceNumber."""
+        copies = {i: self._read_header(i) for i in (1, 2)}
+        parsed = {i: c[0] for i, c in copies.items() if c[0] is not None}
+        valid = [i for i in parsed if copies[i][1]]
+
+        def newest(candidates: list[int]) -> int:
+            return max(candidates, key=lambda i: (parsed[i]["sequence_number"], -i))
+
+        if valid:
+            best = newest(valid)
+            seqs = ", ".join(f"header {i}: {parsed[i]['sequence_number']}" for i in valid)
+            self.out.info(
+                f"header {best}",
+                f"header {best} is current (sequence numbers {seqs})",
+                VHDX_HEADER_OFFSETS[best - 1],
+            )
+            same = len(valid) == 2 and (
+                parsed[1]["sequence_number"] == parsed[2]["sequence_number"]
+            )
+            if same and copies[1][2] != copies[2][2]:
+                self.out.warning(
+                    "header",
+                    f"both headers have sequence number {parsed[1]['sequence_number']} but "
+                    "differ; pyvhdx uses header 1, QEMU refuses such a file (SPEC-NOTES "
+                    "pitfall 2)",
+                    VHDX_HEADER_OFFSETS[1],
+                    "SequenceNumber",
+                )
+        else:
+            self.out.error(
+                "header",
+                "no valid header: readers cannot open the image",
+                VHDX_HEADER_OFFSETS[0],
+                repair="rebuild both headers with new checksums, keeping the log offset and "
+                "length of a damaged copy if they are sound",
+            )
+            if not parsed:
+                return
+            best = newest(list(parsed))
+            self.out.info(
+                "header",
+                f"checking on with the fields of damaged header {best} (its checksum or "
+                "version is wrong)",
+            )
+        self.header = parsed[best]
+        self.header_offset = VHDX_HEADER_OFFSETS[best - 1]
+        self._check_header_fields(best, parsed[best])
+
+    def _check_header_fields(self, index: int, h: dict[str, Any]) -> None:
+        offset = VHDX_HEADER_OFFSETS[index - 1]
+        name = f"header {index}"
+        if h["log_version"] != 0:
+            self.out.error(
+                name,
+                f"log version {h['log_version']} is not 0: readers refuse the image",
+                offset + 64,
+                "LogVersion",
+                repair="set LogVersion to 0 if the log is empty",
+            )
+        log_offset, log_length = h["log_offset"], h["log_length"]
+        bad_log = False
+        if log_offset % VHDX_ALIGNMENT or log_length % VHDX_ALIGNMENT:
+            self.out.error(
+                name,
+                f"log at {log_offset:#x}+{log_length:#x} is not 1 MiB aligned",
+                offset + 72,
+                "LogOffset",
+                repair="move the log to a free 1 MiB-aligned area and update both headers",
+            )
+            bad_log = True
+        elif log_length and (
+            log_offset < VHDX_HEADER_AREA_SIZE
+            or log_offset + log_length > self.source.physical_size
+        ):
+            self.out.error(
+                name,
+                f"log at {log_offset:#x}+{log_length:#x} lies outside the data area of the "
+                f"{self.source.physical_size:#x}-byte file",
+                offset + 72,
+                "LogOffset",
+                repair="move the log to a free 1 MiB-aligned area inside the file and update "
+                "both headers",
+            )
+            bad_log = True
+        if log_length == 0:
+            self.out.warning(name, "the header declares no log (LogLength 0)", offset + 68)
+        if log_length and not bad_log:
+            self.spans.append((log_offset, log_length, "log"))
+            self.end = max(self.end, log_offset + log_length)
+
+    # -- 2.3 log ------------------------------------------------------------------------
+
+    def check_log(self) -> None:
+        """A set LogGuid means a pending log: replay it in memory, as readers do (2.3.3)."""
+        h = self.header
+        if h is None or h["log_guid"] == _NIL_GUID:
+            return
+        from .log import load_log, replay_in_memory
+
+        name = "log"
+        log_offset, log_length = h["log_offset"], h["log_length"]
+        if log_length == 0:
+            self.out.error(
+                f"header at {self.header_offset:#x}",
+                "LogGuid is set but the log has no length: readers refuse the image",
+                self.header_offset + 68,
+                "LogLength",
+                repair="clear LogGuid in both headers (there is nothing to replay)",
+            )
+            return
+        try:
+            state = load_log(
+                self.source, log_offset=log_offset, log_length=log_length, log_guid=h["log_guid"]
+            )
+        except PyvhdxError as exc:
+            self.out.error(
+                name,
+                f"the pending log cannot be read: {exc}",
+                exc.offset if exc.offset is not None else log_offset,
+                exc.field,
+                repair="none safe: the log the headers name is damaged; data written just "
+                "before the crash may be lost",
+            )
+            return
+        if not state.active:
+            self.out.warning(
+                name,
+                f"LogGuid {h['log_guid']} is set but the log holds no valid sequence "
+                f"({len(state.entries)} valid entries): readers ignore it",
+                log_offset,
+            )
+            return
+        first, last = state.active[0], state.active[-1]
+        self.out.warning(
+            name,
+            f"log replay pending: {len(state.active)} entries in the active sequence "
+            f"(sequence numbers {first.sequence_number}..{last.sequence_number}, "
+            f"{sum(e.descriptor_count for e in state.active)} descriptors); readers replay it "
+            "(pyvhdx in memory when read-only) and the rest of this check sees the replayed file",
+            log_offset,
+        )
+        if self.source.overlay is None:
+            try:
+                replay_in_memory(self.source, state)
+            except PyvhdxError as exc:
+                self.out.error(
+                    name,
+                    f"the pending log cannot be replayed: {exc}",
+                    exc.offset if exc.offset is not None else log_offset,
+                    exc.field,
+                    repair="none safe: the log's descriptors are inconsistent",
+                )
+
+    # -- 2.2.3 region tables -----------------------------------------------------------
+
+    def _read_region_table(self, index: int) -> _RegionTable:
+        offset = VHDX_REGION_TABLE_OFFSETS[index - 1]
+        name = f"region table {index}"
+        repair = f"rewrite region table {index} from the other copy"
+        table = _RegionTable(index, offset, False, False, [])
+        data = self.source.read(offset, VHDX_REGION_TABLE_SIZE)
+        if len(data) < VHDX_REGION_TABLE_SIZE:
+            self.out.error(name, "lies beyond the end of the file", offset, repair=repair)
+            return table
+        if data[:4] != b"regi":
+            self.out.error(
+                name, f"signature is {data[:4]!r}, not b'regi'", offset, "Signature", repair=repair
+            )
+            return table
+        head = parse(REGION_TABLE_HEADER, data[:16], structure=name, offset=offset)
+        stored = head.checksum
+        computed = crc32c_with_zeroed_field(data, 4)
+        valid = True
+        if stored != computed:
+            self.out.error(
+                name,
+                f"checksum {stored:#010x} does not match the computed {computed:#010x}",
+                offset + 4,
+                "Checksum",
+                repair=repair,
+            )
+            valid = False
+        if head.entry_count > VHDX_MAX_REGION_ENTRIES:
+            self.out.error(
+                name,
+                f"EntryCount {head.entry_count} exceeds {VHDX_MAX_REGION_ENTRIES}",
+                offset + 8,
+                "EntryCount",
+                repair=repair,
+            )
+            return table
+        for i in range(head.entry_count):
+            pos = 16 + 32 * i
+            e = parse(
+                REGION_TABLE_ENTRY,
+                data[pos : pos + 32],
+                structure=f"{name} entry {i}",
+                offset=offset + pos,
+            )
+            table.entries.append(
+                _Region(e.guid, e.file_offset, e.length, bool(e.flags & 1), offset + pos)
+            )
+        table.valid = valid
+        table.parsed = True
+        return table
+
+    def check_region_tables(self) -> dict[uuid.UUID, _Region] | None:
+        """Both copies, their agreement, and the entries of the one readers use."""
+        tables = [self._read_region_table(i) for i in (1, 2)]
+        valid = [t for t in tables if t.valid]
+        if len(valid) == 2:
+            listed = [
+                sorted((r.guid.int, r.file_offset, r.length, r.required) for r in t.entries)
+                for t in valid
+            ]
+            if listed[0] != listed[1]:
+                self.out.error(
+                    "region table 2",
+                    "the two region tables list different regions; readers use table 1",
+                    VHDX_REGION_TABLE_OFFSETS[1],
+                    repair="rewrite region table 2 from region table 1",
+                )
+        if valid:
+            table = valid[0]
+        else:
+            parsed = [t for t in tables if t.parsed]
+            self.out.error(
+                "region table",
+                "no valid region table: readers cannot open the image",
+                VHDX_REGION_TABLE_OFFSETS[0],
+                repair="rebuild the region table from the BAT and metadata regions (found by "
+                "their signatures and the metadata)",
+            )
+            if not parsed:
+                return None
+            table = parsed[0]
+            self.out.info(
+                f"region table {table.index}",
+                f"checking on with the entries of damaged region table {table.index}",
+            )
+        return self._check_regions(table)
+
+    def _check_regions(self, table: _RegionTable) -> dict[uuid.UUID, _Region] | None:
+        regions: dict[uuid.UUID, _Region] = {}
+        size = self.source.size
+        placed: list[tuple[int, int, str]] = list(self.spans)
+        for i, r in enumerate(table.entries):
+            name = f"region table {table.index} entry {i} ({r.name})"
+            if r.guid in regions:
+                self.out.error(
+                    name,
+                    f"region {r.guid} appears twice",
+                    r.entry_offset,
+                    "Guid",
+                    repair="remove the duplicate entry from both region tables",
+                )
+                continue
+            if r.guid not in KNOWN_REGIONS:
+                if r.required:
+                    self.out.error(
+                        name,
+                        f"unknown region {r.guid} is marked required: readers must refuse "
+                        "the image",
+                        r.entry_offset + 28,
+                        "Required",
+                        repair="none: the image needs software that knows this region",
+                    )
+                else:
+                    self.out.info(name, f"unknown optional region {r.guid} (ignored by readers)")
+            bad = False
+            if (
+                r.file_offset % VHDX_ALIGNMENT
+                or r.length % VHDX_ALIGNMENT
+                or r.length == 0
+                or r.file_offset < VHDX_HEADER_AREA_SIZE
+            ):
+                self.out.error(
+                    name,
+                    f"region at {r.file_offset:#x}+{r.length:#x} is not 1 MiB aligned, is "
+                    "empty, or lies in the 1 MiB header area",
+                    r.entry_offset + 16,
+                    "FileOffset",
+                    repair="move the region to a 1 MiB-aligned free area and update both "
+                    "region tables",
+                )
+                bad = True
+            elif r.file_offset + r.length > size:
+                self.out.error(
+                    name,
+                    f"region at {r.file_offset:#x}+{r.length:#x} ends beyond the end of the "
+                    f"{size:#x}-byte file",
+                    r.entry_offset + 24,
+                    "Length",
+                    repair="extend the file (the region's missing part is lost) or shrink "
+                    "the region",
+                )
+            for s, ln, what in placed:
+                if r.file_offset < s + ln and s < r.file_offset + r.length:
+                    self.out.error(
+                        name,
+                        f"region at {r.file_offset:#x}+{r.length:#x} overlaps the {what} at "
+                        f"{s:#x}+{ln:#x}",
+                        r.entry_offset + 16,
+                        "FileOffset",
+                        repair=f"move the {r.name} region to a free 1 MiB-aligned area and "
+                        "update both region tables",
+                    )
+            regions[r.guid] = r
+            if not bad:
+                placed.append((r.file_offset, r.length, f"{r.name} region"))
+                self.end = max(self.end, r.file_offset + r.length)
+        self.spans = placed
+        missing = [g for g in (REGION_BAT, REGION_METADATA) if g not in regions]
+        for g in missing:
+            self.out.error(
+                f"region table {table.index}",
+                f"has no {KNOWN_REGIONS[g]} region: readers cannot open the image",
+                table.offset,
+                repair=f"locate the {KNOWN_REGIONS[g]} region and add it to both region tables",
+            )
+        return None if missing else regions
+
+    # -- 2.6 metadata -------------------------------------------------------------------
+
+    def check_metadata(self, regions: dict[uuid.UUID, _Region]) -> dict[str, Any] | None:
+        """The metadata table and the system items (MS-VHDX 2.6.1, 2.6.2)."""
+        region = regions[REGION_METADATA]
+        base = region.file_offset
+        name = "metadata table"
+        repair_table = "rebuild the metadata table from the items found in the region"
+        if region.length < VHDX_METADATA_TABLE_SIZE:
+            self.out.error(
+                "metadata region",
+                "is smaller than its 64 KiB table",
+                region.entry_offset + 24,
+                "Length",
+                repair=repair_table,
+            )
+            return None
+        table = self.source.read(base, VHDX_METADATA_TABLE_SIZE)
+        if len(table) < VHDX_METADATA_TABLE_SIZE:
+            self.out.error(name, "lies beyond the end of the file", base, repair=repair_table)
+            return None
+        if table[:8] != b"metadata":
+            self.out.error(
+                name,
+                f"signature is {table[:8]!r}, not b'metadata'",
+                base,
+                "Signature",
+                repair=repair_table,
+            )
+            return None
+        head = parse(METADATA_TABLE_HEADER, table[:32], structure=name, offset=base)
+        if head.entry_count > VHDX_MAX_METADATA_ENTRIES:
+            self.out.error(
+                name,
+                f"EntryCount {head.entry_count} exceeds {VHDX_MAX_METADATA_ENTRIES}",
+                base + 10,
+                "EntryCount",
+                repair=repair_table,
+            )
+            return None
+        items: dict[uuid.UUID, tuple[int, int, bytes]] = {}  # guid -> (offset, length, data)
+        ranges: list[tuple[int, int, str]] = []
+        for i in range(head.entry_count):
+            pos = 32 + 32 * i
+            ename = f"metadata entry {i}"
+            e = parse(METADATA_ENTRY, table[pos : pos + 32], structure=ename, offset=base + pos)
+            label = KNOWN_METADATA.get(e.item_id, str(e.item_id))
+            is_user = bool(e.flags & _META_IS_USER)
+            if e.length > VHDX_MAX_METADATA_ITEM_SIZE or (
+                e.length
+                and (e.offset < VHDX_METADATA_TABLE_SIZE or e.offset + e.length > region.length)
+            ):
+                self.out.error(
+                    ename,
+                    f"item {label} at {e.offset:#x}+{e.length:#x} lies outside the "
+                    f"{region.length:#x}-byte metadata region (or in its table)",
+                    base + pos + 16,
+                    "Offset",
+                    repair="rebuild the metadata table",
+                )
+                continue
+            for s, ln, other in ranges:
+                if e.length and e.offset < s + ln and s < e.offset + e.length:
+                    self.out.warning(
+                        ename,
+                        f"item {label} at {e.offset:#x}+{e.length:#x} overlaps item {other}",
+                        base + pos + 16,
+                        "Offset",
+                    )
+            ranges.append((e.offset, e.length, label))
+            if e.item_id in items and not is_user:
+                self.out.error(
+                    ename,
+                    f"metadata item {label} appears twice: readers refuse the image",
+                    base + pos,
+                    "ItemId",
+                    repair="remove the duplicate entry",
+                )
+                continue
+            if e.item_id not in KNOWN_METADATA:
+                if e.flags & 4 and not is_user:
+                    self.out.error(
+                        ename,
+                        f"unknown metadata item {e.item_id} is marked required: readers must "
+                        "refuse the image",
+                        base + pos + 24,
+                        "IsRequired",
+                        repair="none: the image needs software that knows this item",
+                    )
+                continue
+            data = self.source.read(base + e.offset, e.length) if e.length else b""
+            items[e.item_id] = (e.offset, e.length, data)
+        return self._check_metadata_items(base, items)
+
+    def _check_metadata_items(
+        self, base: int, items: dict[uuid.UUID, tuple[int, int, bytes]]
+    ) -> dict[str, Any] | None:
+        def item(guid: uuid.UUID, size: int, required: bool = True) -> bytes | None:
+            label = KNOWN_METADATA[guid]
+            found = items.get(guid)
+            if found is None:
+                if required:
+                    self.out.error(
+                        "metadata table",
+                        f"required metadata item {label} is missing: readers cannot open the image",
+                        base,
+                        label,
+                        repair=f"add the {label} item (its value must be recovered by hand)",
+                    )
+                return None
+            offset, length, data = found
+            if length < size or len(data) < size:
+                self.out.error(
+                    f"metadata item {label}",
+                    f"is {length} bytes, expected {size}",
+                    base + offset,
+                    "Length",
+                    repair=f"rewrite the {label} item with its {size}-byte value",
+                )
+                return None
+            return data
+
+        fp = item(META_FILE_PARAMETERS, 8)
+        vs = item(META_VIRTUAL_DISK_SIZE, 8)
+        ls = item(META_LOGICAL_SECTOR_SIZE, 4)
+        ps = item(META_PHYSICAL_SECTOR_SIZE, 4)
+        p83 = items.get(META_PAGE83_DATA)
+        if p83 is None:
+            self.out.warning(
+                "metadata table", "the Page 83 Data item (virtual disk id) is missing", base
+            )
+        elif p83[1] < 16:
+            self.out.warning(
+                "metadata item page83_data",
+                f"is {p83[1]} bytes, expected 16",
+                base + p83[0],
+                "Length",
+            )
+        ok = True
+        meta: dict[str, Any] = {}
+
+        def where(guid: uuid.UUID) -> int:
+            return base + items[guid][0]
+
+        if fp is not None:
+            params = parse(FILE_PARAMETERS, fp[:8], structure="file parameters", offset=base)
+            bs = int(params.block_size)
+            if not (
+                bs > 0 and bs & (bs - 1) == 0 and VHDX_MIN_BLOCK_SIZE <= bs <= VHDX_MAX_BLOCK_SIZE
+            ):
+                self.out.error(
+                    "metadata item file_parameters",
+                    f"block size {bs} is not a power of two from 1 to 256 MiB",
+                    where(META_FILE_PARAMETERS),
+                    "BlockSize",
+                    repair="none safe: the block size cannot be inferred reliably",
+                )
+                ok = False
+            if params.flags & ~3:
+                self.out.warning(
+                    "metadata item file_parameters",
+                    f"reserved flag bits are set ({params.flags:#x})",
+                    where(META_FILE_PARAMETERS) + 4,
+                    "Reserved",
+                )
+            meta["block_size"] = bs
+            meta["leave_block_allocated"] = bool(params.flags & 1)
+            meta["has_parent"] = bool(params.flags & 2)
+        else:
+            ok = False
+        sectors: dict[str, int] = {}
+        for guid, data, key, fld in (
+            (META_LOGICAL_SECTOR_SIZE, ls, "logical_sector_size", "LogicalSectorSize"),
+            (META_PHYSICAL_SECTOR_SIZE, ps, "physical_sector_size", "PhysicalSectorSize"),
+        ):
+            if data is None:
+                ok = False
+                continue
+            value = int.from_bytes(data[:4], "little")
+            if value not in VHDX_SECTOR_SIZES:
+                self.out.error(
+                    f"metadata item {KNOWN_METADATA[guid]}",
+                    f"sector size {value} is not 512 or 4096",
+                    where(guid),
+                    fld,
+                    repair="set the sector size to 512 or 4096 (as the guest formatted it)",
+                )
+                ok = ok and key != "logical_sector_size"
+            sectors[key] = value
+        meta.update(sectors)
+        if vs is not None:
+            size = int.from_bytes(vs[:8], "little")
+            lss = sectors.get("logical_sector_size", 512)
+            if size == 0 or size > VHDX_MAX_VIRTUAL_SIZE or size % lss:
+                self.out.error(
+                    "metadata item virtual_disk_size",
+                    f"virtual size {size} is not a multiple of the {lss}-byte sector from one "
+                    "sector to 64 TiB",
+                    where(META_VIRTUAL_DISK_SIZE),
+                    "VirtualDiskSize",
+                    repair="none safe: the size cannot be inferred reliably",
+                )
+                ok = False
+            meta["virtual_size"] = size
+        else:
+            ok = False
+        if meta.get("has_parent"):
+            self._check_parent_locator(base, items)
+        if not ok:
+            return None
+        self.report.virtual_size = meta["virtual_size"]
+        self.report.block_size = meta["block_size"]
+        if meta["has_parent"]:
+            self.report.disk_type = "differencing"
+        else:
+            self.report.disk_type = "fixed" if meta["leave_block_allocated"] else "dynamic"
+        return meta
+
+    def _check_parent_locator(
+        self, base: int, items: dict[uuid.UUID, tuple[int, int, bytes]]
+    ) -> None:
+        """MS-VHDX 2.6.2.6: key/value offsets are relative to the locator item."""
+        found = items.get(META_PARENT_LOCATOR)
+        name = "metadata item parent_locator"
+        if found is None or found[1] < 20:
+            self.out.error(
+                "metadata table",
+                "HasParent is set but the parent locator item is missing or too short",
+                base,
+                "parent_locator",
+                repair="add a parent locator naming the parent (parent_linkage and a path)",
+            )
+            return
+        offset, length, data = found
+        at = base + offset
+        head = parse(PARENT_LOCATOR_HEADER, data[:20], structure=name, offset=at)
+        if head.locator_type != PARENT_LOCATOR_TYPE_VHDX:
+            self.out.warning(name, f"unknown locator type {head.locator_type}", at, "LocatorType")
+        if 20 + 12 * head.key_value_count > length:
+            self.out.error(
+                name,
+                f"{head.key_value_count} key/value entries do not fit in {length} bytes",
+                at + 18,
+                "KeyValueCount",
+                repair="rebuild the parent locator",
+            )
+            return
+        keys: dict[str, str] = {}
+        for i in range(head.key_value_count):
+            pos = 20 + 12 * i
+            e = parse(PARENT_LOCATOR_ENTRY, data[pos : pos + 12], structure=name, offset=at + pos)
+            texts = []
+            for off, ln in ((e.key_offset, e.key_length), (e.value_offset, e.value_length)):
+                if off + ln > length or ln % 2:
+                    self.out.error(
+                        f"{name} entry {i}",
+                        f"text at {off:#x}+{ln:#x} lies outside the {length}-byte locator",
+                        at + pos,
+                        "KeyOffset",
+                        repair="rebuild the parent locator",
+                    )
+                    break
+                texts.append(data[off : off + ln].decode("utf-16-le", errors="replace"))
+            if len(texts) == 2:
+                keys[texts[0]] = texts[1]
+        if "parent_linkage" not in keys:
+            self.out.error(
+                name,
+                "the parent_linkage key is missing: the parent cannot be verified",
+                at,
+                "parent_linkage",
+                repair="set parent_linkage to the parent's DataWriteGuid",
+            )
+        if not any(k in keys for k in ("relative_path", "volume_path", "absolute_win32_path")):
+            self.out.error(
+                name,
+                "no path key (relative_path, volume_path, absolute_win32_path)",
+                at,
+                repair="add the parent's relative_path",
+            )
+        self.out.info(name, "the parent image is not checked", at)
+
+    # -- 2.5 BAT -------------------------------------------------------------------------
+
+    def check_bat(self, regions: dict[uuid.UUID, _Region], meta: dict[str, Any]) -> None:
+        """Every BAT entry, vectorized by chunks of entries (MS-VHDX 2.5, 2.5.1)."""
+        region = regions[REGION_BAT]
+        bs: int = meta["block_size"]
+        lss: int = meta["logical_sector_size"]
+        vsize: int = meta["virtual_size"]
+        differencing: bool = meta["has_parent"]
+        total = vhdx_bat_entry_count(vsize, bs, lss, differencing)
+        bat = _VHDXBat(
+            offset=region.file_offset,
+            block_size=bs,
+            virtual_size=vsize,
+            ratio=chunk_ratio(lss, bs),
+            blocks=-(-vsize // bs),
+            differencing=differencing,
+            file_size=self.source.size,
+            spans=self.spans[1:],
+            found=_EntryFindings(self.out),
+        )
+        self.report.total_blocks = bat.blocks
+        if total * 8 > region.length:
+            self.out.error(
+                "BAT region",
+                f"{region.length:#x} bytes cannot hold the {total} entries a {vsize}-byte disk "
+                f"with {bs}-byte blocks needs",
+                region.entry_offset + 24,
+                "Length",
+                repair="move the BAT to a larger region at the end of the file and update both "
+                "region tables",
+            )
+        n = min(total, region.length // 8, max(0, self.source.size - bat.offset) // 8)
+        for i0 in range(0, n, _BAT_CHUNK_ENTRIES):
+            data = self.source.read(bat.offset + 8 * i0, 8 * min(_BAT_CHUNK_ENTRIES, n - i0))
+            bat.check_chunk(i0, np.frombuffer(data, dtype="<u8"))
+        bat.finish()
+        self.report.allocated_blocks = bat.allocated
+        self.report.image_end_offset = max(self.end, bat.end)
+
+
+@dataclasses.dataclass
+class _Extents:
+    """Data blocks that passed the single-entry checks, kept for the overlap check."""
+
+    index: list[I64] = dataclasses.field(default_factory=list)
+    start: list[I64] = dataclasses.field(default_factory=list)
+    end: list[I64] = dataclasses.field(default_factory=list)
+
+    def keep(self, index: I64, start: I64, end: I64) -> None:
+        self.index.append(index)
+        self.start.append(start)
+        self.end.append(end)
+
+    def overlaps(self) -> tuple[I64, I64, I64, I64]:
+        """``(index, start, mate_index, mate_start)`` of each block overlapping another."""
+        if not self.index:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty, empty
+        index = np.concatenate(self.index)
+        start = np.concatenate(self.start)
+        hits, mates = _overlaps(start, np.concatenate(self.end))
+        return index[hits], start[hits], index[mates], start[mates]
+
+
+@dataclasses.dataclass
+class _VHDXBat:
+    """The BAT checks of MS-VHDX 2.5.1, applied chunk by chunk of entries."""
+
+    offset: int
+    block_size: int
+    virtual_size: int
+    ratio: int
+    blocks: int
+    differencing: bool
+    file_size: int
+    spans: list[tuple[int, int, str]]  # the log and the regions
+    found: _EntryFindings
+    allocated: int = 0
+    end: int = 0
+    kept: _Extents = dataclasses.field(default_factory=_Extents)
+    partial_chunks: list[I64] = dataclasses.field(default_factory=list)
+    bitmap_chunks: list[I64] = dataclasses.field(default_factory=list)
+
+    def where(self, i: int) -> int:
+        return self.offset + 8 * i
+
+    def name(self, i: int) -> str:
+        if i % (self.ratio + 1) == self.ratio:
+            return f"sector bitmap entry {i} (chunk {i // (self.ratio + 1)})"
+        return f"payload block {i - i // (self.ratio + 1)} (entry {i})"
+
+    def report(
+        self,
+        kind: str,
+        indexes: I64,
+        severity: Severity,
+        message: Callable[[int], str],
+        fld: str,
+        repair: str | None = None,
+    ) -> None:
+        self.found.add(
+            kind,
+            indexes,
+            lambda i: Finding(severity, "BAT", message(i), self.where(i), fld, repair),
+        )
+
+    def check_chunk(self, i0: int, raw: npt.NDArray[np.uint64]) -> None:
+        """Check entries ``i0 .. i0 + len(raw) - 1``."""
+        if not raw.any():
+            return  # all NOT_PRESENT without offsets: nothing to report (sparse disks)
+        r = self.ratio
+        idx = np.arange(i0, i0 + raw.shape[0], dtype=np.int64)
+        is_sb = idx % (r + 1) == r
+        block = idx - idx // (r + 1)
+        state = (raw & np.uint64(7)).astype(np.int64)
+        offs = (raw & np.uint64(VHDX_BAT_OFFSET_MASK)).astype(np.int64)
+
+        def at(i: int) -> int:
+            return int(offs[i - i0])
+
+        warn, err = Severity.WARNING, Severity.ERROR
+        self.report(
+            "reserved bits set",
+            idx[(raw & np.uint64(_VHDX_RESERVED_BITS)) != 0],
+            warn,
+            lambda i: f"entry {i}: reserved bits 3-19 are set",
+            "Reserved",
+        )
+        inside = ~is_sb & (block < self.blocks)
+        # payload states (MS-VHDX 2.5.1.1)
+        self.report(
+            "reserved payload state 4",
+            idx[inside & (state == 4)],
+            err,
+            lambda i: f"{self.name(i)} has reserved state 4: readers refuse the image",
+            "State",
+            "set the entry to NOT_PRESENT (the block's content is lost)",
+        )
+        self.report(
+            "state 5 (UNMAPPED in spec v0.95)",
+            idx[inside & (state == PayloadState.UNMAPPED_V095)],
+            warn,
+            lambda i: (
+                f"{self.name(i)} has state 5, UNMAPPED in spec v0.95 (reserved in 1.0); "
+                "read as unmapped (SPEC-NOTES pitfall 6)"
+            ),
+            "State",
+        )
+        if not self.differencing:
+            self.report(
+                "PARTIALLY_PRESENT in a non-differencing file",
+                idx[inside & (state == PayloadState.PARTIALLY_PRESENT)],
+                warn,
+                lambda i: (
+                    f"{self.name(i)} is PARTIALLY_PRESENT in a file without a parent; "
+                    "read as fully present"
+                ),
+                "State",
+            )
+        self.report(
+            "ZERO entry with a file offset",
+            idx[inside & (state == PayloadState.ZERO) & (offs != 0)],
+            err,
+            lambda i: (
+                f"{self.name(i)} is ZERO with FileOffsetMB {at(i) >> 20}: the field is "
+                "reserved, and Hyper-V fails to read such an image (SPEC-NOTES pitfall 12)"
+            ),
+            "FileOffsetMB",
+            "set FileOffsetMB to 0, keeping the ZERO state",
+        )
+        self.report(
+            "NOT_PRESENT entry with a file offset",
+            idx[inside & (state == PayloadState.NOT_PRESENT) & (offs != 0)],
+            warn,
+            lambda i: (
+                f"{self.name(i)} is NOT_PRESENT with FileOffsetMB {at(i) >> 20} (the "
+                "field is reserved in this state)"
+            ),
+            "FileOffsetMB",
+        )
+        present = ~is_sb & (
+            (state == PayloadState.FULLY_PRESENT) | (state == PayloadState.PARTIALLY_PRESENT)
+        )
+        self.report(
+            "allocated payload entry past the end of the disk",
+            idx[present & ~inside],
+            warn,
+            lambda i: (
+                f"{self.name(i)} lies past the end of the disk but is marked present; "
+                "readers ignore it"
+            ),
+            "State",
+        )
+        present &= inside
+        self.allocated += int(np.count_nonzero(present))
+        # Only the part of the last block inside the disk need be in the file.
+        end = offs + np.minimum(self.block_size, self.virtual_size - block * self.block_size)
+        # sector bitmap states (MS-VHDX 2.5.1.2)
+        sb_present = is_sb & (state == 6)
+        if self.differencing:
+            self.partial_chunks.append(
+                np.unique(block[present & (state == PayloadState.PARTIALLY_PRESENT)] // r)
+            )
+            self.bitmap_chunks.append(idx[sb_present] // (r + 1))
+            self.report(
+                "reserved sector bitmap state",
+                idx[is_sb & (state != 0) & (state != 6)],
+                err,
+                lambda i: f"{self.name(i)} has a reserved state: readers refuse the image",
+                "State",
+                "set the entry to NOT_PRESENT if no block of its chunk is partially present",
+            )
+            end = np.where(is_sb, offs + VHDX_SECTOR_BITMAP_BLOCK_SIZE, end)
+            checked = present | sb_present
+        else:
+            self.report(
+                "sector bitmap entry in a non-differencing file",
+                idx[is_sb & (state != 0)],
+                warn,
+                lambda i: (
+                    f"{self.name(i)} is not NOT_PRESENT in a file without a parent; "
+                    "readers ignore it (SPEC-NOTES pitfall 6)"
+                ),
+                "State",
+            )
+            checked = present
+        low = checked & (offs < VHDX_HEADER_AREA_SIZE)
+        self.report(
+            "data block in the header area",
+            idx[low],
+            err,
+            lambda i: f"{self.name(i)} points at {at(i):#x}, inside the 1 MiB header area",
+            "FileOffsetMB",
+            "set the entry to NOT_PRESENT (the block's content is lost)",
+        )
+        past = checked & ~low & (end > self.file_size)
+        self.report(
+            "data block beyond the end of the file",
+            idx[past],
+            err,
+            lambda i: (
+                f"{self.name(i)} at {at(i):#x}+{int(end[i - i0]) - at(i):#x} ends beyond "
+                f"the end of the {self.file_size:#x}-byte file (truncated?)"
+            ),
+            "FileOffsetMB",
+            "extend the file with zeros to the block's end (the missing data is lost) or set "
+            "the entry to NOT_PRESENT",
+        )
+        ok = checked & ~low & ~past
+
+        def overlap(s: int, ln: int, what: str) -> Callable[[int], str]:
+            return lambda i: f"{self.name(i)} at {at(i):#x} overlaps the {what} at {s:#x}+{ln:#x}"
+
+        for s, ln, what in self.spans:
+            self.report(
+                f"data block overlapping the {what}",
+                idx[ok][_span_hits(offs[ok], end[ok], s, s + ln)],
+                err,
+                overlap(s, ln, what),
+                "FileOffsetMB",
+                f"set the entry to NOT_PRESENT (the block and the {what} share bytes; one of "
+                "them is lost)",
+            )
+        self.kept.keep(idx[ok], offs[ok], end[ok])
+        if ok.any():
+            self.end = max(self.end, int(end[ok].max()))
+
+    def finish(self) -> None:
+        """The checks that need every entry: overlaps between blocks, sector bitmaps."""
+        index, start, mate, mate_start = self.kept.overlaps()
+
+        def shared(k: int) -> str:
+            i, j = int(index[k]), int(mate[k])
+            how = "shares its offset with" if start[k] == mate_start[k] else "overlaps"
+            return (
+                f"{self.name(i)} at {int(start[k]):#x} {how} {self.name(j)} at "
+                f"{int(mate_start[k]):#x}: the two share file space, so a write to one changes "
+                "the other"
+            )
+
+        self.found.add(
+            "data blocks sharing file space",
+            np.arange(index.shape[0]),
+            lambda k: Finding(
+                Severity.ERROR,
+                "BAT",
+                shared(k),
+                self.where(int(index[k])),
+                "FileOffsetMB",
+                f"copy the shared block to new space at the end of the file and point "
+                f"{self.name(int(index[k]))} there (which of the two owned it first is unknown)",
+            ),
+        )
+        if self.differencing and self.partial_chunks:
+            r = self.ratio
+            lost = np.setdiff1d(
+                np.concatenate(self.partial_chunks), np.concatenate(self.bitmap_chunks)
+            )
+            self.report(
+                "partially present blocks without a sector bitmap",
+                (lost + 1) * r + lost,
+                Severity.ERROR,
+                lambda i: (
+                    f"chunk {i // (r + 1)} has PARTIALLY_PRESENT blocks but its sector "
+                    "bitmap entry is not PRESENT: readers cannot tell which sectors are in this "
+                    "file"
+                ),
+                "State",
+                "none safe: the sector bitmap is lost; review the chunk's partial blocks",
+            )
+        self.found.summarize()
+
+
+# -- VHD (Virtual Hard Disk Image Format Specification, 2006) ---------------------------
+
+
+@dataclasses.dataclass
+class _Footer:
+    name: str
+    offset: int
+    length: int
+    raw: bytes  # padded to 512 bytes
+    ok: bool  # checksum matches
+    fields: Any = None
+
+
+class _VHDChecker:
+    """Checks one VHD file: footers, dynamic header, BAT, fixed size."""
+
+    def __init__(self, source: FileSource, out: _Findings, report: CheckReport) -> None:
+        self.source = source
+        self.out = out
+        self.report = report
+        self.end = 0
+
+    def run(self) -> None:
+        size = self.source.physical_size
+        self.report.file_size = size
+        footer, data_end = self.check_footers()
+        if footer is None:
+            return
+        f = footer.fields
+        disk_type = int(f.disk_type)
+        vsize = int(f.current_size)
+        self.report.virtual_size = vsize
+        self.check_footer_fields(footer)
+        if disk_type == VHDDiskType.FIXED:
+            self.report.disk_type = "fixed"
+            self.check_fixed(footer, data_end)
+        elif disk_type in (VHDDiskType.DYNAMIC, VHDDiskType.DIFFERENCING):
+            self.report.disk_type = (
+                "dynamic" if disk_type == VHDDiskType.DYNAMIC else "differencing"
+            )
+            self.check_dynamic(footer, data_end)
+
+    # -- footers ------------------------------------------------------------------
+
+    def _footer_at(self, name: str, offset: int, length: int) -> _Footer:
+        data = self.source.read(offset, length)
+        raw = data + bytes(VHD_FOOTER_SIZE - len(data))
+        c = FOOTER_CHECKSUM_OFFSET
+        stored = int.from_bytes(raw[c : c + 4], "big")
+        computed = vhd_checksum(raw, c)
+        footer = _Footer(name, offset, length, raw, stored == computed)
+        footer.fields = parse(VHDFooter, raw, structure=name, offset=offset)
+        if not footer.ok:
+            self.out.error(
+                name,
+                f"checksum {stored:#010x} does not match the computed {computed:#010x}",
+                offset + c,
+                "Checksum",
+                repair="recompute the checksum (the cookie is intact)",
+            )
+        return footer
+
+    def check_footers(self) -> tuple[_Footer | None, int]:
+        """Both copies; returns the footer readers use and the end of the data area."""
+        src = self.source
+        size = src.physical_size
+        end: _Footer | None = None
+        data_end = size
+        for length in (VHD_FOOTER_SIZE, VHD_OLD_FOOTER_SIZE):
+            if size >= length and src.read(size - length, 8) == VHD_FOOTER_COOKIE:
+                end = self._footer_at("footer at end of file", size - length, length)
+                data_end = size - length
+                if length == VHD_OLD_FOOTER_SIZE:
+                    self.out.info(
+                        end.name, "511-byte footer (made before Virtual PC 2004)", end.offset
+                    )
+                break
+        start: _Footer | None = None
+        if size >= VHD_FOOTER_SIZE and src.read(0, 8) == VHD_FOOTER_COOKIE and data_end != 0:
+            start = self._footer_at("footer copy at offset 0", 0, VHD_FOOTER_SIZE)
+            if int(start.fields.disk_type) not in (VHDDiskType.DYNAMIC, VHDDiskType.DIFFERENCING):
+                start = None  # a fixed disk's offset 0 is disk data
+        if end is None:
+            tail_len = min(size, VHD_FOOTER_SIZE)
+            tail = src.read(size - tail_len, tail_len)
+            pos = tail.rfind(VHD_FOOTER_COOKIE, max(0, tail_len - (VHD_OLD_FOOTER_SIZE - 1)))
+            if pos >= 0:
+                data_end = size - tail_len + pos
+                self.out.error(
+                    "footer at end of file",
+                    f"truncated: the file ends {size - data_end} bytes into the footer",
+                    data_end,
+                    repair="rewrite the footer at the end of the file from the copy at offset 0"
+                    if start is not None
+                    else "rebuild the footer (the file was cut short)",
+                )
+            else:
+                self.out.error(
+                    "footer at end of file",
+                    "missing: no 'conectix' cookie in the last 512 bytes",
+                    max(0, size - VHD_FOOTER_SIZE),
+                    "Cookie",
+                    repair="append a copy of the footer at offset 0"
+                    if start is not None
+                    else "rebuild the footer",
+                )
+        chosen: _Footer | None
+        if end is not None and end.ok:
+            chosen = end
+        elif start is not None and start.ok:
+            chosen = start
+        else:
+            chosen = end if end is not None else start
+        if chosen is None:
+            return None, data_end
+        dyn = int(chosen.fields.disk_type) in (VHDDiskType.DYNAMIC, VHDDiskType.DIFFERENCING)
+        if dyn and start is None:
+            self.out.error(
+                "footer copy at offset 0",
+                "missing: a dynamic disk keeps a copy of the footer at offset 0",
+                0,
+                "Cookie",
+                repair="write a copy of the footer at offset 0",
+            )
+        if end is not None and start is not None and end.ok and start.ok:
+            fa = {k: v for k, v in end.fields.items() if not k.startswith("_")}
+            fb = {k: v for k, v in start.fields.items() if not k.startswith("_")}
+            differ = [k for k in fa if fa[k] != fb.get(k)]
+            if differ:
+                self.out.error(
+                    "footer copy at offset 0",
+                    f"differs from the footer at the end in {', '.join(differ)}; readers use "
+                    "the footer at the end",
+                    0,
+                    repair="copy the footer at the end of the file to offset 0",
+                )
+        if chosen is not end or not chosen.ok:
+            self.out.info(chosen.name, f"readers use the {chosen.name}", chosen.offset)
+        return chosen, data_end
+
+    def check_footer_fields(self, footer: _Footer) -> None:
+        f = footer.fields
+        name = footer.name
+        at = footer.offset
+        if f.file_format_version != 0x00010000:
+            self.out.warning(
+                name,
+                f"file format version {f.file_format_version:#010x} is not 0x00010000",
+                at + 12,
+                "FileFormatVersion",
+            )
+        if int(f.disk_type) not in (2, 3, 4):
+            self.out.error(
+                name,
+                f"unknown disk type {int(f.disk_type)} (2 fixed, 3 dynamic, 4 differencing): "
+                "readers refuse the image",
+                at + 60,
+                "DiskType",
+                repair="set DiskType to 2 when the file size is CurrentSize + 512, else 3",
+            )
+        size = int(f.current_size)
+        if size % VHD_SECTOR_SIZE:
+            self.out.error(
+                name,
+                f"CurrentSize {size} is not a multiple of {VHD_SECTOR_SIZE}",
+                at + 48,
+                "CurrentSize",
+                repair="round CurrentSize down to a sector multiple",
+            )
+        if size > VHD_MAX_SIZE:
+            self.out.warning(
+                name,
+                f"CurrentSize {size} exceeds the spec's 2040 GiB limit (QEMU refuses it)",
+                at + 48,
+                "CurrentSize",
+            )
+        if int(f.disk_type) == VHDDiskType.FIXED and f.data_offset != VHD_FIXED_DATA_OFFSET:
+            self.out.warning(
+                name,
+                f"DataOffset of a fixed disk is {f.data_offset:#x}, not 0xffffffffffffffff",
+                at + 16,
+                "DataOffset",
+            )
+
+    # -- fixed disks ------------------------------------------------------------------
+
+    def check_fixed(self, footer: _Footer, data_end: int) -> None:
+        """A fixed VHD is the disk's data then the footer: file size = CurrentSize + 512."""
+        size = int(footer.fields.current_size)
+        self.report.image_end_offset = data_end + footer.length
+        if data_end < size:
+            self.out.error(
+                footer.name,
+                f"the file holds {data_end:#x} bytes of disk data, {size - data_end} short of "
+                f"CurrentSize {size} (the file must be CurrentSize + 512 bytes)",
+                footer.offset + 48,
+                "CurrentSize",
+                repair="extend the data with zeros to CurrentSize and rewrite the footer after "
+                "it (the missing data is lost)",
+            )
+        elif data_end > size:
+            self.out.warning(
+                footer.name,
+                f"{data_end - size} bytes between the end of the disk data ({size:#x}) and the "
+                "footer are not part of the disk",
+                footer.offset + 48,
+                "CurrentSize",
+            )
+
+    # -- dynamic and differencing disks -------------------------------------------------
+
+    def check_dynamic(self, footer: _Footer, data_end: int) -> None:
+        """The dynamic header and every BAT entry."""
+        f = footer.fields
+        vsize = int(f.current_size)
+        hdr_off = int(f.data_offset)
+        name = "dynamic header"
+        repair_hdr = "rebuild the dynamic header (BAT offset found by its position)"
+        if hdr_off < VHD_FOOTER_SIZE or hdr_off > data_end - VHD_DYNAMIC_HEADER_SIZE:
+            self.out.error(
+                footer.name,
+                f"dynamic header offset {hdr_off:#x} is not between the footer copy and the "
+                f"end of data {data_end:#x}: readers refuse the image",
+                footer.offset + 16,
+                "DataOffset",
+                repair="set DataOffset to 512, where the dynamic header normally is",
+            )
+            return
+        raw = self.source.read(hdr_off, VHD_DYNAMIC_HEADER_SIZE)
+        if raw[:8] != VHD_DYNAMIC_COOKIE:
+            self.out.error(
+                name,
+                f"cookie is {raw[:8]!r}, not {VHD_DYNAMIC_COOKIE!r}: readers refuse the image",
+                hdr_off,
+                "Cookie",
+                repair=repair_hdr,
+            )
+            return
+        h = parse(VHDDynamicHeader, raw, structure=name, offset=hdr_off)
+        computed = vhd_checksum(raw, DYNAMIC_HEADER_CHECKSUM_OFFSET)
+        if h.checksum != computed:
+            self.out.error(
+                name,
+                f"checksum {h.checksum:#010x} does not match the computed {computed:#010x}",
+                hdr_off + DYNAMIC_HEADER_CHECKSUM_OFFSET,
+                "Checksum",
+                repair="recompute the checksum",
+            )
+        if h.header_version != 0x00010000:
+            self.out.warning(
+                name,
+                f"header version {h.header_version:#010x} is not 0x00010000",
+                hdr_off + 24,
+                "HeaderVersion",
+            )
+        if h.data_offset != 0xFFFFFFFFFFFFFFFF:
+            self.out.warning(
+                name,
+                f"DataOffset is {h.data_offset:#x}; the spec and Microsoft tools expect "
+                "0xffffffffffffffff (SPEC-NOTES pitfall 20)",
+                hdr_off + 8,
+                "DataOffset",
+            )
+        bs = int(h.block_size)
+        if bs < VHD_SECTOR_SIZE or bs & (bs - 1):
+            self.out.error(
+                name,
+                f"block size {bs} is not a power of two of at least 512 bytes: readers refuse "
+                "the image",
+                hdr_off + 32,
+                "BlockSize",
+                repair="none safe: the block size cannot be inferred reliably",
+            )
+            return
+        self.report.block_size = bs
+        table = int(h.table_offset)
+        entries = int(h.max_table_entries)
+        needed = -(-vsize // bs)
+        self.report.total_blocks = needed
+        if table < VHD_FOOTER_SIZE or table >= data_end:
+            self.out.error(
+                name,
+                f"BAT offset {table:#x} is outside the data area [0x200, {data_end:#x})",
+                hdr_off + 16,
+                "TableOffset",
+                repair="none safe: the BAT must be found by hand",
+            )
+            return
+        if entries < needed:
+            self.out.error(
+                name,
+                f"MaxTableEntries {entries} is smaller than the {needed} blocks of CurrentSize "
+                f"{vsize}",
+                hdr_off + 28,
+                "MaxTableEntries",
+                repair="none safe: the BAT describes a smaller disk; shrink CurrentSize",
+            )
+        bat_len = -(-4 * entries // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE
+        if table + 4 * entries > data_end:
+            self.out.error(
+                name,
+                f"the BAT ({entries} entries at {table:#x}) ends beyond the data area, which "
+                f"ends at {data_end:#x}",
+                hdr_off + 28,
+                "MaxTableEntries",
+                repair="reduce MaxTableEntries to the entries the file holds",
+            )
+        if table < hdr_off + VHD_DYNAMIC_HEADER_SIZE and table + 4 * entries > hdr_off:
+            self.out.error(
+                name,
+                f"the BAT ({table:#x}+{4 * entries:#x}) overlaps the dynamic header at "
+                f"{hdr_off:#x}",
+                hdr_off + 16,
+                "TableOffset",
+                repair="none safe: the BAT or the header is damaged",
+            )
+        spans: list[tuple[int, int, str]] = [
+            (0, VHD_FOOTER_SIZE, "footer copy at offset 0"),
+            (hdr_off, VHD_DYNAMIC_HEADER_SIZE, "dynamic header"),
+            (table, bat_len, "BAT"),
+        ]
+        if int(f.disk_type) == VHDDiskType.DIFFERENCING:
+            spans += self._locator_spans(h, hdr_off, data_end)
+        self.end = max(s + ln for s, ln, _ in spans)
+        self._check_bat(table, entries, needed, bs, vsize, data_end, spans)
+        self.report.image_end_offset = self.end + footer.length
+
+    def _locator_spans(self, h: Any, hdr_off: int, data_end: int) -> list[tuple[int, int, str]]:
+        spans = []
+        for i, e in enumerate(h.parent_locator_entries):
+            code = bytes(e.platform_code)
+            length = int(e.platform_data_length)
+            offset = int(e.platform_data_offset)
+            if code == b"\0\0\0\0" and not (length or offset):
+                continue
+            label = f"parent locator {i} ({code.decode('latin-1').strip()})"
+            if offset + length > data_end or offset < VHD_FOOTER_SIZE:
+                self.out.warning(
+                    "dynamic header",
+                    f"{label} data at {offset:#x}+{length:#x} lies outside the data area",
+                    hdr_off + 576 + 24 * i + 16,
+                    "PlatformDataOffset",
+                )
+            elif length:
+                spans.append((offset, length, f"{label} data"))
+        self.out.info("dynamic header", "the parent image is not checked", hdr_off)
+        return spans
+
+    def _check_bat(
+        self,
+        table: int,
+        entries: int,
+        needed: int,
+        bs: int,
+        vsize: int,
+        data_end: int,
+        spans: list[tuple[int, int, str]],
+    ) -> None:
+        """Every BAT entry: inside the data area, not overlapping anything else."""
+        from .vhd import vhd_bitmap_size
+
+        bat = _VHDBat(
+            offset=table,
+            needed=needed,
+            block_size=bs,
+            bitmap_size=vhd_bitmap_size(bs),
+            virtual_size=vsize,
+            data_end=data_end,
+            spans=spans,
+            found=_EntryFindings(self.out),
+        )
+        n = min(entries, max(0, data_end - table) // 4)
+        for i0 in range(0, n, _BAT_CHUNK_ENTRIES):
+            data = self.source.read(table + 4 * i0, 4 * min(_BAT_CHUNK_ENTRIES, n - i0))
+            bat.check_chunk(i0, np.frombuffer(data, dtype=">u4"))
+        bat.finish()
+        self.report.allocated_blocks = bat.allocated
+        self.end = max(self.end, bat.end)
+
+
+@dataclasses.dataclass
+class _VHDBat:
+    """The BAT checks of a dynamic VHD, applied chunk by chunk of entries."""
+
+    offset: int
+    needed: int
+    block_size: int
+    bitmap_size: int
+    virtual_size: int
+    data_end: int
+    spans: list[tuple[int, int, str]]
+    found: _EntryFindings
+    allocated: int = 0
+    end: int = 0
+    kept: _Extents = dataclasses.field(default_factory=_Extents)
+
+    def report(
+        self,
+        kind: str,
+        indexes: I64,
+        severity: Severity,
+        message: Callable[[int], str],
+        repair: str | None = None,
+    ) -> None:
+        self.found.add(
+            kind,
+            indexes,
+            lambda i: Finding(
+                severity, "VHD BAT", message(i), self.offset + 4 * i, f"BAT[{i}]", repair
+            ),
+        )
+
+    def check_chunk(self, i0: int, raw: npt.NDArray[np.uint32]) -> None:
+        """Check entries ``i0 .. i0 + len(raw) - 1``."""
+        used = raw != np.uint32(VHD_BAT_UNUSED)
+        if not used.any():
+            return  # all unallocated: nothing to report (sparse disks)
+        idx = np.arange(i0, i0 + raw.shape[0], dtype=np.int64)
+        start = raw.astype(np.int64) * VHD_SECTOR_SIZE
+        beyond = used & (idx >= self.needed)
+        self.report(
+            "allocated entry past the end of the disk",
+            idx[beyond],
+            Severity.WARNING,
+            lambda i: (
+                f"entry {i} (past the {self.needed} blocks of the disk) is allocated; "
+                "readers ignore it"
+            ),
+        )
+        used &= ~beyond
+        self.allocated += int(np.count_nonzero(used))
+        bs = self.block_size
+        end = start + self.bitmap_size + np.minimum(bs, self.virtual_size - idx * bs)
+
+        def at(i: int) -> str:
+            return f"{int(start[i - i0]):#x}+{int(end[i - i0] - start[i - i0]):#x}"
+
+        past = used & (end > self.data_end)
+        self.report(
+            "block beyond the end of the file",
+            idx[past],
+            Severity.ERROR,
+            lambda i: (
+                f"block {i} at sector {int(raw[i - i0])} ({at(i)}, bitmap included) "
+                f"ends beyond the data area, which ends at {self.data_end:#x} (truncated?)"
+            ),
+            "extend the file with zeros to the block's end and rewrite the footer after it "
+            "(the missing data is lost), or mark the entry unused",
+        )
+        ok = used & ~past
+
+        def overlap(s: int, ln: int, what: str) -> Callable[[int], str]:
+            return lambda i: f"block {i} at {at(i)} overlaps the {what} at {s:#x}+{ln:#x}"
+
+        for s, ln, what in self.spans:
+            self.report(
+                f"block overlapping the {what}",
+                idx[ok][_span_hits(start[ok], end[ok], s, s + ln)],
+                Severity.ERROR,
+                overlap(s, ln, what),
+                f"mark the entry unused (the block and the {what} share bytes; the block's data "
+                "is lost)",
+            )
+        self.kept.keep(idx[ok], start[ok], end[ok])
+        if ok.any():
+            self.end = max(self.end, int(end[ok].max()))
+
+    def finish(self) -> None:
+        index, start, mate, mate_start = self.kept.overlaps()
+
+        def shared(k: int) -> str:
+            how = "shares its offset with" if start[k] == mate_start[k] else "overlaps"
+            return (
+                f"block {int(index[k])} at {int(start[k]):#x} {how} block {int(mate[k])} at "
+                f"{int(mate_start[k]):#x}: the two share file space, so a write to one changes "
+                "the other"
+            )
+
+        self.found.add(
+            "blocks sharing file space",
+            np.arange(index.shape[0]),
+            lambda k: Finding(
+                Severity.ERROR,
+                "VHD BAT",
+                shared(k),
+                self.offset + 4 * int(index[k]),
+                f"BAT[{int(index[k])}]",
+                f"copy the shared block to new space before the footer and point block "
+                f"{int(index[k])} there (which of the two owned it first is unknown)",
+            ),
+        )
+        self.found.summarize()
+
+
+# -- entry point --------------------------------------------------------------------------
+
+
+def _probe_open(file: str | os.PathLike[str] | BinaryIO, fmt: ImageFormat, out: _Findings) -> bool:
+    """Open the image as a reader would; report ``cannot open`` if it refuses.
+
+    A missing parent is a warning: it says nothing about this file's integrity.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = open_image(file, "r", format=fmt)
+    except ParentError as exc:
+        out.warning(exc.structure or "parent", f"cannot open without the parent: {exc}")
+        return False
+    except PyvhdxError as exc:
+        out.error(
+            exc.structure or "image",
+            f"cannot open: {exc}",
+            exc.offset,
+            exc.field,
+            repair="fix the errors above; readers refuse the image until then",
+        )
+        return False
+    img.close()
+    return True
+
+
+@contextlib.contextmanager
+def _source_for(
+    image: str | os.PathLike[str] | BinaryIO | DiskImage,
+) -> Iterator[tuple[FileSource, bool]]:
+    """A source to check, and whether it is ours (a DiskImage lends its own)."""
+    if isinstance(image, DiskImage):
+        yield image.handler.source, False
+        return
+    source = FileSource(image)
+    try:
+        yield source, True
+    finally:
+        source.close()
+
+
+def check_image(
+    image: str | os.PathLike[str] | BinaryIO | DiskImage,
+    *,
+    format: str | ImageFormat | None = None,
+) -> CheckReport:
+    """Check an image and return every finding (see the module docstring).
+
+    Args:
+        image: a path, a seekable binary file object, or an open
+            :class:`~pyvhdx.DiskImage` (checked through its own file, as opened).
+        format: ``"vhdx"``, ``"vhd"`` or ``"raw"``; detected by content if None.
+
+    Returns:
+        The report; ``report.exit_code`` is 0 without errors, else 1.
+
+    Raises:
+        OSError: the file cannot be opened or read (the check could not run).
+    """
+    if isinstance(image, DiskImage):
+        name = image.name
+    elif isinstance(image, (str, os.PathLike)):
+        name = os.fspath(image)
+    else:
+        name = str(getattr(image, "name", "<file object>"))
+    report = CheckReport(filename=name)
+    out = _Findings(report)
+    with _source_for(image) as (source, owned):
+        if format is not None:
+            fmt = ImageFormat(format)
+        elif isinstance(image, DiskImage):
+            fmt = image.format
+        else:
+            fmt = detect_format(source)
+        report.format = fmt.value
+        checker: _VHDXChecker | _VHDChecker | None
+        if fmt is ImageFormat.VHDX:
+            checker = _VHDXChecker(source, out, report)
+        elif fmt is ImageFormat.VHD:
+            checker = _VHDChecker(source, out, report)
+        else:
+            checker = None
+            report.file_size = source.physical_size
+            report.virtual_size = source.physical_size
+            report.disk_type = "fixed"
+            out.info("raw image", "a raw image has no structures to check")
+        if checker is not None:
+            try:
+                checker.run()
+            except PyvhdxError as exc:
+                out.error(
+                    exc.structure or "image",
+                    f"the check stopped: {exc}",
+                    exc.offset,
+                    exc.field,
+                    repair="fix this first; the structures after it were not checked",
+                )
+        if owned and not isinstance(image, DiskImage):
+            report.opened = _probe_open(image, fmt, out)
+        else:
+            report.opened = True
+    return report
