@@ -14,7 +14,7 @@ Allocation Table".
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -54,6 +54,8 @@ _KIND_OF = np.array(
 KIND_PARTIAL = 255
 
 LOAD_CHUNK_SHIFT = 16  # blocks decoded per lazy load: 65536 entries (512 KiB of VHDX BAT)
+LOAD_CHUNK_MASK = (1 << LOAD_CHUNK_SHIFT) - 1
+MAX_CACHED_CHUNKS = 256  # 128 MiB of codes: 16 Mi blocks, 512 TiB at 32 MiB blocks
 
 
 class Runs(NamedTuple):
@@ -256,10 +258,9 @@ class BlockTable:
         self._loader = loader
         self._bitmap_reader = bitmap_reader
         self._partial_offset = partial_offset
-        self._codes: I64 = np.zeros(self.block_count, dtype=np.int64)
-        nchunks = -(-self.block_count // (1 << LOAD_CHUNK_SHIFT))
-        self._loaded = np.zeros(nchunks, dtype=bool)
-        self.all_loaded = nchunks == 0
+        self._chunks: dict[int, I64] = {}  # loaded chunks, least recently used first
+        self.chunk_count = -(-self.block_count // (1 << LOAD_CHUNK_SHIFT))
+        self.all_loaded = self.chunk_count == 0
 
     # -- loading --------------------------------------------------------------
 
@@ -270,40 +271,60 @@ class BlockTable:
         self._bitmap_reader = bitmap_reader
         self._partial_offset = partial_offset
 
-    def _load(self, c0: int, c1: int) -> None:
-        """Load chunks c0..c1 inclusive, those not yet loaded."""
-        for c in range(c0, c1 + 1):
-            if self._loaded[c]:
-                continue
-            first = c << LOAD_CHUNK_SHIFT
-            count = min(1 << LOAD_CHUNK_SHIFT, self.block_count - first)
-            codes = self._loader(first, count)
-            self._codes[first : first + count] = codes
-            self._loaded[c] = True
-        self.all_loaded = bool(self._loaded.all())
+    def _chunk(self, c: int) -> I64:
+        """The codes of chunk ``c`` (65536 blocks), loading it if needed.
+
+        At most MAX_CACHED_CHUNKS chunks stay in memory; the least recently used
+        one is dropped (the file holds every change, so it reloads the same).
+        """
+        arr = self._chunks.get(c)
+        if arr is not None:
+            return arr
+        first = c << LOAD_CHUNK_SHIFT
+        count = min(1 << LOAD_CHUNK_SHIFT, self.block_count - first)
+        arr = np.ascontiguousarray(self._loader(first, count), dtype=np.int64)
+        if len(self._chunks) >= MAX_CACHED_CHUNKS:
+            del self._chunks[next(iter(self._chunks))]
+        self._chunks[c] = arr
+        self.all_loaded = len(self._chunks) == self.chunk_count
+        return arr
 
     def load_all(self) -> None:
-        """Decode (and so validate) every entry now."""
-        if not self.all_loaded:
-            self._load(0, len(self._loaded) - 1)
+        """Decode (and so validate) every entry now (kept if they fit the cache)."""
+        for c in range(self.chunk_count):
+            self._chunk(c)
+
+    def iter_chunks(self) -> Iterator[tuple[int, I64]]:
+        """``(first_block, codes)`` for the whole table, chunk by chunk (bounded memory)."""
+        for c in range(self.chunk_count):
+            yield c << LOAD_CHUNK_SHIFT, self._chunk(c)
 
     def code(self, block: int) -> int:
         """The code of one block (scalar path)."""
-        if not self.all_loaded and not self._loaded[block >> LOAD_CHUNK_SHIFT]:
-            c = block >> LOAD_CHUNK_SHIFT
-            self._load(c, c)
-        return int(self._codes[block])
+        arr = self._chunks.get(block >> LOAD_CHUNK_SHIFT)
+        if arr is None:
+            arr = self._chunk(block >> LOAD_CHUNK_SHIFT)
+        return int(arr[block & LOAD_CHUNK_MASK])
 
     def codes(self, first: int, stop: int) -> I64:
-        """Codes of blocks ``first`` up to ``stop`` (exclusive); a view, do not modify."""
-        if not self.all_loaded and stop > first:
-            self._load(first >> LOAD_CHUNK_SHIFT, (stop - 1) >> LOAD_CHUNK_SHIFT)
-        return self._codes[first:stop]
+        """Codes of blocks ``first`` up to ``stop`` (exclusive); do not modify."""
+        c0 = first >> LOAD_CHUNK_SHIFT
+        c1 = (stop - 1) >> LOAD_CHUNK_SHIFT
+        if stop <= first:
+            return np.zeros(0, dtype=np.int64)
+        if c0 == c1:
+            base = c0 << LOAD_CHUNK_SHIFT
+            return self._chunk(c0)[first - base : stop - base]
+        parts = []
+        for c in range(c0, c1 + 1):
+            base = c << LOAD_CHUNK_SHIFT
+            arr = self._chunk(c)
+            parts.append(arr[max(first, base) - base : min(stop, base + arr.shape[0]) - base])
+        return np.concatenate(parts)
 
     def set_code(self, block: int, code: int) -> None:
         """Record a new code for ``block`` (after an allocation)."""
-        self.code(block)
-        self._codes[block] = code
+        self._chunk(block >> LOAD_CHUNK_SHIFT)[block & LOAD_CHUNK_MASK] = code
 
     # -- mapping --------------------------------------------------------------
 

@@ -299,14 +299,16 @@ class DiskImage:
         """Count blocks by what they map to (decodes the whole table)."""
         self._check_open()
         t = self._table
-        codes = t.codes(0, t.block_count)
+        counts = np.zeros(5, dtype=np.int64)  # data, unmapped, zero, parent, partial
+        for _first, codes in t.iter_chunks():
+            counts += np.bincount(np.where(codes >= 0, 0, -codes), minlength=5)[:5]
         return AllocationSummary(
             block_count=t.block_count,
-            data_blocks=int(np.count_nonzero(codes >= 0)),
-            zero_blocks=int(np.count_nonzero(codes == CODE_ZERO)),
-            unmapped_blocks=int(np.count_nonzero(codes == CODE_UNMAPPED)),
-            parent_blocks=int(np.count_nonzero(codes == -3)),
-            partial_blocks=int(np.count_nonzero(codes == -4)),
+            data_blocks=int(counts[0]),
+            zero_blocks=int(counts[-CODE_ZERO]),
+            unmapped_blocks=int(counts[-CODE_UNMAPPED]),
+            parent_blocks=int(counts[3]),
+            partial_blocks=int(counts[4]),
         )
 
     # -- writes ----------------------------------------------------------------

@@ -439,9 +439,13 @@ def test_differencing_opens_but_refuses_reads(dyn: bytearray, tmp_path: Path) ->
     struct.pack_into(">4sIIIQ", dyn, HEADER_OFFSET + 576, b"W2ru", 512, len(rel), 0, 1800)
     struct.pack_into(">4sIIIQ", dyn, HEADER_OFFSET + 600, b"W2ku", 512, 40, 0, 2**40)
     fix_header(dyn)
+    path = write(tmp_path, dyn)
+    with pytest.raises(pyvhdx.ParentError) as err:  # no parent.vhd beside it
+        pyvhdx.open(path)
+    assert str(tmp_path.resolve() / "parent.vhd") in err.value.tried
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        img = pyvhdx.open(write(tmp_path, dyn), strict=True)
+        img = pyvhdx.open(path, strict=True, resolve_parent=False)
     with img:
         assert img.disk_type.value == "differencing" and img.virtual_size == SIZE
         with pytest.raises(UnsupportedFeatureError):

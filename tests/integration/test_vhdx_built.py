@@ -106,12 +106,16 @@ def test_unknown_metadata_items(tmp_path: Path) -> None:
     assert err.value.field == "IsRequired"
 
 
-def test_differencing_opens_and_refuses_to_read(tmp_path: Path) -> None:
+def test_differencing_without_parent(tmp_path: Path) -> None:
+    """Without its parent a child opens for info only; it never reads zeros silently."""
     path = tmp_path / "child.avhdx"
     linkage = "{" + str(uuid.uuid4()) + "}"
     build_vhdx(path, bytes(4 * MiB), disk_type="differencing",
                parent_locator={"parent_linkage": linkage, "relative_path": r".\base.vhdx"})
-    with pyvhdx.open(path) as img:
+    with pytest.raises(pyvhdx.ParentError) as err:
+        pyvhdx.open(path)
+    assert err.value.tried == [str(tmp_path.resolve() / "base.vhdx")]
+    with pyvhdx.open(path, resolve_parent=False) as img:
         assert img.disk_type.value == "differencing"
         parent = img.info().parent
         assert parent is not None and parent["locator"]["parent_linkage"] == linkage
