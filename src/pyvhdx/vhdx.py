@@ -1157,6 +1157,20 @@ class VHDXFile(_VHDXWriter, FormatHandler):
         if not present.any():
             return
         offs = codes
+        # two blocks sharing file space (checked within each decoded chunk)
+        idx = np.flatnonzero(codes >= 0)
+        order = np.argsort(codes[idx], kind="stable")
+        sorted_offs = codes[idx][order]
+        clash = np.flatnonzero(np.diff(sorted_offs) < self.payload_block_size)
+        if clash.size:
+            a, b = sorted(int(x) for x in idx[order][clash[0] : clash[0] + 2])
+            raise InvalidImageError(
+                f"payload blocks {first + a} and {first + b} overlap in the file at "
+                f"{int(codes[b]):#x}",
+                structure="BAT",
+                field="FileOffsetMB",
+                offset=self.bat_offset + 8 * vhdx_payload_index(first + b, self.chunk_ratio),
+            )
         for start, length, what in self.reserved_spans:
             hit = (codes >= 0) & (offs < start + length) & (offs + self.payload_block_size > start)
             if hit.any():

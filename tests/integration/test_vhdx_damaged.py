@@ -120,8 +120,20 @@ def test_bat_entry_in_header_area(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "cut",
-    [0, 7, 100, 64 * KiB + 10, 130 * KiB, 200 * KiB, 300 * KiB, MiB, 2 * MiB + 10,
-     3 * MiB + 100, 4 * MiB + 3, 7 * MiB],
+    [
+        0,
+        7,
+        100,
+        64 * KiB + 10,
+        130 * KiB,
+        200 * KiB,
+        300 * KiB,
+        MiB,
+        2 * MiB + 10,
+        3 * MiB + 100,
+        4 * MiB + 3,
+        7 * MiB,
+    ],
 )
 def test_truncated_file_raises_a_pyvhdx_error(tmp_path: Path, cut: int) -> None:
     layout, _ = make(tmp_path)
@@ -179,10 +191,12 @@ def test_region_beyond_end_of_file(tmp_path: Path) -> None:
     from tests.vhdxbuild import region_table_bytes
     from pyvhdx.constants import REGION_BAT, REGION_METADATA
 
-    table = region_table_bytes([
-        (REGION_BAT, layout.bat_offset, 1024 * MiB, True),
-        (REGION_METADATA, layout.metadata_offset, MiB, True),
-    ])
+    table = region_table_bytes(
+        [
+            (REGION_BAT, layout.bat_offset, 1024 * MiB, True),
+            (REGION_METADATA, layout.metadata_offset, MiB, True),
+        ]
+    )
     patch(layout.path, 192 * KiB, bytes(table))
     patch(layout.path, 256 * KiB, bytes(table))
     with pytest.raises(InvalidImageError) as err:
@@ -199,3 +213,14 @@ def test_open_and_read_never_write(tmp_path: Path) -> None:
         img.info()
         list(img.extents())
     assert fingerprint(layout.path) == before
+
+
+def test_two_bat_entries_share_a_block(tmp_path: Path) -> None:
+    layout, _ = make(tmp_path)
+    blocks = sorted(layout.block_offsets)
+    entry = layout.block_offsets[blocks[0]] | 6
+    patch(layout.path, layout.bat_offset + 8 * blocks[-1], entry.to_bytes(8, "little"))
+    with pytest.raises(InvalidImageError) as err:
+        pyvhdx.open(layout.path)
+    assert "overlap" in str(err.value)
+    assert err.value.offset == layout.bat_offset + 8 * blocks[-1]
