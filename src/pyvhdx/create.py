@@ -28,14 +28,16 @@ dynamic end  footer (blocks are added before it as they are written)
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 
 from ._version import __version__ as _version
 from .bat import chunk_ratio, vhdx_bat_entry_count
-from .checksum import crc32c_with_zeroed_field
+from .checksum import crc32c_with_zeroed_field, vhd_checksum
 from .constants import (
     META_FILE_PARAMETERS,
     META_LOGICAL_SECTOR_SIZE,
@@ -44,16 +46,33 @@ from .constants import (
     META_VIRTUAL_DISK_SIZE,
     REGION_BAT,
     REGION_METADATA,
+    VHD_DEFAULT_BLOCK_SIZE,
+    VHD_DYNAMIC_HEADER_SIZE,
+    VHD_FIXED_DATA_OFFSET,
+    VHD_FOOTER_SIZE,
+    VHD_MAX_SIZE,
+    VHD_SECTOR_SIZE,
+    VHD_TIMESTAMP_EPOCH,
     VHDX_DEFAULT_BLOCK_SIZE,
     VHDX_MAX_BLOCK_SIZE,
     VHDX_MAX_VIRTUAL_SIZE,
     VHDX_MIN_BLOCK_SIZE,
     VHDX_SECTOR_SIZES,
     DiskType,
+    GiB,
     MiB,
     PayloadState,
+    TiB,
+    VHDDiskType,
 )
 from .errors import InvalidArgumentError
+from .structures.vhd import (
+    DYNAMIC_HEADER_CHECKSUM_OFFSET,
+    FOOTER_CHECKSUM_OFFSET,
+    PARENT_LOCATOR_COUNT,
+    VHDDynamicHeader,
+    VHDFooter,
+)
 from .structures.vhdx import (
     FILE_IDENTIFIER,
     HEADER,
@@ -62,8 +81,24 @@ from .structures.vhdx import (
     REGION_TABLE_ENTRY,
     REGION_TABLE_HEADER,
 )
+from .vhd import chs_geometry, vhd_bitmap_size
 
-__all__ = ["VHDXLayout", "create_vhdx", "vhdx_layout"]
+__all__ = [
+    "AZURE_MAX_SIZE",
+    "AZURE_MIN_SIZE",
+    "VHD_CREATOR_APPLICATION",
+    "VHD_CREATOR_HOST_OS",
+    "VHD_MAX_CREATE_BLOCK_SIZE",
+    "VHD_MIN_CREATE_BLOCK_SIZE",
+    "VHDXLayout",
+    "azure_vhd_size",
+    "create_azure_vhd",
+    "create_vhd",
+    "create_vhdx",
+    "vhd_dynamic_header",
+    "vhd_footer",
+    "vhdx_layout",
+]
 
 KiB = 1024
 NIL_GUID = uuid.UUID(int=0)
@@ -275,3 +310,302 @@ def create_vhdx(
         raise
     os.close(fd)
     return target
+
+
+# --- VHD (Virtual Hard Disk Image Format Specification, 2006) ------------------------
+
+#: Creator Application written into every VHD footer: ``"win "``, the code of
+#: Hyper-V and of the Windows virtual disk API. The field only documents the
+#: creator (spec "Hard Disk Footer Format"), but QEMU also uses it to choose the
+#: size it believes: the CHS geometry for ``vpc ``, ``qemu`` and unknown codes,
+#: CurrentSize for ``win ``, ``qem2``, ``d2v ``, ``tap\0`` and ``CTXS`` (QEMU
+#: ``vpc_open``; SPEC-NOTES "Which size is authoritative"). pyvhdx's images have
+#: Hyper-V semantics (CurrentSize is the size, the geometry comes from the spec's
+#: algorithm and is smaller for most sizes), so it uses the code that says so:
+#: with a code of its own QEMU would cut every image to its CHS capacity. The
+#: Creator Version (pyvhdx's major.minor) tells pyvhdx images apart from
+#: Hyper-V's (10.0 or 6.x).
+VHD_CREATOR_APPLICATION: Final = b"win "
+#: Creator Host OS: ``Wi2k`` (the spec's code for Windows; the other is ``Mac ``).
+VHD_CREATOR_HOST_OS: Final = b"Wi2k"
+#: Block sizes :func:`create_vhd` accepts: powers of two in this range. Windows
+#: itself makes 512 KiB and 2 MiB (the spec's default) blocks; every reader
+#: known (QEMU, libvhdi, pyvhdx) takes any power of two of at least 512 bytes.
+VHD_MIN_CREATE_BLOCK_SIZE: Final = 4 * KiB
+VHD_MAX_CREATE_BLOCK_SIZE: Final = 256 * MiB
+#: Azure's limits for an uploaded fixed VHD (virtual size; the file is 512 bytes
+#: more): a whole number of MiB from 20 MiB to 32 TiB (SPEC-NOTES pitfall 19).
+AZURE_MIN_SIZE: Final = 20 * MiB
+AZURE_MAX_SIZE: Final = 32 * TiB
+
+_VHD_VERSION: Final = 0x00010000  # File Format Version and Header Version 1.0
+_VHD_FEATURES: Final = 0x2  # "Reserved": the spec says it is always set
+_VHD_BAT_OFFSET: Final = VHD_FOOTER_SIZE + VHD_DYNAMIC_HEADER_SIZE  # 1536, as QEMU
+_VHD_MAX_SECTOR_NUMBER: Final = 0xFFFFFFFE  # BAT entries are u32; all ones is "unused"
+_WRITE_CHUNK: Final = 8 * MiB
+
+
+def _creator_version() -> int:
+    """pyvhdx's version as the footer's Creator Version (major << 16 | minor)."""
+    parts = [*_version.split("."), "0", "0"][:2]
+    major, minor = (int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)
+    return (major & 0xFFFF) << 16 | (minor & 0xFFFF)
+
+
+def _vhd_timestamp() -> int:
+    """Seconds since 2000-01-01 00:00:00 UTC (spec "Hard Disk Footer Format", Time Stamp)."""
+    return min(max(0, int(time.time()) - VHD_TIMESTAMP_EPOCH), 0xFFFFFFFF)
+
+
+def _with_vhd_checksum(raw: bytearray, field_offset: int) -> bytes:
+    raw[field_offset : field_offset + 4] = vhd_checksum(raw, field_offset).to_bytes(4, "big")
+    return bytes(raw)
+
+
+def vhd_footer(
+    size: int,
+    disk_type: DiskType,
+    *,
+    unique_id: uuid.UUID | None = None,
+    time_stamp: int | None = None,
+) -> bytes:
+    """A 512-byte VHD footer with its checksum (spec "Hard Disk Footer Format").
+
+    Original Size and Current Size are both ``size``; the geometry is the spec
+    appendix's for ``size`` (capped at 65535 x 16 x 255, pitfall 19); Data Offset
+    is all ones for a fixed disk and 512 (the dynamic header) otherwise.
+    """
+    fixed = disk_type is DiskType.FIXED
+    geometry = chs_geometry(size // VHD_SECTOR_SIZE)
+    raw = bytearray(
+        VHDFooter.build(
+            dict(
+                features=_VHD_FEATURES,
+                file_format_version=_VHD_VERSION,
+                data_offset=VHD_FIXED_DATA_OFFSET if fixed else VHD_FOOTER_SIZE,
+                time_stamp=_vhd_timestamp() if time_stamp is None else time_stamp,
+                creator_application=VHD_CREATOR_APPLICATION,
+                creator_version=_creator_version(),
+                creator_host_os=VHD_CREATOR_HOST_OS,
+                original_size=size,
+                current_size=size,
+                disk_geometry=dict(
+                    cylinders=geometry.cylinders,
+                    heads=geometry.heads,
+                    sectors_per_track=geometry.sectors_per_track,
+                ),
+                disk_type=VHDDiskType.FIXED if fixed else VHDDiskType.DYNAMIC,
+                checksum=0,
+                unique_id=uuid.uuid4() if unique_id is None else unique_id,
+                saved_state=0,
+                reserved=bytes(427),
+            )
+        )
+    )
+    return _with_vhd_checksum(raw, FOOTER_CHECKSUM_OFFSET)
+
+
+def vhd_dynamic_header(max_table_entries: int, block_size: int) -> bytes:
+    """A 1024-byte dynamic disk header with its checksum (spec "Dynamic Disk Header
+    Format"): no parent, the BAT at 1536, Data Offset all ones (pitfall 20).
+    """
+    empty_locator = dict(
+        platform_code=bytes(4),
+        platform_data_space=0,
+        platform_data_length=0,
+        reserved=0,
+        platform_data_offset=0,
+    )
+    raw = bytearray(
+        VHDDynamicHeader.build(
+            dict(
+                data_offset=VHD_FIXED_DATA_OFFSET,
+                table_offset=_VHD_BAT_OFFSET,
+                header_version=_VHD_VERSION,
+                max_table_entries=max_table_entries,
+                block_size=block_size,
+                checksum=0,
+                parent_unique_id=NIL_GUID,
+                parent_time_stamp=0,
+                reserved1=bytes(4),
+                parent_unicode_name=bytes(512),
+                parent_locator_entries=[empty_locator] * PARENT_LOCATOR_COUNT,
+                reserved2=bytes(256),
+            )
+        )
+    )
+    return _with_vhd_checksum(raw, DYNAMIC_HEADER_CHECKSUM_OFFSET)
+
+
+def _check_vhd_args(size: int, disk_type: DiskType, block_size: int, max_size: int) -> None:
+    if not 0 < size <= max_size or size % VHD_SECTOR_SIZE:
+        raise InvalidArgumentError(
+            f"size must be a multiple of {VHD_SECTOR_SIZE} bytes from {VHD_SECTOR_SIZE} "
+            f"bytes to {max_size // GiB} GiB for a {disk_type.value} VHD, not {size}"
+        )
+    if disk_type is DiskType.FIXED:
+        return
+    if not (
+        VHD_MIN_CREATE_BLOCK_SIZE <= block_size <= VHD_MAX_CREATE_BLOCK_SIZE
+        and block_size & (block_size - 1) == 0
+    ):
+        raise InvalidArgumentError(
+            f"VHD block size must be a power of two from 4 KiB to 256 MiB, not {block_size}"
+        )
+    # Every block must stay addressable by a u32 sector number once the disk is full.
+    entries = -(-size // block_size)
+    bat_bytes = -(-4 * entries // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE
+    last_block = (
+        _VHD_BAT_OFFSET + bat_bytes + (entries - 1) * (vhd_bitmap_size(block_size) + block_size)
+    )
+    if last_block // VHD_SECTOR_SIZE > _VHD_MAX_SECTOR_NUMBER:
+        raise InvalidArgumentError(
+            f"a {size}-byte dynamic VHD with {block_size}-byte blocks would outgrow the "
+            "2 TiB the BAT's sector numbers address; use a larger block size"
+        )
+
+
+def _open_new(path: str | os.PathLike[str], overwrite: bool) -> tuple[Path, int]:
+    target = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    return target, os.open(target, flags | getattr(os, "O_BINARY", 0), 0o644)
+
+
+def _write_fill(fd: int, byte: int, start: int, end: int) -> None:
+    """Write ``byte`` over ``[start, end)`` in bounded chunks."""
+    chunk = bytes([byte]) * min(_WRITE_CHUNK, max(0, end - start))
+    pos = start
+    while pos < end:
+        pos += os.pwrite(fd, chunk[: min(len(chunk), end - pos)], pos)
+
+
+def create_vhd(
+    path: str | os.PathLike[str],
+    size: int,
+    *,
+    disk_type: DiskType | str = DiskType.DYNAMIC,
+    block_size: int | None = None,
+    overwrite: bool = False,
+    preallocate: bool = False,
+    azure: bool = False,
+) -> int:
+    """Create an empty fixed or dynamic VHD and return its virtual size.
+
+    The virtual size is the footer's Current Size (DESIGN.md "VHD size"), exactly
+    ``size``; the CHS geometry is the spec appendix's for it, and the creator
+    application is :data:`VHD_CREATOR_APPLICATION`, so QEMU, libvhdi, Hyper-V
+    and pyvhdx agree on the size.
+
+    Args:
+        path: the new file.
+        size: virtual size in bytes: a multiple of 512, at most 2040 GiB (the
+            spec's and QEMU's limit, ``VHD_MAX_SIZE``) for dynamic and fixed
+            disks alike, so that every reader can open the image.
+        disk_type: ``"dynamic"`` (footer copy, dynamic header and an empty BAT;
+            blocks are allocated on write) or ``"fixed"`` (the data, then the
+            footer; the data area is sparse unless ``preallocate``).
+        block_size: a power of two from 4 KiB to 256 MiB, default 2 MiB (the
+            spec's default; Windows makes 512 KiB and 2 MiB). A fixed disk has no
+            blocks: ignored, as ``preallocate`` is for a dynamic disk.
+        overwrite: replace an existing file (otherwise it is an error).
+        preallocate: write out the zeros of a fixed disk's data area (ignored
+            for dynamic disks, as by :func:`create_vhdx`).
+        azure: make an image Azure accepts (see :func:`create_azure_vhd`):
+            fixed, ``size`` rounded up to a whole MiB, 20 MiB to 32 TiB.
+
+    Returns:
+        The virtual size written (``size``, or the rounded size with ``azure``).
+
+    Raises:
+        InvalidArgumentError: a parameter outside these limits; the file is not
+            touched.
+        FileExistsError: the file exists and ``overwrite`` is false.
+    """
+    try:
+        disk_type = DiskType(disk_type)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"disk type must be 'dynamic' or 'fixed', not {disk_type!r}"
+        ) from None
+    if disk_type is DiskType.DIFFERENCING:
+        raise InvalidArgumentError("differencing VHDs are created with a parent (not yet)")
+    max_size = VHD_MAX_SIZE
+    if azure:
+        if disk_type is not DiskType.FIXED:
+            raise InvalidArgumentError("Azure takes fixed VHDs only")
+        size = azure_vhd_size(size)
+        max_size = AZURE_MAX_SIZE
+    block_size = VHD_DEFAULT_BLOCK_SIZE if block_size is None else block_size
+    _check_vhd_args(size, disk_type, block_size, max_size)
+    footer = vhd_footer(size, disk_type)
+
+    target, fd = _open_new(path, overwrite)
+    try:
+        if disk_type is DiskType.FIXED:
+            if preallocate:
+                _write_fill(fd, 0, 0, size)
+            os.ftruncate(fd, size)
+            os.pwrite(fd, footer, size)
+        else:
+            entries = -(-size // block_size)
+            bat_end = _VHD_BAT_OFFSET + -(-4 * entries // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE
+            os.pwrite(fd, footer, 0)
+            os.pwrite(fd, vhd_dynamic_header(entries, block_size), VHD_FOOTER_SIZE)
+            _write_fill(fd, 0xFF, _VHD_BAT_OFFSET, bat_end)
+            os.pwrite(fd, footer, bat_end)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        target.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return size
+
+
+def azure_vhd_size(size: int) -> int:
+    """``size`` rounded up to a whole MiB, checked against Azure's limits.
+
+    Raises:
+        InvalidArgumentError: the rounded size is below 20 MiB or above 32 TiB
+            (SPEC-NOTES pitfall 19).
+    """
+    rounded = -(-size // MiB) * MiB
+    if not AZURE_MIN_SIZE <= rounded <= AZURE_MAX_SIZE:
+        raise InvalidArgumentError(
+            f"Azure takes fixed VHDs of 20 MiB to 32 TiB; {size} bytes rounds to {rounded}"
+        )
+    return rounded
+
+
+def create_azure_vhd(
+    path: str | os.PathLike[str],
+    size: int,
+    *,
+    overwrite: bool = False,
+    preallocate: bool = False,
+) -> int:
+    """Create a fixed VHD that Azure accepts for upload, and return its virtual size.
+
+    Azure wants a fixed VHD whose virtual size is a whole number of MiB, 20 MiB to
+    32 TiB (the file is 512 bytes more), read as the footer's Current Size
+    (SPEC-NOTES pitfall 19). ``size`` is rounded up to a whole MiB; the result
+    is returned (report it: it may differ from ``size``). The geometry is the
+    spec's for the size, as Hyper-V writes it: the maximum 65535 x 16 x 255 only
+    when the size exceeds what CHS can address (about 127 GiB); QEMU's
+    ``force_size`` writes the maximum always, and marks the image ``qem2`` so
+    that QEMU reads Current Size. pyvhdx's creator code has the same effect
+    (:data:`VHD_CREATOR_APPLICATION`), and Azure reads Current Size anyway.
+    Images above 2040 GiB are valid for Azure, but QEMU refuses to open them.
+
+    Raises:
+        InvalidArgumentError: the rounded size is outside Azure's limits.
+        FileExistsError: the file exists and ``overwrite`` is false.
+    """
+    return create_vhd(
+        path,
+        size,
+        disk_type=DiskType.FIXED,
+        overwrite=overwrite,
+        preallocate=preallocate,
+        azure=True,
+    )

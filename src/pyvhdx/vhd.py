@@ -7,6 +7,10 @@ end copy is missing or damaged), validates every field it uses against the file
 size and the spec's limits, and reduces the image to a
 :class:`~pyvhdx.bat.BlockTable` whose entries are read lazily from the BAT.
 Opening costs a few small reads whatever the disk size.
+
+Opened writable, fixed and dynamic disks take writes: in place, or into blocks
+allocated where the footer stands, written in an order that leaves a valid image
+after a crash at any point (:meth:`VHDFile.write_at`).
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ import warnings
 from typing import Any, Final, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from .base import FormatHandler
 from .bat import I64, BlockTable, decode_vhd_bat
 from .checksum import vhd_checksum
 from .constants import (
+    VHD_BAT_UNUSED,
     VHD_DYNAMIC_COOKIE,
     VHD_DYNAMIC_HEADER_SIZE,
     VHD_FOOTER_COOKIE,
@@ -42,6 +48,7 @@ from .errors import (
     ChecksumError,
     InvalidImageError,
     PyvhdxError,
+    PyvhdxWarning,
     TruncatedImageError,
     UnsupportedFeatureError,
 )
@@ -180,7 +187,7 @@ def _warn(message: str) -> None:
     ):
         frame = frame.f_back
         level += 1
-    warnings.warn(message, UserWarning, stacklevel=level)
+    warnings.warn(message, PyvhdxWarning, stacklevel=level)
 
 
 def _timestamp(seconds: int) -> str:
@@ -273,12 +280,14 @@ class ParentLocator:
 
 
 class VHDFile(FormatHandler):
-    """A VHD image opened for reading (fixed, dynamic or differencing).
+    """A VHD image (fixed, dynamic or differencing), read-only or writable.
 
     Args:
         source: the image file.
         strict: make a bad checksum in the footer or dynamic header that is used
             fatal (:class:`ChecksumError`) instead of a reported problem.
+        writable: open for writing (fixed and dynamic disks; see
+            :meth:`write_at` for the order of writes).
 
     Raises:
         InvalidImageError: no footer, an unknown disk type, or a field out of
@@ -286,18 +295,28 @@ class VHDFile(FormatHandler):
         TruncatedImageError: the file ends before the data it declares.
         ChecksumError: with ``strict=True``, the footer or dynamic header in use
             has a bad checksum.
+        UnsupportedFeatureError: ``writable`` with a differencing disk.
     """
 
-    def __init__(self, source: FileSource, *, strict: bool = False) -> None:
+    supports_write = True
+
+    def __init__(self, source: FileSource, *, strict: bool = False, writable: bool = False) -> None:
         super().__init__()
         self.source = source
         self.strict = strict
+        self.writable = writable
+        #: Skip the flushes that order writes for crash consistency (for a
+        #: temporary file, as ``convert`` writes); close still flushes.
+        self.bulk = False
+        self._alloc_end: int | None = None  # where the next new block goes
+        self._full_bitmaps: set[int] = set()  # blocks whose sector bitmap is all ones
         self.format = ImageFormat.VHD
         self.logical_sector_size = VHD_SECTOR_SIZE
         self.physical_sector_size = VHD_SECTOR_SIZE
         self.read_error: PyvhdxError | None = None
 
         self.footer: Any = None
+        self.footer_raw = b""  # the footer in use, 512 bytes, as read
         self.footer_copy = "end"
         self.footer_offset = 0
         self.footer_size = VHD_FOOTER_SIZE
@@ -334,6 +353,13 @@ class VHDFile(FormatHandler):
             differencing = self.vhd_disk_type is VHDDiskType.DIFFERENCING
             self.disk_type = DiskType.DIFFERENCING if differencing else DiskType.DYNAMIC
             self._open_dynamic(differencing)
+        if writable and self.disk_type is DiskType.DIFFERENCING:
+            raise UnsupportedFeatureError(
+                "writing differencing VHD images is not supported yet",
+                structure="VHD footer",
+                field="DiskType",
+                offset=self._footer_field("DiskType"),
+            )
 
     # -- problems ----------------------------------------------------------------
 
@@ -422,6 +448,7 @@ class VHDFile(FormatHandler):
         self.footer_offset = chosen.offset
         self.footer_size = chosen.length
         self.footer_checksum_ok = chosen.checksum_ok
+        self.footer_raw = chosen.raw
         self.footer = parse(VHDFooter, chosen.raw, structure="VHD footer", offset=chosen.offset)
         other = start if chosen is end else end
 
@@ -671,13 +698,50 @@ class VHDFile(FormatHandler):
         self._differencing = differencing
         self.table = BlockTable(self.virtual_size, block_size, self._load_bat, sector_size=512)
         if differencing:
-            self.read_error = UnsupportedFeatureError(
-                "reading differencing VHD images needs their parent; differencing support "
-                "is not implemented yet",
-                structure="VHD footer",
-                field="DiskType",
-                offset=self._footer_field("DiskType"),
-            )
+            self.table.set_partial_reader(self._sector_bitmap, self._block_data_offset)
+
+    # -- differencing (spec "Block Allocation Table and Data Blocks", sector bitmap) --
+
+    def _bat_entry(self, block: int) -> int:
+        assert self.table_offset is not None
+        off = self.table_offset + 4 * block
+        return int.from_bytes(self.source.read_exact(off, 4, "VHD BAT"), "big")
+
+    def _block_data_offset(self, block: int) -> int:
+        """File offset of an allocated block's data (after its padded bitmap)."""
+        assert self.bitmap_size is not None
+        return self._bat_entry(block) * 512 + self.bitmap_size
+
+    def _sector_bitmap(self, block: int) -> npt.NDArray[np.bool_]:
+        """One bool per sector of ``block``: True if this file holds it (MSB first)."""
+        assert self.bitmap_size is not None and self.block_size is not None
+        raw = self.source.read_exact(self._bat_entry(block) * 512, self.bitmap_size, "VHD bitmap")
+        bits = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="big")
+        return bits[: self.block_size // 512].astype(bool)
+
+    def parent_locations(self) -> list[tuple[str, str]]:
+        """W2ru, then W2ku, then the parent name (VHD spec, Parent Locator Entries)."""
+        out: list[tuple[str, str]] = []
+        for code in ("W2ru", "W2ku", "Wi2r", "Wi2k"):
+            out += [
+                (code, loc.path)
+                for loc in self.parent_locators
+                if loc.platform_code == code and loc.path
+            ]
+        if self.parent_name:
+            out.append(("parent name", self.parent_name))
+        return out
+
+    def identity_as_parent(self) -> str:
+        return str(self.identifier)
+
+    def parent_identity_matches(self, parent: FormatHandler) -> tuple[bool, str]:
+        """The child's Parent Unique ID must be the parent's footer Unique Id."""
+        want = str(self.parent_unique_id)
+        have = parent.identity_as_parent()
+        if have == want:
+            return True, ""
+        return False, f"Parent Unique ID {want} != parent Unique Id {have}"
 
     def _load_bat(self, first_block: int, count: int) -> I64:
         """Read and decode BAT entries ``first_block`` .. ``first_block + count``."""
@@ -726,6 +790,170 @@ class VHDFile(FormatHandler):
                     path = data.decode(encoding, errors="replace").rstrip("\0")
             out.append(ParentLocator(i, _fourcc(code), space, length, offset, path))
         return out
+
+    # -- writes (spec "Block Allocation Table and Data Blocks") -----------------
+
+    def write_at(self, offset: int, data: memoryview) -> None:
+        """Write ``data`` at virtual ``offset`` (checked by ``DiskImage`` to lie
+        inside the disk).
+
+        A fixed disk is written in place. In a dynamic disk, a write into an
+        allocated block goes in place, after which the written sectors' bits of
+        the block's sector bitmap are set if they were not. Unallocated blocks
+        touched by the write are allocated where the footer stands (or after the
+        last block, if that is further), in this order, so that a crash at any
+        point leaves an image every reader opens with each sector old or new:
+
+        1. the footer, unchanged, at the new end of the file; flush. The old
+           footer still stands, so the file ends with a valid footer throughout;
+        2. each new block's sector bitmap, all ones as QEMU writes it (right for
+           a dynamic disk, SPEC-NOTES pitfall 18), the first one over the old
+           footer; then the data, the rest of each new block reading as zeros
+           (it lies past the old end of the file); flush;
+        3. the BAT entries of the new blocks, one read-modify-write per BAT
+           sector. Until then the new blocks are unreferenced space that
+           readers (QEMU included) skip; the footer copy at offset 0 never
+           changes.
+
+        A write whose new blocks' BAT entries share one 512-byte BAT sector, and
+        that touches no allocated block, is all-or-nothing; others are so per
+        block.
+        """
+        if self.disk_type is DiskType.FIXED:
+            self.source.pwrite(data, offset)
+            return
+        assert self.block_size is not None and self.bitmap_size is not None
+        table = self.table
+        shift = table.block_shift
+        end = offset + len(data)
+        first = offset >> shift
+        codes = table.codes(first, ((end - 1) >> shift) + 1).copy()
+        new_blocks = [first + i for i, code in enumerate(codes.tolist()) if code < 0]
+        placed: dict[int, int] = {}
+        if new_blocks:
+            placed = self._place(new_blocks)  # step 1
+            ones = b"\xff" * self.bitmap_size
+            for block, pos in placed.items():
+                self.source.pwrite(ones, pos)
+                codes[block - first] = pos + self.bitmap_size
+        pos = offset
+        while pos < end:
+            block = pos >> shift
+            stop = min(end, (block + 1) << shift)
+            data_offset = int(codes[block - first])
+            self.source.pwrite(
+                data[pos - offset : stop - offset], data_offset + (pos & table.block_mask)
+            )
+            if block not in placed:
+                self._set_bitmap_bits(
+                    block, data_offset, pos & table.block_mask, stop - (block << shift)
+                )
+            pos = stop
+        if placed:
+            self._sync()
+            self._write_bat_entries(placed)  # step 3
+            for block, pos in placed.items():
+                table.set_code(block, pos + self.bitmap_size)
+                self._full_bitmaps.add(block)
+
+    def _sync(self) -> None:
+        if not self.bulk:
+            self.source.flush()
+
+    def _place(self, blocks: list[int]) -> dict[int, int]:
+        """Choose where ``blocks`` go, move the footer past them (flushed) and
+        return each block's file offset (of its bitmap).
+
+        Raises:
+            UnsupportedFeatureError: the blocks would lie beyond the 2 TiB that
+                the BAT's u32 sector numbers address.
+        """
+        assert self.block_size is not None and self.bitmap_size is not None
+        if self._alloc_end is None:
+            # After the footer, the BAT, and every block (a last block may reach
+            # past the footer, its tail being outside the disk).
+            assert self.table_offset is not None and self.max_table_entries is not None
+            assert self.dynamic_header_offset is not None
+            last = 0
+            for _first, codes in self.table.iter_chunks():
+                used = codes[codes >= 0]
+                if used.size:
+                    last = max(last, int(used.max()) + self.block_size)
+            self._alloc_end = max(
+                self.data_end,
+                last,
+                self.table_offset + 4 * self.max_table_entries,
+                self.dynamic_header_offset + VHD_DYNAMIC_HEADER_SIZE,
+            )
+        start = -(-self._alloc_end // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE
+        stride = self.bitmap_size + self.block_size
+        new_end = start + len(blocks) * stride
+        if (new_end - stride) // VHD_SECTOR_SIZE >= VHD_BAT_UNUSED:
+            raise UnsupportedFeatureError(
+                f"a new block at {new_end - stride:#x} would lie beyond the 2 TiB that VHD "
+                "BAT entries (u32 sector numbers) address",
+                structure="VHD BAT",
+                offset=self.table_offset,
+            )
+        self.source.pwrite(self.footer_raw, new_end)
+        self._sync()
+        self.data_end = new_end
+        self.footer_offset = new_end
+        self.footer_copy = "end"
+        self._alloc_end = new_end
+        return {block: start + k * stride for k, block in enumerate(blocks)}
+
+    def _write_bat_entries(self, placed: dict[int, int]) -> None:
+        """Point the BAT entries of ``placed`` blocks at them: one write per 512-byte
+        BAT sector, each covering only the entries it changes.
+        """
+        assert self.table_offset is not None
+        by_sector: dict[int, list[tuple[int, int]]] = {}
+        for block, pos in sorted(placed.items()):
+            entry = self.table_offset + 4 * block
+            by_sector.setdefault(entry // VHD_SECTOR_SIZE, []).append(
+                (entry, pos // VHD_SECTOR_SIZE)
+            )
+        for entries in by_sector.values():
+            lo, hi = entries[0][0], entries[-1][0] + 4
+            span = bytearray(self.source.read_exact(lo, hi - lo, "VHD BAT"))
+            for entry, sector in entries:
+                span[entry - lo : entry - lo + 4] = sector.to_bytes(4, "big")
+            self.source.pwrite(span, lo)
+
+    def _set_bitmap_bits(self, block: int, data_offset: int, lo: int, hi: int) -> None:
+        """Mark the sectors of ``[lo, hi)`` (bytes into ``block``) as holding data in
+        the block's sector bitmap (MSB first, SPEC-NOTES pitfall 17), if they were not.
+
+        Blocks pyvhdx allocated, and blocks found all ones, are remembered and not
+        read again.
+        """
+        if block in self._full_bitmaps:
+            return
+        assert self.block_size is not None and self.bitmap_size is not None
+        bitmap_offset = data_offset - self.bitmap_size
+        nbytes = -(-(self.block_size // VHD_SECTOR_SIZE) // 8)
+        raw = self.source.read_exact(bitmap_offset, nbytes, "VHD sector bitmap")
+        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))
+        s0, s1 = lo // VHD_SECTOR_SIZE, -(-hi // VHD_SECTOR_SIZE)
+        if not bits[s0:s1].all():
+            bits[s0:s1] = 1
+            b0, b1 = s0 // 8, (s1 - 1) // 8 + 1
+            self.source.pwrite(np.packbits(bits[8 * b0 : 8 * b1]).tobytes(), bitmap_offset + b0)
+        if bits.all():
+            self._full_bitmaps.add(block)
+
+    def flush(self) -> None:
+        """Make every write so far durable."""
+        self.source.flush()
+
+    def close(self) -> None:
+        """Flush (when writable) and release the file."""
+        try:
+            if self.writable:
+                self.source.flush()
+        finally:
+            self.source.close()
 
     # -- reporting -----------------------------------------------------------------
 
