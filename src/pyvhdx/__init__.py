@@ -180,6 +180,7 @@ def convert(
     src_format: str | ImageFormat | None = None,
     force: bool = False,
     progress: bool | Callable[[int], None] | None = None,
+    sync: bool = True,
 ) -> _convert_module.ConvertResult:
     """Convert ``src`` (raw, VHD or VHDX) into a new ``dst`` image.
 
@@ -197,6 +198,7 @@ def convert(
         src_format=src_format,
         force=force,
         progress=progress,
+        sync=sync,
     )
 
 

@@ -53,9 +53,9 @@ _KIND_OF = np.array(
 )
 KIND_PARTIAL = 255
 
-LOAD_CHUNK_SHIFT = 16  # blocks decoded per lazy load: 65536 entries (512 KiB of VHDX BAT)
+LOAD_CHUNK_SHIFT = 12  # blocks decoded per lazy load: 4096 entries (32 KiB of VHDX BAT)
 LOAD_CHUNK_MASK = (1 << LOAD_CHUNK_SHIFT) - 1
-MAX_CACHED_CHUNKS = 256  # 128 MiB of codes: 16 Mi blocks, 512 TiB at 32 MiB blocks
+MAX_CACHED_CHUNKS = 4096  # 128 MiB of codes: 16 Mi blocks, 512 TiB at 32 MiB blocks
 
 
 class Runs(NamedTuple):
@@ -272,7 +272,7 @@ class BlockTable:
         self._partial_offset = partial_offset
 
     def _chunk(self, c: int) -> I64:
-        """The codes of chunk ``c`` (65536 blocks), loading it if needed.
+        """The codes of chunk ``c`` (1 << LOAD_CHUNK_SHIFT blocks), loading it if needed.
 
         At most MAX_CACHED_CHUNKS chunks stay in memory; the least recently used
         one is dropped (the file holds every change, so it reloads the same).

@@ -115,6 +115,7 @@ def convert_image(
     src_format: ImageFormat | str | None = None,
     force: bool = False,
     progress: bool | ProgressCallback | None = None,
+    sync: bool = True,
 ) -> ConvertResult:
     """Convert ``src`` into a new image ``dst``.
 
@@ -129,6 +130,8 @@ def convert_image(
         force: replace an existing destination.
         progress: a callable given bytes processed, True/False to force a bar
             on stderr, None for a bar only when stderr is a terminal.
+        sync: fsync the new image before it is renamed into place (False, as
+            ``qemu-img convert`` with its default cache mode, leaves it to the OS).
 
     Raises:
         FileExistsError: ``dst`` exists and ``force`` is false.
@@ -161,7 +164,7 @@ def convert_image(
             update, close_bar = _progress_bar(size, progress)
         try:
             if fmt is ImageFormat.RAW:
-                counts = _to_raw(img, tmp, update)
+                counts = _to_raw(img, tmp, update, sync)
             else:
                 counts = _to_image(
                     img,
@@ -173,6 +176,7 @@ def convert_image(
                     logical_sector_size,
                     physical_sector_size,
                     update,
+                    sync,
                 )
             os.replace(tmp, dst_path)
         except BaseException:
@@ -194,7 +198,7 @@ def _chunks(img: DiskImage, step: int) -> Iterator[tuple[int, int]]:
             pos = stop
 
 
-def _to_raw(img: DiskImage, tmp: Path, update: ProgressCallback) -> tuple[int, int]:
+def _to_raw(img: DiskImage, tmp: Path, update: ProgressCallback, sync: bool) -> tuple[int, int]:
     size = img.virtual_size
     buf = bytearray(CHUNK)
     mv = memoryview(buf)
@@ -218,7 +222,8 @@ def _to_raw(img: DiskImage, tmp: Path, update: ProgressCallback) -> tuple[int, i
             done = start + n
         if size > done:
             update(size - done)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     return read, written
@@ -234,6 +239,7 @@ def _to_image(
     logical_sector_size: int,
     physical_sector_size: int,
     update: ProgressCallback,
+    sync: bool,
 ) -> tuple[int, int]:
     # pyvhdx.create is the function; the module comes from sys.modules.
     import importlib
@@ -264,6 +270,7 @@ def _to_image(
         handler: Any = out.handler
         if hasattr(handler, "bulk"):
             handler.bulk = True  # a temporary file: no journaling needed
+        handler.source.sync_writes = False  # one fsync at the end, if any
         step = min(CHUNK, out.block_size or CHUNK)
         buf = bytearray(step)
         mv = memoryview(buf)
@@ -282,5 +289,11 @@ def _to_image(
             done = start + n
         if img.virtual_size > done:
             update(img.virtual_size - done)
-        out.flush()
+        out.close()  # writes the last metadata
+        if sync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     return read, written

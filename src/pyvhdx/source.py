@@ -146,6 +146,9 @@ class FileSource:
 
     def __init__(self, file: str | os.PathLike[str] | BinaryIO, *, writable: bool = False) -> None:
         self.writable = writable
+        # False for a scratch file whose durability the caller handles (convert
+        # builds a temporary file and syncs it once, or not, before renaming).
+        self.sync_writes = True
         self.name: str
         self._owns = False
         self._fileobj: BinaryIO | None = None
@@ -316,12 +319,12 @@ class FileSource:
         self._size = size
 
     def flush(self) -> None:
-        """Flush writes to stable storage."""
+        """Flush writes to stable storage (only to the OS when ``sync_writes`` is off)."""
         if not self.writable:
             return
         if self._fileobj is not None:
             self._fileobj.flush()
-        if self.fd is not None:
+        if self.fd is not None and self.sync_writes:
             os.fsync(self.fd)
 
     def close(self) -> None:

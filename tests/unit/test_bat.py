@@ -10,6 +10,7 @@ from pyvhdx.bat import (
     CODE_PARENT,
     CODE_UNMAPPED,
     CODE_ZERO,
+    LOAD_CHUNK_SHIFT,
     BlockTable,
     chunk_ratio,
     decode_vhdx_payload_entries,
@@ -30,8 +31,11 @@ def naive_map(codes: list[int], block_size: int, offset: int, length: int) -> li
         if code >= 0:
             out.append((int(RunKind.DATA), code + pos % block_size))
         else:
-            kind = {CODE_UNMAPPED: RunKind.UNMAPPED, CODE_ZERO: RunKind.ZERO,
-                    CODE_PARENT: RunKind.PARENT}[code]
+            kind = {
+                CODE_UNMAPPED: RunKind.UNMAPPED,
+                CODE_ZERO: RunKind.ZERO,
+                CODE_PARENT: RunKind.PARENT,
+            }[code]
             out.append((int(kind), -1))
     return out
 
@@ -39,7 +43,7 @@ def naive_map(codes: list[int], block_size: int, offset: int, length: int) -> li
 def expand(runs: object, offset: int, length: int) -> list[tuple[int, int]]:
     out = []
     pos = offset
-    for s, ln, k, f in zip(runs.start, runs.length, runs.kind, runs.file_offset):  # type: ignore[attr-defined]
+    for s, ln, k, f in zip(runs.start, runs.length, runs.kind, runs.file_offset, strict=True):  # type: ignore[attr-defined]
         assert s == pos and ln > 0
         for p in range(int(s), int(s + ln), SECTOR):
             out.append((int(k), int(f) + (p - int(s)) if k == RunKind.DATA else -1))
@@ -90,7 +94,8 @@ def test_lazy_loading_reads_only_needed_chunks() -> None:
     assert calls == []
     assert table.code(0) == CODE_UNMAPPED
     assert table.code(table.block_count - 1) == CODE_UNMAPPED
-    assert calls == [(0, 65536), (table.block_count - 65536, 65536)]
+    n = 1 << LOAD_CHUNK_SHIFT
+    assert calls == [(0, n), (table.block_count - n, n)]
 
 
 @given(st.sampled_from([512, 4096]), st.integers(20, 28), st.integers(1, 10**7))
@@ -121,18 +126,36 @@ def test_sector_bitmap_entries_interleave() -> None:
 def test_decode_states() -> None:
     mib = 1 << 20
     states = [
-        PayloadState.NOT_PRESENT, PayloadState.UNDEFINED, PayloadState.ZERO,
-        PayloadState.UNMAPPED, PayloadState.UNMAPPED_V095, PayloadState.FULLY_PRESENT,
+        PayloadState.NOT_PRESENT,
+        PayloadState.UNDEFINED,
+        PayloadState.ZERO,
+        PayloadState.UNMAPPED,
+        PayloadState.UNMAPPED_V095,
+        PayloadState.FULLY_PRESENT,
         PayloadState.PARTIALLY_PRESENT,
     ]
     raw = np.array(
         [s | ((10 + i) * mib if s >= 6 else 0) for i, s in enumerate(states)], dtype=np.uint64
     )
-    kw = dict(first_block=0, bat_offset=0, block_size=mib, virtual_size=7 * mib,
-              file_size=100 * mib, min_data_offset=mib, ratio=4096)
+    kw = dict(
+        first_block=0,
+        bat_offset=0,
+        block_size=mib,
+        virtual_size=7 * mib,
+        file_size=100 * mib,
+        min_data_offset=mib,
+        ratio=4096,
+    )
     plain = decode_vhdx_payload_entries(raw, differencing=False, **kw)  # type: ignore[arg-type]
-    assert plain.tolist() == [CODE_UNMAPPED, CODE_UNMAPPED, CODE_ZERO, CODE_UNMAPPED,
-                              CODE_UNMAPPED, 15 * mib, 16 * mib]
+    assert plain.tolist() == [
+        CODE_UNMAPPED,
+        CODE_UNMAPPED,
+        CODE_ZERO,
+        CODE_UNMAPPED,
+        CODE_UNMAPPED,
+        15 * mib,
+        16 * mib,
+    ]
     diff = decode_vhdx_payload_entries(raw, differencing=True, **kw)  # type: ignore[arg-type]
     # NOT_PRESENT goes to the parent; ZERO and UNMAPPED never do (SPEC-NOTES pitfall 7)
     assert diff.tolist()[:5] == [CODE_PARENT, CODE_PARENT, CODE_ZERO, CODE_ZERO, CODE_ZERO]
