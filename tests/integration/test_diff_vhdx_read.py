@@ -132,9 +132,11 @@ def test_missing_parent_opt_in_reads_zeros(tmp_path: Path) -> None:
         assert any(p.structure == "parent" for p in img.info().problems)
         assert img.read_at(0, MiB) == bytes(MiB)  # block 0 is NOT_PRESENT
         assert img.read_at(MiB, MiB) == model[MiB : 2 * MiB]  # block 1 is in the child
-    with pyvhdx.open(child, resolve_parent=False) as img:
-        with pytest.raises(pyvhdx.UnsupportedFeatureError):
-            img.read_at(0, 512)
+    with (
+        pyvhdx.open(child, resolve_parent=False) as img,
+        pytest.raises(pyvhdx.UnsupportedFeatureError),
+    ):
+        img.read_at(0, 512)
 
 
 def test_chain_cycle_and_self_parent(tmp_path: Path) -> None:
@@ -145,13 +147,13 @@ def test_chain_cycle_and_self_parent(tmp_path: Path) -> None:
         a,
         bytes(4 * MiB),
         disk_type="differencing",
-        parent_locator={"parent_linkage": "{%s}" % guid_b, "relative_path": "b.avhdx"},
+        parent_locator={"parent_linkage": f"{{{guid_b}}}", "relative_path": "b.avhdx"},
     )
     build_vhdx(
         b,
         bytes(4 * MiB),
         disk_type="differencing",
-        parent_locator={"parent_linkage": "{%s}" % guid_a, "relative_path": "a.avhdx"},
+        parent_locator={"parent_linkage": f"{{{guid_a}}}", "relative_path": "a.avhdx"},
     )
     with pytest.raises(ParentError, match="loops"):
         pyvhdx.open(a, verify_parent=False)
@@ -160,7 +162,7 @@ def test_chain_cycle_and_self_parent(tmp_path: Path) -> None:
         selfish,
         bytes(4 * MiB),
         disk_type="differencing",
-        parent_locator={"parent_linkage": "{%s}" % guid_a, "relative_path": "self.avhdx"},
+        parent_locator={"parent_linkage": f"{{{guid_a}}}", "relative_path": "self.avhdx"},
     )
     with pytest.raises(ParentError, match="loops"):
         pyvhdx.open(selfish, verify_parent=False)
@@ -177,7 +179,7 @@ def test_locators_never_leave_the_child_directory(tmp_path: Path) -> None:
         bytes(4 * MiB),
         disk_type="differencing",
         parent_locator={
-            "parent_linkage": "{%s}" % uuid.uuid4(),
+            "parent_linkage": f"{{{uuid.uuid4()}}}",
             "relative_path": r"..\secret.vhdx",
             "absolute_win32_path": str(outside),
         },

@@ -8,9 +8,8 @@ repository.
 
 from __future__ import annotations
 
-import re
-
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any

@@ -99,7 +99,9 @@ def test_crash_at_every_step(tmp_path: Path, base_image: tuple[Path, bytes], los
         # qemu-img replays the log on a read-write open of a copy; then it must agree
         copy = tmp_path / "qemu.vhdx"
         shutil.copy(path, copy)
-        r = subprocess.run([qemu_img, "check", "-r", "all", str(copy)], capture_output=True, text=True)
+        r = subprocess.run(
+            [qemu_img, "check", "-r", "all", str(copy)], capture_output=True, text=True
+        )
         assert r.returncode == 0, f"step {n}: {r.stdout} {r.stderr}"
         raw = tmp_path / "qemu.raw"
         subprocess.run([qemu_img, "convert", "-O", "raw", str(copy), str(raw)], check=True)

@@ -188,8 +188,8 @@ def test_metadata_item_out_of_region(tmp_path: Path) -> None:
 
 def test_region_beyond_end_of_file(tmp_path: Path) -> None:
     layout, _ = make(tmp_path)
-    from tests.vhdxbuild import region_table_bytes
     from pyvhdx.constants import REGION_BAT, REGION_METADATA
+    from tests.vhdxbuild import region_table_bytes
 
     table = region_table_bytes(
         [
