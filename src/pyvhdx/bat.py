@@ -259,6 +259,8 @@ class BlockTable:
         self._bitmap_reader = bitmap_reader
         self._partial_offset = partial_offset
         self._chunks: dict[int, I64] = {}  # loaded chunks, least recently used first
+        # set for a table that maps block b to linear_base + b * block_size (raw, fixed VHD)
+        self.linear_base: int | None = None
         self.chunk_count = -(-self.block_count // (1 << LOAD_CHUNK_SHIFT))
         self.all_loaded = self.chunk_count == 0
 

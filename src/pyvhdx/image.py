@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 import numpy as np
 
 from .base import FormatHandler
-from .bat import CODE_UNMAPPED, CODE_ZERO, LOAD_CHUNK_SHIFT, BlockTable
+from .bat import CODE_UNMAPPED, CODE_ZERO, LOAD_CHUNK_MASK, LOAD_CHUNK_SHIFT, BlockTable
 from .constants import DiskType, ImageFormat, RunKind
 from .errors import (
     InvalidArgumentError,
@@ -32,6 +32,8 @@ from .source import FileSource
 
 if TYPE_CHECKING:
     from .stream import DiskStream
+
+_HAS_PREADV = hasattr(os, "preadv")
 
 __all__ = ["ChainExtent", "DiskImage", "Extent", "detect_format", "open_image"]
 
@@ -84,6 +86,16 @@ class DiskImage:
         self._source = handler.source
         self.mode = mode
         self.read_error: PyvhdxError | None = getattr(handler, "read_error", None)
+        # hot-path constants (the handler and its table are fixed once opened)
+        self._size = handler.virtual_size
+        self._shift = self._table.block_shift
+        self._mask = self._table.block_mask
+        self._chunks = self._table._chunks
+        self._linear_base: int | None = self._table.linear_base
+        # positional reads straight on the descriptor when no log overlay applies
+        src = self._source
+        self._fd: int | None = src.fd if (src.overlay is None and _HAS_PREADV) else None
+        self._fast = self._fd is not None and self.read_error is None
         self.parent: DiskImage | None = None
         self._owns_parent = False
         self.missing_parent = False  # opened with allow_missing_parent and not found
@@ -167,6 +179,20 @@ class DiskImage:
             UnsupportedFeatureError: the image cannot be read (yet).
             TruncatedImageError: the file ends inside a block the image uses.
         """
+        # Fastest path: a bytearray read inside one stored block, straight to preadv.
+        if type(buffer) is bytearray and self._fast:
+            n = len(buffer)
+            shift = self._shift
+            block = offset >> shift
+            if offset >= 0 and offset + n <= self._size and (offset + n - 1) >> shift == block:
+                linear = self._linear_base
+                if linear is not None:
+                    code = linear + (block << shift)
+                else:
+                    arr = self._chunks.get(block >> LOAD_CHUNK_SHIFT)
+                    code = -9 if arr is None else arr.item(block & LOAD_CHUNK_MASK)
+                if code >= 0 and os.preadv(self._fd, [buffer], code + (offset & self._mask)) == n:  # type: ignore[arg-type]
+                    return n
         if self._closed:
             self._check_open()
         mv = buffer if type(buffer) is memoryview else memoryview(buffer)
@@ -176,7 +202,7 @@ class DiskImage:
             raise InvalidArgumentError("buffer is read-only")
         if offset < 0:
             raise InvalidArgumentError(f"negative offset {offset}")
-        size = self._h.virtual_size
+        size = self._size
         n = len(mv)
         if offset + n > size:
             if offset >= size:
@@ -187,20 +213,28 @@ class DiskImage:
             return 0
         if self.read_error is not None:
             raise self.read_error
-        table = self._table
-        block = offset >> table.block_shift
-        if (offset + n - 1) >> table.block_shift == block:
-            # Scalar path: the read stays inside one block.
-            code = table.code(block)
+        shift = self._shift
+        block = offset >> shift
+        if (offset + n - 1) >> shift == block:
+            # Scalar path: the read stays inside one block: one lookup, one pread.
+            linear = self._linear_base
+            if linear is not None:
+                code = linear + (block << shift)
+            else:
+                arr = self._chunks.get(block >> LOAD_CHUNK_SHIFT)
+                code = self._table.code(block) if arr is None else arr.item(block & LOAD_CHUNK_MASK)
             if code >= 0:
-                pos = code + (offset & table.block_mask)
-                got = self._source.readinto(mv, pos)
+                pos = code + (offset & self._mask)
+                fd = self._fd
+                got = os.preadv(fd, [mv], pos) if fd is not None else 0
                 if got != n:
-                    raise TruncatedImageError(
-                        f"file ends inside block {block} ({got} of {n} bytes at {pos:#x})",
-                        structure="data block",
-                        offset=pos,
-                    )
+                    got = self._source.readinto(mv, pos)
+                    if got != n:
+                        raise TruncatedImageError(
+                            f"file ends inside block {block} ({got} of {n} bytes at {pos:#x})",
+                            structure="data block",
+                            offset=pos,
+                        )
                 return n
             if code in (CODE_ZERO, CODE_UNMAPPED):
                 _zero_fill(mv)
@@ -399,6 +433,8 @@ class DiskImage:
         if self._closed:
             return
         self._closed = True
+        self._fast = False
+        self._fd = None
         if self.parent is not None and self._owns_parent:
             self.parent.close()
         self._h.close()

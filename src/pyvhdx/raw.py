@@ -20,7 +20,9 @@ def linear_table(virtual_size: int, data_offset: int = 0) -> BlockTable:
     def load(first: int, count: int) -> np.ndarray:
         return data_offset + (np.arange(first, first + count, dtype=np.int64) << 30)
 
-    return BlockTable(virtual_size, _LINEAR_BLOCK, load)
+    table = BlockTable(virtual_size, _LINEAR_BLOCK, load)
+    table.linear_base = data_offset
+    return table
 
 
 class RawFile(FormatHandler):
