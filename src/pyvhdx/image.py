@@ -180,7 +180,16 @@ class DiskImage:
             TruncatedImageError: the file ends inside a block the image uses.
         """
         # Fastest path: a bytearray read inside one stored block, straight to preadv.
-        if type(buffer) is bytearray and self._fast:
+        t = type(buffer)
+        if self._fast and (
+            t is bytearray
+            or (
+                t is memoryview
+                and buffer.format == "B"
+                and buffer.contiguous
+                and not buffer.readonly
+            )
+        ):
             n = len(buffer)
             shift = self._shift
             block = offset >> shift
