@@ -64,6 +64,8 @@ def qemu(*args: str) -> None:
 
 
 def build(workdir: Path, size: int) -> dict[str, Path]:
+    workdir = workdir / f"{size // MiB}MiB"  # images of one disk size together
+    workdir.mkdir(parents=True, exist_ok=True)
     raw = workdir / "disk.raw"
     if not raw.exists() or raw.stat().st_size != size:
         make_disk(raw, size)
@@ -284,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         for peer, make in peers.items():
             try:
                 psize, read, close = make(images[kind])
+                if psize < size:
+                    raise RuntimeError(f"virtual size {psize} is smaller than the disk {size}")
             except Exception as exc:
                 print(f"{peer} cannot open {kind}: {exc}", file=sys.stderr)
                 continue
