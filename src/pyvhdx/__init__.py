@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 # Submodules named like public functions (create) are imported before those
@@ -68,6 +69,7 @@ def open(
     resolve_parent: bool = True,
     allow_missing_parent: bool = False,
     verify_parent: bool = True,
+    salvage: bool = False,
 ) -> DiskImage:
     """Open a virtual disk image.
 
@@ -83,6 +85,8 @@ def open(
         allow_missing_parent: read a child whose parent is not found, with the
             parent's data as zeros (reported in ``info().problems``).
         verify_parent: check the parent's identity against the child's linkage.
+        salvage: read a truncated image (read-only): blocks past the end of the
+            file read as zeros and are listed in ``info().problems``.
 
     Raises:
         InvalidImageError: the image is malformed (subclasses name the defect).
@@ -98,21 +102,23 @@ def open(
         resolve_parent=resolve_parent,
         allow_missing_parent=allow_missing_parent,
         verify_parent=verify_parent,
+        salvage=salvage,
     )
 
 
 def create(
     path: str | os.PathLike[str],
-    size: int,
+    size: int | None = None,
     *,
     format: str | ImageFormat | None = None,
-    disk_type: str | DiskType = DiskType.DYNAMIC,
+    disk_type: str | DiskType | None = None,
     block_size: int | None = None,
-    logical_sector_size: int = 512,
-    physical_sector_size: int = 4096,
+    logical_sector_size: int | None = None,
+    physical_sector_size: int | None = None,
     overwrite: bool = False,
     preallocate: bool = False,
     azure: bool = False,
+    parent: str | os.PathLike[str] | DiskImage | None = None,
 ) -> int:
     """Create an empty VHDX or VHD image; the format from ``format`` or the file name.
 
@@ -120,14 +126,45 @@ def create(
     and is ignored); ``azure=True`` makes an Azure-ready fixed VHD, its size
     rounded up to a whole MiB (see :func:`pyvhdx.create.create_azure_vhd`).
 
+    With ``parent``, the new image is a differencing child of it (a Hyper-V
+    checkpoint disk; see :func:`pyvhdx.create.create_vhdx_child` and
+    :func:`pyvhdx.create.create_vhd_child`): a VHDX child of a VHDX parent or
+    a VHD child of a VHD parent. Its virtual size, sector sizes and (VHD)
+    geometry are the parent's, so ``size`` may be left out; the format is
+    ``format``, else the name's (``.vhdx``/``.avhdx``, ``.vhd``/``.avhd``),
+    else the parent's. Defaults: dynamic, 512-byte logical and 4096-byte
+    physical sectors (VHDX); a child's block size is 2 MiB.
+
     Returns:
         The virtual size of the new image (with ``azure``, the rounded size).
 
     Raises:
-        InvalidArgumentError: a parameter outside the format's limits.
+        InvalidArgumentError: a parameter outside the format's limits; with
+            ``parent``, a ``size``, sector size or format that differs from the
+            parent's, or a disk type other than differencing.
         FileExistsError: the file exists and ``overwrite`` is false.
         UnsupportedFeatureError: a format pyvhdx cannot create (raw).
+        ParentError: ``parent``'s own chain does not open.
     """
+    if parent is not None:
+        return _create_child(
+            path,
+            parent,
+            size=size,
+            format=format,
+            disk_type=disk_type,
+            block_size=block_size,
+            logical_sector_size=logical_sector_size,
+            physical_sector_size=physical_sector_size,
+            overwrite=overwrite,
+            preallocate=preallocate,
+            azure=azure,
+        )
+    if size is None:
+        raise InvalidArgumentError("a size is needed (or a parent to take it from)")
+    disk_type = DiskType.DYNAMIC if disk_type is None else disk_type
+    logical_sector_size = 512 if logical_sector_size is None else logical_sector_size
+    physical_sector_size = 4096 if physical_sector_size is None else physical_sector_size
     fmt = ImageFormat(format) if format is not None else _format_from_name(path)
     if fmt is ImageFormat.VHD:
         if logical_sector_size != 512:
@@ -156,6 +193,82 @@ def create(
         preallocate=preallocate,
     )
     return size
+
+
+def _create_child(
+    path: str | os.PathLike[str],
+    parent: str | os.PathLike[str] | DiskImage,
+    *,
+    size: int | None,
+    format: str | ImageFormat | None,
+    disk_type: str | DiskType | None,
+    block_size: int | None,
+    logical_sector_size: int | None,
+    physical_sector_size: int | None,
+    overwrite: bool,
+    preallocate: bool,
+    azure: bool,
+) -> int:
+    """The ``parent=`` branch of :func:`create`: check the arguments against the parent."""
+    if disk_type is not None and DiskType(disk_type) is not DiskType.DIFFERENCING:
+        raise InvalidArgumentError(
+            f"a child of a parent is a differencing disk, not {DiskType(disk_type).value}"
+        )
+    if azure or preallocate:
+        raise InvalidArgumentError(
+            f"{'azure' if azure else 'preallocate'} is for fixed disks, not differencing ones"
+        )
+    with _open_parent_image(parent) as pimg:
+        pfmt = pimg.format
+        checks = [("size", size, pimg.virtual_size)]
+        if pfmt is ImageFormat.VHDX:
+            checks += [
+                ("logical sector size", logical_sector_size, pimg.logical_sector_size),
+                ("physical sector size", physical_sector_size, pimg.physical_sector_size),
+            ]
+        else:
+            for given in (logical_sector_size, physical_sector_size):
+                if given not in (None, 512):
+                    raise InvalidArgumentError(f"VHD sectors are 512 bytes, not {given}")
+        for what, given, theirs in checks:
+            if given is not None and given != theirs:
+                raise InvalidArgumentError(
+                    f"a child has its parent's {what} ({theirs}), not {given}"
+                )
+        if format is not None:
+            fmt = ImageFormat(format)
+        else:
+            suffix = os.path.splitext(os.fspath(path))[1].lower()
+            fmt = _CHILD_FORMATS.get(suffix, pfmt)
+        if fmt is not pfmt or fmt is ImageFormat.RAW:
+            raise InvalidArgumentError(
+                f"a {fmt.value.upper()} child cannot have a {pfmt.value.upper()} parent "
+                "(VHDX children have VHDX parents, VHD children VHD parents)"
+            )
+        if fmt is ImageFormat.VHD:
+            return _create_module.create_vhd_child(
+                path, pimg, block_size=block_size, overwrite=overwrite
+            )
+        _create_module.create_vhdx_child(path, pimg, block_size=block_size, overwrite=overwrite)
+        return pimg.virtual_size
+
+
+_CHILD_FORMATS = {
+    ".vhdx": ImageFormat.VHDX,
+    ".avhdx": ImageFormat.VHDX,
+    ".vhd": ImageFormat.VHD,
+    ".avhd": ImageFormat.VHD,
+}
+
+
+@contextlib.contextmanager
+def _open_parent_image(parent: str | os.PathLike[str] | DiskImage) -> Iterator[DiskImage]:
+    """``parent`` as an open image (read-only, with its chain); closed after if opened here."""
+    if isinstance(parent, DiskImage):
+        yield parent
+        return
+    with open_image(parent) as img:
+        yield img
 
 
 def _format_from_name(path: str | os.PathLike[str]) -> ImageFormat:

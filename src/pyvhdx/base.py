@@ -44,6 +44,55 @@ class FormatHandler:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
         self.failed_copies: list[str] = []
+        self.salvage = False
+
+    def _note_lost(self, codes: Any, first: int, file_size: int, bat_entry: Any) -> None:
+        """Blocks whose data lies past the end of the file (a truncated image).
+
+        With ``salvage`` each lost range becomes a problem (it reads as zeros);
+        without it the open fails, naming how much of the image is missing.
+        """
+        from .bat import lost_ranges
+        from .errors import TruncatedImageError
+
+        assert self.block_size is not None
+        lost = lost_ranges(
+            codes,
+            first_block=first,
+            block_size=self.block_size,
+            virtual_size=self.virtual_size,
+            file_size=file_size,
+        )
+        if not lost:
+            return
+        if not self.salvage:
+            total, count = self._lost_totals(file_size)
+            voff, _, foff = lost[0]
+            raise TruncatedImageError(
+                f"the file ends at {file_size:#x}, before the data of {count} block(s): "
+                f"{total} bytes ({total:#x}) of the disk are missing; open with "
+                "salvage=True to read the rest (the missing bytes read as zeros)",
+                structure="BAT",
+                field="FileOffsetMB"
+                if self.format is ImageFormat.VHDX
+                else f"BAT[{voff // self.block_size}]",
+                offset=bat_entry(voff // self.block_size),
+            )
+        for voff, length, foff in lost:
+            block = voff // self.block_size
+            self.problems.append(
+                Problem(
+                    f"block {block}",
+                    f"lost: disk bytes {voff:#x}+{length:#x} would be at file offset "
+                    f"{foff:#x}, past the end of the file ({file_size:#x}); they read as zeros",
+                    foff,
+                    "FileOffsetMB" if self.format is ImageFormat.VHDX else f"BAT[{block}]",
+                )
+            )
+
+    def _lost_totals(self, file_size: int) -> tuple[int, int]:
+        """(bytes, blocks) of data past the end of the file, over the whole BAT."""
+        return 0, 0
 
     def parent_info(self) -> dict[str, Any] | None:
         """Parent identity and locators of a differencing disk, else None."""

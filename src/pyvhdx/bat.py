@@ -114,6 +114,7 @@ def decode_vhdx_payload_entries(
     differencing: bool,
     min_data_offset: int,
     ratio: int,
+    allow_past_eof: bool = False,
 ) -> I64:
     """Decode payload BAT entries into block codes, validating every offset.
 
@@ -155,7 +156,8 @@ def decode_vhdx_payload_entries(
         blocks = np.arange(first_block, first_block + raw.shape[0], dtype=np.int64)
         # Only the part of the last block inside the virtual disk need be in the file.
         need = np.minimum(block_size, virtual_size - blocks * block_size)
-        out = present & ((offsets < min_data_offset) | (offsets + need > file_size))
+        past_eof = (offsets + need > file_size) & (not allow_past_eof)
+        out = present & ((offsets < min_data_offset) | past_eof)
         if out.any():
             i = int(np.flatnonzero(out)[0])
             raise InvalidImageError(
@@ -186,6 +188,7 @@ def decode_vhd_bat(
     virtual_size: int,
     file_size: int,
     differencing: bool,
+    allow_past_eof: bool = False,
 ) -> I64:
     """Decode big-endian VHD BAT entries (sector numbers) into block codes.
 
@@ -204,7 +207,7 @@ def decode_vhd_bat(
         blocks = np.arange(first_block, first_block + raw.shape[0], dtype=np.int64)
         data = sectors * 512 + bitmap_size
         need = np.minimum(block_size, virtual_size - blocks * block_size)
-        out = used & ((sectors == 0) | (data + need > file_size))
+        out = used & ((sectors == 0) | ((data + need > file_size) & (not allow_past_eof)))
         if out.any():
             i = int(np.flatnonzero(out)[0])
             raise InvalidImageError(
@@ -392,6 +395,32 @@ class BlockTable:
             np.concatenate(parts_k),
             np.concatenate(parts_f),
         )
+
+
+def lost_ranges(
+    codes: I64, *, first_block: int, block_size: int, virtual_size: int, file_size: int
+) -> list[tuple[int, int, int]]:
+    """``(virtual_offset, length, file_offset)`` of data blocks' bytes past ``file_size``.
+
+    ``codes`` are block codes (>= 0: the file offset of the block's data).
+    """
+    data = codes >= 0
+    if not data.any():
+        return []
+    blocks = np.arange(first_block, first_block + codes.shape[0], dtype=np.int64)
+    need = np.minimum(block_size, virtual_size - blocks * block_size)
+    first = np.maximum(codes, file_size)
+    lost = data & (codes + need > file_size)
+    out = []
+    for b, c, f, n in zip(
+        blocks[lost].tolist(),
+        codes[lost].tolist(),
+        first[lost].tolist(),
+        need[lost].tolist(),
+        strict=True,
+    ):
+        out.append((b * block_size + (f - c), c + n - f, f))
+    return out
 
 
 def coalesce(vstart: I64, lens: I64, kinds: U8, fo: I64) -> Runs:

@@ -37,7 +37,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from . import __version__
-from .constants import ImageFormat, RunKind
+from .constants import DiskType, ImageFormat, RunKind
 from .errors import PyvhdxError
 from .image import DiskImage, open_image
 from .info import ImageInfo
@@ -390,9 +390,15 @@ def _create_format(args: argparse.Namespace) -> str | None:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    """``pyvhdx create``: make an empty VHDX or VHD and describe it."""
+    """``pyvhdx create``: make an empty VHDX or VHD (or a child of ``--parent``) and
+    describe it."""
     import pyvhdx  # the package's create(), not the module of that name
 
+    if args.parent is not None:
+        return _create_child(args)
+    if args.size is None:
+        _error("create: a SIZE is needed (or --parent BASE to make a differencing child)")
+        return EXIT_USAGE
     fmt = _create_format(args)
     if fmt is None:
         _error(
@@ -453,16 +459,98 @@ def cmd_create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _create_child(args: argparse.Namespace) -> int:
+    """``pyvhdx create --parent BASE CHILD``: a differencing child of BASE (DESIGN.md
+    "Parents"); size, sector sizes and format come from the parent."""
+    import pyvhdx
+
+    fixed_only = [
+        name
+        for name, given in (
+            ("--type", args.type),
+            ("--azure", args.azure),
+            ("--preallocate", args.preallocate),
+        )
+        if given
+    ]
+    if fixed_only:
+        _error(
+            f"create: {', '.join(fixed_only)} cannot be used with --parent "
+            "(a child is a differencing disk)"
+        )
+        return EXIT_USAGE
+    fmt = args.format or _CREATE_FORMATS.get(os.path.splitext(args.file)[1].lower())
+    size = pyvhdx.create(
+        args.file,
+        args.size,
+        format=fmt,  # None: the parent's format
+        block_size=args.block_size,
+        logical_sector_size=args.logical_sector_size,
+        physical_sector_size=args.physical_sector_size,
+        overwrite=args.overwrite,
+        parent=args.parent,
+    )
+    child_dir = os.path.dirname(os.path.abspath(args.file))
+    if os.path.dirname(os.path.abspath(args.parent)) != child_dir:
+        with contextlib.suppress(OSError):
+            print(
+                f"{PROG}: note: the parent is not in the child's directory; pyvhdx opens "
+                f"the child only with --parent {args.parent}",
+                file=sys.stderr,
+            )
+    with _open(args.file, argparse.Namespace(format=None, parent=args.parent)) as img:
+        info = img.info()
+    if args.json:
+        data = info.to_dict()
+        data["backing-filename"] = args.parent
+        print_json(data)
+        return EXIT_OK
+    rows: list[Row] = [
+        ("created", info.filename),
+        ("file format", info.format),
+        ("disk type", info.disk_type),
+        ("parent", args.parent),
+        ("virtual size", format_size(size)),
+    ]
+    if info.block_size is not None:
+        rows.append(("block size", format_size(info.block_size)))
+    rows += [
+        ("logical sector size", format_size(info.logical_sector_size)),
+        ("physical sector size", format_size(info.physical_sector_size)),
+        ("file size", format_size(info.file_size)),
+    ]
+    if info.parent is not None:
+        rows.append(("parent locator", info.parent))
+    print_lines(render_fields(rows))
+    return EXIT_OK
+
+
 def _add_create_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "create",
         parents=[common],
         help="create an empty VHDX or VHD image",
         description="Create an empty image. The format comes from -f or the file name "
-        "(.vhdx/.avhdx: VHDX, .vhd: VHD). Sizes take binary suffixes: 512, 4K, 10M, 64G, 1T.",
+        "(.vhdx/.avhdx: VHDX, .vhd/.avhd: VHD). Sizes take binary suffixes: 512, 4K, 10M, "
+        "64G, 1T. With --parent BASE, create a differencing child of BASE (a checkpoint "
+        "disk): its size, sector sizes and format are BASE's, its block size 2M; do not "
+        "write to BASE afterwards (merge the child into it instead).",
     )
     p.add_argument("file", metavar="FILE", help="the new image file")
-    p.add_argument("size", metavar="SIZE", type=parse_size, help="virtual size (e.g. 10G)")
+    p.add_argument(
+        "size",
+        metavar="SIZE",
+        type=parse_size,
+        nargs="?",
+        default=None,
+        help="virtual size (e.g. 10G); with --parent, the parent's (optional)",
+    )
+    p.add_argument(
+        "--parent",
+        metavar="BASE",
+        default=None,
+        help="make a differencing child of this VHDX or VHD (same format)",
+    )
     p.add_argument("-f", "--format", choices=["vhdx", "vhd"], default=None, help="image format")
     p.add_argument(
         "--type",
@@ -475,14 +563,14 @@ def _add_create_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         type=parse_size,
         default=None,
         metavar="SIZE",
-        help="block size of a dynamic image (default VHDX 32M, VHD 2M)",
+        help="block size of a dynamic image (default VHDX 32M, VHD 2M) or a child (2M)",
     )
     p.add_argument(
         "--logical-sector-size",
         type=int,
         choices=[512, 4096],
-        default=512,
-        help="VHDX logical sector size (VHD: 512 only)",
+        default=None,
+        help="VHDX logical sector size (default 512; VHD: 512 only)",
     )
     p.add_argument(
         "--physical-sector-size",
@@ -502,6 +590,89 @@ def _add_create_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.add_argument("--json", action="store_true", help="print what was made as JSON")
     p.set_defaults(func=cmd_create)
+
+
+# -- merge ----------------------------------------------------------------------------
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """``pyvhdx merge``: merge a differencing disk into its parent, as Merge-VHD does."""
+    from .merge import merge_image
+
+    update, close_bar = _merge_progress(args.child)
+    try:
+        result = merge_image(
+            args.child, parent=args.parent, keep_child=args.keep_child, progress=update
+        )
+    finally:
+        close_bar()
+    if args.json:
+        print_json(
+            {
+                "child": str(result.child),
+                "parent": str(result.parent),
+                "bytes-merged": result.bytes_merged,
+                "child-deleted": result.child_deleted,
+            }
+        )
+        return EXIT_OK
+    rows: list[Row] = [
+        ("merged", str(result.child)),
+        ("into", str(result.parent)),
+        ("bytes merged", format_size(result.bytes_merged)),
+        ("child", "deleted" if result.child_deleted else "kept (it no longer matches its parent)"),
+    ]
+    print_lines(render_fields(rows))
+    return EXIT_OK
+
+
+def _merge_progress(child: str) -> tuple[Callable[[int], None] | None, Callable[[], None]]:
+    """A progress bar on stderr when it is a terminal: the total is what the child holds."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    try:
+        from tqdm import tqdm
+
+        with open_image(child, resolve_parent=False) as img:
+            total = sum(e.length for e in img.extents() if e.kind is not RunKind.PARENT)
+    except (ImportError, OSError, PyvhdxError):
+        return None, lambda: None  # merge_image reports what is wrong
+    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr)
+
+    def update(done: int) -> None:
+        bar.update(done - bar.n)
+
+    return update, bar.close
+
+
+def _add_merge_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "merge",
+        parents=[common],
+        help="merge a differencing disk (a checkpoint) into its parent",
+        description="Write every range the differencing disk CHILD holds (its data, and the "
+        "zeros it stores over its parent) into its parent, as Hyper-V's Merge-VHD does, "
+        "through the parent's crash-consistent write path; then delete CHILD. Writing "
+        "changes the parent (a VHDX parent gets a new DataWriteGuid), so other children of "
+        "the same parent no longer open. The parent is found as for reading (beside CHILD) "
+        "unless --parent names it.",
+        epilog="Exit status: 0 merged, 1 image problem (not a differencing disk, parent "
+        "missing or not CHILD's parent), 2 usage error.",
+    )
+    p.add_argument("child", metavar="CHILD", help="the differencing disk (VHDX or VHD)")
+    p.add_argument(
+        "--parent",
+        metavar="PATH",
+        default=None,
+        help="CHILD's parent (tried before the paths CHILD records)",
+    )
+    p.add_argument(
+        "--keep-child",
+        action="store_true",
+        help="keep CHILD afterwards (it opens only with linkage checks off)",
+    )
+    p.add_argument("--json", action="store_true", help="print what was merged as JSON")
+    p.set_defaults(func=cmd_merge)
 
 
 # -- check ----------------------------------------------------------------------------
@@ -667,6 +838,9 @@ def cmd_map(args: argparse.Namespace) -> int:
                 out.write((",\n" if i else "") + _json_entry(e))
             out.write("]\n")
             return EXIT_OK
+        if img.disk_type is DiskType.DIFFERENCING:
+            _map_chain_table(out, runs)
+            return EXIT_OK
         out.write(f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}{'Kind':<14}File\n")
         for run in runs:
             data = run.kind is RunKind.DATA
@@ -677,6 +851,26 @@ def cmd_map(args: argparse.Namespace) -> int:
                 f"{run.start:<#16x}{run.length:<#16x}{mapped:<16}{kind:<14}{name}".rstrip() + "\n"
             )
     return EXIT_OK
+
+
+def _map_chain_table(out: TextIO, runs: Iterable[Any]) -> None:
+    """The human map of a differencing chain: every run names the image that holds it
+    (``depth`` 0 is the image mapped, 1 its parent, ...), zero runs included, since a
+    child's ZERO block hides its parent's data. A range whose parent is not open
+    names no file and is one level deeper, as in the JSON map.
+    """
+    out.write(f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}{'Kind':<18}{'Depth':<7}File\n")
+    for run in runs:
+        data = run.kind is RunKind.DATA
+        kind = _MAP_KINDS[run.kind] + (" (hole)" if run.hole else "")
+        mapped = f"{run.file_offset:#x}" if data else "-"
+        missing = run.kind is RunKind.PARENT
+        depth = run.depth + 1 if missing else run.depth
+        name = "-" if missing else _printable(run.filename)
+        out.write(
+            f"{run.start:<#16x}{run.length:<#16x}{mapped:<16}{kind:<18}{depth:<7}{name}".rstrip()
+            + "\n"
+        )
 
 
 def _add_map_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -919,8 +1113,38 @@ def _report_lines(rows: Iterable[Row], indent: int = 0) -> list[str]:
     return lines
 
 
+def _metadata_row(item: Mapping[str, Any]) -> dict[str, Any]:
+    """One metadata item as a table row: flags as letters, the value in a few words."""
+    flags = "".join(
+        c for c, k in (("U", "is-user"), ("V", "is-virtual-disk"), ("R", "is-required")) if item[k]
+    )
+    value = item.get("value")
+    if isinstance(value, Mapping) and "values" in value:
+        text = f"{len(value['values'])} keys (see parent locator)"
+    elif isinstance(value, Mapping):
+        text = ", ".join(f"{_label(k)} {_cell(k, v)}" for k, v in value.items() if k != "flags")
+    elif value is not None:
+        text = _cell(str(item.get("name", "")), value)
+    elif "data-hex" in item:
+        text = item["data-hex"][:32] + ("..." if len(item["data-hex"]) > 32 else "")
+    else:
+        text = ""
+    if "error" in item:
+        text = f"error: {item['error']}" + (f"; {text}" if text else "")
+    known = item["name"] not in ("user", "unknown")
+    return {
+        "item": item["name"] if known else f"{item['name']} {item['item-id']}",
+        "file-offset": item["file-offset"],
+        "length": item["length"],
+        "flags": flags or "-",
+        "value": text,
+    }
+
+
 def _human_view(value: Any) -> Any:
     """The inspect report trimmed for people: digests dropped, hex and reserved areas short."""
+    if isinstance(value, Mapping) and "item-id" in value and "is-user" in value:
+        return _metadata_row(value)
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         log_entry = "zero-descriptors" in value and "data-descriptors" in value
@@ -945,6 +1169,11 @@ def _human_view(value: Any) -> Any:
 def inspect_lines(report: Mapping[str, Any]) -> list[str]:
     """The human ``pyvhdx inspect`` report."""
     view = dict(_human_view(report))
+    metadata = view.get("metadata")
+    if isinstance(metadata, dict) and "items" in metadata:
+        items = metadata.pop("items")
+        metadata["item flags"] = "U user, V virtual disk, R required"
+        metadata["items"] = items
     probe = view.pop("open", {})
     if probe.get("opens"):
         opens = "yes" + (", log replayed in memory" if probe.get("log-replayed") else "")
@@ -1103,6 +1332,7 @@ def _add_hash_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 _SUBCOMMANDS: Sequence[Callable[[Any, argparse.ArgumentParser], None]] = (
     _add_info_parser,
     _add_create_parser,
+    _add_merge_parser,
     _add_check_parser,
     _add_map_parser,
     _add_compare_parser,

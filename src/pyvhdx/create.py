@@ -23,13 +23,30 @@ dynamic 1536 BAT: ceil(size / block) entries of 0xFFFFFFFF, padded with
              0xFFFFFFFF to a 512-byte multiple
 dynamic end  footer (blocks are added before it as they are written)
 ============ ==================================================================
+
+Differencing children (:func:`create_vhdx_child`, :func:`create_vhd_child`) take
+their virtual size, sector sizes (VHDX) and geometry (VHD) from the parent and
+record where the parent is and which image it is (DESIGN.md "Parents"):
+
+* VHDX (MS-VHDX 2.6.2.1, 2.6.2.6, 2.5): HasParent set in the file parameters,
+  the differencing BAT layout (a sector bitmap entry after every chunk), every
+  entry NOT_PRESENT (read from the parent), and a parent locator item holding
+  ``parent_linkage`` (the parent's current DataWriteGuid), ``relative_path`` and
+  ``absolute_win32_path``.
+* VHD (spec "Dynamic Disk Header Format"): footer Disk Type 4, Parent Unique ID
+  (the parent's footer Unique Id), Parent Time Stamp (the parent file's
+  modification time), Parent Unicode Name (its file name) and the W2ku and
+  W2ru parent locators, whose UTF-16LE paths lie after the BAT; every BAT
+  entry unused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -42,8 +59,10 @@ from .constants import (
     META_FILE_PARAMETERS,
     META_LOGICAL_SECTOR_SIZE,
     META_PAGE83_DATA,
+    META_PARENT_LOCATOR,
     META_PHYSICAL_SECTOR_SIZE,
     META_VIRTUAL_DISK_SIZE,
+    PARENT_LOCATOR_TYPE_VHDX,
     REGION_BAT,
     REGION_METADATA,
     VHD_DEFAULT_BLOCK_SIZE,
@@ -60,12 +79,15 @@ from .constants import (
     VHDX_SECTOR_SIZES,
     DiskType,
     GiB,
+    ImageFormat,
     MiB,
     PayloadState,
+    SectorBitmapState,
     TiB,
     VHDDiskType,
 )
 from .errors import InvalidArgumentError
+from .image import DiskImage, open_image
 from .structures.vhd import (
     DYNAMIC_HEADER_CHECKSUM_OFFSET,
     FOOTER_CHECKSUM_OFFSET,
@@ -78,14 +100,18 @@ from .structures.vhdx import (
     HEADER,
     METADATA_ENTRY,
     METADATA_TABLE_HEADER,
+    PARENT_LOCATOR_ENTRY,
+    PARENT_LOCATOR_HEADER,
     REGION_TABLE_ENTRY,
     REGION_TABLE_HEADER,
 )
-from .vhd import chs_geometry, vhd_bitmap_size
+from .vhd import CHSGeometry, VHDFile, chs_geometry, vhd_bitmap_size
 
 __all__ = [
     "AZURE_MAX_SIZE",
     "AZURE_MIN_SIZE",
+    "VHDX_CHILD_BLOCK_SIZE",
+    "VHD_CHILD_BLOCK_SIZE",
     "VHD_CREATOR_APPLICATION",
     "VHD_CREATOR_HOST_OS",
     "VHD_MAX_CREATE_BLOCK_SIZE",
@@ -94,10 +120,14 @@ __all__ = [
     "azure_vhd_size",
     "create_azure_vhd",
     "create_vhd",
+    "create_vhd_child",
     "create_vhdx",
+    "create_vhdx_child",
+    "parent_locator_paths",
     "vhd_dynamic_header",
     "vhd_footer",
     "vhdx_layout",
+    "vhdx_parent_locator",
 ]
 
 KiB = 1024
@@ -247,15 +277,18 @@ def create_vhdx(
     """
     disk_type = DiskType(disk_type)
     if disk_type is DiskType.DIFFERENCING:
-        raise InvalidArgumentError("differencing images are created with a parent (not yet)")
+        raise InvalidArgumentError(
+            "differencing images are created from their parent (create_vhdx_child)"
+        )
     block_size = VHDX_DEFAULT_BLOCK_SIZE if block_size is None else block_size
     _check_vhdx_args(size, block_size, logical_sector_size, physical_sector_size)
     layout = vhdx_layout(size, block_size, logical_sector_size)
     fixed = disk_type is DiskType.FIXED
 
-    bat = np.zeros(layout.bat_length // 8, dtype="<u8")
+    bat: np.ndarray | None = None
     end = layout.data_offset
     if fixed:
+        bat = np.zeros(layout.bat_length // 8, dtype="<u8")
         blocks = np.arange(layout.block_count, dtype=np.uint64)
         offsets = np.uint64(layout.data_offset) + blocks * np.uint64(block_size)
         bat[blocks + blocks // np.uint64(layout.chunk_ratio)] = offsets | np.uint64(
@@ -263,10 +296,34 @@ def create_vhdx(
         )
         end = layout.data_offset + layout.block_count * block_size
 
-    items = [
+    items = _vhdx_base_items(
+        size, block_size, logical_sector_size, physical_sector_size, int(fixed)
+    )
+    return _write_vhdx(
+        Path(path),
+        layout,
+        items,
+        overwrite=overwrite,
+        bat=None if bat is None else bat.tobytes(),
+        end=end,
+        preallocate_from=layout.data_offset if preallocate and fixed else None,
+        block_size=block_size,
+    )
+
+
+def _vhdx_base_items(
+    size: int, block_size: int, logical_sector_size: int, physical_sector_size: int, flags: int
+) -> list[tuple[uuid.UUID, bytes, int]]:
+    """The metadata items every VHDX has (MS-VHDX 2.6.2.1-2.6.2.5), flags as Hyper-V sets
+    them: File Parameters IsRequired; the others IsVirtualDisk and IsRequired.
+
+    ``flags`` is the File Parameters flags word: bit 0 LeaveBlockAllocated, bit 1
+    HasParent.
+    """
+    return [
         (
             META_FILE_PARAMETERS,
-            block_size.to_bytes(4, "little") + int(fixed).to_bytes(4, "little"),
+            block_size.to_bytes(4, "little") + flags.to_bytes(4, "little"),
             4,  # IsRequired
         ),
         (META_VIRTUAL_DISK_SIZE, size.to_bytes(8, "little"), 6),  # IsVirtualDisk|IsRequired
@@ -274,6 +331,23 @@ def create_vhdx(
         (META_PHYSICAL_SECTOR_SIZE, physical_sector_size.to_bytes(4, "little"), 6),
         (META_PAGE83_DATA, uuid.uuid4().bytes_le, 6),
     ]
+
+
+def _write_vhdx(
+    target: Path,
+    layout: VHDXLayout,
+    items: list[tuple[uuid.UUID, bytes, int]],
+    *,
+    overwrite: bool,
+    bat: bytes | None,
+    end: int,
+    preallocate_from: int | None,
+    block_size: int,
+) -> Path:
+    """Write a new VHDX: header area, metadata, BAT (zeros unless ``bat``), size ``end``.
+
+    The file is removed again if anything fails.
+    """
     regions = [
         (REGION_BAT, BAT_OFFSET, layout.bat_length, True),
         (REGION_METADATA, METADATA_OFFSET, METADATA_LENGTH, True),
@@ -289,17 +363,16 @@ def create_vhdx(
     head[192 * KiB : 256 * KiB] = table
     head[256 * KiB : 320 * KiB] = table
 
-    target = Path(path)
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
     fd = os.open(target, flags | getattr(os, "O_BINARY", 0), 0o644)
     try:
         os.pwrite(fd, head, 0)
         os.pwrite(fd, vhdx_metadata_region(items), METADATA_OFFSET)
-        if fixed:  # a dynamic BAT is all zeros (NOT_PRESENT): the truncate below makes it
-            os.pwrite(fd, bat.tobytes(), BAT_OFFSET)
-        if preallocate and fixed:
+        if bat is not None:  # otherwise all zeros (NOT_PRESENT): the truncate below makes it
+            os.pwrite(fd, bat, BAT_OFFSET)
+        if preallocate_from is not None:
             zeros = bytes(min(block_size, 8 * MiB))
-            pos = layout.data_offset
+            pos = preallocate_from
             while pos < end:
                 pos += os.pwrite(fd, zeros[: min(len(zeros), end - pos)], pos)
         os.ftruncate(fd, end)
@@ -310,6 +383,194 @@ def create_vhdx(
         raise
     os.close(fd)
     return target
+
+
+# --- differencing children (DESIGN.md "Parents") --------------------------------------
+
+#: Block size of a new VHDX child: 2 MiB, what Hyper-V gives the ``.avhdx`` of a
+#: checkpoint (and ``New-VHD -Differencing``), whatever the parent's block size.
+#: Small blocks keep a child small: each first write to a block copies the rest
+#: of the block from the parent (see ``VHDXFile.write_at``).
+VHDX_CHILD_BLOCK_SIZE: Final = 2 * MiB
+#: Block size of a new VHD child: 2 MiB, the spec's default and what Windows
+#: writes for differencing VHDs.
+VHD_CHILD_BLOCK_SIZE: Final = VHD_DEFAULT_BLOCK_SIZE
+
+
+@contextlib.contextmanager
+def _open_parent(
+    parent: str | os.PathLike[str] | DiskImage, child: str | os.PathLike[str]
+) -> Iterator[tuple[DiskImage, Path]]:
+    """The parent image (opened read-only with its own chain, if given as a path).
+
+    Raises:
+        InvalidArgumentError: ``child`` is the parent or one of its ancestors
+            (``overwrite`` would destroy the chain the child is made from).
+    """
+    if isinstance(parent, DiskImage):
+        _refuse_chain_member(parent, child)
+        yield parent, Path(parent.name)
+        return
+    with open_image(parent) as img:
+        _refuse_chain_member(img, child)
+        yield img, Path(parent)
+
+
+def _refuse_chain_member(parent: DiskImage, child: str | os.PathLike[str]) -> None:
+    target = Path(child).resolve()
+    img: DiskImage | None = parent
+    while img is not None:
+        if Path(img.name).resolve() == target:
+            raise InvalidArgumentError(
+                f"cannot create {child}: it is the parent or one of its ancestors ({img.name})"
+            )
+        img = img.parent
+
+
+def parent_locator_paths(
+    child: str | os.PathLike[str], parent: str | os.PathLike[str]
+) -> tuple[str | None, str]:
+    """``(relative, absolute)`` Windows-style paths of ``parent`` as seen from ``child``.
+
+    The relative path starts at the child's directory, as Hyper-V writes it:
+    ``.\\base.vhdx`` beside the child, ``..\\x\\base.vhdx`` elsewhere; None when
+    there is none (another drive on Windows). The absolute path is the parent's
+    absolute path; on Windows as Hyper-V stores it (``C:\\dir\\base.vhdx``, no
+    ``\\?\\`` prefix), elsewhere the POSIX path with its separators turned into
+    backslashes (``\\srv\\vm\\base.vhdx``): the locators are Windows paths
+    (MS-VHDX 2.6.2.6.3; VHD W2ru/W2ku), and no reader should open an absolute
+    path from an image blindly anyway (pyvhdx looks only beside the child,
+    :func:`pyvhdx.chain.candidate_paths`).
+    """
+    parent_abs = os.path.abspath(parent)
+    child_dir = os.path.dirname(os.path.abspath(child))
+    relative: str | None
+    try:
+        relative = os.path.relpath(parent_abs, child_dir)
+    except ValueError:  # another drive (Windows)
+        relative = None
+    absolute = parent_abs
+    if os.sep != "\\":
+        absolute = absolute.replace(os.sep, "\\")
+    if relative is not None:
+        relative = relative.replace(os.sep, "\\")
+        if os.altsep:
+            relative = relative.replace(os.altsep, "\\")
+        if relative != ".." and not relative.startswith("..\\"):
+            relative = ".\\" + relative
+    return relative, absolute
+
+
+def vhdx_parent_locator(entries: Sequence[tuple[str, str]]) -> bytes:
+    """A VHDX parent locator item (MS-VHDX 2.6.2.6): the header (locator type
+    B04AEFB7-D19E-4A81-B789-25B8E9445913, 2.6.2.6.1), one 12-byte entry per key
+    (2.6.2.6.2), then the keys and values, UTF-16LE without NUL. Key and value
+    offsets are relative to the start of the item.
+    """
+    table = 20 + 12 * len(entries)
+    blob = bytearray()
+    head = bytearray(
+        PARENT_LOCATOR_HEADER.build(
+            dict(locator_type=PARENT_LOCATOR_TYPE_VHDX, reserved=0, key_value_count=len(entries))
+        )
+    )
+    for key, value in entries:
+        k = key.encode("utf-16-le")
+        v = value.encode("utf-16-le", errors="surrogatepass")
+        if len(k) > 0xFFFF or len(v) > 0xFFFF:
+            raise InvalidArgumentError(f"parent locator {key} is too long ({len(v)} bytes)")
+        key_offset = table + len(blob)
+        blob += k
+        value_offset = table + len(blob)
+        blob += v
+        head += PARENT_LOCATOR_ENTRY.build(
+            dict(
+                key_offset=key_offset,
+                value_offset=value_offset,
+                key_length=len(k),
+                value_length=len(v),
+            )
+        )
+    return bytes(head + blob)
+
+
+def create_vhdx_child(
+    path: str | os.PathLike[str],
+    parent: str | os.PathLike[str] | DiskImage,
+    *,
+    block_size: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Create an empty differencing VHDX whose parent is the VHDX ``parent``.
+
+    The child has the parent's virtual size and logical and physical sector
+    sizes; every payload block is NOT_PRESENT, so it reads as its parent
+    (MS-VHDX 2.5.1.1). The BAT has the differencing layout, a sector bitmap
+    entry after every chunk (2.5), and each chunk's sector bitmap block is
+    allocated now, all zeros, and marked SB_BLOCK_PRESENT (2.5.1.2): the spec
+    allows NOT_PRESENT until a block becomes PARTIALLY_PRESENT (Hyper-V
+    allocates them lazily), but libvhdi (used by dfvfs and plaso) then reads
+    file offset 0 as the chunk's bitmap and takes header bytes for "sector
+    stored here", so every NOT_PRESENT block reads as garbage. The bitmaps
+    are sparse zeros: 1 MiB of file length, not of storage, per chunk (4 GiB
+    of virtual disk with 512-byte sectors, 32 GiB with 4096). The parent
+    locator (2.6.2.6) holds
+    ``parent_linkage``, the parent's current DataWriteGuid as ``{...}``:
+    writing to the parent later gives it a new DataWriteGuid and breaks the
+    child, as in Hyper-V (merge the child instead). It also holds
+    ``relative_path`` and ``absolute_win32_path``
+    (:func:`parent_locator_paths`); ``volume_path`` is left out (no volume GUID
+    off Windows), as the spec allows when another path is present.
+
+    Args:
+        path: the new file.
+        parent: the parent VHDX (a path, or an open image), itself any VHDX
+            whose chain opens.
+        block_size: 1 MiB to 256 MiB, a power of two; default
+            :data:`VHDX_CHILD_BLOCK_SIZE` (2 MiB, as Hyper-V).
+        overwrite: replace an existing file (otherwise it is an error).
+
+    Raises:
+        InvalidArgumentError: the parent is not a VHDX, or a bad block size.
+        ParentError: the parent's own chain does not open.
+        FileExistsError: the file exists and ``overwrite`` is false.
+    """
+    block_size = VHDX_CHILD_BLOCK_SIZE if block_size is None else block_size
+    with _open_parent(parent, path) as (pimg, parent_path):
+        if pimg.format is not ImageFormat.VHDX:
+            raise InvalidArgumentError(
+                f"a VHDX child needs a VHDX parent; {parent_path} is {pimg.format.value.upper()}"
+            )
+        size = pimg.virtual_size
+        logical, physical = pimg.logical_sector_size, pimg.physical_sector_size
+        linkage = "{" + pimg.handler.identity_as_parent() + "}"
+    _check_vhdx_args(size, block_size, logical, physical)
+    relative, absolute = parent_locator_paths(path, parent_path)
+    keys = [("parent_linkage", linkage)]
+    if relative is not None:
+        keys.append(("relative_path", relative))
+    keys.append(("absolute_win32_path", absolute))
+    items = _vhdx_base_items(size, block_size, logical, physical, 2)  # HasParent
+    items.append((META_PARENT_LOCATOR, vhdx_parent_locator(keys), 4))  # IsRequired
+    layout = vhdx_layout(size, block_size, logical, differencing=True)
+    # One zeroed sector bitmap block per chunk, SB_BLOCK_PRESENT (see the docstring).
+    chunks = -(-layout.block_count // layout.chunk_ratio)
+    bat = np.zeros(layout.bat_length // 8, dtype="<u8")
+    index = (np.arange(chunks, dtype=np.uint64) + np.uint64(1)) * np.uint64(
+        layout.chunk_ratio + 1
+    ) - np.uint64(1)
+    offsets = np.uint64(layout.data_offset) + np.arange(chunks, dtype=np.uint64) * np.uint64(MiB)
+    bat[index] = offsets | np.uint64(SectorBitmapState.PRESENT)
+    return _write_vhdx(
+        Path(path),
+        layout,
+        items,
+        overwrite=overwrite,
+        bat=bat.tobytes(),  # payload entries NOT_PRESENT (0): read from the parent
+        end=layout.data_offset + chunks * MiB,  # the bitmaps: zeros, sparse
+        preallocate_from=None,
+        block_size=block_size,
+    )
 
 
 # --- VHD (Virtual Hard Disk Image Format Specification, 2006) ------------------------
@@ -362,21 +623,32 @@ def _with_vhd_checksum(raw: bytearray, field_offset: int) -> bytes:
     return bytes(raw)
 
 
+_VHD_DISK_TYPES: Final = {
+    DiskType.FIXED: VHDDiskType.FIXED,
+    DiskType.DYNAMIC: VHDDiskType.DYNAMIC,
+    DiskType.DIFFERENCING: VHDDiskType.DIFFERENCING,
+}
+
+
 def vhd_footer(
     size: int,
     disk_type: DiskType,
     *,
     unique_id: uuid.UUID | None = None,
     time_stamp: int | None = None,
+    geometry: CHSGeometry | None = None,
 ) -> bytes:
     """A 512-byte VHD footer with its checksum (spec "Hard Disk Footer Format").
 
-    Original Size and Current Size are both ``size``; the geometry is the spec
-    appendix's for ``size`` (capped at 65535 x 16 x 255, pitfall 19); Data Offset
-    is all ones for a fixed disk and 512 (the dynamic header) otherwise.
+    Original Size and Current Size are both ``size``; the geometry is
+    ``geometry`` (a child copies its parent's) or else the spec appendix's for
+    ``size`` (capped at 65535 x 16 x 255, pitfall 19); Data Offset is all ones
+    for a fixed disk and 512 (the dynamic header) otherwise; Disk Type is 2, 3
+    or 4 for fixed, dynamic or differencing.
     """
     fixed = disk_type is DiskType.FIXED
-    geometry = chs_geometry(size // VHD_SECTOR_SIZE)
+    if geometry is None:
+        geometry = chs_geometry(size // VHD_SECTOR_SIZE)
     raw = bytearray(
         VHDFooter.build(
             dict(
@@ -394,7 +666,7 @@ def vhd_footer(
                     heads=geometry.heads,
                     sectors_per_track=geometry.sectors_per_track,
                 ),
-                disk_type=VHDDiskType.FIXED if fixed else VHDDiskType.DYNAMIC,
+                disk_type=_VHD_DISK_TYPES[disk_type],
                 checksum=0,
                 unique_id=uuid.uuid4() if unique_id is None else unique_id,
                 saved_state=0,
@@ -405,9 +677,22 @@ def vhd_footer(
     return _with_vhd_checksum(raw, FOOTER_CHECKSUM_OFFSET)
 
 
-def vhd_dynamic_header(max_table_entries: int, block_size: int) -> bytes:
+def vhd_dynamic_header(
+    max_table_entries: int,
+    block_size: int,
+    *,
+    parent_unique_id: uuid.UUID = NIL_GUID,
+    parent_time_stamp: int = 0,
+    parent_unicode_name: str = "",
+    parent_locators: Sequence[tuple[bytes, int, int, int]] = (),
+) -> bytes:
     """A 1024-byte dynamic disk header with its checksum (spec "Dynamic Disk Header
-    Format"): no parent, the BAT at 1536, Data Offset all ones (pitfall 20).
+    Format"): the BAT at 1536, Data Offset all ones (pitfall 20).
+
+    A dynamic disk has no parent (the defaults). A differencing disk gives its
+    parent's Unique Id, time stamp (seconds since 2000-01-01 UTC) and name
+    (stored UTF-16BE, at most 256 code units), and up to eight parent locator
+    entries ``(platform code, data space, data length, data offset)``.
     """
     empty_locator = dict(
         platform_code=bytes(4),
@@ -416,6 +701,20 @@ def vhd_dynamic_header(max_table_entries: int, block_size: int) -> bytes:
         reserved=0,
         platform_data_offset=0,
     )
+    if len(parent_locators) > PARENT_LOCATOR_COUNT:
+        raise InvalidArgumentError(f"at most {PARENT_LOCATOR_COUNT} parent locators")
+    locators = [
+        dict(
+            platform_code=code,
+            platform_data_space=space,
+            platform_data_length=length,
+            reserved=0,
+            platform_data_offset=offset,
+        )
+        for code, space, length, offset in parent_locators
+    ]
+    locators += [empty_locator] * (PARENT_LOCATOR_COUNT - len(locators))
+    name = parent_unicode_name.encode("utf-16-be", errors="surrogatepass")[:512]
     raw = bytearray(
         VHDDynamicHeader.build(
             dict(
@@ -425,11 +724,11 @@ def vhd_dynamic_header(max_table_entries: int, block_size: int) -> bytes:
                 max_table_entries=max_table_entries,
                 block_size=block_size,
                 checksum=0,
-                parent_unique_id=NIL_GUID,
-                parent_time_stamp=0,
+                parent_unique_id=parent_unique_id,
+                parent_time_stamp=parent_time_stamp,
                 reserved1=bytes(4),
-                parent_unicode_name=bytes(512),
-                parent_locator_entries=[empty_locator] * PARENT_LOCATOR_COUNT,
+                parent_unicode_name=name + bytes(512 - len(name)),
+                parent_locator_entries=locators,
                 reserved2=bytes(256),
             )
         )
@@ -528,7 +827,9 @@ def create_vhd(
             f"disk type must be 'dynamic' or 'fixed', not {disk_type!r}"
         ) from None
     if disk_type is DiskType.DIFFERENCING:
-        raise InvalidArgumentError("differencing VHDs are created with a parent (not yet)")
+        raise InvalidArgumentError(
+            "differencing VHDs are created from their parent (create_vhd_child)"
+        )
     max_size = VHD_MAX_SIZE
     if azure:
         if disk_type is not DiskType.FIXED:
@@ -609,3 +910,105 @@ def create_azure_vhd(
         preallocate=preallocate,
         azure=True,
     )
+
+
+def _vhd_time_stamp_of(path: Path) -> int:
+    """A file's modification time as a VHD time stamp (seconds since 2000-01-01 UTC)."""
+    return min(max(0, int(os.stat(path).st_mtime) - VHD_TIMESTAMP_EPOCH), 0xFFFFFFFF)
+
+
+def create_vhd_child(
+    path: str | os.PathLike[str],
+    parent: str | os.PathLike[str] | DiskImage,
+    *,
+    block_size: int | None = None,
+    overwrite: bool = False,
+) -> int:
+    """Create an empty differencing VHD whose parent is the VHD ``parent``.
+
+    Layout (spec "Dynamic Disk Header Format"; the spec's "Differencing Hard
+    Disk Image"): the footer copy at 0 and the dynamic header at 512, as for a
+    dynamic disk, the BAT at 1536 with every entry unused (0xFFFFFFFF: read
+    from the parent), then the parent locator data, then the footer. The footer
+    has Disk Type 4, the parent's Current Size and CHS geometry. The header
+    holds:
+
+    * Parent Unique ID: the parent footer's Unique Id (which pyvhdx checks
+      when it opens the child; it does not change when the parent is written);
+    * Parent Time Stamp: the parent file's modification time;
+    * Parent Unicode Name: the parent's file name (UTF-16BE);
+    * locator entries W2ku (the absolute path) and W2ru (the relative path,
+      omitted when there is none; see :func:`parent_locator_paths`), UTF-16LE
+      without NUL, each in a 512-byte aligned area after the BAT. Their
+      Platform Data Space is in bytes (the area's size, a multiple of 512):
+      the spec says sectors, but Virtual PC, Hyper-V and DiscUtils write
+      bytes (VirtualBox ``VHD.cpp`` notes it; the Windows-made
+      ``dfvfs/fat-differential.vhd`` has 4096 and 65536 for paths of 84 and
+      32 bytes), and readers use Platform Data Length only.
+
+    Args:
+        path: the new file.
+        parent: the parent VHD (a path, or an open image; fixed, dynamic or
+            differencing).
+        block_size: a power of two from 4 KiB to 256 MiB; default
+            :data:`VHD_CHILD_BLOCK_SIZE` (2 MiB).
+        overwrite: replace an existing file (otherwise it is an error).
+
+    Returns:
+        The virtual size (the parent's).
+
+    Raises:
+        InvalidArgumentError: the parent is not a VHD, or a bad block size.
+        ParentError: the parent's own chain does not open.
+        FileExistsError: the file exists and ``overwrite`` is false.
+    """
+    block_size = VHD_CHILD_BLOCK_SIZE if block_size is None else block_size
+    with _open_parent(parent, path) as (pimg, parent_path):
+        if pimg.format is not ImageFormat.VHD:
+            raise InvalidArgumentError(
+                f"a VHD child needs a VHD parent; {parent_path} is {pimg.format.value.upper()}"
+            )
+        h = pimg.handler
+        assert isinstance(h, VHDFile) and h.identifier is not None
+        size, geometry, parent_id = h.virtual_size, h.geometry, h.identifier
+    _check_vhd_args(size, DiskType.DIFFERENCING, block_size, VHD_MAX_SIZE)
+    relative, absolute = parent_locator_paths(path, parent_path)
+
+    entries = -(-size // block_size)
+    bat_end = _VHD_BAT_OFFSET + -(-4 * entries // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE
+    locators: list[tuple[bytes, int, int, int]] = []
+    data: list[tuple[int, bytes]] = []
+    pos = bat_end
+    for code, text in ((b"W2ku", absolute), (b"W2ru", relative)):
+        if text is None:
+            continue
+        raw = text.encode("utf-16-le", errors="surrogatepass")
+        space = max(VHD_SECTOR_SIZE, -(-len(raw) // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE)
+        locators.append((code, space, len(raw), pos))
+        data.append((pos, raw))
+        pos += space
+    footer = vhd_footer(size, DiskType.DIFFERENCING, geometry=geometry)
+    header = vhd_dynamic_header(
+        entries,
+        block_size,
+        parent_unique_id=parent_id,
+        parent_time_stamp=_vhd_time_stamp_of(parent_path),
+        parent_unicode_name=os.path.basename(os.path.abspath(parent_path)),
+        parent_locators=locators,
+    )
+
+    target, fd = _open_new(path, overwrite)
+    try:
+        os.pwrite(fd, footer, 0)
+        os.pwrite(fd, header, VHD_FOOTER_SIZE)
+        _write_fill(fd, 0xFF, _VHD_BAT_OFFSET, bat_end)
+        for offset, raw in data:
+            os.pwrite(fd, raw, offset)
+        os.pwrite(fd, footer, pos)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        target.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return size

@@ -238,7 +238,9 @@ class DiskImage:
                 got = os.preadv(fd, [mv], pos) if fd is not None else 0
                 if got != n:
                     got = self._source.readinto(mv, pos)
-                    if got != n:
+                    if got != n and self._h.salvage:
+                        _zero_fill(mv[got:])  # salvage: data past the end reads as zeros
+                    elif got != n:
                         raise TruncatedImageError(
                             f"file ends inside block {block} ({got} of {n} bytes at {pos:#x})",
                             structure="data block",
@@ -265,7 +267,9 @@ class DiskImage:
             sub = mv[start - offset : start - offset + length]
             if kind == RunKind.DATA:
                 got = source.readinto(sub, foff)
-                if got != length:
+                if got != length and self._h.salvage:
+                    _zero_fill(sub[got:])  # salvage: data past the end reads as zeros
+                elif got != length:
                     raise TruncatedImageError(
                         f"file ends inside data at {foff:#x} ({got} of {length} bytes)",
                         structure="data block",
@@ -533,6 +537,7 @@ def open_image(
     resolve_parent: bool = True,
     allow_missing_parent: bool = False,
     verify_parent: bool = True,
+    salvage: bool = False,
     _seen: frozenset[Path] = frozenset(),
 ) -> DiskImage:
     """Open a VHDX, VHD or raw image, and a differencing disk's parent chain.
@@ -542,6 +547,8 @@ def open_image(
     if mode not in ("r", "r+"):
         raise InvalidArgumentError(f"mode must be 'r' or 'r+', not {mode!r}")
     writable = mode == "r+"
+    if salvage and writable:
+        raise InvalidArgumentError("salvage opens read-only: mode must be 'r'")
     source = FileSource(file, writable=writable)
     try:
         fmt = ImageFormat(format) if format is not None else detect_format(source)
@@ -556,6 +563,8 @@ def open_image(
             raise UnsupportedFeatureError(f"writing {fmt.value} images is not supported yet")
         if writable:
             handler = handler_cls(source, strict=strict, writable=True)  # type: ignore[call-arg]
+        elif salvage and fmt is not ImageFormat.RAW:
+            handler = handler_cls(source, strict=strict, salvage=True)  # type: ignore[call-arg]
         else:
             handler = handler_cls(source, strict=strict)  # type: ignore[call-arg]
     except BaseException:

@@ -630,7 +630,7 @@ class _VHDXInspector:
                 b0 = self.bat_region["file-offset"]
                 first = max(0, off - b0) // 8
                 last = (min(end, b0 + self.bat_region["length"]) - b0 - 1) // 8
-                item["bat-entries"] = [first, last]
+                item["bat-entries"] = {"first": first, "last": last}
 
     # -- MS-VHDX 2.2.3 --------------------------------------------------------------
 

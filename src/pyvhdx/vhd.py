@@ -8,9 +8,10 @@ size and the spec's limits, and reduces the image to a
 :class:`~pyvhdx.bat.BlockTable` whose entries are read lazily from the BAT.
 Opening costs a few small reads whatever the disk size.
 
-Opened writable, fixed and dynamic disks take writes: in place, or into blocks
-allocated where the footer stands, written in an order that leaves a valid image
-after a crash at any point (:meth:`VHDFile.write_at`).
+Opened writable, fixed, dynamic and differencing disks take writes: in place,
+or into blocks allocated where the footer stands, written in an order that
+leaves a valid image after a crash at any point (:meth:`VHDFile.write_at`; for
+differencing disks, with per-sector bitmaps, :meth:`VHDFile._write_differencing`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .base import FormatHandler
-from .bat import I64, BlockTable, decode_vhd_bat
+from .bat import CODE_PARTIAL, I64, BlockTable, decode_vhd_bat
 from .checksum import vhd_checksum
 from .constants import (
     VHD_BAT_UNUSED,
@@ -286,8 +287,9 @@ class VHDFile(FormatHandler):
         source: the image file.
         strict: make a bad checksum in the footer or dynamic header that is used
             fatal (:class:`ChecksumError`) instead of a reported problem.
-        writable: open for writing (fixed and dynamic disks; see
-            :meth:`write_at` for the order of writes).
+        writable: open for writing (see :meth:`write_at` for the order of
+            writes). A differencing disk needs its parent attached
+            (``parent_reader``) for writes that do not cover whole sectors.
 
     Raises:
         InvalidImageError: no footer, an unknown disk type, or a field out of
@@ -295,13 +297,20 @@ class VHDFile(FormatHandler):
         TruncatedImageError: the file ends before the data it declares.
         ChecksumError: with ``strict=True``, the footer or dynamic header in use
             has a bad checksum.
-        UnsupportedFeatureError: ``writable`` with a differencing disk.
     """
 
     supports_write = True
 
-    def __init__(self, source: FileSource, *, strict: bool = False, writable: bool = False) -> None:
+    def __init__(
+        self,
+        source: FileSource,
+        *,
+        strict: bool = False,
+        writable: bool = False,
+        salvage: bool = False,
+    ) -> None:
         super().__init__()
+        self.salvage = salvage
         self.source = source
         self.strict = strict
         self.writable = writable
@@ -353,13 +362,6 @@ class VHDFile(FormatHandler):
             differencing = self.vhd_disk_type is VHDDiskType.DIFFERENCING
             self.disk_type = DiskType.DIFFERENCING if differencing else DiskType.DYNAMIC
             self._open_dynamic(differencing)
-        if writable and self.disk_type is DiskType.DIFFERENCING:
-            raise UnsupportedFeatureError(
-                "writing differencing VHD images is not supported yet",
-                structure="VHD footer",
-                field="DiskType",
-                offset=self._footer_field("DiskType"),
-            )
 
     # -- problems ----------------------------------------------------------------
 
@@ -699,6 +701,8 @@ class VHDFile(FormatHandler):
         self.table = BlockTable(self.virtual_size, block_size, self._load_bat, sector_size=512)
         if differencing:
             self.table.set_partial_reader(self._sector_bitmap, self._block_data_offset)
+        elif self.salvage:
+            self.table.load_all()  # every lost block is listed at open
 
     # -- differencing (spec "Block Allocation Table and Data Blocks", sector bitmap) --
 
@@ -749,7 +753,7 @@ class VHDFile(FormatHandler):
         assert self.bitmap_size is not None
         data = self.source.read_exact(self.table_offset + 4 * first_block, 4 * count, "VHD BAT")
         raw = np.frombuffer(data, dtype=">u4")
-        return decode_vhd_bat(
+        codes = decode_vhd_bat(
             raw,
             first_block=first_block,
             bat_offset=self.table_offset,
@@ -758,7 +762,43 @@ class VHDFile(FormatHandler):
             virtual_size=self.virtual_size,
             file_size=self.data_end,
             differencing=self._differencing,
+            allow_past_eof=not self._differencing,
         )
+        table_offset = self.table_offset
+        self._note_lost(codes, first_block, self.data_end, lambda b: table_offset + 4 * b)
+        return codes
+
+    def _lost_totals(self, file_size: int) -> tuple[int, int]:
+        from .bat import lost_ranges
+
+        assert self.table_offset is not None and self.block_size is not None
+        assert self.bitmap_size is not None
+        total = count = 0
+        step = 1 << 16
+        for first in range(0, self.table.block_count, step):
+            n = min(step, self.table.block_count - first)
+            data = self.source.read_exact(self.table_offset + 4 * first, 4 * n, "VHD BAT")
+            codes = decode_vhd_bat(
+                np.frombuffer(data, dtype=">u4"),
+                first_block=first,
+                bat_offset=self.table_offset,
+                block_size=self.block_size,
+                bitmap_size=self.bitmap_size,
+                virtual_size=self.virtual_size,
+                file_size=file_size,
+                differencing=False,
+                allow_past_eof=True,
+            )
+            lost = lost_ranges(
+                codes,
+                first_block=first,
+                block_size=self.block_size,
+                virtual_size=self.virtual_size,
+                file_size=file_size,
+            )
+            total += sum(x[1] for x in lost)
+            count += len(lost)
+        return total, count
 
     def _read_locators(self, hdr: Any) -> list[ParentLocator]:
         """Decode the parent locator entries in use, reading path data inside the file."""
@@ -818,9 +858,15 @@ class VHDFile(FormatHandler):
         A write whose new blocks' BAT entries share one 512-byte BAT sector, and
         that touches no allocated block, is all-or-nothing; others are so per
         block.
+
+        A differencing disk keeps its sector bitmaps exact and its parent's data
+        under partial sectors: see :meth:`_write_differencing`.
         """
         if self.disk_type is DiskType.FIXED:
             self.source.pwrite(data, offset)
+            return
+        if self.disk_type is DiskType.DIFFERENCING:
+            self._write_differencing(offset, data)
             return
         assert self.block_size is not None and self.bitmap_size is not None
         table = self.table
@@ -875,6 +921,8 @@ class VHDFile(FormatHandler):
             assert self.table_offset is not None and self.max_table_entries is not None
             assert self.dynamic_header_offset is not None
             last = 0
+            if self._differencing:
+                last = self._blocks_end()
             for _first, codes in self.table.iter_chunks():
                 used = codes[codes >= 0]
                 if used.size:
@@ -902,6 +950,177 @@ class VHDFile(FormatHandler):
         self.footer_copy = "end"
         self._alloc_end = new_end
         return {block: start + k * stride for k, block in enumerate(blocks)}
+
+    def _blocks_end(self) -> int:
+        """End of the furthest block the BAT points at (bitmap and data), from the
+        raw entries: a differencing disk's block codes do not hold offsets.
+        """
+        assert self.table_offset is not None and self.block_size is not None
+        assert self.bitmap_size is not None
+        last = 0
+        count = self.table.block_count
+        step = 1 << 16
+        for first in range(0, count, step):
+            n = min(step, count - first)
+            data = self.source.read_exact(self.table_offset + 4 * first, 4 * n, "VHD BAT")
+            raw = np.frombuffer(data, dtype=">u4")
+            used = raw[raw != np.uint32(VHD_BAT_UNUSED)]
+            if used.size:
+                end = int(used.max()) * VHD_SECTOR_SIZE + self.bitmap_size + self.block_size
+                last = max(last, end)
+        return last
+
+    # -- differencing writes (spec "Block Allocation Table and Data Blocks",
+    #    sector bitmap; SPEC-NOTES pitfalls 17 and 18) ------------------------------
+
+    def _write_differencing(self, offset: int, data: memoryview) -> None:
+        """Write into a differencing disk: each sector written is stored here and its
+        bit set in its block's sector bitmap (1 = this file, 0 = the parent; MSB
+        first, spec "Block Allocation Table and Data Blocks").
+
+        * Only the sectors a write touches are marked; the rest of a block keeps
+          reading from the parent.
+        * A new block is allocated as in a dynamic disk (at the end, the footer
+          moved first), but its bitmap is all zeros except the written sectors:
+          all ones, as QEMU writes for dynamic disks, would hide the parent
+          under zeros (SPEC-NOTES pitfall 18).
+        * A write that starts or ends inside a 512-byte sector not yet stored
+          here first takes the rest of that sector from the parent
+          (read-modify-write), so the whole sector can be marked present.
+        * Zeros are stored like any data, so zeros written over the parent's
+          data read as zeros (pitfall 18, dosbox-x#4545).
+
+        Order, so that a crash at any point leaves an image that opens with each
+        sector old or new:
+
+        1. new blocks: the footer, unchanged, at the new end of the file;
+           flush (:meth:`_place`, as for dynamic disks);
+        2. the data: in place into allocated blocks (a sector already marked
+           present changes in place; one not marked is invisible until its bit
+           is set) and into the new blocks, with each new block's bitmap (which
+           nothing references yet); flush;
+        3. the new bits of the allocated blocks' bitmaps (a byte range of one
+           bitmap each): now the data they expose is durable;
+        4. the BAT entries of the new blocks (:meth:`_write_bat_entries`).
+
+        Steps 3 and 4 touch different blocks, so their order does not matter;
+        neither is reached before the data it exposes was flushed. A write
+        that stays in one allocated block, or whose new blocks' BAT entries
+        share one BAT sector and that touches no allocated block, is
+        all-or-nothing; others are so per block.
+
+        Raises:
+            UnsupportedFeatureError: a partial-sector write over a sector this
+                file does not hold, with no parent attached.
+        """
+        assert self.block_size is not None and self.bitmap_size is not None
+        assert self.table_offset is not None
+        shift = self.table.block_shift
+        block_size = self.block_size
+        sectors_per_block = block_size // VHD_SECTOR_SIZE
+        end = offset + len(data)
+        first, last = offset >> shift, (end - 1) >> shift
+        raw = self.source.read_exact(
+            self.table_offset + 4 * first, 4 * (last - first + 1), "VHD BAT"
+        )
+        entries = np.frombuffer(raw, dtype=">u4").astype(np.int64).tolist()
+        new_blocks = [first + i for i, e in enumerate(entries) if e == VHD_BAT_UNUSED]
+        placed = self._place(new_blocks) if new_blocks else {}  # step 1
+        bitmap_updates: list[tuple[int, bytes]] = []
+        full: list[int] = []
+        for block in range(first, last + 1):
+            base = block << shift
+            lo, hi = max(offset, base), min(end, base + block_size)
+            s0, s1 = (lo - base) // VHD_SECTOR_SIZE, -(-(hi - base) // VHD_SECTOR_SIZE)
+            bits: npt.NDArray[np.bool_] | None
+            if block in placed:
+                bitmap_offset = placed[block]
+                bits = np.zeros(sectors_per_block, dtype=bool)
+            else:
+                bitmap_offset = entries[block - first] * VHD_SECTOR_SIZE
+                bits = None if block in self._full_bitmaps else self._read_bits(bitmap_offset)
+            data_offset = bitmap_offset + self.bitmap_size
+            piece = data[lo - offset : hi - offset]
+            head = lo - base - s0 * VHD_SECTOR_SIZE
+            tail = s1 * VHD_SECTOR_SIZE - (hi - base)
+            if head or tail:  # whole sectors, the rest of the boundary ones as they read now
+                buf = bytearray((s1 - s0) * VHD_SECTOR_SIZE)
+                edges = {s0} if head else set()
+                if tail:
+                    edges.add(s1 - 1)
+                for s in edges:
+                    self._read_sector(block, s, data_offset, bits, buf, s - s0)
+                buf[head : head + len(piece)] = piece
+                self.source.pwrite(buf, data_offset + s0 * VHD_SECTOR_SIZE)  # step 2
+            else:
+                self.source.pwrite(piece, data_offset + (lo - base))  # step 2
+            if bits is None:
+                continue  # every sector of the block is stored here already
+            if block in placed:
+                bits[s0:s1] = True
+                self.source.pwrite(self._pack_bits(bits), bitmap_offset)  # step 2
+            elif not bits[s0:s1].all():
+                bits[s0:s1] = True
+                b0, b1 = s0 // 8, (s1 - 1) // 8 + 1
+                packed = np.packbits(bits[8 * b0 : 8 * b1], bitorder="big").tobytes()
+                bitmap_updates.append((bitmap_offset + b0, packed))
+            if bits.all():
+                full.append(block)
+        if not placed and not bitmap_updates:
+            return  # in place only: nothing to expose
+        self._sync()  # end of step 2
+        for pos, packed in bitmap_updates:  # step 3
+            self.source.pwrite(packed, pos)
+        if placed:
+            self._write_bat_entries(placed)  # step 4
+            for block in placed:
+                self.table.set_code(block, CODE_PARTIAL)
+        self._full_bitmaps.update(full)
+
+    def _read_bits(self, bitmap_offset: int) -> npt.NDArray[np.bool_]:
+        """The sector bitmap at ``bitmap_offset``: one bool per sector (MSB first)."""
+        assert self.block_size is not None
+        count = self.block_size // VHD_SECTOR_SIZE
+        raw = self.source.read_exact(bitmap_offset, -(-count // 8), "VHD sector bitmap")
+        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="big")
+        return bits[:count].astype(bool)
+
+    def _pack_bits(self, bits: npt.NDArray[np.bool_]) -> bytes:
+        """A whole sector bitmap (MSB first), padded with zeros to its 512-byte size."""
+        assert self.bitmap_size is not None
+        packed = np.packbits(bits, bitorder="big").tobytes()
+        return packed + bytes(self.bitmap_size - len(packed))
+
+    def _read_sector(
+        self,
+        block: int,
+        sector: int,
+        data_offset: int,
+        bits: npt.NDArray[np.bool_] | None,
+        buf: bytearray,
+        index: int,
+    ) -> None:
+        """Read sector ``sector`` of ``block`` as the disk reads it now into sector
+        ``index`` of ``buf``: from this file if its bit is set, else from the parent.
+        """
+        out = memoryview(buf)[index * VHD_SECTOR_SIZE : (index + 1) * VHD_SECTOR_SIZE]
+        if bits is None or bits[sector]:
+            got = self.source.readinto(out, data_offset + sector * VHD_SECTOR_SIZE)
+            if got != VHD_SECTOR_SIZE:
+                raise TruncatedImageError(
+                    f"file ends inside sector {sector} of block {block}",
+                    structure="data block",
+                    offset=data_offset + sector * VHD_SECTOR_SIZE,
+                )
+            return
+        if self.parent_reader is None:
+            raise UnsupportedFeatureError(
+                "a write that covers part of a sector stored in the parent needs the parent open",
+                structure="VHD dynamic header",
+                field="ParentUniqueId",
+            )
+        assert self.block_size is not None
+        self.parent_reader((block << self.table.block_shift) + sector * VHD_SECTOR_SIZE, out)
 
     def _write_bat_entries(self, placed: dict[int, int]) -> None:
         """Point the BAT entries of ``placed`` blocks at them: one write per 512-byte

@@ -551,8 +551,16 @@ class VHDXFile(_VHDXWriter, FormatHandler):
 
     supports_write = True
 
-    def __init__(self, source: FileSource, *, strict: bool = False, writable: bool = False) -> None:
+    def __init__(
+        self,
+        source: FileSource,
+        *,
+        strict: bool = False,
+        writable: bool = False,
+        salvage: bool = False,
+    ) -> None:
         super().__init__()
+        self.salvage = salvage
         self.source = source
         self.writable = writable
         self.strict = strict
@@ -1047,7 +1055,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
         if differencing:
             self.table.set_partial_reader(self._sector_bitmap, self._partial_offset)
             self._bitmap_cache: dict[int, np.ndarray] = {}
-        if self.table.block_count <= 1 << 16:
+        if self.table.block_count <= 1 << 16 or self.salvage:
             self.table.load_all()
 
     def _load_bat(self, first: int, count: int) -> np.ndarray:
@@ -1069,9 +1077,54 @@ class VHDXFile(_VHDXWriter, FormatHandler):
             differencing=self.disk_type is DiskType.DIFFERENCING,
             min_data_offset=VHDX_HEADER_AREA_SIZE,
             ratio=ratio,
+            allow_past_eof=True,
         )
         self._check_overlaps(codes, first)
+        if self.disk_type is not DiskType.DIFFERENCING:
+            self._note_lost(
+                codes,
+                first,
+                self.source.size,
+                lambda b: self.bat_offset + 8 * vhdx_payload_index(b, self.chunk_ratio),
+            )
         return codes
+
+    def _lost_totals(self, file_size: int) -> tuple[int, int]:
+        """(bytes, blocks) of payload data past ``file_size``, over the whole BAT."""
+        from .bat import LOAD_CHUNK_SHIFT, lost_ranges
+
+        total = count = 0
+        step = 1 << LOAD_CHUNK_SHIFT
+        for first in range(0, self.table.block_count, step):
+            n = min(step, self.table.block_count - first)
+            ratio = self.chunk_ratio
+            i0 = vhdx_payload_index(first, ratio)
+            i1 = vhdx_payload_index(first + n - 1, ratio)
+            raw = self.source.read_exact(self.bat_offset + 8 * i0, 8 * (i1 - i0 + 1), "BAT")
+            entries = np.frombuffer(raw, dtype="<u8")
+            blocks = np.arange(first, first + n, dtype=np.int64)
+            codes = decode_vhdx_payload_entries(
+                entries[blocks + blocks // ratio - i0],
+                first_block=first,
+                bat_offset=self.bat_offset,
+                block_size=self.payload_block_size,
+                virtual_size=self.virtual_size,
+                file_size=file_size,
+                differencing=False,
+                min_data_offset=VHDX_HEADER_AREA_SIZE,
+                ratio=ratio,
+                allow_past_eof=True,
+            )
+            lost = lost_ranges(
+                codes,
+                first_block=first,
+                block_size=self.payload_block_size,
+                virtual_size=self.virtual_size,
+                file_size=file_size,
+            )
+            total += sum(x[1] for x in lost)
+            count += len(lost)
+        return total, count
 
     # -- 2.5.1.2 sector bitmaps (differencing) -------------------------------------------
 

@@ -9,6 +9,7 @@ in unreferenced gaps and after the last block, reported with the right offsets.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -435,3 +436,26 @@ def test_scan_nonzero_skips_holes(tmp_path: Path) -> None:
         assert scan_nonzero(src, 40 * MiB + 7, 40 * MiB + 8) == (1, 40 * MiB + 7, 1)
     finally:
         src.close()
+
+
+def test_file_object_input(qemu_vhdx: tuple[Path, Path]) -> None:
+    _, path = qemu_vhdx
+    by_path = inspect_image(path)
+    by_object = inspect_image(io.BytesIO(path.read_bytes()))
+    assert by_object["filename"] == "<file object>"
+    assert by_object["open"]["opens"] is True
+    for key in ("headers", "region-tables", "metadata", "bat", "unreferenced"):
+        assert by_object[key] == by_path[key]
+
+
+def test_long_tables_are_cut_in_human_output() -> None:
+    from pyvhdx.cli import table_lines, transposed_lines
+
+    rows = [{"offset": i * 4096, "length": 4096, "nonzero": False} for i in range(100)]
+    lines = table_lines(rows)
+    assert lines[0].split() == ["offset", "length", "nonzero"]
+    assert lines[1].split() == ["0x0", "4", "KiB", "no"]
+    assert lines[-1] == "... 68 more (see --json)"
+    side = transposed_lines([{"copy": 1, "valid": True}, {"copy": 2, "valid": False}])
+    assert side[0].split() == ["copy", "1", "copy", "2"]
+    assert side[1].split() == ["valid:", "yes", "no"]
