@@ -1329,8 +1329,94 @@ def _add_hash_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_hash)
 
 
+# -- convert ---------------------------------------------------------------------------
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """``pyvhdx convert``: raw, VHD or VHDX into a new image of any of them."""
+    from .convert import convert_image
+
+    try:
+        result = convert_image(
+            args.source,
+            args.destination,
+            format=args.output_format,
+            disk_type=args.type,
+            block_size=args.block_size,
+            logical_sector_size=args.logical_sector_size,
+            physical_sector_size=args.physical_sector_size,
+            src_format=args.format,
+            force=args.force,
+            progress=args.progress,
+            sync=args.sync,
+        )
+    except FileExistsError as exc:
+        raise CommandError(f"{args.destination}: exists (use --force to replace it)") from exc
+    except PyvhdxError as exc:
+        raise CommandError(f"{args.source}: {exc}") from exc
+    if args.json:
+        print_json(
+            {
+                "destination": str(result.destination),
+                "format": result.format.value,
+                "disk-type": result.disk_type.value,
+                "virtual-size": result.virtual_size,
+                "bytes-read": result.bytes_read,
+                "bytes-written": result.bytes_written,
+            }
+        )
+    return EXIT_OK
+
+
+def _add_convert_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "convert",
+        parents=[common],
+        help="convert between raw, VHD and VHDX",
+        description="Convert SOURCE (raw, VHD or VHDX; a differencing chain is flattened) "
+        "into a new image. Unallocated ranges are never read, all-zero blocks are not "
+        "written, and the result is renamed into place only when complete.",
+    )
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("destination", metavar="DESTINATION")
+    p.add_argument(
+        "-O",
+        "--output-format",
+        choices=[f.value for f in ImageFormat],
+        default=None,
+        help="destination format (default: from its extension: .vhdx, .vhd, else raw)",
+    )
+    p.add_argument(
+        "-f",
+        "--format",
+        choices=[f.value for f in ImageFormat],
+        default=None,
+        help="source format (default: detected from the content)",
+    )
+    p.add_argument("--type", choices=["dynamic", "fixed"], default="dynamic")
+    p.add_argument("--block-size", type=parse_size, default=None, metavar="SIZE")
+    p.add_argument("--logical-sector-size", type=int, choices=[512, 4096], default=512)
+    p.add_argument("--physical-sector-size", type=int, choices=[512, 4096], default=4096)
+    p.add_argument("--force", action="store_true", help="replace an existing destination")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    p.add_argument(
+        "--sync",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fsync the new image before renaming it into place (default: on)",
+    )
+    p.add_argument("--json", action="store_true", help="print what was done as JSON")
+    p.set_defaults(func=cmd_convert)
+
+
 _SUBCOMMANDS: Sequence[Callable[[Any, argparse.ArgumentParser], None]] = (
     _add_info_parser,
+    _add_convert_parser,
     _add_create_parser,
     _add_merge_parser,
     _add_check_parser,
