@@ -250,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--quick", action="store_true", help="fewer cases (1 MiB reads, 2 runs)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument(
+        "--only",
+        choices=["reads", "open", "convert"],
+        action="append",
+        help="run only these parts (repeatable; default: all)",
+    )
     args = ap.parse_args(argv)
     if shutil.which("qemu-img") is None:
         print("qemu-img is needed (apt-get install qemu-utils)", file=sys.stderr)
@@ -281,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("raw file", f"seq {c // 1024} KiB GB/s", ref_seq[c], 1.0, {}))
     rows.append(("raw file", "random 4 KiB reads/s", ref_rand, 1.0, {}))
 
-    for kind in ("vhdx-dynamic", "vhdx-dynamic-1M", "vhdx-fixed", "vhd-dynamic", "vhd-fixed"):
+    parts = set(args.only or ["reads", "open", "convert"])
+    kinds = ("vhdx-dynamic", "vhdx-dynamic-1M", "vhdx-fixed", "vhd-dynamic", "vhd-fixed")
+    for kind in kinds if "reads" in parts else ():
         figures: dict[str, dict[str, float]] = {}
         for peer, make in peers.items():
             try:
@@ -311,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 rows.append((f"{kind} {peer}", metric, figs[metric], figs[metric] / ref, others))
 
-    for name in ("huge-vhdx", "huge-vhd"):
+    for name in ("huge-vhdx", "huge-vhd") if "open" in parts else ():
         for peer in peers:
             reader = f"{peer}_reader" if peer != "dissect" else "dissect_reader"
             try:
@@ -321,34 +329,55 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows.append((f"{name} {peer}", "open+read ms", ms, None, {"peak RSS MiB": rss}))
 
-    # convert: pyvhdx against qemu-img, to a dynamic VHDX. Each run starts from a
-    # quiet page cache (os.sync outside the timing, destination removed): the cost
-    # of writeback left over from an earlier run would otherwise land on the next.
+    # convert: pyvhdx against qemu-img. Each run starts from a quiet page cache
+    # (os.sync outside the timing, destination removed): the cost of writeback left
+    # over from an earlier run would otherwise land on the next.
     import pyvhdx
 
-    src = images["vhdx-dynamic"]
-    dst = workdir / "convert-out.vhdx"
+    def quiet_for(dst: Path) -> Callable[[], None]:
+        def quiet() -> None:
+            dst.unlink(missing_ok=True)
+            os.sync()
 
-    def quiet() -> None:
-        dst.unlink(missing_ok=True)
-        os.sync()
+        return quiet
 
     conv_runs = max(3, runs)
-    t_py = timed(lambda: pyvhdx.convert(src, dst, progress=False, sync=False), conv_runs, quiet)
-    t_py_sync = timed(lambda: pyvhdx.convert(src, dst, progress=False), conv_runs, quiet)
-    t_qemu = timed(
-        lambda: subprocess.run(
-            ["qemu-img", "convert", "-O", "vhdx", str(src), str(dst)], check=True
-        ),
-        conv_runs,
-        quiet,
-    )
-    quiet()
-    rows.append(("convert pyvhdx (no fsync)", "seconds", t_py, None, {"qemu-img": t_py / t_qemu}))
-    rows.append(
-        ("convert pyvhdx (fsync)", "seconds", t_py_sync, None, {"qemu-img": t_py_sync / t_qemu})
-    )
-    rows.append(("convert qemu-img", "seconds", t_qemu, None, {}))
+    conversions = [
+        ("raw->vhdx", images["raw"], "vhdx", ["-O", "vhdx"]),
+        ("vhdx->raw", images["vhdx-dynamic"], "raw", ["-O", "raw"]),
+        ("raw->vhd", images["raw"], "vhd", ["-O", "vpc", "-o", "force_size=on"]),
+        ("vhdx->vhd", images["vhdx-dynamic"], "vhd", ["-O", "vpc", "-o", "force_size=on"]),
+    ]
+    for label, src, ext, qemu_args in conversions if "convert" in parts else ():
+        dst = workdir / f"convert-out.{ext}"
+        quiet = quiet_for(dst)
+        t_py = timed(
+            lambda src=src, dst=dst: pyvhdx.convert(src, dst, progress=False, sync=False),
+            conv_runs,
+            quiet,
+        )
+        t_py_sync = timed(
+            lambda src=src, dst=dst: pyvhdx.convert(src, dst, progress=False), conv_runs, quiet
+        )
+        t_qemu = timed(
+            lambda src=src, dst=dst, qa=qemu_args: subprocess.run(
+                ["qemu-img", "convert", *qa, str(src), str(dst)], check=True
+            ),
+            conv_runs,
+            quiet,
+        )
+        quiet()
+        rows.append((f"convert {label} pyvhdx", "seconds", t_py, None, {"qemu-img": t_py / t_qemu}))
+        rows.append(
+            (
+                f"convert {label} pyvhdx+fsync",
+                "seconds",
+                t_py_sync,
+                None,
+                {"qemu-img": t_py_sync / t_qemu},
+            )
+        )
+        rows.append((f"convert {label} qemu-img", "seconds", t_qemu, None, {}))
 
     print_table(results)
     if args.json:

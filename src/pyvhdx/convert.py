@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import queue
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,8 @@ from .image import DiskImage, open_image
 __all__ = ["ConvertResult", "convert_image", "data_ranges"]
 
 CHUNK = 4 << 20  # copy buffer
+_BUFFERS = 4  # chunks in flight between the reader thread and the writer
+ZERO_GRAIN = 64 << 10  # zero detection granularity: all-zero 64 KiB pieces are not written
 ProgressCallback = Callable[[int], None]  # called with bytes of the source processed
 
 
@@ -198,35 +202,106 @@ def _chunks(img: DiskImage, step: int) -> Iterator[tuple[int, int]]:
             pos = stop
 
 
+_DONE = object()
+
+
+def _nonzero_runs(mv: memoryview) -> list[tuple[int, int]]:
+    """``(begin, end)`` of the runs of ``mv`` holding non-zero bytes, in ZERO_GRAIN steps."""
+    n = len(mv)
+    data = np.frombuffer(mv, dtype=np.uint8)
+    whole = n // ZERO_GRAIN * ZERO_GRAIN
+    flags = np.empty(-(-n // ZERO_GRAIN), dtype=bool)
+    if whole:
+        # view as u64 words: a faster "any" over each grain
+        words = data[:whole].view(np.uint64).reshape(-1, ZERO_GRAIN // 8)
+        flags[: whole // ZERO_GRAIN] = words.any(axis=1)
+    if whole < n:
+        flags[-1] = bool(data[whole:].any())
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], flags, [False])).view(np.int8)))
+    return [
+        (a * ZERO_GRAIN, min(n, z * ZERO_GRAIN))
+        for a, z in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True)
+    ]
+
+
+def _read_ahead(
+    img: DiskImage, step: int, stats: dict[str, int]
+) -> Iterator[tuple[int, memoryview, bool]]:
+    """``(start, data, True)`` for every non-zero run of data, read by a second thread.
+
+    All-zero stretches (in ZERO_GRAIN steps) are left out: a new image and a
+    sparse raw file read as zeros there already.
+
+    Reading the next chunks (positional reads release the GIL) overlaps with the
+    caller writing the current one, as qemu-img overlaps its I/O. At most
+    ``_BUFFERS`` chunks are in flight; a chunk's buffer is reused once the caller
+    asks for the next one.
+    """
+    free: queue.Queue[bytearray] = queue.Queue()
+    for _ in range(_BUFFERS):
+        free.put(bytearray(step))
+    ready: queue.Queue[Any] = queue.Queue()
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for start, length in _chunks(img, step):
+                buf = free.get()
+                if stop.is_set():
+                    return
+                mv = memoryview(buf)[:length]
+                n = img.readinto_at(start, mv)
+                stats["read"] += n
+                ready.put((start, buf, n, _nonzero_runs(mv[:n])))
+            ready.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            ready.put(exc)
+
+    thread = threading.Thread(target=reader, name="pyvhdx-convert-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            start, buf, _n, runs = item
+            mv = memoryview(buf)
+            for a, z in runs:
+                yield start + a, mv[a:z], True
+            free.put(buf)
+    finally:
+        stop.set()
+        free.put(bytearray(0))  # wake the reader if it waits for a buffer
+        thread.join()
+
+
 def _to_raw(img: DiskImage, tmp: Path, update: ProgressCallback, sync: bool) -> tuple[int, int]:
     size = img.virtual_size
-    buf = bytearray(CHUNK)
-    mv = memoryview(buf)
-    read = written = 0
+    stats = {"read": 0}
+    written = 0
     done = 0
     fd = os.open(tmp, os.O_WRONLY | getattr(os, "O_BINARY", 0))
     try:
-        os.ftruncate(fd, size)  # holes everywhere; data written below
-        for start, length in _chunks(img, CHUNK):
-            if start > done:
-                update(start - done)
-            n = img.readinto_at(start, mv[:length])
-            read += n
-            chunk = mv[:n]
-            if np.any(np.frombuffer(chunk, dtype=np.uint8)):
-                pos = 0
-                while pos < n:
-                    pos += os.pwrite(fd, chunk[pos:], start + pos)
-                written += n
-            update(n)
+        # Data goes in ascending order, extending the file; the skipped ranges
+        # stay holes and the final truncate sets the length.
+        for start, chunk, _ in _read_ahead(img, CHUNK, stats):
+            n = len(chunk)
+            pos = 0
+            while pos < n:
+                pos += os.pwrite(fd, chunk[pos:], start + pos)
+            written += n
+            update(start + n - done)
             done = start + n
+        os.ftruncate(fd, size)
         if size > done:
             update(size - done)
         if sync:
             os.fsync(fd)
     finally:
         os.close(fd)
-    return read, written
+    return stats["read"], written
 
 
 def _to_image(
@@ -264,7 +339,8 @@ def _to_image(
         if block_size is not None:
             kwargs["block_size"] = block_size
         create_vhd(tmp, size, **kwargs)
-    read = written = 0
+    stats = {"read": 0}
+    written = 0
     done = 0
     with open_image(tmp, "r+") as out:
         handler: Any = out.handler
@@ -272,21 +348,13 @@ def _to_image(
             handler.bulk = True  # a temporary file: no journaling needed
         handler.source.sync_writes = False  # one fsync at the end, if any
         step = min(CHUNK, out.block_size or CHUNK)
-        buf = bytearray(step)
-        mv = memoryview(buf)
-        for start, length in _chunks(img, step):
-            if start > done:
-                update(start - done)
-            n = img.readinto_at(start, mv[:length])
-            read += n
-            chunk = mv[:n]
-            # A new image reads as zeros (dynamic: unallocated; fixed: a sparse
-            # data area), so all-zero chunks are never written.
-            if np.any(np.frombuffer(chunk, dtype=np.uint8)):
-                out.write_at(start, chunk)
-                written += n
-            update(n)
-            done = start + n
+        # A new image reads as zeros (dynamic: unallocated; fixed: a sparse data
+        # area), so only the non-zero runs _read_ahead yields are written.
+        for start, chunk, _ in _read_ahead(img, step, stats):
+            out.write_at(start, chunk)
+            written += len(chunk)
+            update(start + len(chunk) - done)
+            done = start + len(chunk)
         if img.virtual_size > done:
             update(img.virtual_size - done)
         out.close()  # writes the last metadata
@@ -296,4 +364,4 @@ def _to_image(
                 os.fsync(fd)
             finally:
                 os.close(fd)
-    return read, written
+    return stats["read"], written
