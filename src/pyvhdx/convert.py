@@ -49,6 +49,12 @@ class ConvertResult:
     bytes_written: int
 
 
+def _new_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _format_from_name(path: Path) -> ImageFormat:
     suffix = path.suffix.lower()
     if suffix in (".vhd", ".avhd"):
@@ -162,6 +168,7 @@ def convert_image(
         )
         os.close(tmp_fd)
         tmp = Path(tmp_name)
+        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; a new file gets 0666 & ~umask
         if callable(progress):
             update, close_bar = progress, _noop
         else:

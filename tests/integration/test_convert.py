@@ -227,3 +227,13 @@ def test_cli_convert(tmp_path: Path, source: Path) -> None:
         assert img.format.value == "vhdx"
     assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "x.vhdx")]) == 1
     assert main(["convert", str(source)]) == 2
+
+
+def test_destination_gets_normal_permissions(tmp_path: Path, source: Path) -> None:
+    mask = os.umask(0o022)
+    try:
+        out = tmp_path / "p.vhdx"
+        pyvhdx.convert(source, out)
+        assert out.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(mask)
