@@ -151,7 +151,7 @@ def _label(key: str) -> str:
     return _printable(str(key)).replace("-", " ")
 
 
-def render_fields(rows: Iterable[Row], indent: int = 0) -> list[str]:
+def render_fields(rows: Iterable[Row], indent: int = 0, *, tables: bool = False) -> list[str]:
     """Render ``(key, value)`` rows as aligned ``key: value`` lines.
 
     Values:
@@ -161,7 +161,8 @@ def render_fields(rows: Iterable[Row], indent: int = 0) -> list[str]:
         * a mapping is a nested section (its keys with ``-`` shown as spaces);
         * a list of mappings is numbered nested sections ``[0]:``, ``[1]:``...
 
-    Values of one level are aligned on the longest key of that level.
+    Values of one level are aligned on the longest key of that level. With
+    ``tables``, a list of flat records that fits the width is a table instead.
     """
     rows = list(rows)
     pad = _INDENT * indent
@@ -173,17 +174,30 @@ def render_fields(rows: Iterable[Row], indent: int = 0) -> list[str]:
             lines.append(f"{pad}{label + ':':<{width}} {_scalar_row(key, value)}".rstrip())
         elif isinstance(value, Mapping):
             lines.append(f"{pad}{label}:")
-            lines.extend(render_fields(value.items(), indent + 1))
+            lines.extend(render_fields(value.items(), indent + 1, tables=tables))
         elif all(isinstance(v, str) for v in value):
             lines.append(f"{pad}{label}:")
             lines.extend(f"{pad}{_INDENT}{_printable(v)}" for v in value)
+        elif (
+            tables
+            and _is_table(value)
+            and (
+                max(map(len, table := table_lines(value, indent + 1))) <= _TABLE_WIDTH
+                or (
+                    len(value) <= 4
+                    and max(map(len, table := transposed_lines(value, indent + 1))) <= _TABLE_WIDTH
+                )
+            )
+        ):
+            lines.append(f"{pad}{label}:")
+            lines.extend(table)
         else:
             lines.append(f"{pad}{label}:")
             items = [
                 (f"[{i}]", v if isinstance(v, Mapping) else {"value": v})
                 for i, v in enumerate(value)
             ]
-            lines.extend(render_fields(items, indent + 1))
+            lines.extend(render_fields(items, indent + 1, tables=tables))
     return lines
 
 
@@ -1079,40 +1093,6 @@ def transposed_lines(records: Sequence[Mapping[str, Any]], indent: int = 0) -> l
     return lines
 
 
-def _report_lines(rows: Iterable[Row], indent: int = 0) -> list[str]:
-    """Like :func:`render_fields`, but lists of flat records become tables."""
-    rows = list(rows)
-    pad = _INDENT * indent
-    width = max((len(_label(k)) + 1 for k, v in rows if _is_scalar_row(v)), default=0)
-    lines: list[str] = []
-    for key, value in rows:
-        label = _label(key)
-        if _is_scalar_row(value):
-            lines.append(f"{pad}{label + ':':<{width}} {_scalar_row(key, value)}".rstrip())
-        elif isinstance(value, Mapping):
-            lines.append(f"{pad}{label}:")
-            lines.extend(_report_lines(value.items(), indent + 1))
-        elif all(isinstance(v, str) for v in value):
-            lines.append(f"{pad}{label}:")
-            lines.extend(f"{pad}{_INDENT}{_printable(v)}" for v in value)
-        elif _is_table(value) and (
-            max(map(len, table := table_lines(value, indent + 1))) <= _TABLE_WIDTH
-            or (
-                len(value) <= 4
-                and max(map(len, table := transposed_lines(value, indent + 1))) <= _TABLE_WIDTH
-            )
-        ):
-            lines.append(f"{pad}{label}:")
-            lines.extend(table)
-        else:
-            lines.append(f"{pad}{label}:")
-            for i, v in enumerate(value):
-                item = v if isinstance(v, Mapping) else {"value": v}
-                lines.append(f"{pad}{_INDENT}[{i}]:")
-                lines.extend(_report_lines(item.items(), indent + 2))
-    return lines
-
-
 def _metadata_row(item: Mapping[str, Any]) -> dict[str, Any]:
     """One metadata item as a table row: flags as letters, the value in a few words."""
     flags = "".join(
@@ -1193,10 +1173,10 @@ def inspect_lines(report: Mapping[str, Any]) -> list[str]:
         head.append(("problems", problems))
     errors = [f"{e['section']}: {e['message']}" for e in view.pop("errors", [])]
     head.append(("errors", errors))
-    lines = _report_lines(head)
+    lines = render_fields(head, tables=True)
     for key, value in view.items():
         lines.append("")
-        lines.extend(_report_lines([(key, value)]))
+        lines.extend(render_fields([(key, value)], tables=True))
     return lines
 
 
