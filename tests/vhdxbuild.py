@@ -106,8 +106,8 @@ def parent_locator_bytes(kv: dict[str, str]) -> bytes:
     blob = b""
     base = 20 + 12 * len(kv)
     for key, value in kv.items():
-        k = key.encode("utf-16-le")
-        v = value.encode("utf-16-le")
+        k = key.encode("utf-16-le", "surrogatepass")  # tests plant unpaired surrogates
+        v = value.encode("utf-16-le", "surrogatepass")
         koff = base + len(blob)
         blob += k
         voff = base + len(blob)

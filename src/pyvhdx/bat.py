@@ -56,6 +56,7 @@ KIND_PARTIAL = 255
 LOAD_CHUNK_SHIFT = 12  # blocks decoded per lazy load: 4096 entries (32 KiB of VHDX BAT)
 LOAD_CHUNK_MASK = (1 << LOAD_CHUNK_SHIFT) - 1
 MAX_CACHED_CHUNKS = 4096  # 128 MiB of codes: 16 Mi blocks, 512 TiB at 32 MiB blocks
+_MAX_FILE_OFFSET = (1 << 63) - 1  # the largest file offset (off_t)
 
 
 class Runs(NamedTuple):
@@ -156,8 +157,11 @@ def decode_vhdx_payload_entries(
         blocks = np.arange(first_block, first_block + raw.shape[0], dtype=np.int64)
         # Only the part of the last block inside the virtual disk need be in the file.
         need = np.minimum(block_size, virtual_size - blocks * block_size)
-        past_eof = (offsets + need > file_size) & (not allow_past_eof)
-        out = present & ((offsets < min_data_offset) | past_eof)
+        past_eof = (offsets > file_size - need) & (not allow_past_eof)
+        # No file reaches 2**63 (off_t): a block ending there is outside any file
+        # (and offset + need would overflow int64).
+        beyond = offsets > _MAX_FILE_OFFSET - block_size
+        out = present & ((offsets < min_data_offset) | past_eof | beyond)
         if out.any():
             i = int(np.flatnonzero(out)[0])
             raise InvalidImageError(
@@ -410,7 +414,7 @@ def lost_ranges(
     blocks = np.arange(first_block, first_block + codes.shape[0], dtype=np.int64)
     need = np.minimum(block_size, virtual_size - blocks * block_size)
     first = np.maximum(codes, file_size)
-    lost = data & (codes + need > file_size)
+    lost = data & (codes > file_size - need)  # not codes + need: that may overflow int64
     out = []
     for b, c, f, n in zip(
         blocks[lost].tolist(),

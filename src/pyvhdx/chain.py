@@ -51,7 +51,7 @@ def candidate_paths(child_dir: Path, locators: list[tuple[str, str]]) -> list[Pa
     def add(p: Path) -> None:
         try:
             resolved = p.resolve()
-        except (OSError, RuntimeError):
+        except (OSError, RuntimeError, ValueError):  # ValueError: unencodable (lone surrogate)
             return
         inside = resolved == root or root in resolved.parents
         if inside and resolved not in out:

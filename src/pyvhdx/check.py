@@ -704,7 +704,7 @@ class _VHDXChecker:
 
     def _check_regions(self, table: _RegionTable) -> dict[uuid.UUID, _Region] | None:
         regions: dict[uuid.UUID, _Region] = {}
-        size = self.source.size
+        size = self.source.data_size  # not size: a log replay may add zeros far out
         placed: list[tuple[int, int, str]] = list(self.spans)
         for i, r in enumerate(table.entries):
             name = f"region table {table.index} entry {i} ({r.name})"
@@ -975,6 +975,8 @@ class _VHDXChecker:
         if vs is not None:
             size = int.from_bytes(vs[:8], "little")
             lss = sectors.get("logical_sector_size", 512)
+            if lss not in VHDX_SECTOR_SIZES:
+                lss = 512  # reported above; still check the size against a sector
             if size == 0 or size > VHDX_MAX_VIRTUAL_SIZE or size % lss:
                 self.out.error(
                     "metadata item virtual_disk_size",
@@ -1096,7 +1098,7 @@ class _VHDXChecker:
                 repair="move the BAT to a larger region at the end of the file and update both "
                 "region tables",
             )
-        n = min(total, region.length // 8, max(0, self.source.size - bat.offset) // 8)
+        n = min(total, region.length // 8, max(0, self.source.data_size - bat.offset) // 8)
         for i0 in range(0, n, _BAT_CHUNK_ENTRIES):
             data = self.source.read(bat.offset + 8 * i0, 8 * min(_BAT_CHUNK_ENTRIES, n - i0))
             bat.check_chunk(i0, np.frombuffer(data, dtype="<u8"))
@@ -1300,7 +1302,8 @@ class _VHDXBat:
             "FileOffsetMB",
             "set the entry to NOT_PRESENT (the block's content is lost)",
         )
-        past = checked & ~low & (end > self.file_size)
+        # end < offs: offset + length overflowed int64 (a block just below 2**63)
+        past = checked & ~low & ((end > self.file_size) | (end < offs))
         self.report(
             "data block beyond the end of the file",
             idx[past],
@@ -1744,7 +1747,8 @@ class _VHDChecker:
             needed=needed,
             block_size=bs,
             bitmap_size=vhd_bitmap_size(bs),
-            virtual_size=vsize,
+            # CurrentSize is a u64: cap it so int64 arithmetic holds (no block reaches 2**62)
+            virtual_size=min(vsize, 1 << 62),
             data_end=data_end,
             spans=spans,
             found=_EntryFindings(self.out),

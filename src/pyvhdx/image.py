@@ -627,18 +627,27 @@ def _attach_parent(
         candidates = candidate_paths(here.parent, h.parent_locations())
     for path in candidates:
         tried.append(str(path))
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as exc:  # a name the file system refuses (too long, no access)
+            reasons.append(f"{path}: {exc.strerror or exc}")
+            continue
+        if not found:
             reasons.append(f"{path}: not found")
             continue
         resolved = path.resolve()
         if resolved in seen:
             raise ParentError(f"differencing chain loops back to {resolved}", tried=tried)
-        parent_img = open_image(
-            path,
-            allow_missing_parent=allow_missing,
-            verify_parent=verify,
-            _seen=seen,
-        )
+        try:
+            parent_img = open_image(
+                path,
+                allow_missing_parent=allow_missing,
+                verify_parent=verify,
+                _seen=seen,
+            )
+        except OSError as exc:  # there but unreadable: a parent that cannot be used
+            reasons.append(f"{path}: cannot be read ({exc.strerror or exc})")
+            continue
         bad = check(parent_img, str(path))
         if bad:
             parent_img.close()

@@ -292,6 +292,9 @@ def scan_nonzero(
     return count, first, uniform
 
 
+_REF_CAP = 1 << 62  # beyond any file: structure extents are capped here (int64 arrays)
+
+
 def _all_refs(refs: tuple[list[int], list[int]], blocks: list[tuple[I64, I64]]) -> tuple[I64, I64]:
     """Structure extents and merged block extents as two arrays."""
     starts = [np.asarray(refs[0], dtype=np.int64), *(b[0] for b in blocks)]
@@ -383,8 +386,9 @@ class _VHDXInspector:
         self.bat_ok = False
 
     def ref(self, start: int, length: int) -> None:
-        self.refs[0].append(start)
-        self.refs[1].append(start + length)
+        # Clipped to the file later; capped here so hostile u64 fields fit in int64.
+        self.refs[0].append(min(start, _REF_CAP))
+        self.refs[1].append(min(start + length, _REF_CAP))
 
     def run(self) -> None:
         r = self.report
@@ -834,13 +838,13 @@ class _VHDXInspector:
             }
             texts: list[str | None] = []
             for off, ln in ((e.key_offset, e.key_length), (e.value_offset, e.value_length)):
-                if off + ln > len(data):
+                if off + ln > len(data) or ln % 2:
                     texts.append(None)
                 else:
                     texts.append(data[off : off + ln].decode("utf-16-le", errors="surrogatepass"))
             entry["key"], entry["value"] = texts
             if texts[0] is None or texts[1] is None:
-                entry["error"] = "key or value lies outside the item"
+                entry["error"] = "key or value lies outside the item or has an odd length"
             else:
                 values[texts[0]] = texts[1]
             entries.append(entry)
@@ -886,7 +890,9 @@ class _VHDXInspector:
             else ("fixed" if p.get("leave-block-allocated") else "dynamic"),
         }
         self.report["bat"] = d
-        readable = min(count, region["length"] // 8, max(0, (self.source.size - bat_offset) // 8))
+        # data_size, not size: a replayed log may extend the file with zeros far out
+        end = self.source.data_size
+        readable = min(count, region["length"] // 8, max(0, (end - bat_offset) // 8))
         if readable < count:
             d["error"] = f"only {readable} of {count} entries lie inside the BAT region and file"
         pstates = np.zeros(8, dtype=np.int64)
@@ -1034,7 +1040,9 @@ class _Allocation:
         data_skip: int = 0,
     ) -> None:
         self.block_size = block_size
-        self.virtual_size = virtual_size
+        # A hostile size (up to 2**64 - 1) would overflow the int64 arithmetic below;
+        # no block index times block size reaches 2**62 anyway.
+        self.virtual_size = min(virtual_size, 1 << 62)
         self.file_size = file_size
         self.extent = extent if extent is not None else block_size
         self.data_skip = data_skip
@@ -1144,8 +1152,9 @@ class _VHDInspector:
         self.bat_ok = False
 
     def ref(self, start: int, length: int) -> None:
-        self.refs[0].append(start)
-        self.refs[1].append(start + length)
+        # Clipped to the file later; capped here so hostile u64 fields fit in int64.
+        self.refs[0].append(min(start, _REF_CAP))
+        self.refs[1].append(min(start + length, _REF_CAP))
 
     def run(self) -> None:
         r = self.report

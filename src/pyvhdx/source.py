@@ -20,6 +20,7 @@ __all__ = ["FileSource", "SectorOverlay"]
 
 _HAS_PREADV = hasattr(os, "preadv")
 _ZEROS = bytes(1 << 20)
+_MAX_FILE_OFFSET = (1 << 63) - 1  # the largest file offset (off_t) any system has
 
 
 def _fill_zero(mv: memoryview) -> None:
@@ -195,6 +196,20 @@ class FileSource:
         """Size of the file on storage, ignoring any overlay."""
         return self._size
 
+    @property
+    def data_size(self) -> int:
+        """End of the bytes the file or its overlay's data sectors hold.
+
+        An overlay may extend the file with zeros up to a LastFileOffset read from
+        the image (up to 2**63): structures whose size is work, such as regions,
+        are checked against this instead, so that work stays bounded by the
+        bytes the file and its log hold.
+        """
+        overlay = self.overlay
+        if overlay is None or not overlay._offsets:
+            return self._size
+        return max(self._size, overlay._offsets[-1] + overlay.sector_size)
+
     def refresh_size(self) -> int:
         """Re-read the file size from storage."""
         if self.fd is not None:
@@ -209,11 +224,13 @@ class FileSource:
     def readinto_raw(self, buf: memoryview, offset: int) -> int:
         """Read from storage (no overlay) into ``buf`` at ``offset``; return bytes read."""
         want = len(buf)
+        if offset + want > _MAX_FILE_OFFSET:  # no file reaches there (off_t): end of file
+            want = max(0, _MAX_FILE_OFFSET - offset)
         done = 0
         while done < want:
             if self.fd is not None:
                 if _HAS_PREADV:
-                    n = os.preadv(self.fd, [buf[done:]], offset + done)
+                    n = os.preadv(self.fd, [buf[done:want]], offset + done)
                 else:  # pragma: no cover - Windows
                     data = os.pread(self.fd, want - done, offset + done)
                     n = len(data)
@@ -221,7 +238,7 @@ class FileSource:
             else:
                 assert self._fileobj is not None
                 self._fileobj.seek(offset + done)
-                n = self._fileobj.readinto(buf[done:]) or 0  # type: ignore[attr-defined]
+                n = self._fileobj.readinto(buf[done:want]) or 0  # type: ignore[attr-defined]
             if n <= 0:
                 break
             done += n

@@ -803,10 +803,11 @@ class VHDXFile(_VHDXWriter, FormatHandler):
                     field="FileOffset",
                     **where,  # type: ignore[arg-type]
                 )
-            if e.file_offset + e.length > self.source.size:
+            # Not source.size: a log replay may extend the file with zeros far out.
+            if e.file_offset + e.length > self.source.data_size:
                 raise InvalidImageError(
                     f"region at {e.file_offset:#x}+{e.length:#x} lies beyond the end of the "
-                    f"{self.source.size:#x}-byte file",
+                    f"{self.source.data_size:#x} bytes of the file (and its log)",
                     field="Length",
                     **where,  # type: ignore[arg-type]
                 )

@@ -1,0 +1,536 @@
+#!/usr/bin/env python3
+"""Fuzzing campaign for pyvhdx: hostile images, nothing but pyvhdx errors may escape.
+
+Builds the seed images of ``tests/fuzzlib.py`` (every format and type, chains,
+pending logs, qemu-img images when qemu-img is installed), then runs mutated
+copies of them through every operation (open, info, inspect, check, map, full
+and random reads, compare, convert) in worker processes, each with a time
+bound (SIGALRM in the worker, a kill from the parent as a backstop) and an
+address-space limit (``RLIMIT_AS``). Every input whose case lets a foreign
+exception escape, hangs, exhausts memory or kills its worker is saved under
+``--out`` (the mutated file and the rest of its chain, gzipped, and
+``case.json`` with the mutation and the traceback); ``--replay`` runs one again.
+
+Usage::
+
+    python tools/fuzz.py --cases 100000 --workers 2 --seed 1
+    python tools/fuzz.py --minutes 30
+    python tools/fuzz.py --atheris --cases 20000        # coverage-guided (atheris)
+    python tools/fuzz.py --replay fuzz-crashes/escape/<sig>/case-123/case.json
+
+The summary line gives the cases run, escapes, hangs, memory blowups, worker
+crashes, the distinct outcomes (operation, error type, structure and field:
+a cheap measure of the code paths reached) and, with ``--coverage``, the
+distinct branches (arcs) of ``src/pyvhdx`` executed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import random
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # tests/fuzzlib.py holds the harness (shared with the tests)
+    sys.path.insert(0, str(REPO))
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS pool: less address space
+
+
+def _vm_size() -> int:
+    """This process's virtual memory size in bytes (Linux), else 0."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _limit_memory(extra_mb: int) -> int:
+    """Cap the address space at the current size plus ``extra_mb`` MiB; return the cap."""
+    if extra_mb <= 0:
+        return 0
+    cap = _vm_size() + extra_mb * (1 << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    return cap
+
+
+# -- workers ----------------------------------------------------------------------------
+
+
+def _worker(conn: Connection, seeds: Any, opts: dict[str, Any]) -> None:
+    """Run cases sent by the parent until told to stop (a worker process)."""
+    from tests import fuzzlib
+
+    root = Path(tempfile.mkdtemp(prefix="w", dir=opts["scratch"]))
+    cov = None
+    try:
+        ws = fuzzlib.Workspace(root, seeds)
+        if opts["coverage"]:
+            import coverage
+
+            cov = coverage.Coverage(
+                branch=True, data_file=None, source=[str(REPO / "src" / "pyvhdx")]
+            )
+            cov.start()
+        _limit_memory(opts["memory_mb"])
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                break
+            case_id, mutation, rng_seed = msg
+            try:
+                result = ws.run(
+                    mutation,
+                    rng_seed=rng_seed,
+                    time_limit=opts["time_limit"],
+                    convert=not opts["no_convert"],
+                ).to_dict()
+            except MemoryError:
+                result = {"status": "memory", "outcomes": [], "seconds": 0.0, "escapes": [
+                    {"op": "harness", "type": "MemoryError", "message": "", "where": "harness",
+                     "traceback": traceback.format_exc()}]}  # fmt: skip
+            conn.send((case_id, result))
+        arcs: list[tuple[str, int, int]] = []
+        if cov is not None:
+            cov.stop()
+            data = cov.get_data()
+            for f in data.measured_files():
+                arcs += [(os.path.basename(f), a, b) for a, b in data.arcs(f) or []]
+        conn.send(("done", arcs))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class _Slot:
+    """One worker process, its pipe and the case it is running."""
+
+    def __init__(self, ctx: Any, seeds: Any, opts: dict[str, Any]) -> None:
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child, seeds, opts), daemon=True)
+        self.proc.start()
+        child.close()
+        self.case: tuple[int, dict[str, Any], int] | None = None
+        self.started = 0.0
+
+    def send(self, case: tuple[int, dict[str, Any], int]) -> None:
+        self.case = case
+        self.started = time.monotonic()
+        self.conn.send(case)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
+
+
+# -- the campaign -------------------------------------------------------------------------
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.cases = 0
+        self.status: collections.Counter[str] = collections.Counter()
+        self.outcomes: set[str] = set()
+        self.signatures: collections.Counter[str] = collections.Counter()
+        self.per_seed: collections.Counter[str] = collections.Counter()
+        self.seconds = 0.0
+        self.slowest = (0.0, -1)
+        self.arcs: set[tuple[str, int, int]] = set()
+
+    def add(self, case_id: int, mutation: dict[str, Any], result: dict[str, Any]) -> list[str]:
+        """Count one result; return the signatures of its problems (new or not)."""
+        from tests.fuzzlib import escape_signature
+
+        self.cases += 1
+        self.per_seed[mutation["seed"]] += 1
+        self.status[result["status"]] += 1
+        self.outcomes.update(result["outcomes"])
+        self.seconds += result["seconds"]
+        if result["seconds"] > self.slowest[0]:
+            self.slowest = (result["seconds"], case_id)
+        sigs = [escape_signature(e) for e in result["escapes"]]
+        for s in sigs:
+            self.signatures[s] += 1
+        return sigs
+
+    def line(self, elapsed: float) -> str:
+        s = self.status
+        rate = self.cases / elapsed if elapsed else 0.0
+        return (
+            f"cases {self.cases} ({rate:.1f}/s) | escapes {s['escape']} | hangs {s['hang']} "
+            f"| memory {s['memory']} | worker crashes {s['crash']} "
+            f"| distinct problems {len(self.signatures)} | distinct outcomes {len(self.outcomes)}"
+            + (f" | arcs {len(self.arcs)}" if self.arcs else "")
+        )
+
+
+def _save(
+    out: Path,
+    seeds: Any,
+    case_id: int,
+    mutation: dict[str, Any],
+    rng_seed: int,
+    result: dict[str, Any],
+    sigs: list[str],
+    seen: collections.Counter[str],
+    per_signature: int,
+) -> Path | None:
+    """Save a problem case (at most ``per_signature`` examples of each signature)."""
+    from tests.fuzzlib import apply_mutation
+
+    key = sigs[0] if sigs else result["status"]
+    seen[key] += 1
+    if seen[key] > per_signature:
+        return None
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    d = out / result["status"] / digest / f"case-{case_id}"
+    (d / "pristine").mkdir(parents=True, exist_ok=True)
+    seed = seeds[mutation["seed"]]
+    for f in seed.files:
+        data = apply_mutation(f.data, mutation) if f.name == mutation["file"] else f.data
+        with gzip.open(d / (f.name + ".gz"), "wb", compresslevel=6) as g:
+            g.write(data)
+        if f.name == mutation["file"]:  # the unmutated file, for the comparison
+            with gzip.open(d / "pristine" / (f.name + ".gz"), "wb", compresslevel=6) as g:
+                g.write(f.data)
+    record = {
+        "case": case_id,
+        "signatures": sigs,
+        "seed": mutation["seed"],
+        "target": seed.target,
+        "mutated-file": mutation["file"],
+        "mutation": mutation,
+        "rng-seed": rng_seed,
+        "result": result,
+        "replay": f"python tools/fuzz.py --replay {d / 'case.json'}",
+    }
+    (d / "case.json").write_text(json.dumps(record, indent=1))
+    return d
+
+
+def _mutation_for(seeds: Any, master: int, case_id: int) -> tuple[dict[str, Any], int]:
+    from tests.fuzzlib import RandomChooser, make_mutation
+
+    rng = random.Random(f"{master}:{case_id}")
+    return make_mutation(seeds, RandomChooser(rng)), rng.randint(0, 1 << 30)
+
+
+def campaign(args: argparse.Namespace, seeds: Any) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    scratch = tempfile.mkdtemp(prefix="pyvhdx-fuzz-", dir=shm)  # workers' files, removed after
+    opts = {
+        "time_limit": args.time_limit,
+        "memory_mb": args.memory_mb,
+        "coverage": args.coverage,
+        "no_convert": args.no_convert,
+        "scratch": scratch,
+    }
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)  # stop the workers and summarize
+    ctx = mp.get_context("fork")
+    slots = [_Slot(ctx, seeds, opts) for _ in range(args.workers)]
+    stats = Stats()
+    seen: collections.Counter[str] = collections.Counter()
+    deadline = time.monotonic() + args.minutes * 60 if args.minutes else None
+    hard_limit = args.time_limit * 3 + 10
+    next_case = args.start
+    last_case = args.start + args.cases if args.cases else None
+    t0 = time.monotonic()
+    last_report = t0
+
+    def more() -> bool:
+        if last_case is not None and next_case >= last_case:
+            return False
+        return deadline is None or time.monotonic() < deadline
+
+    def record(case: tuple[int, dict[str, Any], int], result: dict[str, Any]) -> None:
+        case_id, mutation, rng_seed = case
+        sigs = stats.add(case_id, mutation, result)
+        if result["status"] != "ok":
+            saved = _save(out, seeds, case_id, mutation, rng_seed, result, sigs, seen, args.keep)
+            if saved is not None and seen[sigs[0] if sigs else result["status"]] == 1:
+                print(f"[case {case_id}] {result['status']}: {'; '.join(sigs)} -> {saved}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+
+    try:
+        for slot in slots:
+            if more():
+                mutation, rng_seed = _mutation_for(seeds, args.seed, next_case)
+                slot.send((next_case, mutation, rng_seed))
+                next_case += 1
+        while any(s.case is not None for s in slots):
+            ready = wait([s.conn for s in slots if s.case is not None], timeout=1.0)
+            now = time.monotonic()
+            for i, slot in enumerate(slots):
+                if slot.case is None:
+                    continue
+                result = None
+                if slot.conn in ready:
+                    try:
+                        _, result = slot.conn.recv()
+                    except (EOFError, OSError):
+                        code = slot.proc.exitcode
+                        result = {"status": "crash", "outcomes": [], "seconds": now - slot.started,
+                                  "escapes": [{"op": "worker", "type": f"exit {code}",
+                                               "message": "the worker died", "where": "worker",
+                                               "traceback": ""}]}  # fmt: skip
+                elif now - slot.started > hard_limit:
+                    result = {"status": "hang", "outcomes": [], "seconds": now - slot.started,
+                              "escapes": [{"op": "worker", "type": "killed",
+                                           "message": f"no answer in {hard_limit} s",
+                                           "where": "worker", "traceback": ""}]}  # fmt: skip
+                if result is None:
+                    continue
+                case = slot.case
+                slot.case = None
+                if result["status"] in ("crash",) or (
+                    result["status"] == "hang" and result["escapes"][0]["op"] == "worker"
+                ):
+                    slot.kill()
+                    slots[i] = slot = _Slot(ctx, seeds, opts)
+                record(case, result)
+                if more():
+                    mutation, rng_seed = _mutation_for(seeds, args.seed, next_case)
+                    slot.send((next_case, mutation, rng_seed))
+                    next_case += 1
+            if now - last_report >= args.progress:
+                last_report = now
+                print(stats.line(now - t0), file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for slot in slots:
+            try:
+                if slot.case is None and slot.proc.is_alive():
+                    slot.conn.send(None)
+                    if slot.conn.poll(60):
+                        msg = slot.conn.recv()
+                        if msg[0] == "done":
+                            stats.arcs.update(tuple(a) for a in msg[1])
+            except (EOFError, OSError):
+                pass
+            slot.proc.join(5)
+            if slot.proc.is_alive():
+                slot.kill()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return _summary(args, stats, time.monotonic() - t0, out)
+
+
+def _summary(args: argparse.Namespace, stats: Stats, elapsed: float, out: Path) -> int:
+    s = stats.status
+    per_seed = ", ".join(f"{k} {v}" for k, v in sorted(stats.per_seed.items()))
+    lines = [
+        f"seeds: {len(stats.per_seed)} ({per_seed})",
+        f"cases: {stats.cases} in {elapsed:.0f} s ({stats.cases / max(elapsed, 1e-9):.1f}/s, "
+        f"slowest {stats.slowest[0]:.2f} s: case {stats.slowest[1]})",
+        f"escapes: {s['escape']}",
+        f"hangs: {s['hang']}",
+        f"memory blowups: {s['memory']}",
+        f"worker crashes: {s['crash']}",
+        f"distinct outcomes (operation, error type, structure, field): {len(stats.outcomes)}",
+    ]
+    if stats.arcs:
+        lines.append(f"distinct branches (coverage arcs) in src/pyvhdx: {len(stats.arcs)}")
+    lines.append(f"distinct problems: {len(stats.signatures)}")
+    for sig, n in stats.signatures.most_common():
+        lines.append(f"  {n:6d}  {sig}")
+    text = "\n".join(lines)
+    print(text)
+    summary = {
+        "cases": stats.cases,
+        "seconds": elapsed,
+        "status": dict(s),
+        "distinct-outcomes": len(stats.outcomes),
+        "distinct-arcs": len(stats.arcs) or None,
+        "problems": dict(stats.signatures),
+        "per-seed": dict(stats.per_seed),
+        "command": " ".join(sys.argv),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    bad = s["escape"] + s["hang"] + s["memory"] + s["crash"]
+    return 1 if bad else 0
+
+
+# -- replay and atheris ------------------------------------------------------------------
+
+
+def replay(args: argparse.Namespace) -> int:
+    from tests import fuzzlib
+
+    record = json.loads(Path(args.replay).read_text())
+    d = Path(args.replay).parent
+    work = Path(tempfile.mkdtemp(prefix="pyvhdx-replay-"))
+    try:
+        (work / "pristine").mkdir()
+        for gz in d.glob("*.gz"):
+            with gzip.open(gz) as g:
+                data = g.read()
+            (work / gz.name[:-3]).write_bytes(data)
+            (work / "pristine" / gz.name[:-3]).write_bytes(data)
+        for gz in d.glob("pristine/*.gz"):
+            with gzip.open(gz) as g:
+                (work / "pristine" / gz.name[:-3]).write_bytes(g.read())
+        names = [p.name for p in work.iterdir() if p.is_file()]
+        files = [fuzzlib.SeedFile(n, (work / n).read_bytes()) for n in names]
+        seed = fuzzlib.Seed(record["seed"], "", files, record["target"])
+        result = fuzzlib.run_case(
+            work,
+            seed,
+            pristine=work / "pristine" / record["target"],
+            rng_seed=record["rng-seed"],
+            time_limit=args.time_limit,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"status: {result.status} ({result.seconds:.2f} s)")
+    for e in result.escapes:
+        print(f"--- {fuzzlib.escape_signature(e)}\n{e['traceback']}")
+    return 0 if result.status == "ok" else 1
+
+
+def run_atheris(args: argparse.Namespace) -> int:
+    """Coverage-guided: atheris's bytes drive the mutation choices, in this process."""
+    import atheris
+
+    with atheris.instrument_imports(include=["pyvhdx"]):
+        import pyvhdx
+        import pyvhdx.check
+        import pyvhdx.compare
+        import pyvhdx.convert
+        import pyvhdx.hashing
+        import pyvhdx.inspect
+        import pyvhdx.log
+        import pyvhdx.vhd
+        import pyvhdx.vhdx  # noqa: F401
+    from tests import fuzzlib
+
+    seeds = _build(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="pyvhdx-atheris-"))
+    ws = fuzzlib.Workspace(root, seeds)
+    _limit_memory(args.memory_mb)
+    stats = Stats()
+    seen: collections.Counter[str] = collections.Counter()
+    t0 = time.monotonic()
+    deadline = t0 + args.minutes * 60 if args.minutes else None
+    state = {"last": t0}
+
+    def finish() -> None:
+        code = _summary(args, stats, time.monotonic() - t0, out)
+        shutil.rmtree(root, ignore_errors=True)
+        sys.stdout.flush()
+        os._exit(code)
+
+    def one(data: bytes) -> None:
+        fdp = atheris.FuzzedDataProvider(data)
+        mutation = fuzzlib.make_mutation(seeds, fuzzlib.FdpChooser(fdp))
+        rng_seed = stats.cases
+        result = ws.run(mutation, rng_seed=rng_seed, time_limit=args.time_limit).to_dict()
+        sigs = stats.add(stats.cases, mutation, result)
+        if result["status"] != "ok":
+            saved = _save(
+                out, seeds, stats.cases, mutation, rng_seed, result, sigs, seen, args.keep
+            )
+            if saved is not None:
+                print(
+                    f"[atheris] {result['status']}: {'; '.join(sigs)} -> {saved}", file=sys.stderr
+                )
+        now = time.monotonic()
+        if now - state["last"] >= args.progress:
+            state["last"] = now
+            print(stats.line(now - t0), file=sys.stderr, flush=True)
+        if (args.cases and stats.cases >= args.cases) or (deadline and now >= deadline):
+            finish()
+
+    libfuzzer = [
+        sys.argv[0],
+        f"-timeout={int(args.time_limit * 3 + 10)}",  # a backstop: SIGALRM bounds each case
+        "-rss_limit_mb=0",  # RLIMIT_AS bounds memory (a MemoryError is recorded)
+        "-max_len=2048",  # choices consume a few bytes each: a case needs ~50-500
+        "-len_control=0",
+    ]
+    libfuzzer += args.libfuzzer or []
+    atheris.Setup(libfuzzer, one)
+    atheris.Fuzz()
+    return 0  # pragma: no cover - Fuzz() does not return
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def _build(args: argparse.Namespace) -> Any:
+    from tests import fuzzlib
+
+    seeds_dir = (
+        Path(args.seeds_dir) if args.seeds_dir else Path(tempfile.mkdtemp(prefix="pyvhdx-seeds-"))
+    )
+    try:
+        seeds = fuzzlib.build_seeds(seeds_dir, qemu=not args.no_qemu, names=args.only or None)
+    finally:
+        if not args.seeds_dir:
+            shutil.rmtree(seeds_dir, ignore_errors=True)
+    print(f"seeds: {', '.join(sorted(seeds))}", file=sys.stderr)
+    return seeds
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cases", type=int, default=0, help="cases to run (0: until --minutes)")
+    p.add_argument("--minutes", type=float, default=0, help="stop after this many minutes")
+    p.add_argument("--seed", type=int, default=0, help="master seed of the random mutator")
+    p.add_argument("--start", type=int, default=0, help="first case number (resume a run)")
+    p.add_argument("--out", default="fuzz-crashes", help="folder for problem inputs")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--time-limit", type=float, default=10.0, help="seconds per case")
+    p.add_argument("--memory-mb", type=int, default=1024,
+                   help="address space a worker may add to its size (0: no limit)")  # fmt: skip
+    p.add_argument("--keep", type=int, default=5, help="inputs saved per distinct problem")
+    p.add_argument("--progress", type=float, default=30.0, help="seconds between status lines")
+    p.add_argument("--seeds-dir", help="build the seeds here (default: a temporary folder)")
+    p.add_argument("--only", action="append", help="fuzz only this seed (repeatable)")
+    p.add_argument("--no-qemu", action="store_true", help="no qemu-img seeds")
+    p.add_argument("--no-convert", action="store_true", help="skip the conversions")
+    p.add_argument("--coverage", action="store_true",
+                   help="count the branches of src/pyvhdx reached (slower)")  # fmt: skip
+    p.add_argument("--atheris", action="store_true", help="coverage-guided mode with atheris")
+    p.add_argument("--libfuzzer", action="append", help="extra libFuzzer flag (atheris mode)")
+    p.add_argument("--replay", help="run the case saved in this case.json again")
+    args = p.parse_args(argv)
+    if args.replay:
+        return replay(args)
+    if args.atheris:
+        return run_atheris(args)
+    if not args.cases and not args.minutes:
+        args.cases = 1000
+    seeds = _build(args)
+    return campaign(args, seeds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
