@@ -1187,6 +1187,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if getattr(args, "parent", None):
         options["parent"] = args.parent
+    if getattr(args, "strict", False):
+        options["strict"] = True
     try:
         report = inspect_image(
             args.image, format=args.format, scan_unreferenced=args.scan, **options
@@ -1214,20 +1216,7 @@ def _add_inspect_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "Lists the file ranges no structure references and whether they hold non-zero "
         "bytes. Never writes; works on images that cannot be opened.",
     )
-    p.add_argument("image", metavar="IMAGE", help="the image file (VHDX or VHD)")
-    p.add_argument(
-        "-f",
-        "--format",
-        choices=[f.value for f in ImageFormat],
-        default=None,
-        help="image format (default: detected from the content, never the name)",
-    )
-    p.add_argument(
-        "--parent",
-        metavar="PATH",
-        default=None,
-        help="a differencing disk's parent, for the open check",
-    )
+    _add_image_options(p)
     p.add_argument(
         "--no-scan",
         dest="scan",
