@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
@@ -73,6 +73,10 @@ def _zero_fill(mv: memoryview) -> None:
     np.frombuffer(mv, dtype=np.uint8)[:] = 0
 
 
+# Source of small zero fills on the fast path (a slice assignment beats numpy there).
+_ZEROS = memoryview(bytes(128 * 1024))
+
+
 class DiskImage:
     """An open virtual disk image of any format.
 
@@ -96,6 +100,10 @@ class DiskImage:
         src = self._source
         self._fd: int | None = src.fd if (src.overlay is None and _HAS_PREADV) else None
         self._fast = self._fd is not None and self.read_error is None
+        self._stop_fast: Callable[[], None] | None = None
+        if self._fast and type(self).readinto_at is _GENERAL_READINTO:
+            # (not when a subclass or a test has replaced the method)
+            self.readinto_at = self._fast_reader()  # type: ignore[method-assign, assignment]
         self.parent: DiskImage | None = None
         self._owns_parent = False
         self.missing_parent = False  # opened with allow_missing_parent and not found
@@ -168,8 +176,90 @@ class DiskImage:
             del buf[n:]
         return bytes(buf)
 
+    def _fast_reader(self) -> Callable[[int, Any], int]:
+        """Build this image's ``readinto_at`` for the common case, as a closure.
+
+        Random small reads are dominated by interpreter overhead, not by the
+        system call, so the hot path keeps every constant in a closure cell: a
+        read into a ``bytearray`` or ``memoryview`` that stays inside one block
+        costs one table lookup and one ``preadv`` (or a zero fill for
+        ZERO/UNMAPPED blocks). Everything else (short reads, unloaded table
+        chunks, buffers ``preadv`` refuses, every error) goes to the general
+        :meth:`DiskImage.readinto_at`, which reads again from the start.
+        """
+        fd = self._fd
+        assert fd is not None  # only built for descriptor-backed images
+        size = self._size
+        shift = self._shift
+        mask = self._mask
+        chunks = self._chunks
+        linear = self._linear_base
+        chunk_shift = shift + LOAD_CHUNK_SHIFT
+        general: Callable[[int, Any], int] = types.MethodType(DiskImage.readinto_at, self)
+        preadv = os.preadv
+        zeros = _ZEROS
+        zmax = len(_ZEROS)
+        live = True
+
+        def stop() -> None:
+            nonlocal live
+            live = False
+
+        self._stop_fast = stop
+
+        def readinto_at(offset: int, buffer: Any) -> int:
+            t = type(buffer)
+            if t is bytearray:
+                n = len(buffer)
+            elif t is memoryview:
+                n = buffer.nbytes
+            else:
+                return general(offset, buffer)
+            if (
+                live
+                and n
+                and offset >= 0
+                and offset + n <= size
+                and not (offset ^ (offset + n - 1)) >> shift
+            ):
+                if linear is not None:
+                    pos = linear + offset
+                else:
+                    arr = chunks.get(offset >> chunk_shift)
+                    if arr is None:  # that part of the table is not loaded yet
+                        return general(offset, buffer)
+                    code = arr.item((offset >> shift) & LOAD_CHUNK_MASK)
+                    if code < 0:
+                        if (
+                            code in (CODE_UNMAPPED, CODE_ZERO)
+                            and n <= zmax
+                            and (
+                                t is bytearray
+                                or (
+                                    buffer.format == "B"
+                                    and buffer.ndim == 1
+                                    and not buffer.readonly
+                                )
+                            )
+                        ):
+                            buffer[:] = zeros[:n]
+                            return n
+                        return general(offset, buffer)
+                    pos = code + (offset & mask)
+                try:
+                    if preadv(fd, [buffer], pos) == n:
+                        return n
+                except BufferError:  # read-only or not contiguous: the general path decides
+                    pass
+            return general(offset, buffer)
+
+        return readinto_at
+
     def readinto_at(self, offset: int, buffer: Any) -> int:
         """Read into ``buffer`` (any writable buffer) from virtual ``offset``.
+
+        (Images read straight from a descriptor replace this method, per
+        instance, by the closure from :meth:`_fast_reader`, which falls back here.)
 
         Returns the number of bytes read: ``len(buffer)``, or less at the end of
         the disk, 0 at or past it.
@@ -179,29 +269,6 @@ class DiskImage:
             UnsupportedFeatureError: the image cannot be read (yet).
             TruncatedImageError: the file ends inside a block the image uses.
         """
-        # Fastest path: a bytearray read inside one stored block, straight to preadv.
-        t = type(buffer)
-        if self._fast and (
-            t is bytearray
-            or (
-                t is memoryview
-                and buffer.format == "B"
-                and buffer.contiguous
-                and not buffer.readonly
-            )
-        ):
-            n = len(buffer)
-            shift = self._shift
-            block = offset >> shift
-            if offset >= 0 and offset + n <= self._size and (offset + n - 1) >> shift == block:
-                linear = self._linear_base
-                if linear is not None:
-                    code = linear + (block << shift)
-                else:
-                    arr = self._chunks.get(block >> LOAD_CHUNK_SHIFT)
-                    code = -9 if arr is None else arr.item(block & LOAD_CHUNK_MASK)
-                if code >= 0 and os.preadv(self._fd, [buffer], code + (offset & self._mask)) == n:  # type: ignore[arg-type]
-                    return n
         if self._closed:
             self._check_open()
         mv = buffer if type(buffer) is memoryview else memoryview(buffer)
@@ -447,6 +514,8 @@ class DiskImage:
             return
         self._closed = True
         self._fast = False
+        if self._stop_fast is not None:
+            self._stop_fast()
         self._fd = None
         if self.parent is not None and self._owns_parent:
             self.parent.close()
@@ -482,6 +551,9 @@ class DiskImage:
             f"<DiskImage {self.name!r} {self.format.value} {self.disk_type.value} "
             f"{self.virtual_size} bytes>"
         )
+
+
+_GENERAL_READINTO = DiskImage.readinto_at
 
 
 def _allocated_size(source: FileSource) -> int | None:
