@@ -11,6 +11,8 @@ buffer, and the allocation map is walked window by window.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import errno
 import os
@@ -18,21 +20,21 @@ import queue
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .constants import DiskType, ImageFormat, RunKind
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, PyvhdxWarning
 from .image import DiskImage, open_image
 
 __all__ = ["ConvertResult", "convert_image", "data_ranges"]
 
 CHUNK = 4 << 20  # copy buffer
-_BUFFERS = 4  # chunks in flight between the reader thread and the writer
+_READERS = max(1, min(4, os.cpu_count() or 1))  # reader threads in convert
+_BUFFERS = 2  # chunks in flight per reader thread
 ZERO_GRAIN = 64 << 10  # zero detection granularity: all-zero 64 KiB pieces are not written
 ProgressCallback = Callable[[int], None]  # called with bytes of the source processed
 
@@ -64,34 +66,57 @@ def _format_from_name(path: Path) -> ImageFormat:
     return ImageFormat.RAW
 
 
+def _file_data(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """``(begin, end)`` of the parts of file range ``[start, end)`` that are not holes.
+
+    SEEK_DATA/SEEK_HOLE where the OS has them; else the whole range.
+    """
+    if not hasattr(os, "SEEK_DATA"):  # pragma: no cover - Windows
+        yield start, end
+        return
+    pos = start
+    while pos < end:
+        try:
+            begin = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no data after pos
+                yield pos, end  # SEEK_DATA unsupported here: read the rest
+            return
+        if begin >= end:
+            return
+        stop = min(end, os.lseek(fd, begin, os.SEEK_HOLE))
+        yield begin, stop
+        pos = stop
+
+
 def data_ranges(img: DiskImage) -> Iterator[tuple[int, int]]:
     """``(start, length)`` of the virtual ranges that may hold non-zero bytes.
 
-    For a raw file the holes come from SEEK_DATA/SEEK_HOLE where the OS has
-    them; for VHD/VHDX from the allocation map (zero and unmapped runs are left
-    out, parent runs are kept).
+    For VHD/VHDX the allocation map says (zero and unmapped runs are left out,
+    parent runs are kept). Holes of the image file read as zeros too, so where
+    the OS reports them (SEEK_DATA/SEEK_HOLE) they are left out: of a raw file,
+    and of the data runs of an image with no log replayed over its bytes. A
+    sparse image file (qemu-img leaves the unwritten parts of its blocks as
+    holes) is then read only where it stores something, as qemu-img does.
     """
-    h = img.handler
-    fd = getattr(h.source, "fd", None)
-    if img.format is ImageFormat.RAW and fd is not None and hasattr(os, "SEEK_DATA"):
+    source = img.handler.source
+    fd = getattr(source, "fd", None)
+    if getattr(source, "overlay", None) is not None:
+        fd = None  # the overlay may put data over a hole
+    if img.format is ImageFormat.RAW:
         size = img.virtual_size
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # no data after pos
-                    return
-                yield pos, size - pos  # SEEK_DATA unsupported here: read the rest
-                return
-            if start >= size:
-                return
-            end = min(size, os.lseek(fd, start, os.SEEK_HOLE))
-            yield start, end - start
-            pos = end
+        if fd is None:
+            yield 0, size
+            return
+        for begin, end in _file_data(fd, 0, size):
+            yield begin, end - begin
         return
     for ext in img.extents():
-        if ext.kind in (RunKind.DATA, RunKind.PARENT):
+        if ext.kind is RunKind.DATA and fd is not None and ext.file_offset is not None:
+            shift = ext.start - ext.file_offset
+            for begin, end in _file_data(fd, ext.file_offset, ext.file_offset + ext.length):
+                yield begin + shift, end - begin
+        elif ext.kind in (RunKind.DATA, RunKind.PARENT):
             yield ext.start, ext.length
 
 
@@ -158,6 +183,9 @@ def convert_image(
     if Path(src).resolve() == dst_path.resolve():
         raise InvalidArgumentError("source and destination are the same file")
 
+    def opener() -> DiskImage:  # one more view of the source, for a reader thread
+        return open_image(src, format=src_format)
+
     with open_image(src, format=src_format) as img:
         size = img.virtual_size
         # VHD and VHDX sizes are whole sectors: round up, the tail reads as zeros.
@@ -175,7 +203,7 @@ def convert_image(
             update, close_bar = _progress_bar(size, progress)
         try:
             if fmt is ImageFormat.RAW:
-                counts = _to_raw(img, tmp, update, sync)
+                counts = _to_raw(img, tmp, update, sync, opener)
             else:
                 counts = _to_image(
                     img,
@@ -188,6 +216,7 @@ def convert_image(
                     physical_sector_size,
                     update,
                     sync,
+                    opener,
                 )
             os.replace(tmp, dst_path)
         except BaseException:
@@ -209,82 +238,136 @@ def _chunks(img: DiskImage, step: int) -> Iterator[tuple[int, int]]:
             pos = stop
 
 
-_DONE = object()
+_ZERO_GRAIN_BYTES = bytes(ZERO_GRAIN)
 
 
-def _nonzero_runs(mv: memoryview) -> list[tuple[int, int]]:
-    """``(begin, end)`` of the runs of ``mv`` holding non-zero bytes, in ZERO_GRAIN steps."""
-    n = len(mv)
-    data = np.frombuffer(mv, dtype=np.uint8)
-    whole = n // ZERO_GRAIN * ZERO_GRAIN
-    flags = np.empty(-(-n // ZERO_GRAIN), dtype=bool)
-    if whole:
-        # view as u64 words: a faster "any" over each grain
-        words = data[:whole].view(np.uint64).reshape(-1, ZERO_GRAIN // 8)
-        flags[: whole // ZERO_GRAIN] = words.any(axis=1)
-    if whole < n:
-        flags[-1] = bool(data[whole:].any())
-    edges = np.flatnonzero(np.diff(np.concatenate(([False], flags, [False])).view(np.int8)))
-    return [
-        (a * ZERO_GRAIN, min(n, z * ZERO_GRAIN))
-        for a, z in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True)
-    ]
+def _nonzero_runs(buf: bytearray, n: int) -> list[tuple[int, int]]:
+    """``(begin, end)`` of the runs of ``buf[:n]`` holding non-zero bytes, in ZERO_GRAIN steps.
+
+    One ``memcmp`` per grain against a zero grain (``bytearray.startswith``): it
+    stops at the first non-zero byte, so a data grain costs almost nothing and
+    only the zero grains are scanned whole.
+    """
+    zeros = _ZERO_GRAIN_BYTES
+    runs: list[tuple[int, int]] = []
+    begin = -1
+    for pos in range(0, n, ZERO_GRAIN):
+        end = min(n, pos + ZERO_GRAIN)
+        zero = (
+            buf.startswith(zeros, pos, end)
+            if end - pos == ZERO_GRAIN
+            else buf.startswith(memoryview(zeros)[: end - pos], pos, end)
+        )
+        if zero:
+            if begin >= 0:
+                runs.append((begin, pos))
+                begin = -1
+        elif begin < 0:
+            begin = pos
+    if begin >= 0:
+        runs.append((begin, n))
+    return runs
 
 
 def _read_ahead(
-    img: DiskImage, step: int, stats: dict[str, int]
+    img: DiskImage,
+    step: int,
+    stats: dict[str, int],
+    opener: Callable[[], DiskImage] | None = None,
 ) -> Iterator[tuple[int, memoryview, bool]]:
-    """``(start, data, True)`` for every non-zero run of data, read by a second thread.
+    """``(start, data, True)`` for every non-zero run of data, read by worker threads.
 
     All-zero stretches (in ZERO_GRAIN steps) are left out: a new image and a
     sparse raw file read as zeros there already.
 
-    Reading the next chunks (positional reads release the GIL) overlaps with the
-    caller writing the current one, as qemu-img overlaps its I/O. At most
-    ``_BUFFERS`` chunks are in flight; a chunk's buffer is reused once the caller
-    asks for the next one.
+    ``img`` plans the chunks in the calling thread. The reads run in
+    ``_READERS`` worker threads, each on its own image from ``opener`` (opened
+    here, so no image is ever used by two threads), or in one worker on ``img``
+    when there is no opener. Positional reads, the zero scan and the writes all
+    release the GIL or are short, so reading ahead overlaps with the caller
+    writing, as qemu-img overlaps its I/O. At most ``_BUFFERS`` chunks per
+    worker are in flight; a chunk's buffer is reused once the caller asks for
+    the next one.
     """
-    free: queue.Queue[bytearray] = queue.Queue()
-    for _ in range(_BUFFERS):
-        free.put(bytearray(step))
-    ready: queue.Queue[Any] = queue.Queue()
-    stop = threading.Event()
+    readers: list[DiskImage] = []
+    try:
+        if opener is not None:
+            with warnings.catch_warnings():  # the first open already warned
+                warnings.simplefilter("ignore", PyvhdxWarning)
+                for _ in range(_READERS):
+                    readers.append(opener())
+        yield from _pipeline(img, readers or [img], step, stats)
+    finally:
+        for other in readers:
+            other.close()
 
-    def reader() -> None:
-        try:
-            for start, length in _chunks(img, step):
-                buf = free.get()
-                if stop.is_set():
-                    return
-                mv = memoryview(buf)[:length]
-                n = img.readinto_at(start, mv)
-                stats["read"] += n
-                ready.put((start, buf, n, _nonzero_runs(mv[:n])))
-            ready.put(_DONE)
-        except BaseException as exc:  # handed to the consumer, raised there
-            ready.put(exc)
 
-    thread = threading.Thread(target=reader, name="pyvhdx-convert-reader", daemon=True)
-    thread.start()
+_Task = tuple["concurrent.futures.Future[int]", int, int, bytearray]
+
+
+def _pipeline(
+    img: DiskImage, readers: list[DiskImage], step: int, stats: dict[str, int]
+) -> Iterator[tuple[int, memoryview, bool]]:
+    """The body of :func:`_read_ahead`: one thread per image in ``readers``."""
+    tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+
+    def work(reader: DiskImage) -> None:
+        while (task := tasks.get()) is not None:
+            future, start, length, buf = task
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(reader.readinto_at(start, memoryview(buf)[:length]))
+            except BaseException as exc:  # raised in the consumer by future.result()
+                future.set_exception(exc)
+
+    threads = [
+        threading.Thread(target=work, args=(r,), name="pyvhdx-convert-reader", daemon=True)
+        for r in readers
+    ]
+    for t in threads:
+        t.start()
+    free = [bytearray(step) for _ in range(_BUFFERS * len(readers))]
+    pending: collections.deque[tuple[int, bytearray, concurrent.futures.Future[int]]]
+    pending = collections.deque()
+    plan = _chunks(img, step)
     try:
         while True:
-            item = ready.get()
-            if item is _DONE:
+            while free:  # keep every buffer busy
+                nxt = next(plan, None)
+                if nxt is None:
+                    break
+                buf = free.pop()
+                future: concurrent.futures.Future[int] = concurrent.futures.Future()
+                tasks.put((future, nxt[0], nxt[1], buf))
+                pending.append((nxt[0], buf, future))
+            if not pending:
                 return
-            if isinstance(item, BaseException):
-                raise item
-            start, buf, _n, runs = item
+            start, buf, future = pending.popleft()
+            n = future.result()
+            stats["read"] += n
             mv = memoryview(buf)
-            for a, z in runs:
+            # The zero scan runs here, not in the readers: the readers' preadv and
+            # this thread's scan and writes then share the cores about evenly.
+            for a, z in _nonzero_runs(buf, n):
                 yield start + a, mv[a:z], True
-            free.put(buf)
+            free.append(buf)
     finally:
-        stop.set()
-        free.put(bytearray(0))  # wake the reader if it waits for a buffer
-        thread.join()
+        for _, _, future in pending:
+            future.cancel()
+        for _ in threads:
+            tasks.put(None)
+        for t in threads:
+            t.join()
 
 
-def _to_raw(img: DiskImage, tmp: Path, update: ProgressCallback, sync: bool) -> tuple[int, int]:
+def _to_raw(
+    img: DiskImage,
+    tmp: Path,
+    update: ProgressCallback,
+    sync: bool,
+    opener: Callable[[], DiskImage] | None,
+) -> tuple[int, int]:
     size = img.virtual_size
     stats = {"read": 0}
     written = 0
@@ -293,7 +376,7 @@ def _to_raw(img: DiskImage, tmp: Path, update: ProgressCallback, sync: bool) -> 
     try:
         # Data goes in ascending order, extending the file; the skipped ranges
         # stay holes and the final truncate sets the length.
-        for start, chunk, _ in _read_ahead(img, CHUNK, stats):
+        for start, chunk, _ in _read_ahead(img, CHUNK, stats, opener):
             n = len(chunk)
             pos = 0
             while pos < n:
@@ -322,6 +405,7 @@ def _to_image(
     physical_sector_size: int,
     update: ProgressCallback,
     sync: bool,
+    opener: Callable[[], DiskImage] | None,
 ) -> tuple[int, int]:
     # pyvhdx.create is the function; the module comes from sys.modules.
     import importlib
@@ -357,7 +441,7 @@ def _to_image(
         step = min(CHUNK, out.block_size or CHUNK)
         # A new image reads as zeros (dynamic: unallocated; fixed: a sparse data
         # area), so only the non-zero runs _read_ahead yields are written.
-        for start, chunk, _ in _read_ahead(img, step, stats):
+        for start, chunk, _ in _read_ahead(img, step, stats, opener):
             out.write_at(start, chunk)
             written += len(chunk)
             update(start + len(chunk) - done)
