@@ -109,7 +109,7 @@ def pyvhdx_reader(path: Path) -> tuple[int, Callable[[int, memoryview], int], Ca
 
 
 def pyvhdi_reader(path: Path) -> tuple[int, Callable[[int, memoryview], int], Callable[[], None]]:
-    import pyvhdi  # type: ignore[import-not-found]
+    import pyvhdi
 
     f = pyvhdi.file()
     f.open(str(path))
@@ -123,7 +123,7 @@ def pyvhdi_reader(path: Path) -> tuple[int, Callable[[int, memoryview], int], Ca
 
 
 def dissect_reader(path: Path) -> tuple[int, Callable[[int, memoryview], int], Callable[[], None]]:
-    from dissect.hypervisor import vhd, vhdx  # type: ignore[import-not-found]
+    from dissect.hypervisor import vhd, vhdx
 
     fh = path.open("rb")
     disk = vhdx.VHDX(fh) if path.suffix == ".vhdx" else vhd.VHD(fh)
@@ -219,6 +219,25 @@ def timed(func: Callable[[], object], runs: int, setup: Callable[[], None] | Non
         func()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def timed_rounds(
+    funcs: dict[str, Callable[[], object]], runs: int, setup: Callable[[], None]
+) -> dict[str, float]:
+    """Median seconds of each function, measured in interleaved rounds.
+
+    Round k runs every function once, in turn, each after ``setup``: a drift of
+    the machine's state (page-cache writeback, memory reclaim) then lands on all
+    of them alike instead of on whichever ran last.
+    """
+    times: dict[str, list[float]] = {name: [] for name in funcs}
+    for _ in range(runs):
+        for name, func in funcs.items():
+            setup()
+            t = time.perf_counter()
+            func()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -351,21 +370,22 @@ def main(argv: list[str] | None = None) -> int:
     for label, src, ext, qemu_args in conversions if "convert" in parts else ():
         dst = workdir / f"convert-out.{ext}"
         quiet = quiet_for(dst)
-        t_py = timed(
-            lambda src=src, dst=dst: pyvhdx.convert(src, dst, progress=False, sync=False),
+
+        def run_pyvhdx(src: Path = src, dst: Path = dst) -> None:
+            pyvhdx.convert(src, dst, progress=False, sync=False)
+
+        def run_pyvhdx_sync(src: Path = src, dst: Path = dst) -> None:
+            pyvhdx.convert(src, dst, progress=False)
+
+        def run_qemu(src: Path = src, dst: Path = dst, qa: list[str] = qemu_args) -> None:
+            subprocess.run(["qemu-img", "convert", *qa, str(src), str(dst)], check=True)
+
+        t = timed_rounds(
+            {"pyvhdx": run_pyvhdx, "pyvhdx+fsync": run_pyvhdx_sync, "qemu-img": run_qemu},
             conv_runs,
             quiet,
         )
-        t_py_sync = timed(
-            lambda src=src, dst=dst: pyvhdx.convert(src, dst, progress=False), conv_runs, quiet
-        )
-        t_qemu = timed(
-            lambda src=src, dst=dst, qa=qemu_args: subprocess.run(
-                ["qemu-img", "convert", *qa, str(src), str(dst)], check=True
-            ),
-            conv_runs,
-            quiet,
-        )
+        t_py, t_py_sync, t_qemu = t["pyvhdx"], t["pyvhdx+fsync"], t["qemu-img"]
         quiet()
         rows.append((f"convert {label} pyvhdx", "seconds", t_py, None, {"qemu-img": t_py / t_qemu}))
         rows.append(

@@ -100,9 +100,13 @@ def reads(draw: st.DrawFn) -> tuple[int, int, str]:
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 @given(read=reads())
-def test_reads_match_raw(disks: tuple[bytes, dict[str, Path]], kind: str, read: tuple[int, int, str]) -> None:
+def test_reads_match_raw(
+    disks: tuple[bytes, dict[str, Path]], kind: str, read: tuple[int, int, str]
+) -> None:
     raw, images = disks
     offset, length, bufkind = read
     factories = _buffers(length)
