@@ -195,6 +195,7 @@ class DiskImage:
         chunks = self._chunks
         linear = self._linear_base
         chunk_shift = shift + LOAD_CHUNK_SHIFT
+        chunk_mask = LOAD_CHUNK_MASK
         general: Callable[[int, Any], int] = types.MethodType(DiskImage.readinto_at, self)
         preadv = os.preadv
         zeros = _ZEROS
@@ -228,7 +229,7 @@ class DiskImage:
                     arr = chunks.get(offset >> chunk_shift)
                     if arr is None:  # that part of the table is not loaded yet
                         return general(offset, buffer)
-                    code = arr.item((offset >> shift) & LOAD_CHUNK_MASK)
+                    code = arr.item((offset >> shift) & chunk_mask)
                     if code < 0:
                         if (
                             code in (CODE_UNMAPPED, CODE_ZERO)
