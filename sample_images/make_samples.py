@@ -110,8 +110,19 @@ def main(argv: list[str]) -> int:
                 make_with_pyvhdx(out, raw.read_bytes(), disk_type)
             else:
                 subprocess.run(
-                    [qemu, "convert", "-q", "-f", "raw", "-O", fmt, "-o", options, str(raw),
-                     str(out)],
+                    [
+                        qemu,
+                        "convert",
+                        "-q",
+                        "-f",
+                        "raw",
+                        "-O",
+                        fmt,
+                        "-o",
+                        options,
+                        str(raw),
+                        str(out),
+                    ],
                     check=True,
                 )
             view = Path(tmp) / f"{name}.raw"

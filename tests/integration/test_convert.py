@@ -7,6 +7,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,33 @@ def test_failure_leaves_nothing_behind(tmp_path: Path, source: Path) -> None:
         pyvhdx.convert(source, dst, block_size=MiB, progress=boom)
     assert not dst.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["vhdx", "raw"])
+def test_reader_thread_error_reaches_the_caller(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """An error in a reader thread is raised by convert; no thread or file is left."""
+    vhdx = tmp_path / "src.vhdx"
+    pyvhdx.convert(source, vhdx, block_size=MiB)
+    original = pyvhdx.DiskImage.readinto_at
+    failed = []
+
+    def flaky(img: pyvhdx.DiskImage, offset: int, buffer: Any) -> int:
+        if threading.current_thread().name.startswith("pyvhdx-convert") and offset >= 20 * MiB:
+            failed.append(offset)
+            raise pyvhdx.TruncatedImageError("injected", structure="data block", offset=offset)
+        return original(img, offset, buffer)
+
+    monkeypatch.setattr(pyvhdx.DiskImage, "readinto_at", flaky)
+    before = set(threading.enumerate())
+    out = tmp_path / "out" / f"dst.{fmt}"
+    out.parent.mkdir()
+    with pytest.raises(pyvhdx.TruncatedImageError, match="injected"):
+        pyvhdx.convert(vhdx, out)
+    assert failed  # the error came from a worker thread
+    assert set(threading.enumerate()) == before
+    assert list(out.parent.iterdir()) == []
 
 
 def test_64_tib_sparse_source_bounded_memory(tmp_path: Path) -> None:

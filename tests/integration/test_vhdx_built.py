@@ -66,8 +66,13 @@ def test_sector_sizes_against_libvhdi(
 def test_payload_states(tmp_path: Path) -> None:
     """ZERO, UNMAPPED (3 and v0.95's 5), UNDEFINED read as zeros in a dynamic disk."""
     data = content(8 * MiB, seed=7)
-    states = {0: PayloadState.ZERO, 1: PayloadState.UNMAPPED, 3: PayloadState.UNMAPPED_V095,
-              4: PayloadState.UNDEFINED, 6: PayloadState.PARTIALLY_PRESENT}
+    states = {
+        0: PayloadState.ZERO,
+        1: PayloadState.UNMAPPED,
+        3: PayloadState.UNMAPPED_V095,
+        4: PayloadState.UNDEFINED,
+        6: PayloadState.PARTIALLY_PRESENT,
+    }
     path = tmp_path / "s.vhdx"
     build_vhdx(path, data, states=states)
     expected = bytearray(data)
@@ -110,8 +115,12 @@ def test_differencing_without_parent(tmp_path: Path) -> None:
     """Without its parent a child opens for info only; it never reads zeros silently."""
     path = tmp_path / "child.avhdx"
     linkage = "{" + str(uuid.uuid4()) + "}"
-    build_vhdx(path, bytes(4 * MiB), disk_type="differencing",
-               parent_locator={"parent_linkage": linkage, "relative_path": r".\base.vhdx"})
+    build_vhdx(
+        path,
+        bytes(4 * MiB),
+        disk_type="differencing",
+        parent_locator={"parent_linkage": linkage, "relative_path": r".\base.vhdx"},
+    )
     with pytest.raises(pyvhdx.ParentError) as err:
         pyvhdx.open(path)
     assert err.value.tried == [str(tmp_path.resolve() / "base.vhdx")]

@@ -12,8 +12,12 @@ import pyvhdx
 from tests.conftest import find_qemu_img
 
 GiB = 1 << 30
-WRITES = [(0, 4096, 0xCD), (4 * GiB - 65536, 131072, 0x11), (4 * GiB + GiB // 2, 65536, 0xAB),
-          (5 * GiB - 512, 512, 0x5A)]
+WRITES = [
+    (0, 4096, 0xCD),
+    (4 * GiB - 65536, 131072, 0x11),
+    (4 * GiB + GiB // 2, 65536, 0xAB),
+    (5 * GiB - 512, 512, 0x5A),
+]
 
 
 def qemu_io(path: Path, fmt: str, writes: list[tuple[int, int, int]]) -> None:
@@ -25,16 +29,20 @@ def qemu_io(path: Path, fmt: str, writes: list[tuple[int, int, int]]) -> None:
     subprocess.run([qemu_io_bin, "-f", fmt, *cmds, str(path)], check=True, capture_output=True)
 
 
-@pytest.mark.parametrize("options", [
-    "subformat=fixed,block_size=256M,block_state_zero=off",
-    "subformat=fixed,block_size=256M,block_state_zero=on",
-    "subformat=dynamic,block_size=256M",
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        "subformat=fixed,block_size=256M,block_state_zero=off",
+        "subformat=fixed,block_size=256M,block_state_zero=on",
+        "subformat=dynamic,block_size=256M",
+    ],
+)
 def test_more_than_one_chunk(tmp_path: Path, options: str) -> None:
     """256 MiB blocks and 512-byte sectors: chunk ratio 16, so 5 GiB spans two chunks."""
     path = tmp_path / "big.vhdx"
-    subprocess.run([find_qemu_img(), "create", "-q", "-f", "vhdx", "-o", options, str(path), "5G"],
-                   check=True)
+    subprocess.run(
+        [find_qemu_img(), "create", "-q", "-f", "vhdx", "-o", options, str(path), "5G"], check=True
+    )
     qemu_io(path, "vhdx", WRITES)
     with pyvhdx.open(path) as img:
         assert img.virtual_size == 5 * GiB

@@ -33,32 +33,86 @@ u64 = st.integers(0, 2**64 - 1)
 guids = st.uuids()
 
 STRATEGIES: dict[str, tuple[Construct, st.SearchStrategy[dict[str, object]]]] = {
-    "header": (HEADER, st.fixed_dictionaries(dict(
-        checksum=u32, sequence_number=u64, file_write_guid=guids, data_write_guid=guids,
-        log_guid=guids, log_version=u16, version=u16, log_length=u32, log_offset=u64,
-        reserved=st.binary(min_size=4016, max_size=4016)))),
-    "region_table_header": (REGION_TABLE_HEADER, st.fixed_dictionaries(dict(
-        checksum=u32, entry_count=u32, reserved=u32))),
-    "region_table_entry": (REGION_TABLE_ENTRY, st.fixed_dictionaries(dict(
-        guid=guids, file_offset=u64, length=u32, flags=u32))),
-    "metadata_table_header": (METADATA_TABLE_HEADER, st.fixed_dictionaries(dict(
-        reserved=u16, entry_count=u16, reserved2=st.binary(min_size=20, max_size=20)))),
-    "metadata_entry": (METADATA_ENTRY, st.fixed_dictionaries(dict(
-        item_id=guids, offset=u32, length=u32, flags=u32, reserved=u32))),
+    "header": (
+        HEADER,
+        st.fixed_dictionaries(
+            dict(
+                checksum=u32,
+                sequence_number=u64,
+                file_write_guid=guids,
+                data_write_guid=guids,
+                log_guid=guids,
+                log_version=u16,
+                version=u16,
+                log_length=u32,
+                log_offset=u64,
+                reserved=st.binary(min_size=4016, max_size=4016),
+            )
+        ),
+    ),
+    "region_table_header": (
+        REGION_TABLE_HEADER,
+        st.fixed_dictionaries(dict(checksum=u32, entry_count=u32, reserved=u32)),
+    ),
+    "region_table_entry": (
+        REGION_TABLE_ENTRY,
+        st.fixed_dictionaries(dict(guid=guids, file_offset=u64, length=u32, flags=u32)),
+    ),
+    "metadata_table_header": (
+        METADATA_TABLE_HEADER,
+        st.fixed_dictionaries(
+            dict(reserved=u16, entry_count=u16, reserved2=st.binary(min_size=20, max_size=20))
+        ),
+    ),
+    "metadata_entry": (
+        METADATA_ENTRY,
+        st.fixed_dictionaries(dict(item_id=guids, offset=u32, length=u32, flags=u32, reserved=u32)),
+    ),
     "file_parameters": (FILE_PARAMETERS, st.fixed_dictionaries(dict(block_size=u32, flags=u32))),
-    "parent_locator_header": (PARENT_LOCATOR_HEADER, st.fixed_dictionaries(dict(
-        locator_type=guids, reserved=u16, key_value_count=u16))),
-    "parent_locator_entry": (PARENT_LOCATOR_ENTRY, st.fixed_dictionaries(dict(
-        key_offset=u32, value_offset=u32, key_length=u16, value_length=u16))),
-    "log_entry_header": (LOG_ENTRY_HEADER, st.fixed_dictionaries(dict(
-        checksum=u32, entry_length=u32, tail=u32, sequence_number=u64, descriptor_count=u32,
-        reserved=u32, log_guid=guids, flushed_file_offset=u64, last_file_offset=u64))),
-    "zero_descriptor": (ZERO_DESCRIPTOR, st.fixed_dictionaries(dict(
-        reserved=u32, zero_length=u64, file_offset=u64, sequence_number=u64))),
-    "data_descriptor": (DATA_DESCRIPTOR, st.fixed_dictionaries(dict(
-        trailing_bytes=u32, leading_bytes=u64, file_offset=u64, sequence_number=u64))),
-    "data_sector": (DATA_SECTOR, st.fixed_dictionaries(dict(
-        sequence_high=u32, data=st.binary(min_size=4084, max_size=4084), sequence_low=u32))),
+    "parent_locator_header": (
+        PARENT_LOCATOR_HEADER,
+        st.fixed_dictionaries(dict(locator_type=guids, reserved=u16, key_value_count=u16)),
+    ),
+    "parent_locator_entry": (
+        PARENT_LOCATOR_ENTRY,
+        st.fixed_dictionaries(
+            dict(key_offset=u32, value_offset=u32, key_length=u16, value_length=u16)
+        ),
+    ),
+    "log_entry_header": (
+        LOG_ENTRY_HEADER,
+        st.fixed_dictionaries(
+            dict(
+                checksum=u32,
+                entry_length=u32,
+                tail=u32,
+                sequence_number=u64,
+                descriptor_count=u32,
+                reserved=u32,
+                log_guid=guids,
+                flushed_file_offset=u64,
+                last_file_offset=u64,
+            )
+        ),
+    ),
+    "zero_descriptor": (
+        ZERO_DESCRIPTOR,
+        st.fixed_dictionaries(
+            dict(reserved=u32, zero_length=u64, file_offset=u64, sequence_number=u64)
+        ),
+    ),
+    "data_descriptor": (
+        DATA_DESCRIPTOR,
+        st.fixed_dictionaries(
+            dict(trailing_bytes=u32, leading_bytes=u64, file_offset=u64, sequence_number=u64)
+        ),
+    ),
+    "data_sector": (
+        DATA_SECTOR,
+        st.fixed_dictionaries(
+            dict(sequence_high=u32, data=st.binary(min_size=4084, max_size=4084), sequence_low=u32)
+        ),
+    ),
 }
 
 
