@@ -5,8 +5,10 @@ source) says what to read; unallocated ranges are never read, all-zero chunks ar
 not written into a dynamic destination, and a raw destination gets holes, not
 zeros. The destination is built under a temporary name in its own directory and
 renamed into place only when complete, so an error or Ctrl-C never leaves a
-half-written file under the destination name. Memory stays bounded: one copy
-buffer, and the allocation map is walked window by window.
+half-written file under the destination name. Memory stays bounded: two copy
+buffers per reader thread, and the allocation map is walked window by window.
+Reads run in worker threads, each on its own view of the source, while the
+calling thread scans for zeros and writes.
 """
 
 from __future__ import annotations
