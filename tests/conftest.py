@@ -16,6 +16,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import subprocess
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import IO, Any, BinaryIO, NoReturn
 
 import numpy as np
 import pytest
@@ -65,7 +66,7 @@ def find_qemu_img() -> str:
 def import_pyvhdi() -> Any:
     """Return the ``pyvhdi`` module, or skip (fail under CI) when it is missing."""
     try:
-        import pyvhdi  # type: ignore[import-not-found]
+        import pyvhdi
     except ImportError:
         require("pyvhdi not installed", "pip install libvhdi-python (the [test] extra)")
     return pyvhdi
@@ -86,7 +87,7 @@ def pyvhdi() -> Any:
 # --- hashing --------------------------------------------------------------------
 
 
-def sha256_of_stream(fileobj: BinaryIO, chunk_size: int = _COPY_CHUNK) -> str:
+def sha256_of_stream(fileobj: IO[bytes] | io.RawIOBase, chunk_size: int = _COPY_CHUNK) -> str:
     """SHA-256 hex digest of everything ``fileobj`` yields from its current position."""
     digest = hashlib.sha256()
     buf = bytearray(chunk_size)
@@ -354,7 +355,7 @@ def realworld_name(entry: Mapping[str, Any]) -> str:
     return name
 
 
-def _copy_sparse(src: BinaryIO, dst: BinaryIO) -> None:
+def _copy_sparse(src: IO[bytes], dst: BinaryIO) -> None:
     """``shutil.copyfileobj`` that leaves holes for all-zero 1 MiB chunks."""
     zero = bytes(_COPY_CHUNK)
     length = 0
@@ -389,13 +390,13 @@ def decompress_realworld(entry: Mapping[str, Any], tmp_dir: str | os.PathLike[st
     with open(out, "wb") as dst:
         if compression == "gzip":
             with gzip.open(source, "rb") as src:
-                _copy_sparse(src, dst)  # type: ignore[arg-type]
+                _copy_sparse(src, dst)
         elif compression == "bzip2":
             with bz2.open(source, "rb") as src:
-                _copy_sparse(src, dst)  # type: ignore[arg-type]
+                _copy_sparse(src, dst)
         elif compression == "zip":
             with zipfile.ZipFile(source) as zf, zf.open(entry["zip_member"]) as src:
-                _copy_sparse(src, dst)  # type: ignore[arg-type]
+                _copy_sparse(src, dst)
         elif compression is None:
             with open(source, "rb") as src:
                 _copy_sparse(src, dst)

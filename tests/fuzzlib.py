@@ -46,9 +46,11 @@ import time
 import traceback
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Literal, TypeVar, cast
+
+_T = TypeVar("_T")
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -75,7 +77,7 @@ class Chooser:
     def randbytes(self, n: int) -> bytes:
         return bytes(self.randint(0, 255) for _ in range(n))
 
-    def choice(self, seq: Sequence[Any]) -> Any:
+    def choice(self, seq: Sequence[_T]) -> _T:
         return seq[self.randint(0, len(seq) - 1)]
 
     def chance(self, p: float) -> bool:
@@ -688,7 +690,7 @@ def _seed_crashed_write(path: Path) -> None:
         shutil.copyfile(pristine, path)
         f = CrashFile(path, crash_at)
         try:
-            with pyvhdx.open(f, "r+") as img:
+            with pyvhdx.open(cast(BinaryIO, f), "r+") as img:
                 img.write_at(2 * MiB + 512, _pattern(3 * 4096, 22))
                 img.write_at(3 * MiB, _pattern(4096, 23))
         except SimulatedCrash:
@@ -807,7 +809,7 @@ def build_seeds(
         if want(name):
             d = fresh(name)
             size = 2 * MiB if name == "vhdx-fixed" else 4 * MiB
-            pyvhdx.create(d / "disk.vhdx", size, block_size=MiB, **kw)  # type: ignore[arg-type]
+            pyvhdx.create(d / "disk.vhdx", size, block_size=MiB, **kw)
             _write_blocks(d / "disk.vhdx", writes, 2)
             add(name, "vhdx", ["disk.vhdx"])
     if want("vhdx-log-synthetic"):
@@ -988,9 +990,9 @@ def _field_value(
         return c.randbytes(16)
     if f.kind == "bytes":
         pick = c.randint(0, 3)
-        pool = list(f.choices) + [s[: f.width].ljust(f.width, b"\0") for s in _SIGNATURES]
+        byte_pool = list(f.choices) + [s[: f.width].ljust(f.width, b"\0") for s in _SIGNATURES]
         if pick <= 1:
-            return bytes(c.choice(pool))[: f.width].ljust(f.width, b"\0")
+            return bytes(c.choice(byte_pool))[: f.width].ljust(f.width, b"\0")
         if pick == 2:
             return bytes(f.width)
         return c.randbytes(f.width)
@@ -1179,7 +1181,7 @@ def make_mutation(
         if kind < 8 and sf.fields:  # several fields at once, consistently
             recipe = _recipe(c, sf, size)
             for f, value in recipe:
-                order = "big" if f.endian == ">" else "little"
+                order: Literal["big", "little"] = "big" if f.endian == ">" else "little"
                 raw = value.to_bytes(f.width, order) if isinstance(value, int) else value
                 ops.append({"op": "write", "field": f.name, "offset": f.offset, "hex": raw.hex()})
                 if f.fix:
@@ -1357,7 +1359,8 @@ def _where(tb: Any) -> str:
     """``file:line function`` of the innermost frame inside pyvhdx (else the innermost)."""
     frames = traceback.extract_tb(tb)
     inside = [f for f in frames if f"{os.sep}pyvhdx{os.sep}" in f.filename]
-    f = (inside or frames or [None])[-1]
+    nothing: list[traceback.FrameSummary | None] = [None]
+    f = (inside or frames or nothing)[-1]
     if f is None:
         return "?"
     return f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
@@ -1428,7 +1431,7 @@ class _Run:
     def __init__(self, result: CaseResult) -> None:
         self.result = result
 
-    def op(self, name: str, fn: Callable[[], Any]) -> Any:
+    def op(self, name: str, fn: Callable[..., Any]) -> Any:
         from pyvhdx.errors import PyvhdxError
 
         try:
@@ -1479,7 +1482,7 @@ def _read_plan(img: Any, rng: random.Random) -> list[tuple[int, int]]:
 
 
 def _reads(img: Any, rng: random.Random) -> int:
-    total = 0
+    total: int = 0
     for off, length in _read_plan(img, rng):
         total += len(img.read_at(off, length))
     buf = bytearray(4096 + 7)
@@ -1658,7 +1661,7 @@ class Workspace:
 
 
 def field_ops(
-    sf: SeedFile, changes: dict[str, int | bytes], *, fix: bool = True
+    sf: SeedFile, changes: Mapping[str, int | bytes], *, fix: bool = True
 ) -> list[dict[str, Any]]:
     """Mutation operations that set catalogued fields of ``sf`` by name (for regression
     tests: a mutation described by field names survives changes of the seed layout).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 from pyvhdx.bat import chunk_ratio, vhdx_bat_entry_count, vhdx_payload_index
@@ -115,7 +116,7 @@ def parent_locator_bytes(kv: dict[str, str]) -> bytes:
         entries += PARENT_LOCATOR_ENTRY.build(
             dict(key_offset=koff, value_offset=voff, key_length=len(k), value_length=len(v))
         )
-    head = PARENT_LOCATOR_HEADER.build(
+    head: bytes = PARENT_LOCATOR_HEADER.build(
         dict(locator_type=PARENT_LOCATOR_TYPE_VHDX, reserved=0, key_value_count=len(kv))
     )
     return head + entries + blob
@@ -129,7 +130,7 @@ def build_vhdx(
     logical_sector_size: int = 512,
     physical_sector_size: int = 4096,
     disk_type: str = "dynamic",
-    states: dict[int, int] | None = None,
+    states: Mapping[int, int] | None = None,
     parent_locator: dict[str, str] | None = None,
     extra_metadata: list[tuple[uuid.UUID, bytes, int]] | None = None,
     creator: str = "pyvhdx tests",
@@ -177,17 +178,17 @@ def build_vhdx(
     chunks: dict[int, bytearray] = {}
     for b, bits in (sector_bitmaps or {}).items():
         assert len(bits) == per_block
-        chunk = b // ratio
-        bitmap = chunks.setdefault(chunk, bytearray(MiB))
+        chunk_index = b // ratio
+        bitmap = chunks.setdefault(chunk_index, bytearray(MiB))
         first = (b % ratio) * per_block
         for i, bit in enumerate(bits):
             if bit:
                 pos = first + i
                 bitmap[pos // 8] |= 1 << (pos % 8)
-    for chunk, bitmap in chunks.items():
+    for chunk_index, bitmap in chunks.items():
         offset = len(out)
         out += bitmap
-        idx = (chunk + 1) * ratio + chunk
+        idx = (chunk_index + 1) * ratio + chunk_index
         bat[8 * idx : 8 * idx + 8] = (offset | 6).to_bytes(8, "little")
 
     # metadata region

@@ -202,7 +202,7 @@ def _save(
     if seen[key] > per_signature:
         return None
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    d = out / result["status"] / digest / f"case-{case_id}"
+    d: Path = out / result["status"] / digest / f"case-{case_id}"
     (d / "pristine").mkdir(parents=True, exist_ok=True)
     seed = seeds[mutation["seed"]]
     for f in seed.files:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,7 +27,9 @@ writes = st.lists(
     fmt=st.sampled_from([("vhdx", 512), ("vhdx", 4096), ("vhd", 512)]),
     levels=st.lists(writes, min_size=2, max_size=4),
 )
-def test_chain_levels_match_their_models(fmt: tuple[str, int], levels: list) -> None:  # type: ignore[type-arg]
+def test_chain_levels_match_their_models(
+    fmt: tuple[str, int], levels: list[list[tuple[int, int, int]]]
+) -> None:
     ext, sector = fmt
     with tempfile.TemporaryDirectory() as d:
         paths: list[Path] = []
@@ -35,7 +38,7 @@ def test_chain_levels_match_their_models(fmt: tuple[str, int], levels: list) -> 
         for level, level_writes in enumerate(levels):
             path = Path(d) / f"l{level}.{ext}"
             if level == 0:
-                kw = {"logical_sector_size": sector} if ext == "vhdx" else {}
+                kw: dict[str, Any] = {"logical_sector_size": sector} if ext == "vhdx" else {}
                 pyvhdx.create(path, SIZE, block_size=MiB, **kw)
             else:
                 pyvhdx.create(path, parent=paths[-1])

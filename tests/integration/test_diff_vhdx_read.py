@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -190,12 +191,12 @@ def test_locators_never_leave_the_child_directory(tmp_path: Path) -> None:
 
 
 def test_realworld_differencing_without_parent(
-    realworld_image: object, expected_images: list
-) -> None:  # type: ignore[type-arg]
+    realworld_image: Any, expected_images: list[dict[str, Any]]
+) -> None:
     entry = next(
         e for e in expected_images if e["file"] == "dissect.hypervisor/differencing.avhdx.gz"
     )
-    path = realworld_image(entry)  # type: ignore[operator]
+    path = realworld_image(entry)
     with pytest.raises(ParentError) as err:
         pyvhdx.open(path)
     assert err.value.tried and "Generation 1_49C4BAF3" in err.value.tried[0]

@@ -84,7 +84,7 @@ def test_cli_output_like_sha256sum(
 
 # -- qemu-img as the oracle -----------------------------------------------------------------
 
-QEMU_CASES = [
+QEMU_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("vhdx", {"subformat": "dynamic", "block_size": "1M"}, "mixed"),
     ("vhdx", {"subformat": "dynamic"}, "half"),  # 32 MiB blocks, mostly unallocated
     ("vhdx", {"subformat": "fixed", "block_size": "2M"}, "mixed"),

@@ -15,7 +15,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import pytest
@@ -27,6 +27,7 @@ from pyvhdx.errors import PyvhdxError
 from pyvhdx.inspect import inspect_image as inspect_image_fn
 from pyvhdx.inspect import merge_intervals, scan_nonzero
 from pyvhdx.source import FileSource
+from pyvhdx.vhdx import VHDXFile
 from tests.conftest import (
     MiB,
     load_expected,
@@ -43,7 +44,7 @@ DIFFERENCING = "dissect.hypervisor/differencing.avhdx.gz"
 BAD_FOOTER = "dfvfs/image.vhd"
 
 
-def inspect_image(path: Path | str, **kw: Any) -> dict[str, Any]:
+def inspect_image(path: str | os.PathLike[str] | BinaryIO, **kw: Any) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pyvhdx.errors.PyvhdxWarning)
         return inspect_image_fn(path, **kw)
@@ -73,7 +74,7 @@ def test_log_replay_image_lists_entries_and_active_sequence(
     path = realworld_image(entry(LOG_REPLAY))
     report = cli_json(capsys, str(path))
     with pyvhdx.open(path) as img:
-        state = img.handler.log_state
+        state = cast(VHDXFile, img.handler).log_state
         header_copy = img.handler.header_copy
     assert state is not None and state.active
 

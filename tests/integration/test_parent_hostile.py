@@ -212,6 +212,7 @@ def test_self_parent(tmp_path: Path, fmt: str, guard: OpenGuard) -> None:
         h = pyvhdx.open(child, resolve_parent=False)
         me = h.handler.identifier
         h.close()
+        assert me is not None
         vhd_child(child, str(me), locators(fmt, f"self{ext}"), name=f"self{ext}")
         # the footer's Unique Id changed with the rebuild: set it back to ``me``
         raw = bytearray(child.read_bytes())

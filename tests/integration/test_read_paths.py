@@ -28,7 +28,7 @@ pytestmark = pytest.mark.oracle
 
 SIZE = 16 * MiB + 4096
 
-KINDS = {
+KINDS: dict[str, tuple[str, dict[str, object]]] = {
     "vhdx-dynamic-1M": ("vhdx", {"subformat": "dynamic", "block_size": "1M"}),
     "vhdx-fixed": ("vhdx", {"subformat": "fixed", "block_state_zero": False, "block_size": "1M"}),
     "vhd-dynamic": ("vpc", {"subformat": "dynamic", "force_size": True}),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def base_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
 def run(path: Path, crash_at: int | None, lose: bool) -> int:
     f = CrashFile(path, crash_at, lose_unflushed=lose)
     try:
-        img = pyvhdx.open(f, "r+")
+        img = pyvhdx.open(cast(BinaryIO, f), "r+")
         for off, data in scenario():
             img.write_at(off, data)
         img.close()

@@ -111,7 +111,7 @@ CASES = [
 def test_write_model(fmt: str, disk_type: str) -> None:
     from hypothesis.stateful import run_state_machine_as_test
 
-    run_state_machine_as_test(
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
         make_machine(fmt, disk_type),
         settings=settings(max_examples=25, stateful_step_count=20, deadline=None),
     )

@@ -156,7 +156,8 @@ def test_vhdx_block_just_below_off_t_limit(tmp_path: Path, state: int) -> None:
     OSError (EINVAL from pread). Such a block is now outside any file.
     """
     seed, target = case(tmp_path, "vhdx-dynamic-512", {"bat[0](payload0)": (1 << 63) - MiB | state})
-    for kw in ({}, {"salvage": True}):
+    variants: tuple[dict[str, Any], ...] = ({}, {"salvage": True})
+    for kw in variants:
         with pytest.raises(pyvhdx.InvalidImageError, match="outside the data area"):
             pyvhdx.open(target, **kw)
     # check.py had the same overflow: the block passed its end-of-file test
