@@ -319,6 +319,7 @@ class VHDFile(FormatHandler):
         self.bulk = False
         self._alloc_end: int | None = None  # where the next new block goes
         self._full_bitmaps: set[int] = set()  # blocks whose sector bitmap is all ones
+        self._layout_checked = False  # block layout verified for writing (first write)
         self.format = ImageFormat.VHD
         self.logical_sector_size = VHD_SECTOR_SIZE
         self.physical_sector_size = VHD_SECTOR_SIZE
@@ -865,6 +866,8 @@ class VHDFile(FormatHandler):
         if self.disk_type is DiskType.FIXED:
             self.source.pwrite(data, offset)
             return
+        if not self._layout_checked:
+            self._check_layout_for_writing()
         if self.disk_type is DiskType.DIFFERENCING:
             self._write_differencing(offset, data)
             return
@@ -901,6 +904,76 @@ class VHDFile(FormatHandler):
             for block, pos in placed.items():
                 table.set_code(block, pos + self.bitmap_size)
                 self._full_bitmaps.add(block)
+
+    def _check_layout_for_writing(self) -> None:
+        """Refuse to write into an image whose blocks share file space.
+
+        Reading such an image is allowed (``check`` reports it), but a write into
+        a block that overlaps another block or the metadata (the footer copy at
+        offset 0, the dynamic header, the BAT, parent locator data, the footer)
+        would change that too. Run once, before the first write of a session,
+        over the raw BAT entries (block bitmap plus the part of the data inside
+        the disk).
+
+        Raises:
+            InvalidImageError: naming the BAT entry of the first such block.
+        """
+        assert self.table_offset is not None and self.block_size is not None
+        assert self.bitmap_size is not None and self.dynamic_header_offset is not None
+        assert self.max_table_entries is not None
+        count = self.table.block_count
+        parts_i: list[np.ndarray] = []
+        parts_s: list[np.ndarray] = []
+        step = 1 << 16
+        for first in range(0, count, step):
+            n = min(step, count - first)
+            data = self.source.read_exact(self.table_offset + 4 * first, 4 * n, "VHD BAT")
+            raw = np.frombuffer(data, dtype=">u4")
+            idx = np.flatnonzero(raw != np.uint32(VHD_BAT_UNUSED))
+            parts_i.append(idx.astype(np.int64) + first)
+            parts_s.append(raw[idx].astype(np.int64) * VHD_SECTOR_SIZE)
+        if not parts_i or not sum(p.size for p in parts_i):
+            self._layout_checked = True
+            return
+        blocks = np.concatenate(parts_i)
+        starts = np.concatenate(parts_s)
+        inside = np.minimum(self.block_size, self.virtual_size - blocks * self.block_size)
+        ends = starts + self.bitmap_size + np.maximum(inside, 0)
+        reserved = [
+            (self.dynamic_header_offset, VHD_DYNAMIC_HEADER_SIZE, "dynamic header"),
+            (self.table_offset, 4 * self.max_table_entries, "BAT"),
+            (self.data_end, VHD_SECTOR_SIZE, "footer"),
+            (0, VHD_SECTOR_SIZE, "footer copy"),
+        ]
+        for loc in self.parent_locators:
+            if loc.data_length:
+                reserved.append((loc.data_offset, loc.data_length, "parent locator data"))
+
+        bat_offset = self.table_offset
+
+        def refuse(i: int, what: str) -> InvalidImageError:
+            block = int(blocks[i])
+            return InvalidImageError(
+                f"block {block} at {int(starts[i]):#x} shares file space with {what}; "
+                "writing into this image would change both (pyvhdx check reports it)",
+                structure="VHD BAT",
+                field=f"BAT[{block}]",
+                offset=bat_offset + 4 * block,
+            )
+
+        for r_start, r_len, what in reserved:
+            hit = np.flatnonzero((starts < r_start + r_len) & (ends > r_start))
+            if hit.size:
+                raise refuse(int(hit[0]), f"the {what} at {r_start:#x}+{r_len:#x}")
+        order = np.argsort(starts, kind="stable")
+        s_sorted, e_sorted = starts[order], ends[order]
+        reach = np.maximum.accumulate(e_sorted)
+        clash = np.flatnonzero(s_sorted[1:] < reach[:-1])
+        if clash.size:
+            k = int(clash[0]) + 1
+            mate = int(order[int(np.flatnonzero(e_sorted[:k] > s_sorted[k])[0])])
+            raise refuse(int(order[k]), f"block {int(blocks[mate])} at {int(starts[mate]):#x}")
+        self._layout_checked = True
 
     def _sync(self) -> None:
         if not self.bulk:

@@ -191,3 +191,45 @@ def test_log_extending_the_file_far_does_not_size_the_work(tmp_path: Path) -> No
     inspect_image(target)
     result = run_case(target.parent, seed, time_limit=10.0)
     assert result.status == "ok" and result.seconds < 5
+
+
+def _bat(sf: Any, i: int) -> int:
+    f = next(f for f in sf.fields if f.name == f"bat[{i}]")
+    return int.from_bytes(sf.data[f.offset : f.offset + f.width], "big")
+
+
+@pytest.mark.parametrize(
+    ("seed_name", "block", "mate", "what"),
+    [
+        ("vhd-dynamic", 0, 2, "block 0"),  # two blocks at one offset
+        ("vhd-diff", 2, 1, "block 1"),  # an unallocated entry pointed at another block
+        ("vhd-dynamic", 0, None, "dynamic header"),  # a block over the dynamic header
+    ],
+)
+def test_vhd_write_into_shared_file_space_is_refused(
+    tmp_path: Path, seed_name: str, block: int, mate: int | None, what: str
+) -> None:
+    """vhd.py (found by ``tools/fuzz.py --write``): a write into a block that shares
+    file space with another block (or the metadata) changed both: the bytes written
+    did not read back. Now the first write refuses, naming the BAT entry, and the
+    file stays as it was."""
+
+    def ops(sf: Any) -> list[dict[str, Any]]:
+        value = _bat(sf, mate) if mate is not None else 1  # sector 1: the dynamic header
+        return field_ops(sf, {f"bat[{block}]": value})
+
+    seed, target = mutated_case(tmp_path, seed_name, ops)
+    before = target.read_bytes()
+    with pyvhdx.open(target, "r+") as img:
+        bs = img.block_size
+        assert bs is not None
+        with pytest.raises(pyvhdx.InvalidImageError, match=what) as err:
+            img.write_at(block * bs + 4096, b"\x5a" * 4096)
+        assert err.value.structure == "VHD BAT"
+        assert err.value.field is not None and err.value.field.startswith("BAT[")
+    assert target.read_bytes() == before
+    with pyvhdx.open(target) as img:  # reading stays possible
+        img.read_at(block * bs, 4096)
+    assert not check_image(target).ok
+    result = run_case(target.parent, seed, pristine=tmp_path / "pristine" / seed.target, write=True)
+    assert result.status == "ok", [e["traceback"] for e in result.escapes]
