@@ -1515,6 +1515,72 @@ def _extents(it: Iterator[Any]) -> int:
     return n
 
 
+class WriteMismatch(AssertionError):
+    """Bytes written through ``r+`` did not read back (a wrong result, not an error)."""
+
+
+def _write_case(directory: Path, seed: Seed, rng: random.Random) -> int:
+    """Open a copy of the case ``r+``, write, close, reopen and read the writes back.
+
+    The case's files are copied first (the seed's own copy must stay as it is).
+    A write the image refuses must raise a pyvhdx error; one it accepts must read
+    back, before and after close, from the same open and from a fresh one. An r+
+    open that is refused must not have changed any file.
+    """
+    import pyvhdx
+
+    work = directory / "rw"
+    work.mkdir(exist_ok=True)
+    for f in seed.files:
+        src = directory / f.name
+        if src.exists():
+            shutil.copyfile(src, work / f.name)
+    target = work / seed.target
+    done: list[tuple[int, bytes]] = []
+    before = {p.name: p.read_bytes() for p in work.iterdir()}
+    try:
+        img = pyvhdx.open(target, "r+")
+    except pyvhdx.PyvhdxError:
+        # refusing to open for writing must leave every file as it was
+        for name, data in before.items():
+            if (work / name).read_bytes() != data:
+                raise WriteMismatch(f"a refused r+ open changed {name}") from None
+        raise
+    with img:
+        vs = img.virtual_size
+        sector = img.logical_sector_size or 512
+        plan = [(0, sector), (max(0, vs - sector), sector)]
+        for _ in range(3):
+            off = rng.randint(0, max(0, vs - 1))
+            n = rng.choice((1, sector, 4096 + 17, 65536, MiB + 512))
+            if rng.random() < 0.5:
+                off -= off % sector
+                n = max(sector, n - n % sector)
+            plan.append((off, n))
+        for off, n in plan:
+            n = max(0, min(n, vs - off))
+            if n == 0:
+                continue
+            data = _pattern(n, rng.randint(1, 1 << 30))
+            img.write_at(off, data)
+            done.append((off, data))
+            if img.read_at(off, n) != data:
+                raise WriteMismatch(f"read after write at {off:#x}+{n} differs (same open)")
+        with contextlib.suppress(pyvhdx.PyvhdxError):
+            img.write_at(vs, b"x")  # past the end: an error, never a write
+            raise WriteMismatch("a write past the end of the disk was accepted")
+    with pyvhdx.open(target) as again:
+        for i, (off, data) in enumerate(done):
+            want = bytearray(data)  # this write, as the later ones left it
+            for later_off, later in done[i + 1 :]:
+                lo, hi = max(off, later_off), min(off + len(data), later_off + len(later))
+                if lo < hi:
+                    want[lo - off : hi - off] = later[lo - later_off : hi - later_off]
+            if again.read_at(off, len(want)) != want:
+                raise WriteMismatch(f"written bytes at {off:#x}+{len(want)} differ after reopening")
+    return len(done)
+
+
 def run_case(
     directory: Path,
     seed: Seed,
@@ -1524,6 +1590,7 @@ def run_case(
     time_limit: float = 10.0,
     convert: bool = True,
     light: bool = False,
+    write: bool = False,
 ) -> CaseResult:
     """Run every operation on the (mutated) seed files in ``directory``.
 
@@ -1535,6 +1602,7 @@ def run_case(
         time_limit: seconds for the whole case (0: unbounded).
         convert: also convert the image (into ``directory / "out"``).
         light: skip the expensive variants (strict and salvage opens, stream reads).
+        write: also open a copy ``r+``, write, and read the writes back.
     """
     import pyvhdx
     from pyvhdx.check import check_image
@@ -1608,6 +1676,9 @@ def run_case(
                     shutil.rmtree(out, ignore_errors=True)
             for img in opened:
                 run.op("close", img.close)
+            if write:
+                run.op("write-r+", lambda: _write_case(directory, seed, rng))
+                shutil.rmtree(directory / "rw", ignore_errors=True)
     except CaseTimeout as exc:
         result.status = "hang"
         run._escape("timeout", exc, "hang")

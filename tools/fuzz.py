@@ -103,6 +103,7 @@ def _worker(conn: Connection, seeds: Any, opts: dict[str, Any]) -> None:
                     rng_seed=rng_seed,
                     time_limit=opts["time_limit"],
                     convert=not opts["no_convert"],
+                    write=opts["write"],
                 ).to_dict()
             except MemoryError:
                 result = {"status": "memory", "outcomes": [], "seconds": 0.0, "escapes": [
@@ -244,6 +245,7 @@ def campaign(args: argparse.Namespace, seeds: Any) -> int:
         "memory_mb": args.memory_mb,
         "coverage": args.coverage,
         "no_convert": args.no_convert,
+        "write": args.write,
         "scratch": scratch,
     }
 
@@ -404,6 +406,7 @@ def replay(args: argparse.Namespace) -> int:
             pristine=work / "pristine" / record["target"],
             rng_seed=record["rng-seed"],
             time_limit=args.time_limit,
+            write=args.write,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -516,6 +519,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", help="fuzz only this seed (repeatable)")
     p.add_argument("--no-qemu", action="store_true", help="no qemu-img seeds")
     p.add_argument("--no-convert", action="store_true", help="skip the conversions")
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help="also open a copy r+, write, and check the writes read back",
+    )
     p.add_argument("--coverage", action="store_true",
                    help="count the branches of src/pyvhdx reached (slower)")  # fmt: skip
     p.add_argument("--atheris", action="store_true", help="coverage-guided mode with atheris")
