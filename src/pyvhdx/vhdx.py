@@ -290,6 +290,8 @@ class _VHDXWriter:
         raise NotImplementedError
 
     bat_offset: int
+    bat_entry_count: int
+    reserved_spans: list[tuple[int, int, str]]
     disk_type: DiskType
 
     parent_reader: Any = None  # DiskImage.readinto_at of the parent, set by attach_parent
@@ -338,8 +340,75 @@ class _VHDXWriter:
         """First write of this open: new FileWriteGuid and DataWriteGuid (2.2.2)."""
         if self._session_started:
             return
+        self._check_layout_for_writing()
         self._update_headers(file_write_guid=uuid.uuid4(), data_write_guid=uuid.uuid4())
         self._session_started = True
+
+    def _check_layout_for_writing(self) -> None:
+        """Refuse to write into an image whose blocks share file space.
+
+        Reads check overlaps within each decoded chunk of the BAT; before the
+        first write every present payload block (the part inside the disk) and,
+        in a differencing disk, every present sector bitmap block is checked
+        against all the others and against the headers, regions, log and
+        metadata (SPEC-NOTES pitfall 10): a write into shared space would change
+        both owners.
+
+        Raises:
+            InvalidImageError: naming the BAT entry of the first such block.
+        """
+        ratio = self.chunk_ratio
+        bs = self.payload_block_size
+        differencing = self.disk_type is DiskType.DIFFERENCING
+        idx_parts: list[np.ndarray] = []
+        start_parts: list[np.ndarray] = []
+        end_parts: list[np.ndarray] = []
+        step = 1 << 16
+        for first in range(0, self.bat_entry_count, step):
+            n = min(step, self.bat_entry_count - first)
+            raw = np.frombuffer(
+                self.source.read_exact(self.bat_offset + 8 * first, 8 * n, "BAT"), dtype="<u8"
+            )
+            index = np.arange(first, first + n, dtype=np.int64)
+            state = (raw & np.uint64(7)).astype(np.int64)
+            offset = (raw & np.uint64(0xFFFFFFFFFFF00000)).astype(np.int64)
+            is_sb = (index + 1) % (ratio + 1) == 0
+            block = index - index // (ratio + 1)
+            inside = np.clip(self.virtual_size - block * bs, 0, bs)
+            payload = ~is_sb & (state >= PayloadState.FULLY_PRESENT)
+            bitmap = is_sb & (state == SectorBitmapState.PRESENT) if differencing else is_sb & False
+            keep = np.flatnonzero(payload | bitmap)
+            idx_parts.append(index[keep])
+            start_parts.append(offset[keep])
+            end_parts.append(offset[keep] + np.where(is_sb[keep], MiB, inside[keep]))
+        index = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)
+        if not index.size:
+            return
+        starts = np.concatenate(start_parts)
+        ends = np.concatenate(end_parts)
+
+        def refuse(i: int, what: str) -> InvalidImageError:
+            return InvalidImageError(
+                f"BAT entry {int(index[i])} at {int(starts[i]):#x} shares file space with "
+                f"{what}; writing into this image would change both (pyvhdx check reports it)",
+                structure="BAT",
+                field=f"entry {int(index[i])}",
+                offset=self.bat_offset + 8 * int(index[i]),
+            )
+
+        spans = [(0, VHDX_HEADER_AREA_SIZE, "header area"), *self.reserved_spans]
+        for r_start, r_len, what in spans:
+            hit = np.flatnonzero((starts < r_start + r_len) & (ends > r_start))
+            if hit.size:
+                raise refuse(int(hit[0]), f"the {what} at {r_start:#x}+{r_len:#x}")
+        order = np.argsort(starts, kind="stable")
+        s_sorted, e_sorted = starts[order], ends[order]
+        reach = np.maximum.accumulate(e_sorted)
+        clash = np.flatnonzero((s_sorted[1:] < reach[:-1]) & (e_sorted[1:] > s_sorted[1:]))
+        if clash.size:
+            k = int(clash[0]) + 1
+            mate = int(order[int(np.flatnonzero(e_sorted[:k] > s_sorted[k])[0])])
+            raise refuse(int(order[k]), f"BAT entry {int(index[mate])} at {int(starts[mate]):#x}")
 
     # -- replaying a pending log onto the file ----------------------------------
 

@@ -233,3 +233,33 @@ def test_vhd_write_into_shared_file_space_is_refused(
     assert not check_image(target).ok
     result = run_case(target.parent, seed, pristine=tmp_path / "pristine" / seed.target, write=True)
     assert result.status == "ok", [e["traceback"] for e in result.escapes]
+
+
+def test_vhdx_write_into_space_shared_across_bat_chunks_is_refused(tmp_path: Path) -> None:
+    """vhdx.py: reads check block overlaps within each decoded BAT chunk (4096
+    blocks), so two blocks in different chunks at one file offset read fine; a
+    write into either would change both. The first write now checks the whole
+    table and refuses, naming the BAT entry; the file stays as it was."""
+    path = tmp_path / "shared.vhdx"
+    far = 5000  # in the second chunk of 4096 blocks
+    pyvhdx.create(path, (far + 8) * MiB, block_size=MiB)
+    with pyvhdx.open(path, "r+") as img:
+        img.write_at(0, b"\x11" * 4096)
+        img.write_at(far * MiB, b"\x22" * 4096)
+        h: Any = img.handler
+        bat, ratio = h.bat_offset, h.chunk_ratio
+    with path.open("r+b") as f:
+        f.seek(bat)
+        entry0 = f.read(8)
+        f.seek(bat + 8 * (far + far // ratio))
+        f.write(entry0)  # block `far` now points at block 0's data
+    before = path.read_bytes()
+    with pyvhdx.open(path) as img:  # each chunk alone is consistent: reads work
+        assert img.read_at(far * MiB, 4096) == b"\x11" * 4096
+    with pyvhdx.open(path, "r+") as img:
+        with pytest.raises(pyvhdx.InvalidImageError, match="shares file space") as err:
+            img.write_at(far * MiB, b"\x33" * 4096)
+        assert err.value.structure == "BAT"
+        assert err.value.offset == bat + 8 * (far + far // ratio)
+    assert path.read_bytes() == before
+    assert not check_image(path).ok
