@@ -263,6 +263,12 @@ def build_log_entry(
     return bytes(out)
 
 
+_U64_MAX = (1 << 64) - 1
+# An r+ open refuses a header sequence number this close to 2**64: the updates
+# of a session (two per header update) could not all be numbered.
+_MAX_WRITABLE_SEQUENCE = _U64_MAX - (1 << 32)
+
+
 class _VHDXWriter:
     """The write side of :class:`VHDXFile` (mixed in; state lives on the file object).
 
@@ -304,6 +310,15 @@ class _VHDXWriter:
         self._log_seq = 0
         self._log_pos = 0
         self._log_guid = NIL_GUID
+        if self.header["sequence_number"] > _MAX_WRITABLE_SEQUENCE:
+            # each header update adds 2: a session could wrap the u64 (MS-VHDX 2.2.2)
+            raise InvalidImageError(
+                f"header SequenceNumber {self.header['sequence_number']:#x} is too close to "
+                "2**64 for writes: updating the headers would wrap it",
+                structure=f"header {self.header_copy or 1}",
+                field="SequenceNumber",
+                offset=VHDX_HEADER_OFFSETS[(self.header_copy or 1) - 1] + 8,
+            )
         if self.source.overlay is not None:
             self._commit_overlay()
 
@@ -321,6 +336,13 @@ class _VHDXWriter:
         h = dict(self.header)
         h.update(changes)
         current = self.header_copy or 1
+        if h["sequence_number"] + 2 > _U64_MAX:
+            raise InvalidImageError(
+                f"header SequenceNumber {h['sequence_number']:#x} cannot grow further",
+                structure=f"header {current}",
+                field="SequenceNumber",
+                offset=VHDX_HEADER_OFFSETS[current - 1] + 8,
+            )
         for slot in (3 - current, current):
             h["sequence_number"] += 1
             raw = vhdx_header(

@@ -263,3 +263,21 @@ def test_vhdx_write_into_space_shared_across_bat_chunks_is_refused(tmp_path: Pat
         assert err.value.offset == bat + 8 * (far + far // ratio)
     assert path.read_bytes() == before
     assert not check_image(path).ok
+
+
+@pytest.mark.parametrize("sequence", [(1 << 64) - 2, (1 << 64) - (1 << 32) + 1])
+def test_vhdx_header_sequence_number_near_u64_max(tmp_path: Path, sequence: int) -> None:
+    """vhdx.py (found by ``tools/fuzz.py --write``): a header SequenceNumber near
+    2**64 overflowed the u64 when a write updated the headers (construct's
+    FormatFieldError). An r+ open now refuses it, naming the field, before
+    writing anything; reading is unaffected."""
+    seed, target = case(tmp_path, "vhdx-dynamic-512", {"header2.sequence_number": sequence})
+    before = target.read_bytes()
+    with pyvhdx.open(target) as img:
+        img.read_at(0, 4096)
+    with pytest.raises(pyvhdx.InvalidImageError, match="SequenceNumber") as err:
+        pyvhdx.open(target, "r+")
+    assert err.value.field == "SequenceNumber"
+    assert target.read_bytes() == before
+    result = run_case(target.parent, seed, pristine=tmp_path / "pristine" / seed.target, write=True)
+    assert result.status == "ok", [e["traceback"] for e in result.escapes]
