@@ -15,16 +15,14 @@ import pytest
 
 import pyvhdx
 from pyvhdx.compare import compare_images
-from tests.conftest import find_qemu_img, make_raw, qemu_convert
+from tests.conftest import find_qemu_img, make_raw, qemu_convert, sha256_of_stream
 
 MiB = 1 << 20
 
 
 def digest(path: Path) -> str:
-    with pyvhdx.open(path) as img:
-        # hashlib.file_digest is Python >= 3.11; mypy checks as 3.10 (python_version)
-        hexdigest: str = hashlib.file_digest(img.stream(), "sha256").hexdigest()  # type: ignore[attr-defined]
-        return hexdigest
+    with pyvhdx.open(path) as img, img.stream() as stream:
+        return sha256_of_stream(stream)
 
 
 @pytest.fixture(scope="module")
