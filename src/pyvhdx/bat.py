@@ -427,6 +427,32 @@ def lost_ranges(
     return out
 
 
+def shared_space(
+    starts: I64, ends: I64, spans: list[tuple[int, int, str]]
+) -> tuple[int, int | None, str] | None:
+    """The first of the file ranges ``[starts, ends)`` that shares space, if any.
+
+    Checks each range against the ``(start, length, name)`` spans (metadata
+    that blocks may not cover), then all ranges against each other (sorted by
+    start, a range overlaps an earlier one when it starts before the furthest
+    end so far). Returns ``(position, partner position, "")`` for two ranges,
+    ``(position, None, description)`` for a range over a span, else None.
+    """
+    for span_start, span_len, name in spans:
+        hit = np.flatnonzero((starts < span_start + span_len) & (ends > span_start))
+        if hit.size:
+            return int(hit[0]), None, f"the {name} at {span_start:#x}+{span_len:#x}"
+    order = np.argsort(starts, kind="stable")
+    s, e = starts[order], ends[order]
+    reach = np.maximum.accumulate(e)
+    clash = np.flatnonzero((s[1:] < reach[:-1]) & (e[1:] > s[1:]))
+    if not clash.size:
+        return None
+    k = int(clash[0]) + 1
+    mate = int(order[int(np.flatnonzero(e[:k] > s[k])[0])])
+    return int(order[k]), mate, ""
+
+
 def coalesce(vstart: I64, lens: I64, kinds: U8, fo: I64) -> Runs:
     """Merge adjacent runs of the same kind (and, for DATA, contiguous in the file)."""
     n = vstart.shape[0]

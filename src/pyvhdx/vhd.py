@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .base import FormatHandler
-from .bat import CODE_PARTIAL, I64, BlockTable, decode_vhd_bat
+from .bat import CODE_PARTIAL, I64, BlockTable, decode_vhd_bat, shared_space
 from .checksum import vhd_checksum
 from .constants import (
     VHD_BAT_UNUSED,
@@ -949,30 +949,19 @@ class VHDFile(FormatHandler):
             if loc.data_length:
                 reserved.append((loc.data_offset, loc.data_length, "parent locator data"))
 
-        bat_offset = self.table_offset
-
-        def refuse(i: int, what: str) -> InvalidImageError:
+        found = shared_space(starts, ends, reserved)
+        if found is not None:
+            i, mate, what = found
+            if mate is not None:
+                what = f"block {int(blocks[mate])} at {int(starts[mate]):#x}"
             block = int(blocks[i])
-            return InvalidImageError(
+            raise InvalidImageError(
                 f"block {block} at {int(starts[i]):#x} shares file space with {what}; "
                 "writing into this image would change both (pyvhdx check reports it)",
                 structure="VHD BAT",
                 field=f"BAT[{block}]",
-                offset=bat_offset + 4 * block,
+                offset=self.table_offset + 4 * block,
             )
-
-        for r_start, r_len, what in reserved:
-            hit = np.flatnonzero((starts < r_start + r_len) & (ends > r_start))
-            if hit.size:
-                raise refuse(int(hit[0]), f"the {what} at {r_start:#x}+{r_len:#x}")
-        order = np.argsort(starts, kind="stable")
-        s_sorted, e_sorted = starts[order], ends[order]
-        reach = np.maximum.accumulate(e_sorted)
-        clash = np.flatnonzero(s_sorted[1:] < reach[:-1])
-        if clash.size:
-            k = int(clash[0]) + 1
-            mate = int(order[int(np.flatnonzero(e_sorted[:k] > s_sorted[k])[0])])
-            raise refuse(int(order[k]), f"block {int(blocks[mate])} at {int(starts[mate]):#x}")
         self._layout_checked = True
 
     def _sync(self) -> None:

@@ -22,6 +22,7 @@ from .bat import (
     BlockTable,
     chunk_ratio,
     decode_vhdx_payload_entries,
+    shared_space,
     vhdx_bat_entry_count,
     vhdx_payload_index,
     vhdx_sector_bitmap_index,
@@ -409,28 +410,19 @@ class _VHDXWriter:
         starts = np.concatenate(start_parts)
         ends = np.concatenate(end_parts)
 
-        def refuse(i: int, what: str) -> InvalidImageError:
-            return InvalidImageError(
+        spans = [(0, VHDX_HEADER_AREA_SIZE, "header area"), *self.reserved_spans]
+        found = shared_space(starts, ends, spans)
+        if found is not None:
+            i, mate, what = found
+            if mate is not None:
+                what = f"BAT entry {int(index[mate])} at {int(starts[mate]):#x}"
+            raise InvalidImageError(
                 f"BAT entry {int(index[i])} at {int(starts[i]):#x} shares file space with "
                 f"{what}; writing into this image would change both (pyvhdx check reports it)",
                 structure="BAT",
                 field=f"entry {int(index[i])}",
                 offset=self.bat_offset + 8 * int(index[i]),
             )
-
-        spans = [(0, VHDX_HEADER_AREA_SIZE, "header area"), *self.reserved_spans]
-        for r_start, r_len, what in spans:
-            hit = np.flatnonzero((starts < r_start + r_len) & (ends > r_start))
-            if hit.size:
-                raise refuse(int(hit[0]), f"the {what} at {r_start:#x}+{r_len:#x}")
-        order = np.argsort(starts, kind="stable")
-        s_sorted, e_sorted = starts[order], ends[order]
-        reach = np.maximum.accumulate(e_sorted)
-        clash = np.flatnonzero((s_sorted[1:] < reach[:-1]) & (e_sorted[1:] > s_sorted[1:]))
-        if clash.size:
-            k = int(clash[0]) + 1
-            mate = int(order[int(np.flatnonzero(e_sorted[:k] > s_sorted[k])[0])])
-            raise refuse(int(order[k]), f"BAT entry {int(index[mate])} at {int(starts[mate]):#x}")
 
     # -- replaying a pending log onto the file ----------------------------------
 

@@ -159,3 +159,38 @@ def test_decode_states() -> None:
     diff = decode_vhdx_payload_entries(raw, differencing=True, **kw)  # type: ignore[arg-type]
     # NOT_PRESENT goes to the parent; ZERO and UNMAPPED never do (SPEC-NOTES pitfall 7)
     assert diff.tolist()[:5] == [CODE_PARENT, CODE_PARENT, CODE_ZERO, CODE_ZERO, CODE_ZERO]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ranges=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 40)), max_size=12),
+    spans=st.lists(st.tuples(st.integers(0, 240), st.integers(1, 30)), max_size=3),
+)
+def test_shared_space_matches_brute_force(
+    ranges: list[tuple[int, int]], spans: list[tuple[int, int]]
+) -> None:
+    """shared_space finds a clash exactly when one exists, and the one it names is real."""
+    from pyvhdx.bat import shared_space
+
+    starts = np.array([a for a, _ in ranges], dtype=np.int64)
+    ends = np.array([a + n for a, n in ranges], dtype=np.int64)
+    named = [(a, n, f"span{k}") for k, (a, n) in enumerate(spans)]
+
+    def hits(i: int, a: int, n: int) -> bool:
+        return bool(starts[i] < a + n and ends[i] > a)
+
+    def overlap(i: int, j: int) -> bool:
+        nonempty = ends[i] > starts[i] and ends[j] > starts[j]
+        return bool(nonempty and starts[i] < ends[j] and starts[j] < ends[i])
+
+    any_span = any(hits(i, a, n) for i in range(len(ranges)) for a, n, _ in named)
+    any_pair = any(overlap(i, j) for i in range(len(ranges)) for j in range(i))
+    found = shared_space(starts, ends, named)
+    assert (found is not None) == (any_span or any_pair)
+    if found is not None:
+        i, mate, what = found
+        if mate is None:
+            k = int(what.split()[1][4:])
+            assert hits(i, *named[k][:2])
+        else:
+            assert not any_span and i != mate and overlap(i, mate)
