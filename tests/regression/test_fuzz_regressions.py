@@ -281,3 +281,38 @@ def test_vhdx_header_sequence_number_near_u64_max(tmp_path: Path, sequence: int)
     assert target.read_bytes() == before
     result = run_case(target.parent, seed, pristine=tmp_path / "pristine" / seed.target, write=True)
     assert result.status == "ok", [e["traceback"] for e in result.escapes]
+
+
+@pytest.mark.parametrize(
+    ("seed_name", "changes", "what"),
+    [
+        # a partially present block over the BAT region, its sector bitmap present
+        (
+            "mixed-vhdx-on-vhd",
+            {"bat[1](payload1)": 0x300007, "bat[4096](sb0)": 0x200006},
+            "the BAT",
+        ),
+        # a partially present block over the log
+        ("vhdx-chain3", {"bat[0](payload0)": 0x100007, "bat[4096](sb0)": 0x200006}, "the log"),
+    ],
+)
+def test_vhdx_partial_block_over_metadata_write_refused(
+    tmp_path: Path, seed_name: str, changes: dict[str, int], what: str
+) -> None:
+    """vhdx.py (found by ``tools/fuzz.py --write``): a write into a partially
+    present block of a differencing VHDX that lies over the BAT or the log
+    (the read-time overlap check covers fully present blocks only) overwrote
+    that metadata, and the written bytes did not read back. The first write now
+    refuses, naming the BAT entry, and the file stays as it was."""
+    seed, target = case(tmp_path, seed_name, changes)
+    before = target.read_bytes()
+    with pyvhdx.open(target, "r+") as img:
+        bs = img.block_size
+        assert bs is not None
+        block = 1 if "payload1" in next(iter(changes)) else 0
+        with pytest.raises(pyvhdx.InvalidImageError, match=what) as err:
+            img.write_at(block * bs, b"\x5a" * 512)
+        assert err.value.structure == "BAT"
+    assert target.read_bytes() == before
+    result = run_case(target.parent, seed, pristine=tmp_path / "pristine" / seed.target, write=True)
+    assert result.status == "ok", [e["traceback"] for e in result.escapes]
