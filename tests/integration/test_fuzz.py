@@ -52,7 +52,8 @@ GROUPS = {
     "vhd": ["vhd-fixed", "vhd-dynamic", "vhd-diff"],
     "raw": ["raw"],
 }
-EXAMPLES = {"vhdx": 180, "vhdx-chain": 120, "vhd": 150, "raw": 20}
+GROUPS["write"] = GROUPS["vhdx"] + GROUPS["vhdx-chain"] + GROUPS["vhd"]
+EXAMPLES = {"vhdx": 180, "vhdx-chain": 120, "vhd": 150, "raw": 20, "write": 120}
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +64,15 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     yield Workspace(root / "work", seeds)
 
 
-def _fuzz(workspace: Workspace, group: str, data: st.DataObject) -> None:
+def _fuzz(workspace: Workspace, group: str, data: st.DataObject, *, write: bool = False) -> None:
     chooser = HypothesisChooser(data)
     name = chooser.choice(GROUPS[group])
     mutation = make_mutation(workspace.seeds, chooser, seed_name=name)
     rng_seed = chooser.randint(0, 1 << 16)
     with memory_bound(1 << 30):
-        result = workspace.run(mutation, rng_seed=rng_seed, time_limit=10.0, light=True)
+        result = workspace.run(
+            mutation, rng_seed=rng_seed, time_limit=10.0, light=True, write=write
+        )
     assert result.status == "ok", (
         f"{result.status} for mutation {json.dumps(mutation)} (rng_seed {rng_seed}):\n"
         + "\n".join(e["traceback"] for e in result.escapes)
@@ -108,6 +111,13 @@ def test_fuzz_vhd(workspace: Workspace, data: st.DataObject) -> None:
 @given(data=st.data())
 def test_fuzz_raw(workspace: Workspace, data: st.DataObject) -> None:
     _fuzz(workspace, "raw", data)
+
+
+@_settings("write")
+@given(data=st.data())
+def test_fuzz_writes(workspace: Workspace, data: st.DataObject) -> None:
+    """The same, plus an r+ open of a copy: writes read back, refusals change nothing."""
+    _fuzz(workspace, "write", data, write=True)
 
 
 # -- the harness itself: it must see what it is meant to catch ---------------------------
@@ -149,3 +159,34 @@ def test_harness_bounds_memory(workspace: Workspace, monkeypatch: pytest.MonkeyP
         result = workspace.run(_one(workspace), light=True)
     assert result.status == "memory"
     assert result.escapes[0]["type"] == "MemoryError"
+
+
+def test_harness_catches_a_lost_write(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyvhdx
+
+    monkeypatch.setattr(pyvhdx.DiskImage, "write_at", lambda self, offset, data: len(data))
+    result = workspace.run(_one(workspace), light=True, write=True)
+    assert result.status == "escape"
+    assert [e["type"] for e in result.escapes] == ["WriteMismatch"]
+
+
+def test_harness_catches_a_refused_open_that_wrote(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyvhdx
+
+    real_open = pyvhdx.open
+
+    def open_that_scribbles(path: object, mode: str = "r", **kw: object) -> object:
+        if mode == "r+":
+            with open(str(path), "r+b") as f:
+                f.write(b"X")
+            raise pyvhdx.InvalidImageError("refused", structure="test")
+        return real_open(path, mode, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pyvhdx, "open", open_that_scribbles)
+    result = workspace.run(_one(workspace), light=True, write=True)
+    assert result.status == "escape"
+    assert "refused r+ open changed" in result.escapes[0]["message"]
