@@ -1581,6 +1581,59 @@ def _write_case(directory: Path, seed: Seed, rng: random.Random) -> int:
     return len(done)
 
 
+def _digest(img: Any, size: int) -> str:
+    """SHA-256 of the first ``size`` bytes of ``img``."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for pos in range(0, size, 4 * MiB):
+        h.update(img.read_at(pos, min(4 * MiB, size - pos)))
+    return h.hexdigest()
+
+
+def _merge_case(directory: Path, seed: Seed) -> str:
+    """Merge a copy of a differencing target into its parent; the parent must then
+    read as the child's chain read before (both through pyvhdx). A refused merge
+    must leave a parent that still opens."""
+    import hashlib
+
+    import pyvhdx
+
+    work = directory / "mg"
+    work.mkdir(exist_ok=True)
+    for f in seed.files:
+        src = directory / f.name
+        if src.exists():
+            shutil.copyfile(src, work / f.name)
+    target = work / seed.target
+    with pyvhdx.open(target) as chain:
+        if chain.disk_type is not pyvhdx.DiskType.DIFFERENCING or chain.parent is None:
+            return "not a differencing chain"
+        if chain.virtual_size > READ_LIMIT:
+            return "too large"
+        parent = Path(chain.parent.name)
+        size = chain.virtual_size
+        want = _digest(chain, size)
+    parent_before = hashlib.sha256(parent.read_bytes()).hexdigest()
+    try:
+        pyvhdx.merge(target, keep_child=True)
+    except pyvhdx.PyvhdxError:
+        if hashlib.sha256(parent.read_bytes()).hexdigest() != parent_before:
+            try:  # a merge stopped midway: the parent must still open and read
+                with pyvhdx.open(parent, verify_parent=False) as p:
+                    p.read_at(0, 512)
+            except pyvhdx.PyvhdxError as exc:
+                raise WriteMismatch(f"a failed merge left {parent.name} unreadable") from exc
+        raise
+    with pyvhdx.open(parent) as merged:
+        got = _digest(merged, size)  # a smaller child leaves the parent's tail alone
+    if got != want:
+        raise WriteMismatch(
+            f"after merge {parent.name} reads {got[:16]}, the chain read {want[:16]}"
+        )
+    return got
+
+
 def run_case(
     directory: Path,
     seed: Seed,
@@ -1602,7 +1655,8 @@ def run_case(
         time_limit: seconds for the whole case (0: unbounded).
         convert: also convert the image (into ``directory / "out"``).
         light: skip the expensive variants (strict and salvage opens, stream reads).
-        write: also open a copy ``r+``, write, and read the writes back.
+        write: also open a copy ``r+``, write, and read the writes back; and
+            merge a copy of a differencing target into its parent.
     """
     import pyvhdx
     from pyvhdx.check import check_image
@@ -1679,6 +1733,8 @@ def run_case(
             if write:
                 run.op("write-r+", lambda: _write_case(directory, seed, rng))
                 shutil.rmtree(directory / "rw", ignore_errors=True)
+                run.op("merge", lambda: _merge_case(directory, seed))
+                shutil.rmtree(directory / "mg", ignore_errors=True)
     except CaseTimeout as exc:
         result.status = "hang"
         run._escape("timeout", exc, "hang")
