@@ -428,16 +428,22 @@ def lost_ranges(
 
 
 def shared_space(
-    starts: I64, ends: I64, spans: list[tuple[int, int, str]]
+    starts: I64, ends: I64, spans: list[tuple[int, int, str]], file_end: int | None = None
 ) -> tuple[int, int | None, str] | None:
     """The first of the file ranges ``[starts, ends)`` that shares space, if any.
 
-    Checks each range against the ``(start, length, name)`` spans (metadata
-    that blocks may not cover), then all ranges against each other (sorted by
-    start, a range overlaps an earlier one when it starts before the furthest
-    end so far). Returns ``(position, partner position, "")`` for two ranges,
-    ``(position, None, description)`` for a range over a span, else None.
+    Checks each range against ``file_end`` (a range past it would grow the
+    file, or could not be written at all), against the ``(start, length,
+    name)`` spans (metadata that blocks may not cover), then all ranges against
+    each other (sorted by start, a range overlaps an earlier one when it starts
+    before the furthest end so far). Returns ``(position, partner position,
+    "")`` for two ranges, ``(position, None, description)`` for a range past
+    the end or over a span, else None.
     """
+    if file_end is not None:
+        past = np.flatnonzero(ends > file_end)
+        if past.size:
+            return int(past[0]), None, f"nothing: it ends past the end of the file at {file_end:#x}"
     for span_start, span_len, name in spans:
         hit = np.flatnonzero((starts < span_start + span_len) & (ends > span_start))
         if hit.size:

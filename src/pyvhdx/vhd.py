@@ -949,7 +949,7 @@ class VHDFile(FormatHandler):
             if loc.data_length:
                 reserved.append((loc.data_offset, loc.data_length, "parent locator data"))
 
-        found = shared_space(starts, ends, reserved)
+        found = shared_space(starts, ends, reserved, file_end=self.data_end)
         if found is not None:
             i, mate, what = found
             if mate is not None:

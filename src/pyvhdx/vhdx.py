@@ -320,6 +320,16 @@ class _VHDXWriter:
                 field="SequenceNumber",
                 offset=VHDX_HEADER_OFFSETS[(self.header_copy or 1) - 1] + 8,
             )
+        current = self.header_copy or 1
+        if self.header["log_length"] < MiB:
+            # every BAT change goes through a log entry (MS-VHDX 2.3): no room, no writes
+            raise InvalidImageError(
+                f"header LogLength {self.header['log_length']:#x} leaves no room for the "
+                "log entries that writes go through",
+                structure=f"header {current}",
+                field="LogLength",
+                offset=VHDX_HEADER_OFFSETS[current - 1] + 68,
+            )
         if self.source.overlay is not None:
             self._commit_overlay()
 
@@ -411,7 +421,7 @@ class _VHDXWriter:
         ends = np.concatenate(end_parts)
 
         spans = [(0, VHDX_HEADER_AREA_SIZE, "header area"), *self.reserved_spans]
-        found = shared_space(starts, ends, spans)
+        found = shared_space(starts, ends, spans, file_end=self.source.physical_size)
         if found is not None:
             i, mate, what = found
             if mate is not None:

@@ -316,3 +316,51 @@ def test_vhdx_partial_block_over_metadata_write_refused(
     assert target.read_bytes() == before
     result = run_case(target.parent, seed, pristine=tmp_path / "pristine" / seed.target, write=True)
     assert result.status == "ok", [e["traceback"] for e in result.escapes]
+
+
+def test_vhdx_log_length_zero_refuses_writes(tmp_path: Path) -> None:
+    """vhdx.py (found by ``tools/fuzz.py --write``): with header LogLength 0 a
+    write's BAT change went into an empty log entry and never reached the BAT:
+    the data was lost on reopening. An r+ open now refuses, naming the field,
+    before writing anything; reading is unaffected."""
+    seed, target = case(tmp_path, "vhdx-dynamic-512", {"header2.log_length": 0})
+    before = target.read_bytes()
+    with pyvhdx.open(target) as img:
+        img.read_at(0, 4096)
+    with pytest.raises(pyvhdx.InvalidImageError, match="LogLength") as err:
+        pyvhdx.open(target, "r+")
+    assert err.value.field == "LogLength"
+    assert target.read_bytes() == before
+    result = run_case(target.parent, seed, pristine=tmp_path / "pristine" / seed.target, write=True)
+    assert result.status == "ok", [e["traceback"] for e in result.escapes]
+
+
+@pytest.mark.parametrize(
+    ("seed_name", "changes"),
+    [
+        # a fully present block at 2**63 - 2 MiB: pwrite EFBIG, ftruncate OverflowError
+        ("vhdx-diff-partial-4096", {"bat[0](payload0)": 0x7FFFFFFFFFE00006}),
+        ("vhdx-dynamic-512", {"bat[0](payload0)": 0x0000010000000006}),  # 1 TiB, past EOF
+        ("vhd-dynamic", {"bat[0]": 0x00FFFFFF}),  # sector 2**24 - 1, past EOF
+    ],
+)
+def test_write_into_block_past_end_of_file_refused(
+    tmp_path: Path, seed_name: str, changes: dict[str, int]
+) -> None:
+    """vhdx.py, vhd.py (found by ``tools/fuzz.py --write``): a present block whose
+    data lies past the end of the file reads as zeros, but a write into it grew
+    the file to that offset or failed with OSError/OverflowError. The first
+    write now refuses, naming the BAT entry; the file stays as it was."""
+    seed, target = case(tmp_path, seed_name, changes)
+    before = target.read_bytes()
+    # refused at the first write, or already at the open (a non-differencing VHDX
+    # counts such a block as truncated data: TruncatedImageError)
+    with (
+        pytest.raises(pyvhdx.InvalidImageError, match=r"past the end|file ends at") as err,
+        pyvhdx.open(target, "r+") as img,
+    ):
+        img.write_at(0, b"\x5a" * 512)
+    assert err.value.structure in ("BAT", "VHD BAT")
+    assert target.read_bytes() == before
+    result = run_case(target.parent, seed, pristine=tmp_path / "pristine" / seed.target, write=True)
+    assert result.status == "ok", [e["traceback"] for e in result.escapes]
