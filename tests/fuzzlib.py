@@ -1519,6 +1519,18 @@ class WriteMismatch(AssertionError):
     """Bytes written through ``r+`` did not read back (a wrong result, not an error)."""
 
 
+def _copy_case(directory: Path, seed: Seed, name: str) -> Path:
+    """Copy the case's files into ``directory / name`` (the seed's own copy must stay
+    as it is); return the copy of the target."""
+    work = directory / name
+    work.mkdir(exist_ok=True)
+    for f in seed.files:
+        src = directory / f.name
+        if src.exists():
+            shutil.copyfile(src, work / f.name)
+    return work / seed.target
+
+
 def _write_case(directory: Path, seed: Seed, rng: random.Random) -> int:
     """Open a copy of the case ``r+``, write, close, reopen and read the writes back.
 
@@ -1529,13 +1541,8 @@ def _write_case(directory: Path, seed: Seed, rng: random.Random) -> int:
     """
     import pyvhdx
 
-    work = directory / "rw"
-    work.mkdir(exist_ok=True)
-    for f in seed.files:
-        src = directory / f.name
-        if src.exists():
-            shutil.copyfile(src, work / f.name)
-    target = work / seed.target
+    target = _copy_case(directory, seed, "rw")
+    work = target.parent
     done: list[tuple[int, bytes]] = []
     before = {p.name: p.read_bytes() for p in work.iterdir()}
     try:
@@ -1599,13 +1606,7 @@ def _merge_case(directory: Path, seed: Seed) -> str:
 
     import pyvhdx
 
-    work = directory / "mg"
-    work.mkdir(exist_ok=True)
-    for f in seed.files:
-        src = directory / f.name
-        if src.exists():
-            shutil.copyfile(src, work / f.name)
-    target = work / seed.target
+    target = _copy_case(directory, seed, "mg")
     with pyvhdx.open(target) as chain:
         if chain.disk_type is not pyvhdx.DiskType.DIFFERENCING or chain.parent is None:
             return "not a differencing chain"

@@ -265,22 +265,28 @@ def test_vhdx_write_into_space_shared_across_bat_chunks_is_refused(tmp_path: Pat
     assert not check_image(path).ok
 
 
+def _r_plus_refused(tmp_path: Path, changes: dict[str, Any], field: str) -> None:
+    """An r+ open of the mutated vhdx-dynamic-512 seed raises an error naming
+    ``field`` and leaves the file as it was; a read-only open still reads."""
+    seed, target = case(tmp_path, "vhdx-dynamic-512", changes)
+    before = target.read_bytes()
+    with pyvhdx.open(target) as img:
+        img.read_at(0, 4096)
+    with pytest.raises(pyvhdx.InvalidImageError, match=field) as err:
+        pyvhdx.open(target, "r+")
+    assert err.value.field == field
+    assert target.read_bytes() == before
+    result = run_case(target.parent, seed, pristine=tmp_path / "pristine" / seed.target, write=True)
+    assert result.status == "ok", [e["traceback"] for e in result.escapes]
+
+
 @pytest.mark.parametrize("sequence", [(1 << 64) - 2, (1 << 64) - (1 << 32) + 1])
 def test_vhdx_header_sequence_number_near_u64_max(tmp_path: Path, sequence: int) -> None:
     """vhdx.py (found by ``tools/fuzz.py --write``): a header SequenceNumber near
     2**64 overflowed the u64 when a write updated the headers (construct's
     FormatFieldError). An r+ open now refuses it, naming the field, before
     writing anything; reading is unaffected."""
-    seed, target = case(tmp_path, "vhdx-dynamic-512", {"header2.sequence_number": sequence})
-    before = target.read_bytes()
-    with pyvhdx.open(target) as img:
-        img.read_at(0, 4096)
-    with pytest.raises(pyvhdx.InvalidImageError, match="SequenceNumber") as err:
-        pyvhdx.open(target, "r+")
-    assert err.value.field == "SequenceNumber"
-    assert target.read_bytes() == before
-    result = run_case(target.parent, seed, pristine=tmp_path / "pristine" / seed.target, write=True)
-    assert result.status == "ok", [e["traceback"] for e in result.escapes]
+    _r_plus_refused(tmp_path, {"header2.sequence_number": sequence}, "SequenceNumber")
 
 
 @pytest.mark.parametrize(
@@ -323,16 +329,7 @@ def test_vhdx_log_length_zero_refuses_writes(tmp_path: Path) -> None:
     write's BAT change went into an empty log entry and never reached the BAT:
     the data was lost on reopening. An r+ open now refuses, naming the field,
     before writing anything; reading is unaffected."""
-    seed, target = case(tmp_path, "vhdx-dynamic-512", {"header2.log_length": 0})
-    before = target.read_bytes()
-    with pyvhdx.open(target) as img:
-        img.read_at(0, 4096)
-    with pytest.raises(pyvhdx.InvalidImageError, match="LogLength") as err:
-        pyvhdx.open(target, "r+")
-    assert err.value.field == "LogLength"
-    assert target.read_bytes() == before
-    result = run_case(target.parent, seed, pristine=tmp_path / "pristine" / seed.target, write=True)
-    assert result.status == "ok", [e["traceback"] for e in result.escapes]
+    _r_plus_refused(tmp_path, {"header2.log_length": 0}, "LogLength")
 
 
 @pytest.mark.parametrize(
