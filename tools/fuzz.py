@@ -52,23 +52,13 @@ if str(REPO) not in sys.path:  # tests/fuzzlib.py holds the harness (shared with
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS pool: less address space
 
 
-def _vm_size() -> int:
-    """This process's virtual memory size in bytes (Linux), else 0."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def _limit_memory(extra_mb: int) -> int:
     """Cap the address space at the current size plus ``extra_mb`` MiB; return the cap."""
+    from tests.fuzzlib import vm_size
+
     if extra_mb <= 0:
         return 0
-    cap = _vm_size() + extra_mb * (1 << 20)
+    cap = vm_size() + extra_mb * (1 << 20)
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     return cap
 
