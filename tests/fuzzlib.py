@@ -1534,7 +1534,6 @@ def _copy_case(directory: Path, seed: Seed, name: str) -> Path:
 def _write_case(directory: Path, seed: Seed, rng: random.Random) -> int:
     """Open a copy of the case ``r+``, write, close, reopen and read the writes back.
 
-    The case's files are copied first (the seed's own copy must stay as it is).
     A write the image refuses must raise a pyvhdx error; one it accepts must read
     back, before and after close, from the same open and from a fresh one. An r+
     open that is refused must not have changed any file.

@@ -99,9 +99,9 @@ class DiskImage:
         # positional reads straight on the descriptor when no log overlay applies
         src = self._source
         self._fd: int | None = src.fd if (src.overlay is None and _HAS_PREADV) else None
-        self._fast = self._fd is not None and self.read_error is None
         self._stop_fast: Callable[[], None] | None = None
-        if self._fast and type(self).readinto_at is _GENERAL_READINTO:
+        fast = self._fd is not None and self.read_error is None
+        if fast and type(self).readinto_at is _GENERAL_READINTO:
             # (not when a subclass or a test has replaced the method)
             self.readinto_at = self._fast_reader()  # type: ignore[method-assign, assignment]
         self.parent: DiskImage | None = None
@@ -514,7 +514,6 @@ class DiskImage:
         if self._closed:
             return
         self._closed = True
-        self._fast = False
         if self._stop_fast is not None:
             self._stop_fast()
         self._fd = None

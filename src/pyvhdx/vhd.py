@@ -932,11 +932,8 @@ class VHDFile(FormatHandler):
             idx = np.flatnonzero(raw != np.uint32(VHD_BAT_UNUSED))
             parts_i.append(idx.astype(np.int64) + first)
             parts_s.append(raw[idx].astype(np.int64) * VHD_SECTOR_SIZE)
-        if not parts_i or not sum(p.size for p in parts_i):
-            self._layout_checked = True
-            return
-        blocks = np.concatenate(parts_i)
-        starts = np.concatenate(parts_s)
+        blocks = np.concatenate(parts_i) if parts_i else np.zeros(0, np.int64)
+        starts = np.concatenate(parts_s) if parts_s else np.zeros(0, np.int64)
         inside = np.minimum(self.block_size, self.virtual_size - blocks * self.block_size)
         ends = starts + self.bitmap_size + np.maximum(inside, 0)
         reserved = [

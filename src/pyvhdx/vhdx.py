@@ -311,16 +311,16 @@ class _VHDXWriter:
         self._log_seq = 0
         self._log_pos = 0
         self._log_guid = NIL_GUID
+        current = self.header_copy or 1
         if self.header["sequence_number"] > _MAX_WRITABLE_SEQUENCE:
             # each header update adds 2: a session could wrap the u64 (MS-VHDX 2.2.2)
             raise InvalidImageError(
                 f"header SequenceNumber {self.header['sequence_number']:#x} is too close to "
                 "2**64 for writes: updating the headers would wrap it",
-                structure=f"header {self.header_copy or 1}",
+                structure=f"header {current}",
                 field="SequenceNumber",
-                offset=VHDX_HEADER_OFFSETS[(self.header_copy or 1) - 1] + 8,
+                offset=VHDX_HEADER_OFFSETS[current - 1] + 8,
             )
-        current = self.header_copy or 1
         if self.header["log_length"] < MiB:
             # every BAT change goes through a log entry (MS-VHDX 2.3): no room, no writes
             raise InvalidImageError(
@@ -347,13 +347,6 @@ class _VHDXWriter:
         h = dict(self.header)
         h.update(changes)
         current = self.header_copy or 1
-        if h["sequence_number"] + 2 > _U64_MAX:
-            raise InvalidImageError(
-                f"header SequenceNumber {h['sequence_number']:#x} cannot grow further",
-                structure=f"header {current}",
-                field="SequenceNumber",
-                offset=VHDX_HEADER_OFFSETS[current - 1] + 8,
-            )
         for slot in (3 - current, current):
             h["sequence_number"] += 1
             raw = vhdx_header(
@@ -409,7 +402,7 @@ class _VHDXWriter:
             block = index - index // (ratio + 1)
             inside = np.clip(self.virtual_size - block * bs, 0, bs)
             payload = ~is_sb & (state >= PayloadState.FULLY_PRESENT)
-            bitmap = is_sb & (state == SectorBitmapState.PRESENT) if differencing else is_sb & False
+            bitmap = is_sb & (state == SectorBitmapState.PRESENT) & differencing
             keep = np.flatnonzero(payload | bitmap)
             idx_parts.append(index[keep])
             start_parts.append(offset[keep])
