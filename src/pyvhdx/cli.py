@@ -26,11 +26,13 @@ import enum
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, TextIO
 
@@ -426,18 +428,21 @@ def cmd_create(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.physical_sector_size is not None:
         options["physical_sector_size"] = args.physical_sector_size
-    size = pyvhdx.create(
-        args.file,
-        args.size,
-        format=fmt,
-        disk_type=disk_type,
-        block_size=args.block_size,
-        logical_sector_size=args.logical_sector_size,
-        overwrite=args.overwrite,
-        preallocate=args.preallocate,
-        azure=args.azure,
-        **options,
-    )
+    try:
+        size = pyvhdx.create(
+            args.file,
+            args.size,
+            format=fmt,
+            disk_type=disk_type,
+            block_size=args.block_size,
+            logical_sector_size=args.logical_sector_size,
+            overwrite=args.overwrite,
+            preallocate=args.preallocate,
+            azure=args.azure,
+            **options,
+        )
+    except FileExistsError as exc:
+        raise CommandError(f"{args.file}: exists (use --overwrite to replace it)") from exc
     with _open(args.file, argparse.Namespace(format=fmt)) as img:
         info = img.info()
     if size != args.size:
@@ -494,16 +499,19 @@ def _create_child(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     fmt = args.format or _CREATE_FORMATS.get(os.path.splitext(args.file)[1].lower())
-    size = pyvhdx.create(
-        args.file,
-        args.size,
-        format=fmt,  # None: the parent's format
-        block_size=args.block_size,
-        logical_sector_size=args.logical_sector_size,
-        physical_sector_size=args.physical_sector_size,
-        overwrite=args.overwrite,
-        parent=args.parent,
-    )
+    try:
+        size = pyvhdx.create(
+            args.file,
+            args.size,
+            format=fmt,  # None: the parent's format
+            block_size=args.block_size,
+            logical_sector_size=args.logical_sector_size,
+            physical_sector_size=args.physical_sector_size,
+            overwrite=args.overwrite,
+            parent=args.parent,
+        )
+    except FileExistsError as exc:
+        raise CommandError(f"{args.file}: exists (use --overwrite to replace it)") from exc
     child_dir = os.path.dirname(os.path.abspath(args.file))
     if os.path.dirname(os.path.abspath(args.parent)) != child_dir:
         with contextlib.suppress(OSError):
@@ -1304,6 +1312,7 @@ def _add_hash_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 def cmd_convert(args: argparse.Namespace) -> int:
     """``pyvhdx convert``: raw, VHD or VHDX into a new image of any of them."""
     from .convert import convert_image
+    from .newfile import DestinationError
 
     try:
         result = convert_image(
@@ -1321,6 +1330,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         )
     except FileExistsError as exc:
         raise CommandError(f"{args.destination}: exists (use --force to replace it)") from exc
+    except DestinationError as exc:  # names the destination itself
+        raise CommandError(str(exc)) from exc
     except PyvhdxError as exc:
         raise CommandError(f"{args.source}: {exc}") from exc
     if args.json:
@@ -1474,6 +1485,51 @@ def _exit_status(code: object) -> int:
     return EXIT_USAGE
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the command is so that it cleans up as for Ctrl-C
+    (a temporary file being built is removed: pyvhdx.newfile)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_TERMINATING_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+@contextlib.contextmanager
+def _signals_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`_Terminated` while a command runs.
+
+    Only the first signal raises; later ones are ignored, so they cannot cut the
+    cleanup short. A signal that is ignored (``nohup``) stays ignored. The old
+    handlers are back afterwards. In a thread other than the main one (where
+    handlers cannot be set) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise _Terminated(signum)
+
+    saved: dict[int, Any] = {}
+    try:
+        for sig in _TERMINATING_SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                saved[sig] = signal.signal(sig, handler)
+        yield
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``pyvhdx`` command line and return its exit status.
 
@@ -1481,7 +1537,8 @@ def main(argv: list[str] | None = None) -> int:
         argv: the arguments after the program name; ``sys.argv[1:]`` if None.
 
     Returns:
-        0 on success, 1 for an image problem, 2 for a usage error.
+        0 on success, 1 for an image problem, 2 for a usage error; 130 after
+        Ctrl-C, 128 + the signal number after SIGTERM or SIGHUP.
     """
     parser = build_parser()
     try:
@@ -1494,7 +1551,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("default")
         warnings.showwarning = _warning_printer(debug)
         try:
-            status = func(args)
+            with _signals_as_interrupt():
+                status = func(args)
             sys.stdout.flush()
             return status
         except BrokenPipeError:
@@ -1509,7 +1567,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 _error(str(exc))
             return EXIT_FAILURE
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if debug:
                 traceback.print_exc()
+            if isinstance(exc, _Terminated):
+                _error(f"interrupted by {signal.Signals(exc.signum).name}")
+                return 128 + exc.signum
             return EXIT_INTERRUPTED

@@ -4,23 +4,25 @@ Sparse by design: the source's allocation map (and SEEK_DATA/SEEK_HOLE for a raw
 source) says what to read; unallocated ranges are never read, all-zero chunks are
 not written into a dynamic destination, and a raw destination gets holes, not
 zeros. The destination is built under a temporary name in its own directory and
-renamed into place only when complete, so an error or Ctrl-C never leaves a
-half-written file under the destination name. Memory stays bounded: two copy
-buffers per reader thread, and the allocation map is walked window by window.
-Reads run in worker threads, each on its own view of the source, while the
-calling thread scans for zeros and writes.
+renamed into place only when complete (:mod:`pyvhdx.newfile`), so an error, a
+full disk, Ctrl-C or a kill never leaves a half-written file under the
+destination name. The one exception is raw output onto a block device (with
+``force``): it is written in place, every byte of the virtual disk, zeros too.
+Character devices, FIFOs, sockets and directories are refused. Memory stays
+bounded: two copy buffers per reader thread, and the allocation map is walked
+window by window. Reads run in worker threads, each on its own view of the
+source, while the calling thread scans for zeros and writes.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
 import errno
 import os
 import queue
+import stat
 import sys
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,6 +33,7 @@ from typing import Any
 from .constants import DiskType, ImageFormat, RunKind
 from .errors import InvalidArgumentError, PyvhdxWarning
 from .image import DiskImage, open_image
+from .newfile import check_destination, new_file
 
 __all__ = ["ConvertResult", "convert_image", "data_ranges"]
 
@@ -53,10 +56,20 @@ class ConvertResult:
     bytes_written: int
 
 
-def _new_file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+_DEVICE_HINT = "only raw output (-O raw, format='raw') can be written onto a device"
+
+
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """``a`` and ``b`` are one file (or one block device under two names)."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    if stat.S_ISBLK(sa.st_mode) and stat.S_ISBLK(sb.st_mode):
+        return sa.st_rdev == sb.st_rdev
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def _format_from_name(path: Path) -> ImageFormat:
@@ -164,7 +177,9 @@ def convert_image(
         block_size: destination block size (VHDX default 32 MiB, VHD 2 MiB).
         logical_sector_size, physical_sector_size: VHDX sector sizes.
         src_format: force the source format.
-        force: replace an existing destination.
+        force: replace an existing destination (a regular file; with raw
+            output also a block device, written in place, which must hold
+            the whole virtual disk).
         progress: a callable given bytes processed, True/False to force a bar
             on stderr, None for a bar only when stderr is a terminal.
         sync: fsync the new image before it is renamed into place (False, as
@@ -172,17 +187,27 @@ def convert_image(
 
     Raises:
         FileExistsError: ``dst`` exists and ``force`` is false.
+        DestinationError: ``dst`` is a character device, FIFO, socket or
+            directory, a block device without raw output, or a block device
+            smaller than the virtual disk (an InvalidArgumentError).
         InvalidArgumentError: parameters the destination format cannot hold.
         PyvhdxError: the source is malformed.
+        OSError: the disk is full (ENOSPC, EFBIG, EDQUOT; its filename is
+            ``dst``); the destination is left as it was.
     """
     dst_path = Path(dst)
     fmt = ImageFormat(format) if format is not None else _format_from_name(dst_path)
     disk_type = DiskType(disk_type)
     if disk_type is DiskType.DIFFERENCING:
         raise InvalidArgumentError("convert makes standalone images: fixed or dynamic")
-    if dst_path.exists() and not force:
-        raise FileExistsError(errno.EEXIST, "destination exists (use force)", str(dst_path))
-    if Path(src).resolve() == dst_path.resolve():
+    check_destination(  # at once, before the source is read
+        dst_path,
+        overwrite=force,
+        option="force",
+        allow_block_device=fmt is ImageFormat.RAW,
+        block_device_hint=_DEVICE_HINT,
+    )
+    if _same_file(src, dst_path):
         raise InvalidArgumentError("source and destination are the same file")
 
     def opener() -> DiskImage:  # one more view of the source, for a reader thread
@@ -193,38 +218,35 @@ def convert_image(
         # VHD and VHDX sizes are whole sectors: round up, the tail reads as zeros.
         sector = logical_sector_size if fmt is ImageFormat.VHDX else 512
         out_size = size if fmt is ImageFormat.RAW else -(-size // sector) * sector
-        tmp_fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{dst_path.name}.", suffix=".pyvhdx-tmp", dir=dst_path.parent or "."
-        )
-        os.close(tmp_fd)
-        tmp = Path(tmp_name)
-        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; a new file gets 0666 & ~umask
         if callable(progress):
             update, close_bar = progress, _noop
         else:
             update, close_bar = _progress_bar(size, progress)
         try:
-            if fmt is ImageFormat.RAW:
-                counts = _to_raw(img, tmp, update, sync, opener)
-            else:
-                counts = _to_image(
-                    img,
-                    tmp,
-                    fmt,
-                    out_size,
-                    disk_type,
-                    block_size,
-                    logical_sector_size,
-                    physical_sector_size,
-                    update,
-                    sync,
-                    opener,
-                )
-            os.replace(tmp, dst_path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+            with new_file(
+                dst_path,
+                overwrite=force,
+                sync=sync,
+                option="force",
+                allow_block_device=fmt is ImageFormat.RAW,
+                block_device_hint=_DEVICE_HINT,
+                size=out_size,
+            ) as out:
+                if fmt is ImageFormat.RAW:
+                    counts = _to_raw(img, out.fd, update, opener, dense=out.in_place)
+                else:
+                    counts = _to_image(
+                        img,
+                        out.path,
+                        fmt,
+                        out_size,
+                        disk_type,
+                        block_size,
+                        logical_sector_size,
+                        physical_sector_size,
+                        update,
+                        opener,
+                    )
         finally:
             close_bar()
     return ConvertResult(dst_path, fmt, disk_type, out_size, *counts)
@@ -363,36 +385,47 @@ def _pipeline(
             t.join()
 
 
+def _write_zeros(fd: int, start: int, end: int) -> int:
+    """Write zeros over ``[start, end)`` of ``fd``; the count written."""
+    zeros = bytes(min(CHUNK, max(0, end - start)))
+    pos = start
+    while pos < end:
+        pos += os.pwrite(fd, memoryview(zeros)[: min(len(zeros), end - pos)], pos)
+    return max(0, end - start)
+
+
 def _to_raw(
     img: DiskImage,
-    tmp: Path,
+    fd: int,
     update: ProgressCallback,
-    sync: bool,
     opener: Callable[[], DiskImage] | None,
+    *,
+    dense: bool = False,
 ) -> tuple[int, int]:
+    """Write ``img``'s virtual disk into the empty file ``fd``; ``dense`` (a block
+    device, which holds old data and has no holes): the zeros too, no truncate."""
     size = img.virtual_size
     stats = {"read": 0}
     written = 0
     done = 0
-    fd = os.open(tmp, os.O_WRONLY | getattr(os, "O_BINARY", 0))
-    try:
-        # Data goes in ascending order, extending the file; the skipped ranges
-        # stay holes and the final truncate sets the length.
-        for start, chunk, _ in _read_ahead(img, CHUNK, stats, opener):
-            n = len(chunk)
-            pos = 0
-            while pos < n:
-                pos += os.pwrite(fd, chunk[pos:], start + pos)
-            written += n
-            update(start + n - done)
-            done = start + n
+    # Data goes in ascending order, extending the file; the skipped ranges
+    # stay holes and the final truncate sets the length.
+    for start, chunk, _ in _read_ahead(img, CHUNK, stats, opener):
+        if dense:
+            written += _write_zeros(fd, done, start)
+        n = len(chunk)
+        pos = 0
+        while pos < n:
+            pos += os.pwrite(fd, chunk[pos:], start + pos)
+        written += n
+        update(start + n - done)
+        done = start + n
+    if dense:
+        written += _write_zeros(fd, done, size)
+    else:
         os.ftruncate(fd, size)
-        if size > done:
-            update(size - done)
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+    if size > done:
+        update(size - done)
     return stats["read"], written
 
 
@@ -406,7 +439,6 @@ def _to_image(
     logical_sector_size: int,
     physical_sector_size: int,
     update: ProgressCallback,
-    sync: bool,
     opener: Callable[[], DiskImage] | None,
 ) -> tuple[int, int]:
     # pyvhdx.create is the function; the module comes from sys.modules.
@@ -450,11 +482,5 @@ def _to_image(
             done = start + len(chunk)
         if img.virtual_size > done:
             update(img.virtual_size - done)
-        out.close()  # writes the last metadata
-        if sync:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        out.close()  # writes the last metadata (new_file syncs the file)
     return stats["read"], written

@@ -38,6 +38,11 @@ record where the parent is and which image it is (DESIGN.md "Parents"):
   modification time), Parent Unicode Name (its file name) and the W2ku and
   W2ru parent locators, whose UTF-16LE paths lie after the BAT; every BAT
   entry unused.
+
+Every image is built under a temporary name beside the file and renamed into
+place when complete (:mod:`pyvhdx.newfile`): an error, a full disk or a kill
+leaves no file, or the old one with ``overwrite``. Only regular files are
+made or replaced; devices, FIFOs, sockets and directories are refused.
 """
 
 from __future__ import annotations
@@ -88,6 +93,7 @@ from .constants import (
 )
 from .errors import InvalidArgumentError
 from .image import DiskImage, open_image
+from .newfile import new_file
 from .structures.vhd import (
     DYNAMIC_HEADER_CHECKSUM_OFFSET,
     FOOTER_CHECKSUM_OFFSET,
@@ -131,6 +137,8 @@ __all__ = [
 ]
 
 KiB = 1024
+#: Why create refuses a block device as its file (pyvhdx.newfile).
+_NO_DEVICES: Final = "create makes image files; to put a disk onto a device, use convert -O raw"
 NIL_GUID = uuid.UUID(int=0)
 LOG_OFFSET = 1 * MiB
 LOG_LENGTH = 1 * MiB
@@ -346,7 +354,8 @@ def _write_vhdx(
 ) -> Path:
     """Write a new VHDX: header area, metadata, BAT (zeros unless ``bat``), size ``end``.
 
-    The file is removed again if anything fails.
+    Built under a temporary name and renamed into place (:func:`pyvhdx.newfile.new_file`):
+    a failure leaves no file, or the old one.
     """
     regions = [
         (REGION_BAT, BAT_OFFSET, layout.bat_length, True),
@@ -363,9 +372,8 @@ def _write_vhdx(
     head[192 * KiB : 256 * KiB] = table
     head[256 * KiB : 320 * KiB] = table
 
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-    fd = os.open(target, flags | getattr(os, "O_BINARY", 0), 0o644)
-    try:
+    with new_file(target, overwrite=overwrite, block_device_hint=_NO_DEVICES) as out:
+        fd = out.fd
         os.pwrite(fd, head, 0)
         os.pwrite(fd, vhdx_metadata_region(items), METADATA_OFFSET)
         if bat is not None:  # otherwise all zeros (NOT_PRESENT): the truncate below makes it
@@ -376,12 +384,6 @@ def _write_vhdx(
             while pos < end:
                 pos += os.pwrite(fd, zeros[: min(len(zeros), end - pos)], pos)
         os.ftruncate(fd, end)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        target.unlink(missing_ok=True)
-        raise
-    os.close(fd)
     return target
 
 
@@ -764,12 +766,6 @@ def _check_vhd_args(size: int, disk_type: DiskType, block_size: int, max_size: i
         )
 
 
-def _open_new(path: str | os.PathLike[str], overwrite: bool) -> tuple[Path, int]:
-    target = Path(path)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-    return target, os.open(target, flags | getattr(os, "O_BINARY", 0), 0o644)
-
-
 def _write_fill(fd: int, byte: int, start: int, end: int) -> None:
     """Write ``byte`` over ``[start, end)`` in bounded chunks."""
     chunk = bytes([byte]) * min(_WRITE_CHUNK, max(0, end - start))
@@ -840,8 +836,8 @@ def create_vhd(
     _check_vhd_args(size, disk_type, block_size, max_size)
     footer = vhd_footer(size, disk_type)
 
-    target, fd = _open_new(path, overwrite)
-    try:
+    with new_file(path, overwrite=overwrite, block_device_hint=_NO_DEVICES) as out:
+        fd = out.fd
         if disk_type is DiskType.FIXED:
             if preallocate:
                 _write_fill(fd, 0, 0, size)
@@ -854,12 +850,6 @@ def create_vhd(
             os.pwrite(fd, vhd_dynamic_header(entries, block_size), VHD_FOOTER_SIZE)
             _write_fill(fd, 0xFF, _VHD_BAT_OFFSET, bat_end)
             os.pwrite(fd, footer, bat_end)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        target.unlink(missing_ok=True)
-        raise
-    os.close(fd)
     return size
 
 
@@ -997,18 +987,12 @@ def create_vhd_child(
         parent_locators=locators,
     )
 
-    target, fd = _open_new(path, overwrite)
-    try:
+    with new_file(path, overwrite=overwrite, block_device_hint=_NO_DEVICES) as out:
+        fd = out.fd
         os.pwrite(fd, footer, 0)
         os.pwrite(fd, header, VHD_FOOTER_SIZE)
         _write_fill(fd, 0xFF, _VHD_BAT_OFFSET, bat_end)
         for offset, raw in data:
             os.pwrite(fd, raw, offset)
         os.pwrite(fd, footer, pos)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        target.unlink(missing_ok=True)
-        raise
-    os.close(fd)
     return size
