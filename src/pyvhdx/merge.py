@@ -2,27 +2,36 @@
 
 Every range the child stores (its own data, and ranges it marks as zeros over
 the parent) is written into the parent through the parent's crash-consistent
-write path; ranges the child leaves to the parent are not read. Writing changes
-the parent's DataWriteGuid, so the child no longer matches its parent afterwards
-and is deleted (``keep_child`` keeps it, openable only with
-``verify_parent=False``). A crash mid-merge leaves a parent that opens and reads
-as a mix of old and merged ranges, each write old or new.
+write path; ranges the child leaves to the parent are not read.
+
+Crash safety (issue "Never lose a user's disk"): before the first write into
+the parent the merge is recorded beside the child (:mod:`pyvhdx.journal`), with
+the DataWriteGuid the parent is about to get. While the record is there the
+chain opens and reads as before the merge, ``info`` and ``check`` report the
+merge, and calling :func:`merge_image` again resumes it (each write is
+idempotent). The child's own children in its folder are re-parented onto the
+parent (:func:`pyvhdx.setparent.set_parent`) before the child is deleted; the
+record goes last.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .constants import DiskType, RunKind
-from .errors import InvalidArgumentError
-from .image import open_image
+from .constants import DiskType, ImageFormat, RunKind
+from .errors import InvalidArgumentError, PyvhdxError
+from .image import DiskImage, open_image
+from .journal import MergeRecord, read_record, remove_record, write_record
 
-__all__ = ["MergeResult", "merge_image"]
+__all__ = ["MergeResult", "find_children", "merge_image"]
 
 CHUNK = 4 << 20
+_IMAGE_SUFFIXES = (".vhdx", ".avhdx", ".vhd", ".avhd")
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,46 @@ class MergeResult:
     parent: Path
     bytes_merged: int
     child_deleted: bool
+    reparented: tuple[Path, ...] = ()
+    resumed: bool = False
+
+
+def find_children(image: DiskImage, *, exclude: tuple[Path, ...] = ()) -> list[Path]:
+    """Differencing disks beside ``image`` whose parent it is (by locator and identity).
+
+    Only ``image``'s own folder is searched (where pyvhdx itself looks for a
+    parent). A file there that is in use by a writer stops the search with
+    :class:`~pyvhdx.errors.ImageLockedError`-like errors from the open: a disk
+    being written cannot be re-parented safely.
+    """
+    from .chain import candidate_paths
+
+    here = Path(image.name).resolve()
+    skip = {here, *(p.resolve() for p in exclude)}
+    found: list[Path] = []
+    for entry in sorted(os.scandir(here.parent), key=lambda e: e.name):
+        if not entry.name.lower().endswith(_IMAGE_SUFFIXES) or not entry.is_file():
+            continue
+        path = Path(entry.path).resolve()
+        if path in skip:
+            continue
+        try:
+            other = open_image(path, resolve_parent=False)
+        except PyvhdxError as exc:
+            if type(exc).__name__ == "ImageLockedError":
+                raise
+            continue
+        except OSError:
+            continue
+        with other:
+            h = other.handler
+            if other.disk_type is not DiskType.DIFFERENCING or other.format is not image.format:
+                continue
+            if here not in candidate_paths(path.parent, h.parent_locations()):
+                continue
+            if h.parent_identity_matches(image.handler)[0]:
+                found.append(path)
+    return found
 
 
 def merge_image(
@@ -42,50 +91,128 @@ def merge_image(
     keep_child: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> MergeResult:
-    """Merge ``child`` into its parent.
+    """Merge ``child`` into its parent, or finish an interrupted merge of it.
 
     Args:
         child: a differencing VHDX or VHD.
         parent: the parent, if not where the child's locators say.
-        keep_child: do not delete the child afterwards.
+        keep_child: do not delete the child afterwards (it then no longer
+            matches a VHDX parent, whose DataWriteGuid changed).
         progress: called with the number of bytes merged so far.
 
+    Returns:
+        What was merged; ``reparented`` lists the child's children (in its
+        folder) that now point at the parent.
+
     Raises:
-        InvalidArgumentError: ``child`` is not a differencing disk.
+        InvalidArgumentError: ``child`` is not a differencing disk, or a child of
+            it could not be re-parented (checked before anything is written).
         ParentError: the parent is missing or not the child's parent.
+        OSError: writing the parent failed (a full disk): the merge is recorded
+            and resumes from the start when called again.
     """
     child_path = Path(child)
+    real = child_path.resolve()  # the record lives beside the file itself, as the reader looks
+    record = read_record(real)
     with open_image(child_path, parent=parent) as chained:
         if chained.disk_type is not DiskType.DIFFERENCING:
             raise InvalidArgumentError(f"{child_path} is not a differencing disk")
         assert chained.parent is not None
         parent_path = Path(chained.parent.name)
+        parent_now = chained.parent.handler.identity_as_parent()
+        fmt = chained.format
+        children = find_children(chained, exclude=(parent_path,))
+    resumed = record is not None and record.parent_path(real) == parent_path.resolve()
+    if record is None or not resumed:
+        after = str(uuid.uuid4()) if fmt is ImageFormat.VHDX else parent_now
+        record = MergeRecord(
+            child=real.name,
+            parent=os.path.relpath(parent_path.resolve(), real.parent),
+            format=fmt.value,
+            parent_before=parent_now,
+            parent_after=after,
+            children=tuple(p.name for p in children),
+        )
+        _check_reparent(children, parent_path)
+        write_record(real, record)
+    else:
+        names = set(record.children) | {p.name for p in children}
+        children = [real.parent / n for n in sorted(names)]
+        children = [p for p in children if p.exists()]
+    merged = _copy(child_path, parent_path, record, progress)
+    from .setparent import set_parent
+
+    reparented = []
+    for grandchild in children:
+        set_parent(grandchild, parent_path, ignore_id_mismatch=True)
+        reparented.append(grandchild)
+    deleted = False
+    if not keep_child:
+        child_path.unlink(missing_ok=True)
+        deleted = True
+    remove_record(real)
+    return MergeResult(child_path, parent_path, merged, deleted, tuple(reparented), resumed)
+
+
+def _check_reparent(children: list[Path], parent: Path) -> None:
+    """Refuse before any write if a child could not be pointed at ``parent``."""
+    from .create import parent_locator_paths
+    from .vhd import VHDFile
+
+    for path in children:
+        relative, absolute = parent_locator_paths(path, parent)
+        with open_image(path, resolve_parent=False) as img:
+            h = img.handler
+            if not isinstance(h, VHDFile):
+                continue  # VHDX: the locator moves to free metadata space if needed
+            for loc in h.parent_locators:
+                text = {"W2ru": relative, "W2ku": absolute}.get(loc.platform_code)
+                room = loc.data_space if loc.data_space >= loc.data_length else loc.data_length
+                if text is not None and len(text.encode("utf-16-le", "surrogatepass")) > room:
+                    raise InvalidArgumentError(
+                        f"cannot merge: {path} (a child of the disk being merged) has no room "
+                        f"for its new parent path in locator {loc.platform_code}; nothing "
+                        "was written"
+                    )
+
+
+def _copy(
+    child: Path, parent: Path, record: MergeRecord, progress: Callable[[int], None] | None
+) -> int:
     merged = 0
     with (
-        open_image(child_path, resolve_parent=False) as src,
-        open_image(parent_path, "r+") as dst,
+        open_image(child, resolve_parent=False) as src,
+        open_image(parent, "r+") as dst,
     ):
+        if record.format == ImageFormat.VHDX.value:
+            dst.handler.next_data_write_guid = uuid.UUID(record.parent_after)  # type: ignore[attr-defined]
         buf = bytearray(CHUNK)
         mv = memoryview(buf)
         zeros = bytes(CHUNK)
-        for ext in src.extents():
-            if ext.kind == RunKind.PARENT:
-                continue
-            pos, end = ext.start, ext.start + ext.length
-            while pos < end:
-                n = min(CHUNK, end - pos)
-                if ext.kind == RunKind.DATA:
-                    src.readinto_at(pos, mv[:n])
-                    dst.write_at(pos, mv[:n])
-                else:  # ZERO/UNMAPPED in a child hide the parent's data: store zeros
-                    dst.write_at(pos, zeros[:n])
-                pos += n
-                merged += n
-                if progress is not None:
-                    progress(merged)
-        dst.flush()
-    deleted = False
-    if not keep_child:
-        child_path.unlink()
-        deleted = True
-    return MergeResult(child_path, parent_path, merged, deleted)
+        try:
+            for ext in src.extents():
+                if ext.kind == RunKind.PARENT:
+                    continue
+                pos, end = ext.start, ext.start + ext.length
+                while pos < end:
+                    n = min(CHUNK, end - pos)
+                    if ext.kind == RunKind.DATA:
+                        src.readinto_at(pos, mv[:n])
+                        dst.write_at(pos, mv[:n])
+                    else:  # ZERO/UNMAPPED in a child hide the parent's data: store zeros
+                        dst.write_at(pos, zeros[:n])
+                    pos += n
+                    merged += n
+                    if progress is not None:
+                        progress(merged)
+            dst.flush()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise OSError(
+                    exc.errno,
+                    f"{os.strerror(exc.errno)} while merging {child.name} into it; the "
+                    f"merge is recorded: free space, then run 'pyvhdx merge {child}' to finish",
+                    str(parent),
+                ) from exc
+            raise
+    return merged
