@@ -1979,4 +1979,9 @@ def check_image(
             report.opened = _probe_open(image, fmt, out)
         else:
             report.opened = True
+        if isinstance(image, (str, os.PathLike, DiskImage)):
+            from .journal import merge_notes
+
+            for note in merge_notes(name):
+                out.warning("merge", note)
     return report

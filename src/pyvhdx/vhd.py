@@ -47,6 +47,7 @@ from .constants import (
 )
 from .errors import (
     ChecksumError,
+    InvalidArgumentError,
     InvalidImageError,
     PyvhdxError,
     PyvhdxWarning,
@@ -1220,6 +1221,72 @@ class VHDFile(FormatHandler):
             self.source.pwrite(np.packbits(bits[8 * b0 : 8 * b1]).tobytes(), bitmap_offset + b0)
         if bits.all():
             self._full_bitmaps.add(block)
+
+    def set_parent(
+        self, *, unique_id: uuid.UUID, time_stamp: int, name: str, paths: dict[str, str]
+    ) -> None:
+        """Point this differencing VHD at another parent (spec "Dynamic Disk Header").
+
+        ``paths`` maps locator codes (``W2ru``, ``W2ku``) to the new paths; each
+        replaces the path of the existing entry with that code, in the space
+        that entry reserves (no locator is added or moved). Order: the locator
+        data first (flush), then the header in one write (flush). Until the
+        header is written it still names the old parent (Parent Unique ID and
+        Parent Unicode Name), which a reader finds by name while it exists.
+
+        Raises:
+            InvalidArgumentError: not a writable differencing disk, or a new
+                path longer than its entry's reserved space (checked before
+                anything is written).
+        """
+        if not self.writable or self.disk_type is not DiskType.DIFFERENCING:
+            raise InvalidArgumentError(f"{self.source.name} is not a writable differencing VHD")
+        assert self.dynamic_header_offset is not None
+        hdr_off = self.dynamic_header_offset
+        updates: list[tuple[ParentLocator, bytes, int]] = []
+        for loc in self.parent_locators:
+            text = paths.get(loc.platform_code)
+            encoding = _LOCATOR_ENCODINGS.get(loc.platform_code.encode("latin-1"))
+            if text is None or encoding is None:
+                continue
+            raw = text.encode(encoding, errors="surrogatepass")
+            # Platform Data Space is in bytes in the images seen (SPEC-NOTES 23); an
+            # older image may count sectors: then only the old length is sure to be ours.
+            room = loc.data_space if loc.data_space >= loc.data_length else loc.data_length
+            room = min(room, max(0, self.data_end - loc.data_offset))
+            if len(raw) > room:
+                raise InvalidArgumentError(
+                    f"{self.source.name}: the new parent path ({len(raw)} bytes) does not fit "
+                    f"in the {room} bytes locator entry {loc.index} ({loc.platform_code}) "
+                    "reserves",
+                    offset=hdr_off + 576 + 24 * loc.index,
+                )
+            updates.append((loc, raw, room))
+        header = bytearray(
+            self.source.read_exact(hdr_off, VHD_DYNAMIC_HEADER_SIZE, "VHD dynamic header")
+        )
+        for loc, raw, room in updates:
+            self.source.pwrite(raw + bytes(room - len(raw)), loc.data_offset)
+            entry = 576 + 24 * loc.index
+            header[entry + 8 : entry + 12] = len(raw).to_bytes(4, "big")
+        self.source.flush()
+        header[40:56] = unique_id.bytes
+        header[56:60] = time_stamp.to_bytes(4, "big")
+        header[64:576] = name.encode("utf-16-be", errors="surrogatepass")[:512].ljust(512, b"\0")
+        header[36:40] = vhd_checksum(header, DYNAMIC_HEADER_CHECKSUM_OFFSET).to_bytes(4, "big")
+        self.source.pwrite(bytes(header), hdr_off)
+        self.source.flush()
+        self.parent_unique_id = unique_id
+        self.parent_name = name
+        changed = {loc.index: (raw, paths[loc.platform_code]) for loc, raw, _room in updates}
+        self.parent_locators = [
+            dataclasses.replace(
+                loc, data_length=len(changed[loc.index][0]), path=changed[loc.index][1]
+            )
+            if loc.index in changed
+            else loc
+            for loc in self.parent_locators
+        ]
 
     def flush(self) -> None:
         """Make every write so far durable."""

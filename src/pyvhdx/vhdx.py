@@ -63,6 +63,7 @@ from .constants import (
 )
 from .errors import (
     ChecksumError,
+    InvalidArgumentError,
     InvalidImageError,
     LogReplayError,
     PyvhdxError,
@@ -302,12 +303,20 @@ class _VHDXWriter:
     disk_type: DiskType
 
     parent_reader: Any = None  # DiskImage.readinto_at of the parent, set by attach_parent
+    metadata: dict[uuid.UUID, MetadataItem]
+    metadata_order: list[MetadataItem]
+    regions: dict[uuid.UUID, RegionEntry]
+
+    def _decode_parent_locator(self, item: MetadataItem) -> None:
+        raise NotImplementedError
 
     def _init_writer(self) -> None:
         # bulk: a new image being filled by convert, deleted if anything fails;
         # BAT changes go straight to the file and only close() flushes.
         self.bulk = False
         self._session_started = False
+        self._data_changed = False
+        self.next_data_write_guid: uuid.UUID | None = None
         self._log_seq = 0
         self._log_pos = 0
         self._log_guid = NIL_GUID
@@ -362,12 +371,26 @@ class _VHDXWriter:
             self.header_copy = slot
         self.header = h
 
-    def _begin_session(self) -> None:
-        """First write of this open: new FileWriteGuid and DataWriteGuid (2.2.2)."""
-        if self._session_started:
+    def _begin_session(self, *, data: bool = True) -> None:
+        """First write of this open: new FileWriteGuid and DataWriteGuid (2.2.2).
+
+        ``data=False`` (a change that leaves the disk's content as it was, such
+        as a new parent locator) changes the FileWriteGuid only, so children
+        linked to this disk's DataWriteGuid stay linked. A merge chooses the new
+        DataWriteGuid in advance (:attr:`next_data_write_guid`) so that it can
+        record it before the first write (:mod:`pyvhdx.journal`).
+        """
+        if self._session_started and (self._data_changed or not data):
             return
-        self._check_layout_for_writing()
-        self._update_headers(file_write_guid=uuid.uuid4(), data_write_guid=uuid.uuid4())
+        if not self._session_started:
+            self._check_layout_for_writing()
+        changes: dict[str, Any] = {}
+        if not self._session_started:
+            changes["file_write_guid"] = uuid.uuid4()
+        if data:
+            changes["data_write_guid"] = self.next_data_write_guid or uuid.uuid4()
+            self._data_changed = True
+        self._update_headers(**changes)
         self._session_started = True
 
     def _check_layout_for_writing(self) -> None:
@@ -608,6 +631,70 @@ class _VHDXWriter:
             piece = mv[a * ss : z * ss]
             if np.any(np.frombuffer(piece, np.uint8)):
                 self.source.pwrite(piece, file_offset + a * ss)
+
+    def set_parent_locator(self, entries: list[tuple[str, str]]) -> None:
+        """Replace the parent locator item (MS-VHDX 2.6.2.6) with ``entries``.
+
+        The new item goes where the old one was if it fits, else after the last
+        item of the metadata region; the item bytes and its table entry change
+        through one log entry (2.3), so a crash leaves the old locator or the
+        new one. The disk's content is unchanged: the FileWriteGuid changes,
+        the DataWriteGuid does not (children of this disk stay linked).
+
+        Raises:
+            InvalidArgumentError: not a differencing disk, or no room left in
+                the metadata region.
+        """
+        from .create import vhdx_parent_locator
+
+        old = self.metadata.get(META_PARENT_LOCATOR)
+        if old is None or self.disk_type is not DiskType.DIFFERENCING:
+            raise InvalidArgumentError(f"{self.source.name} is not a differencing VHDX")
+        region = self.regions[REGION_METADATA]
+        item = vhdx_parent_locator(entries)
+        index = next(
+            i
+            for i, it in enumerate(self.metadata_order)
+            if it.item_id == META_PARENT_LOCATOR and not it.is_user
+        )
+        if len(item) <= old.length:
+            offset = old.offset
+        else:
+            end = max(it.offset + it.length for it in self.metadata_order)
+            offset = -(-end // 8) * 8
+            if offset + len(item) > region.length:
+                raise InvalidArgumentError(
+                    f"{self.source.name}: no room for a {len(item)}-byte parent locator in the "
+                    f"{region.length:#x}-byte metadata region",
+                    offset=region.file_offset,
+                )
+        self._begin_session(data=False)
+        sectors: dict[int, bytearray] = {}
+
+        def patch(at: int, data: bytes) -> None:
+            pos = 0
+            while pos < len(data):
+                sector = (at + pos) & ~0xFFF
+                if sector not in sectors:
+                    raw = self.source.read_exact(sector, 4096, "metadata region")
+                    sectors[sector] = bytearray(raw)
+                n = min(len(data) - pos, sector + 4096 - (at + pos))
+                lo = at + pos - sector
+                sectors[sector][lo : lo + n] = data[pos : pos + n]
+                pos += n
+
+        base = region.file_offset
+        if offset == old.offset:
+            patch(base + old.offset, item + bytes(old.length - len(item)))
+        else:
+            patch(base + offset, item)
+        entry = base + 32 + 32 * index
+        patch(entry + 16, offset.to_bytes(4, "little") + len(item).to_bytes(4, "little"))
+        self._log_and_apply({k: bytes(v) for k, v in sectors.items()})
+        new = dataclasses.replace(old, offset=offset, length=len(item), data=item)
+        self.metadata[META_PARENT_LOCATOR] = new
+        self.metadata_order[index] = new
+        self._decode_parent_locator(new)
 
     def flush(self) -> None:
         self.source.flush()
