@@ -134,12 +134,18 @@ def merge_image(
             children=tuple(p.name for p in children),
         )
         _check_reparent(children, parent_path)
-        write_record(real, record)
+        fresh = True
     else:
+        fresh = False
         names = set(record.children) | {p.name for p in children}
         children = [real.parent / n for n in sorted(names)]
         children = [p for p in children if p.exists()]
-    merged = _copy(child_path, parent_path, record, progress)
+
+    def start() -> None:  # both images open (and locked): record before the first write
+        if fresh:
+            write_record(real, record)
+
+    merged = _copy(child_path, parent_path, record, start, progress)
     from .setparent import set_parent
 
     reparented = []
@@ -177,13 +183,18 @@ def _check_reparent(children: list[Path], parent: Path) -> None:
 
 
 def _copy(
-    child: Path, parent: Path, record: MergeRecord, progress: Callable[[int], None] | None
+    child: Path,
+    parent: Path,
+    record: MergeRecord,
+    start: Callable[[], None],
+    progress: Callable[[int], None] | None,
 ) -> int:
     merged = 0
     with (
         open_image(child, resolve_parent=False) as src,
         open_image(parent, "r+") as dst,
     ):
+        start()
         if record.format == ImageFormat.VHDX.value:
             dst.handler.next_data_write_guid = uuid.UUID(record.parent_after)  # type: ignore[attr-defined]
         buf = bytearray(CHUNK)
