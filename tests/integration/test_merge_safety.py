@@ -285,3 +285,26 @@ def test_record_parser_never_raises() -> None:
     assert parse_record(good.replace(b'"g.vhdx"', b'"../g.vhdx"')) is None
     assert parse_record(good.replace(b'"version": 1', b'"version": 2')) is None
     assert parse_record(rec.to_json().encode()) == rec
+
+
+# -- another user of the chain ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", EXTS)
+@pytest.mark.parametrize("holder", ["parent", "grandchild"])
+def test_merge_refused_while_a_writer_holds_the_chain(
+    tmp_path: Path, ext: str, holder: str
+) -> None:
+    """A writer on the parent, or on a child to re-parent, stops the merge before it
+    writes anything: no record, every disk as it was."""
+    base, c1, c2 = three_level(tmp_path, ext)
+    files = {p: p.read_bytes() for p in (base, c1, c2)}
+    held = base if holder == "parent" else c2
+    with pyvhdx.open(held, "r+"):
+        with pytest.raises(pyvhdx.ImageLockedError, match=held.name):
+            pyvhdx.merge(c1)
+        r = cli("merge", c1.name, cwd=tmp_path)
+        assert r.returncode == 1 and held.name in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not record_path(c1).exists()
+    assert {p: p.read_bytes() for p in (base, c1, c2)} == files
