@@ -22,6 +22,7 @@ from ._version import __version__
 from .constants import DiskType, ImageFormat, RunKind
 from .errors import (
     ChecksumError,
+    ImageLockedError,
     InvalidArgumentError,
     InvalidImageError,
     LogReplayError,
@@ -41,6 +42,7 @@ __all__ = [
     "Extent",
     "ImageFormat",
     "ImageInfo",
+    "ImageLockedError",
     "InvalidArgumentError",
     "InvalidImageError",
     "LogReplayError",
@@ -70,6 +72,7 @@ def open(
     allow_missing_parent: bool = False,
     verify_parent: bool = True,
     salvage: bool = False,
+    force_share: bool = False,
 ) -> DiskImage:
     """Open a virtual disk image.
 
@@ -87,11 +90,20 @@ def open(
         verify_parent: check the parent's identity against the child's linkage.
         salvage: read a truncated image (read-only): blocks past the end of the
             file read as zeros and are listed in ``info().problems``.
+        force_share: take and check no lock (qemu's ``force-share``, ``-U``), to
+            read an image another process is writing; read-only opens only.
+
+    A path (not a file object, which is the caller's to lock) is locked as qemu
+    locks images, until the image is closed: ``"r+"`` excludes every other
+    user, pyvhdx or qemu; ``"r"`` excludes writers but not other readers.
 
     Raises:
         InvalidImageError: the image is malformed (subclasses name the defect).
         UnsupportedFeatureError: the image needs a feature pyvhdx lacks.
         ParentError: a differencing disk's parent is missing or not the right one.
+        ImageLockedError: another process (pyvhdx or qemu) holds a conflicting lock.
+        InvalidArgumentError: a bad mode or option (``force_share`` with ``"r+"``),
+            or the path is not a regular file or block device (a FIFO, a directory).
     """
     return open_image(
         file,
@@ -103,6 +115,7 @@ def open(
         allow_missing_parent=allow_missing_parent,
         verify_parent=verify_parent,
         salvage=salvage,
+        force_share=force_share,
     )
 
 

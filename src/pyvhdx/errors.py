@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "ChecksumError",
+    "ImageLockedError",
     "InvalidArgumentError",
     "InvalidImageError",
     "LogReplayError",
@@ -92,6 +93,22 @@ class LogReplayError(PyvhdxError):
 
 class ReadOnlyError(PyvhdxError):
     """A write was attempted on an image opened read-only."""
+
+
+class ImageLockedError(PyvhdxError):
+    """Another process (pyvhdx or qemu), or another open here, holds the image's lock.
+
+    Raised by an open whose qemu-compatible lock (see :mod:`pyvhdx.locking`)
+    conflicts: a writer excludes every other user, a reader excludes writers.
+    ``force_share=True`` (``-U``) reads without a lock.
+
+    Attributes:
+        filename: the image file.
+    """
+
+    def __init__(self, message: str, *, filename: str | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.filename = filename
 
 
 class InvalidArgumentError(PyvhdxError, ValueError):

@@ -610,18 +610,23 @@ def open_image(
     allow_missing_parent: bool = False,
     verify_parent: bool = True,
     salvage: bool = False,
+    force_share: bool = False,
     _seen: frozenset[Path] = frozenset(),
 ) -> DiskImage:
     """Open a VHDX, VHD or raw image, and a differencing disk's parent chain.
 
-    See :func:`pyvhdx.open` for the arguments.
+    See :func:`pyvhdx.open` for the arguments. A path is locked as qemu locks
+    images (:mod:`pyvhdx.locking`) until the image is closed, and so is every
+    parent opened for its chain (read-only, with the child's ``force_share``).
     """
     if mode not in ("r", "r+"):
         raise InvalidArgumentError(f"mode must be 'r' or 'r+', not {mode!r}")
     writable = mode == "r+"
     if salvage and writable:
         raise InvalidArgumentError("salvage opens read-only: mode must be 'r'")
-    source = FileSource(file, writable=writable)
+    if force_share and writable:
+        raise InvalidArgumentError("force_share is for read-only opens: mode must be 'r'")
+    source = FileSource(file, writable=writable, force_share=force_share)
     try:
         fmt = ImageFormat(format) if format is not None else detect_format(source)
         handler_cls: type[FormatHandler]
@@ -645,7 +650,9 @@ def open_image(
     img = DiskImage(handler, mode=mode)
     if handler.disk_type is DiskType.DIFFERENCING and resolve_parent:
         try:
-            _attach_parent(img, file, parent, allow_missing_parent, verify_parent, _seen)
+            _attach_parent(
+                img, file, parent, allow_missing_parent, verify_parent, _seen, force_share
+            )
         except BaseException:
             img.close()
             raise
@@ -659,6 +666,7 @@ def _attach_parent(
     allow_missing: bool,
     verify: bool,
     seen: frozenset[Path],
+    force_share: bool = False,
 ) -> None:
     """Find, open and verify the parent of a differencing disk (DESIGN.md "Parents")."""
     from .chain import MAX_CHAIN_DEPTH, candidate_paths
@@ -715,6 +723,7 @@ def _attach_parent(
                 path,
                 allow_missing_parent=allow_missing,
                 verify_parent=verify,
+                force_share=force_share,
                 _seen=seen,
             )
         except OSError as exc:  # there but unreadable: a parent that cannot be used

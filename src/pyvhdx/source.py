@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import io
 import os
+import stat
+import sys
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping
 from typing import BinaryIO
 
 from .errors import InvalidArgumentError, ReadOnlyError, TruncatedImageError
+from .locking import lock_image
+
+if sys.platform != "win32":
+    import fcntl
 
 __all__ = ["FileSource", "SectorOverlay"]
 
@@ -30,6 +36,58 @@ def _fill_zero(mv: memoryview) -> None:
     for i in range(0, n, step):
         j = min(n, i + step)
         mv[i:j] = _ZEROS[: j - i]
+
+
+def _file_kind(mode: int) -> str | None:
+    """What a file that is neither a regular file nor a block device is, else None."""
+    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a regular file"
+
+
+def _open_image_file(name: str, flags: int) -> int:
+    """Open ``name`` without blocking; refuse what is not a regular file or block device.
+
+    ``O_NONBLOCK`` keeps the open of a FIFO from waiting for a writer; it is
+    cleared again before the descriptor is used.
+    """
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(name, flags | nonblock | getattr(os, "O_BINARY", 0))
+    except OSError:  # a directory opened for writing, a socket: say what it is
+        try:
+            kind = _file_kind(os.stat(name).st_mode)
+        except OSError:
+            kind = None
+        if kind is None:
+            raise
+        raise InvalidArgumentError(f"{name} is {kind}, not an image file") from None
+    try:
+        kind = _file_kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise InvalidArgumentError(f"{name} is {kind}, not an image file")
+        if nonblock:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~nonblock)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _fd_size(fd: int) -> int:
+    """Size of an open file or block device (whose ``st_size`` is 0)."""
+    st = os.fstat(fd)
+    if stat.S_ISBLK(st.st_mode):
+        return os.lseek(fd, 0, os.SEEK_END)
+    return st.st_size
 
 
 class SectorOverlay:
@@ -139,13 +197,34 @@ class SectorOverlay:
 class FileSource:
     """Positional reads (and, when writable, writes) on an image file.
 
+    A path is opened here and locked as qemu locks images (:mod:`pyvhdx.locking`):
+    writable, it excludes every other user; read-only, it excludes writers. The
+    lock lasts until :meth:`close`. A file object the caller opened is not
+    locked (the caller owns it and its locking). A path that names something
+    other than a regular file or a block device (a FIFO, socket, character
+    device or directory) is refused at once, without waiting on it.
+
     Args:
         file: a path, or an open binary file object with ``seek`` and
             ``readinto`` (its position is not preserved; it is not closed).
         writable: open a path for reading and writing.
+        force_share: take and check no lock (qemu's ``force-share``, ``-U``);
+            for read-only opens only.
+
+    Raises:
+        ImageLockedError: another process (pyvhdx or qemu) holds a conflicting
+            lock on the file.
+        InvalidArgumentError: the path is not a regular file or block device,
+            or ``force_share`` with ``writable``.
     """
 
-    def __init__(self, file: str | os.PathLike[str] | BinaryIO, *, writable: bool = False) -> None:
+    def __init__(
+        self,
+        file: str | os.PathLike[str] | BinaryIO,
+        *,
+        writable: bool = False,
+        force_share: bool = False,
+    ) -> None:
         self.writable = writable
         # False for a scratch file whose durability the caller handles (convert
         # builds a temporary file and syncs it once, or not, before renaming).
@@ -154,12 +233,25 @@ class FileSource:
         self._owns = False
         self._fileobj: BinaryIO | None = None
         self.fd: int | None = None
+        # Whether this object holds qemu's image lock on the file (pyvhdx.locking).
+        self.locked = False
+        if force_share and writable:
+            raise InvalidArgumentError(
+                "force-share is for read-only opens: an image open for writing is never shared"
+            )
         if isinstance(file, (str, os.PathLike)):
             self.name = os.fspath(file)
             flags = os.O_RDWR if writable else os.O_RDONLY
-            self.fd = os.open(self.name, flags | getattr(os, "O_BINARY", 0))
+            own = _open_image_file(self.name, flags)
+            try:
+                if not force_share:
+                    self.locked = lock_image(own, self.name, writable=writable)
+                self._size = _fd_size(own)
+            except BaseException:
+                os.close(own)  # also releases any lock byte taken
+                raise
+            self.fd = own
             self._owns = True
-            self._size = os.fstat(self.fd).st_size
         else:
             if not (hasattr(file, "readinto") and hasattr(file, "seek")):
                 raise InvalidArgumentError("file object must have readinto() and seek()")
@@ -213,7 +305,7 @@ class FileSource:
     def refresh_size(self) -> int:
         """Re-read the file size from storage."""
         if self.fd is not None:
-            self._size = os.fstat(self.fd).st_size
+            self._size = _fd_size(self.fd)
         elif self._fileobj is not None:
             self._fileobj.seek(0, os.SEEK_END)
             self._size = self._fileobj.tell()
@@ -345,8 +437,9 @@ class FileSource:
             os.fsync(self.fd)
 
     def close(self) -> None:
-        """Close the file if this object opened it."""
+        """Close the file if this object opened it (which releases its lock)."""
         if self._owns and self.fd is not None:
             os.close(self.fd)
+            self.locked = False
         self.fd = None
         self._fileobj = None
