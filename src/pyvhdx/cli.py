@@ -254,6 +254,7 @@ def _open(path: str, args: argparse.Namespace) -> DiskImage:
             parent=getattr(args, "parent", None),
             # info and inspect describe a child whose parent is missing (and say so)
             allow_missing_parent=bool(getattr(args, "allow_missing_parent", False)),
+            force_share=bool(getattr(args, "force_share", False)),
         )
     except PyvhdxError as exc:
         raise CommandError(f"{path}: {exc}") from exc
@@ -281,6 +282,13 @@ def _add_image_options(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         default=None,
         help="a differencing disk's parent (tried before the paths the image records)",
+    )
+    parser.add_argument(
+        "-U",
+        "--force-share",
+        action="store_true",
+        help="read an image another process (pyvhdx or qemu) has locked, taking no lock "
+        "(as qemu-img -U; its data may be inconsistent while it is written)",
     )
 
 
@@ -1197,6 +1205,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         options["parent"] = args.parent
     if getattr(args, "strict", False):
         options["strict"] = True
+    if getattr(args, "force_share", False):
+        options["force_share"] = True
     try:
         report = inspect_image(
             args.image, format=args.format, scan_unreferenced=args.scan, **options

@@ -1473,7 +1473,8 @@ def inspect_image(
         scan_unreferenced: read the unreferenced ranges to tell whether they
             hold non-zero bytes (set False to skip the reads).
         open_options: keyword arguments for the :func:`pyvhdx.open` probe
-            reported under ``open`` (``parent=``, ``strict=``).
+            reported under ``open`` (``parent=``, ``strict=``; ``force_share=``
+            also reads the file without a lock).
 
     Returns:
         A JSON-ready dict with kebab-case keys: ``filename``, ``format``,
@@ -1487,7 +1488,7 @@ def inspect_image(
     Raises:
         OSError: the file cannot be opened or read.
     """
-    source = FileSource(file)
+    source = FileSource(file, force_share=bool(open_options.get("force_share", False)))
     try:
         fmt = ImageFormat(format) if format is not None else detect_format(source)
         report: dict[str, Any] = {
