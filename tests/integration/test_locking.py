@@ -383,6 +383,27 @@ def test_qemu_reader_blocks_pyvhdx_writer_only(image: Path, qemu_holders: list[Q
         pass
 
 
+@pytest.mark.oracle
+def test_chain_parent_lock_and_force_share(tmp_path: Path, qemu_holders: list[QemuHolder]) -> None:
+    """A parent opened for a chain is locked too, and inherits the child's force_share."""
+    base = _make(tmp_path, "vhdx", "base")
+    child = tmp_path / "child.avhdx"
+    pyvhdx.create(child, parent=base)
+    with pyvhdx.open(child, "r+"):
+        assert _lock_bytes(base) == [100, 201, 203]  # the parent: a reader's lock
+        with pytest.raises(ImageLockedError):
+            pyvhdx.open(base, "r+")
+    q = QemuHolder(base)  # qemu writes the parent: the chain must not be read unlocked
+    qemu_holders.append(q)
+    with pytest.raises(ImageLockedError, match=r"base\.vhdx"):
+        pyvhdx.open(child)
+    with pyvhdx.open(child, force_share=True) as img:
+        assert img.parent is not None
+        assert _lock_lines(child) == []
+        assert img.read_at(0, 512) == bytes(512)
+    q.close()
+
+
 # -- special files ----------------------------------------------------------------------
 
 
