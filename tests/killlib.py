@@ -42,6 +42,14 @@ class KillOutcome:
     detail: str = ""
 
 
+def _default_signals() -> None:
+    """In the child: SIGINT as a terminal sends it (a shell's background job, or
+    nohup, starts with it ignored, and Python then installs no handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*PYVHDX, *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False
@@ -118,6 +126,7 @@ def kill_once(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_signals,
     )
     if after_record:
         deadline = time.monotonic() + 60
@@ -128,9 +137,18 @@ def kill_once(
     _out, err = proc.communicate(timeout=600)
     name = sig.name
     if not (work / child).exists():
+        # finished; a kill between deleting the child and its record leaves the
+        # record, which the next merge of the same name removes
         got = cli_hash(base, work)
-        ok = got == expected and not list(work.glob("*.pyvhdx-merge"))
-        return KillOutcome(name, delay, "finished", ok, "" if ok else f"parent {got}")
+        if got != expected:
+            return KillOutcome(name, delay, "finished", False, f"parent reads {got}")
+        if record_file.exists():
+            r = cli("merge", child, cwd=work)
+            if r.returncode != 0 or record_file.exists():
+                detail = f"stale record not cleared: {r.returncode} {r.stderr.strip()}"
+                return KillOutcome(name, delay, "finished", False, detail)
+            return KillOutcome(name, delay, "finished, record left", True)
+        return KillOutcome(name, delay, "finished", True)
     record = record_file.exists()
     state = "interrupted" if record else "not started"
     got = cli_hash(child, work)

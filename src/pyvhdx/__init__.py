@@ -333,6 +333,9 @@ def merge(
     *,
     parent: str | os.PathLike[str] | None = None,
     keep_child: bool = False,
-) -> None:
-    """Merge a differencing disk into its parent (as Merge-VHD); see pyvhdx.merge."""
-    _merge_module.merge_image(child, parent=parent, keep_child=keep_child)
+    progress: Callable[[int], None] | None = None,
+) -> _merge_module.MergeResult:
+    """Merge a differencing disk into its parent (as Merge-VHD), or finish an
+    interrupted merge of it; its children beside it are re-parented. See
+    :func:`pyvhdx.merge.merge_image`."""
+    return _merge_module.merge_image(child, parent=parent, keep_child=keep_child, progress=progress)

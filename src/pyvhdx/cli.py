@@ -643,6 +643,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
                 "parent": str(result.parent),
                 "bytes-merged": result.bytes_merged,
                 "child-deleted": result.child_deleted,
+                "reparented": [str(p) for p in result.reparented],
+                "resumed": result.resumed,
             }
         )
         return EXIT_OK
@@ -652,6 +654,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
         ("bytes merged", format_size(result.bytes_merged)),
         ("child", "deleted" if result.child_deleted else "kept (it no longer matches its parent)"),
     ]
+    if result.resumed:
+        rows.append(("resumed", "yes: an interrupted merge of this child was finished"))
+    if result.reparented:
+        rows.append(("re-parented", [str(p) for p in result.reparented]))
     print_lines(render_fields(rows))
     return EXIT_OK
 
@@ -684,8 +690,11 @@ def _add_merge_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "zeros it stores over its parent) into its parent, as Hyper-V's Merge-VHD does, "
         "through the parent's crash-consistent write path; then delete CHILD. Writing "
         "changes the parent (a VHDX parent gets a new DataWriteGuid), so other children of "
-        "the same parent no longer open. The parent is found as for reading (beside CHILD) "
-        "unless --parent names it.",
+        "the same parent no longer open. CHILD's own children in its folder are re-parented "
+        "onto the parent. The merge is recorded beside CHILD (CHILD.pyvhdx-merge) before the "
+        "parent is written: if it is interrupted (Ctrl-C, a kill, a full disk), the chain "
+        "still reads as before and running the same command again finishes it. The parent "
+        "is found as for reading (beside CHILD) unless --parent names it.",
         epilog="Exit status: 0 merged, 1 image problem (not a differencing disk, parent "
         "missing or not CHILD's parent), 2 usage error.",
     )

@@ -27,7 +27,8 @@ from .errors import (
     TruncatedImageError,
     UnsupportedFeatureError,
 )
-from .info import AllocationSummary, ImageInfo
+from .info import AllocationSummary, ImageInfo, Problem
+from .journal import MergeRecord, read_record
 from .source import FileSource
 
 if TYPE_CHECKING:
@@ -503,7 +504,7 @@ class DiskImage:
             failed_copies=list(h.failed_copies),
             allocation=allocation,
             parent=h.parent_info(),
-            problems=list(h.problems),
+            problems=list(h.problems) + _merge_problems(self),
             format_specific=h.format_specific(),
         )
 
@@ -671,7 +672,6 @@ def _attach_parent(
     """Find, open and verify the parent of a differencing disk (DESIGN.md "Parents")."""
     from .chain import MAX_CHAIN_DEPTH, candidate_paths
     from .errors import ParentError
-    from .info import Problem
 
     h = img.handler
     if isinstance(file, (str, os.PathLike)):
@@ -685,11 +685,23 @@ def _attach_parent(
             f"differencing chain deeper than {MAX_CHAIN_DEPTH} images", tried=[str(here)]
         )
 
+    record = read_record(here)  # an interrupted merge of this disk into its parent
+
     def check(parent_img: DiskImage, where: str) -> str | None:
         ok, why = h.parent_identity_matches(parent_img.handler)
-        if ok or not verify:
-            return None
-        return f"{where}: identity mismatch ({why})"
+        merging = record is not None and _merge_accepts(record, here, h, parent_img)
+        if not (ok or merging or not verify):
+            return f"{where}: identity mismatch ({why})"
+        if merging:
+            assert record is not None
+            h.problems.append(
+                Problem(
+                    "merge",
+                    f"a merge of {here.name} into {record.parent} is in progress (interrupted?): "
+                    f"the chain reads as before it; 'pyvhdx merge {here.name}' finishes it",
+                )
+            )
+        return None
 
     tried: list[str] = []
     reasons: list[str] = []
@@ -746,3 +758,39 @@ def _attach_parent(
         h.problems.append(Problem("parent", f"{message}; data stored in the parent reads as zeros"))
         return
     raise ParentError(f"{message} (tried: {', '.join(tried) or 'nothing'})", tried=tried)
+
+
+def _merge_problems(img: DiskImage) -> list[Problem]:
+    """Merges in progress into this disk (the child side is reported when it opens)."""
+    from .journal import records_naming_parent
+
+    if img.handler.source.fd is None or not os.path.exists(img.name):
+        return []
+    return [
+        Problem(
+            "merge",
+            f"a merge of {child.name} into this disk is in progress (interrupted?): "
+            f"'pyvhdx merge {child.name}' finishes it",
+        )
+        for child, _rec in records_naming_parent(img.name)
+    ]
+
+
+def _merge_accepts(record: MergeRecord, child: Path, h: FormatHandler, parent: DiskImage) -> bool:
+    """Whether an interrupted merge (``record``) explains a linkage mismatch.
+
+    The parent must be the recorded one and carry the identity the merge gives
+    it, and the child's linkage must name the identity the parent had before.
+    """
+    if record.child != child.name or Path(parent.name).resolve() != record.parent_path(child):
+        return False
+    if not record.accepts(parent.handler.identity_as_parent()):
+        return False
+    before = record.parent_before.strip("{}")
+
+    class _Before:
+        def identity_as_parent(self) -> str:
+            return before
+
+    ok, _why = h.parent_identity_matches(_Before())  # type: ignore[arg-type]
+    return ok

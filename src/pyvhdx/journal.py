@@ -16,8 +16,9 @@ record is there:
 * ``info`` and ``check`` report the merge in progress, and ``pyvhdx merge CHILD``
   resumes and finishes it (every write of a merge is idempotent).
 
-The record is removed last, after the child is deleted. Reading a record never
-writes anything.
+The record is removed last, after the child is deleted (a record whose child
+is gone is left from a finished merge: readers ignore it, the next
+``pyvhdx merge CHILD`` removes it). Reading a record never writes anything.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def records_naming_parent(parent: str | os.PathLike[str]) -> list[tuple[Path, Me
             continue
         child = target.parent / name[: -len(RECORD_SUFFIX)]
         rec = read_record(child)
-        if rec is not None and rec.parent_path(child) == target:
+        if rec is not None and child.exists() and rec.parent_path(child) == target:
             out.append((child, rec))
     return out
 
@@ -189,7 +190,9 @@ def merge_notes(image: str | os.PathLike[str]) -> list[str]:
     path = Path(image).resolve()
     notes = []
     rec = read_record(path)
-    if rec is not None:
+    if rec is not None and not path.exists():
+        notes.append(f"{record_path(path).name} is left from a finished merge")
+    elif rec is not None:
         notes.append(
             f"a merge of {path.name} into {rec.parent} is in progress (interrupted?): "
             f"'pyvhdx merge {path.name}' finishes it"

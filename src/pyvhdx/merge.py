@@ -114,6 +114,10 @@ def merge_image(
     child_path = Path(child)
     real = child_path.resolve()  # the record lives beside the file itself, as the reader looks
     record = read_record(real)
+    if record is not None and not real.exists():
+        # stopped between deleting the child and its record: the merge is done
+        remove_record(real)
+        return MergeResult(child_path, record.parent_path(real), 0, True, (), True)
     with open_image(child_path, parent=parent) as chained:
         if chained.disk_type is not DiskType.DIFFERENCING:
             raise InvalidArgumentError(f"{child_path} is not a differencing disk")

@@ -308,3 +308,35 @@ def test_merge_refused_while_a_writer_holds_the_chain(
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not record_path(c1).exists()
     assert {p: p.read_bytes() for p in (base, c1, c2)} == files
+
+
+@pytest.mark.parametrize("ext", EXTS)
+def test_record_left_by_a_finished_merge(tmp_path: Path, ext: str) -> None:
+    """Killed between deleting the child and its record: the parent is merged, readers
+    ignore the record, and the next merge of that name removes it."""
+    base, c1, _c2 = three_level(tmp_path, ext)
+    (tmp_path / f"c2{ext}").unlink()
+    chain = digest(c1)
+    pyvhdx.merge(c1, keep_child=True)
+    rec = read_record(c1)
+    assert rec is None
+    saved = json.dumps(
+        {
+            "version": 1,
+            "child": c1.name,
+            "parent": base.name,
+            "format": ext[1:],
+            "parent_before": "x",
+            "parent_after": "y",
+            "children": [],
+        }
+    )
+    c1.unlink()
+    record_path(c1).write_text(saved)
+    with pyvhdx.open(base) as img:
+        assert not any(p.structure == "merge" for p in img.info().problems)
+    assert digest(base) == chain
+    r = cli("merge", "--json", c1.name, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["resumed"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == [base.name]
