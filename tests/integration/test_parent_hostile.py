@@ -54,8 +54,10 @@ class OpenGuard:
         self.paths.append(text)
 
     def outside(self, root: Path) -> list[str]:
-        base = str(root.resolve()) + os.sep
-        return [p for p in self.paths if not p.startswith(base)]
+        """Paths opened outside ``root`` (``root`` itself is inside: creating an
+        image there fsyncs the folder)."""
+        top = str(root.resolve())
+        return [p for p in self.paths if p != top and not p.startswith(top + os.sep)]
 
 
 @pytest.fixture
