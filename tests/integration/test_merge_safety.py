@@ -340,3 +340,31 @@ def test_record_left_by_a_finished_merge(tmp_path: Path, ext: str) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["resumed"] is True
     assert sorted(p.name for p in tmp_path.iterdir()) == [base.name]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "chardev"])
+def test_merge_refuses_special_files_at_once(tmp_path: Path, kind: str) -> None:
+    """A FIFO or a device node given as CHILD: refused at once (no hang), left as it was."""
+    import os
+    import stat
+
+    node = tmp_path / "child.vhdx"
+    if kind == "fifo":
+        os.mkfifo(node)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("mknod of a character device needs root")
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    r = subprocess.run(
+        [*PYVHDX, "merge", node.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert r.returncode in (1, 2), (r.stdout, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    mode = node.lstat().st_mode
+    assert stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISCHR(mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [node.name]
