@@ -22,7 +22,7 @@ import struct
 import uuid
 from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from construct import ConstructError
 
@@ -203,6 +203,68 @@ def _data_sector_ok(buf: bytearray | bytes, off: int, seq: int) -> bool:
     )
 
 
+def _entry_header(header: bytes, region: _LogRegion, log_guid: uuid.UUID) -> Any | None:
+    """The parsed entry header (MS-VHDX 2.3.1.1) if its fields can start a valid entry."""
+    try:
+        hdr = LOG_ENTRY_HEADER.parse(header)
+    except ConstructError:
+        return None
+    length: int = hdr.entry_length
+    if hdr.log_guid != log_guid or hdr.sequence_number == 0:
+        return None
+    if length == 0 or length % _SECTOR or length > region.length:
+        return None
+    if _descriptor_sectors(hdr.descriptor_count) > length // _SECTOR:
+        return None
+    return hdr
+
+
+def _check_descriptors(buf: bytearray, base: int, stop: int, seq: int, state: list[int]) -> bool:
+    """Descriptors wholly inside ``buf`` (entry bytes ``base`` to ``stop``), from ``state``.
+
+    ``state`` is ``[next descriptor, count, data descriptors seen]``, advanced in place.
+    """
+    while state[0] < state[1] and _HEADER_SIZE + _DESC_SIZE * (state[0] + 1) <= stop:
+        sig, _, value, target, dseq = _DESC.unpack_from(
+            buf, _HEADER_SIZE + _DESC_SIZE * state[0] - base
+        )
+        if dseq != seq or target % _SECTOR:
+            return False
+        if sig == b"desc":
+            state[2] += 1
+        elif sig != b"zero" or value % _SECTOR:
+            return False
+        state[0] += 1
+    return True
+
+
+def _entry_consistent(region: _LogRegion, pos: int, hdr: Any, budget: _Budget) -> bool:
+    """Pass 1: stream the entry once, checking descriptors and data sectors as they go
+    by and accumulating the CRC; stop at the first inconsistency."""
+    seq: int = hdr.sequence_number
+    count: int = hdr.descriptor_count
+    total = hdr.entry_length // _SECTOR
+    desc_sectors = _descriptor_sectors(count)
+    crc = 0
+    state = [0, count, 0]  # next descriptor, count, data descriptors
+    for k0 in range(0, total, _CHUNK_SECTORS):
+        k1 = min(total, k0 + _CHUNK_SECTORS)
+        budget.spend_crc((k1 - k0) * _SECTOR, pos)
+        buf = region.read((pos + k0 * _SECTOR) % region.length, (k1 - k0) * _SECTOR)
+        if k0 == 0:
+            buf[4:8] = bytes(4)  # the Checksum field reads as zero (MS-VHDX 2.3.1.1)
+        crc = _crc32c_continue(buf, crc)
+        if not _check_descriptors(buf, k0 * _SECTOR, k1 * _SECTOR, seq, state):
+            return False
+        n_data = state[2]
+        if state[0] == count and desc_sectors + n_data > total:
+            return False
+        for k in range(max(k0, desc_sectors), min(k1, desc_sectors + n_data)):
+            if not _data_sector_ok(buf, (k - k0) * _SECTOR, seq):
+                return False
+    return bool(crc == hdr.checksum)
+
+
 def _read_entry(
     region: _LogRegion, pos: int, header: bytes, log_guid: uuid.UUID, budget: _Budget
 ) -> LogEntry | None:
@@ -215,53 +277,11 @@ def _read_entry(
     sequence number), and the CRC-32C over EntryLength bytes with the Checksum
     field zeroed. The entry may wrap around the end of the region.
     """
-    try:
-        hdr = LOG_ENTRY_HEADER.parse(header)
-    except ConstructError:
+    hdr = _entry_header(header, region, log_guid)
+    if hdr is None or not _entry_consistent(region, pos, hdr, budget):
         return None
-    length: int = hdr.entry_length
-    seq: int = hdr.sequence_number
     count: int = hdr.descriptor_count
-    if hdr.log_guid != log_guid or seq == 0:
-        return None
-    if length == 0 or length % _SECTOR or length > region.length:
-        return None
-    total = length // _SECTOR
     desc_sectors = _descriptor_sectors(count)
-    if desc_sectors > total:
-        return None
-
-    # Pass 1: stream the entry once, checking descriptors and data sectors as
-    # they go by and accumulating the CRC; stop at the first inconsistency.
-    crc = 0
-    n_data = 0
-    next_desc = 0
-    for k0 in range(0, total, _CHUNK_SECTORS):
-        k1 = min(total, k0 + _CHUNK_SECTORS)
-        budget.spend_crc((k1 - k0) * _SECTOR, pos)
-        buf = region.read((pos + k0 * _SECTOR) % region.length, (k1 - k0) * _SECTOR)
-        if k0 == 0:
-            buf[4:8] = bytes(4)  # the Checksum field reads as zero (MS-VHDX 2.3.1.1)
-        crc = _crc32c_continue(buf, crc)
-        base = k0 * _SECTOR
-        while next_desc < count and _HEADER_SIZE + _DESC_SIZE * (next_desc + 1) <= k1 * _SECTOR:
-            sig, _, value, target, dseq = _DESC.unpack_from(
-                buf, _HEADER_SIZE + _DESC_SIZE * next_desc - base
-            )
-            if dseq != seq or target % _SECTOR:
-                return None
-            if sig == b"desc":
-                n_data += 1
-            elif sig != b"zero" or value % _SECTOR:
-                return None
-            next_desc += 1
-        if next_desc == count and desc_sectors + n_data > total:
-            return None
-        for k in range(max(k0, desc_sectors), min(k1, desc_sectors + n_data)):
-            if not _data_sector_ok(buf, (k - k0) * _SECTOR, seq):
-                return None
-    if crc != hdr.checksum:
-        return None
 
     # Pass 2 (valid entries only): keep the descriptors, in order.
     budget.spend_descriptors(count, pos)
@@ -293,9 +313,9 @@ def _read_entry(
     return LogEntry(
         log_offset=pos,
         file_offset=region.offset + pos,
-        sequence_number=seq,
+        sequence_number=hdr.sequence_number,
         tail=hdr.tail,
-        entry_length=length,
+        entry_length=hdr.entry_length,
         descriptor_count=count,
         flushed_file_offset=hdr.flushed_file_offset,
         last_file_offset=hdr.last_file_offset,
