@@ -14,7 +14,7 @@ Allocation Table".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -472,3 +472,23 @@ def coalesce(vstart: I64, lens: I64, kinds: U8, fo: I64) -> Runs:
     if idx.shape[0] == n:
         return Runs(vstart, lens, kinds, fo)
     return Runs(vstart[idx], np.add.reduceat(lens, idx), kinds[idx], fo[idx])
+
+
+def lost_totals(
+    chunks: Iterable[tuple[int, I64]], *, block_size: int, virtual_size: int, file_size: int
+) -> tuple[int, int]:
+    """``(bytes, blocks)`` of data past ``file_size`` over ``(first_block, codes)``
+    chunks of a whole BAT (codes decoded with past-EOF offsets allowed).
+    """
+    total = count = 0
+    for first, codes in chunks:
+        lost = lost_ranges(
+            codes,
+            first_block=first,
+            block_size=block_size,
+            virtual_size=virtual_size,
+            file_size=file_size,
+        )
+        total += sum(length for _, length, _ in lost)
+        count += len(lost)
+    return total, count
