@@ -7,15 +7,40 @@ so by default a locator is never opened where it points: each candidate is
 re-rooted to the child's directory (a relative path that stays inside it, else
 the path's base name beside the child). The parent's identity is verified
 against the child's linkage (VHDX DataWriteGuid, VHD unique id) before use.
+
+:func:`attach_parent` runs the search. It opens no file itself: the caller
+injects an ``opener`` (as pyelftools' ``stream_loader``), which
+:func:`pyvhdx.image.open_image` makes with the child's options (read-only,
+``force_share`` inherited, the chain seen so far to catch loops).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING, BinaryIO
 
-__all__ = ["MAX_CHAIN_DEPTH", "candidate_paths"]
+from .errors import ParentError
+from .journal import MergeRecord, read_record, records_naming_parent
+from .problems import Problem
+
+if TYPE_CHECKING:
+    from .base import FormatHandler
+    from .image import DiskImage
+
+__all__ = [
+    "MAX_CHAIN_DEPTH",
+    "ParentOpener",
+    "attach_parent",
+    "candidate_paths",
+    "image_path",
+    "merge_problems",
+]
+
+ParentOpener = Callable[[Path, frozenset[Path]], "DiskImage"]
+"""Opens a candidate parent (path, the chain's paths so far) with its own chain."""
 
 MAX_CHAIN_DEPTH = 64  # deeper chains are refused (Hyper-V's own limit is far lower)
 
@@ -74,3 +99,196 @@ def candidate_paths(child_dir: Path, locators: list[tuple[str, str]]) -> list[Pa
 
 def _safe_component(name: str) -> bool:
     return name not in ("..", ".") and os.sep not in name and "/" not in name and len(name) < 4096
+
+
+# -- the search ---------------------------------------------------------------------
+
+
+def image_path(file: str | os.PathLike[str] | BinaryIO) -> Path:
+    """The resolved path of an image given as a path or a file object (its ``name``)."""
+    if isinstance(file, (str, os.PathLike)):
+        return Path(file).resolve()
+    name = getattr(file, "name", None)
+    return Path(name).resolve() if isinstance(name, str) else Path.cwd() / "<file object>"
+
+
+class _Verifier:
+    """Decides whether an open image is the child's parent (identity or merge record)."""
+
+    def __init__(self, child: DiskImage, here: Path, verify: bool) -> None:
+        self.handler = child.handler
+        self.here = here
+        self.verify = verify
+        self.record = read_record(here)  # an interrupted merge of this disk into its parent
+
+    def mismatch(self, parent: DiskImage, where: str) -> str | None:
+        """Why ``parent`` is not the child's parent, or None when it is."""
+        h = self.handler
+        ok, why = h.parent_identity_matches(parent.handler)
+        record = self.record
+        merging = record is not None and _merge_accepts(record, self.here, h, parent)
+        if not (ok or merging or not self.verify):
+            return f"{where}: identity mismatch ({why})"
+        if record is not None and merging:
+            h.problems.append(
+                Problem(
+                    "merge",
+                    f"a merge of {self.here.name} into {record.parent} is in progress "
+                    f"(interrupted?): the chain reads as before it; "
+                    f"'pyvhdx merge {self.here.name}' finishes it",
+                )
+            )
+        return None
+
+
+def attach_parent(
+    img: DiskImage,
+    file: str | os.PathLike[str] | BinaryIO,
+    explicit: str | os.PathLike[str] | DiskImage | None,
+    *,
+    opener: ParentOpener,
+    allow_missing: bool = False,
+    verify: bool = True,
+    seen: frozenset[Path] = frozenset(),
+) -> None:
+    """Find, open and verify the parent of the differencing disk ``img``; attach it.
+
+    Args:
+        img: the open child.
+        file: what the child was opened from (its folder is where parents are looked up).
+        explicit: a parent given by the caller: an open image (used as it is,
+            not owned) or a path (the only candidate).
+        opener: opens a candidate path, given the chain's paths so far.
+        allow_missing: a missing parent is a problem of ``img`` (its data reads
+            as zeros), not an error.
+        verify: check the parent's identity against the child's linkage.
+        seen: the paths of the chain's children so far (loop and depth checks).
+
+    Raises:
+        ParentError: the parent is missing, not the child's, or the chain loops
+            or is deeper than :data:`MAX_CHAIN_DEPTH`.
+    """
+    here = image_path(file)
+    seen = seen | {here}
+    if len(seen) > MAX_CHAIN_DEPTH:
+        raise ParentError(
+            f"differencing chain deeper than {MAX_CHAIN_DEPTH} images", tried=[str(here)]
+        )
+    verifier = _Verifier(img, here, verify)
+    if explicit is not None and not isinstance(explicit, (str, os.PathLike)):
+        bad = verifier.mismatch(explicit, explicit.name)
+        if bad:
+            raise ParentError(
+                f"the given parent is not this disk's parent: {bad}", tried=[explicit.name]
+            )
+        img.attach_parent(explicit, owned=False)
+        return
+    if explicit is not None:
+        candidates = [Path(explicit)]
+    else:
+        candidates = candidate_paths(here.parent, img.handler.parent_locations())
+    tried: list[str] = []
+    reasons = _Reasons(given=explicit is not None)
+    for path in candidates:
+        tried.append(str(path))
+        parent = _open_candidate(path, seen, opener, verifier, reasons, tried)
+        if parent is not None:
+            img.attach_parent(parent, owned=True)
+            return
+    _parent_missing(img, tried, reasons, allow_missing)
+
+
+class _Reasons(list[str]):
+    """Why each candidate was not the parent. A path the caller gave (``given``) that
+    is not the parent is an error at once."""
+
+    def __init__(self, *, given: bool) -> None:
+        super().__init__()
+        self.given = given
+
+
+def _open_candidate(
+    path: Path,
+    seen: frozenset[Path],
+    opener: ParentOpener,
+    verifier: _Verifier,
+    reasons: _Reasons,
+    tried: list[str],
+) -> DiskImage | None:
+    """The image at ``path`` if it is the parent; else None, with the reason appended."""
+    try:
+        found = path.is_file()
+    except OSError as exc:  # a name the file system refuses (too long, no access)
+        reasons.append(f"{path}: {exc.strerror or exc}")
+        return None
+    if not found:
+        reasons.append(f"{path}: not found")
+        return None
+    resolved = path.resolve()
+    if resolved in seen:
+        raise ParentError(f"differencing chain loops back to {resolved}", tried=tried)
+    try:
+        parent = opener(path, seen)
+    except OSError as exc:  # there but unreadable: a parent that cannot be used
+        reasons.append(f"{path}: cannot be read ({exc.strerror or exc})")
+        return None
+    bad = verifier.mismatch(parent, str(path))
+    if bad:
+        parent.close()
+        if reasons.given:
+            raise ParentError(f"the given parent is not this disk's parent: {bad}", tried=tried)
+        reasons.append(bad)
+        return None
+    return parent
+
+
+def _parent_missing(img: DiskImage, tried: list[str], reasons: list[str], allow: bool) -> None:
+    """No candidate was the parent: a problem of ``img`` (``allow``), else ParentError."""
+    message = "parent disk not found" if not reasons else "; ".join(reasons)
+    if not tried:
+        message = "the image names no parent path that can be looked up beside it"
+    if not allow:
+        raise ParentError(f"{message} (tried: {', '.join(tried) or 'nothing'})", tried=tried)
+    img.missing_parent = True
+    img.handler.problems.append(
+        Problem("parent", f"{message}; data stored in the parent reads as zeros")
+    )
+
+
+def merge_problems(img: DiskImage) -> list[Problem]:
+    """Merges in progress into this disk (the child side is reported when it opens)."""
+    if img.handler.source.fd is None or not os.path.exists(img.name):
+        return []
+    return [
+        Problem(
+            "merge",
+            f"a merge of {child.name} into this disk is in progress (interrupted?): "
+            f"'pyvhdx merge {child.name}' finishes it",
+        )
+        for child, _rec in records_naming_parent(img.name)
+    ]
+
+
+class _IdentityBefore:
+    """Stands in for a parent whose identity (as a child links to it) is ``identity``."""
+
+    def __init__(self, identity: str) -> None:
+        self._identity = identity
+
+    def identity_as_parent(self) -> str:
+        return self._identity
+
+
+def _merge_accepts(record: MergeRecord, child: Path, h: FormatHandler, parent: DiskImage) -> bool:
+    """Whether an interrupted merge (``record``) explains a linkage mismatch.
+
+    The parent must be the recorded one and carry the identity the merge gives
+    it, and the child's linkage must name the identity the parent had before.
+    """
+    if record.child != child.name or Path(parent.name).resolve() != record.parent_path(child):
+        return False
+    if not record.accepts(parent.handler.identity_as_parent()):
+        return False
+    before = _IdentityBefore(record.parent_before.strip("{}"))
+    ok, _why = h.parent_identity_matches(before)  # type: ignore[arg-type]
+    return ok

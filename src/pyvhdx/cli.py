@@ -317,8 +317,6 @@ def info_rows(info: ImageInfo) -> list[Row]:
     if info.identifier is not None:
         rows.append((_IDENTIFIER_LABELS.get(info.format, "identifier"), str(info.identifier)))
     rows.append(("log replayed", info.log_replayed))
-    if info.dirty != info.log_replayed:
-        rows.append(("dirty", info.dirty))
     if info.header_copy is not None:
         rows.append(("header copy", info.header_copy))
     if info.region_table_copy is not None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from .base import FormatHandler
 from .bat import CODE_UNMAPPED, CODE_ZERO, LOAD_CHUNK_MASK, LOAD_CHUNK_SHIFT, BlockTable
+from .chain import attach_parent, merge_problems
 from .constants import DiskType, ImageFormat, RunKind
 from .errors import (
     InvalidArgumentError,
@@ -27,8 +28,7 @@ from .errors import (
     TruncatedImageError,
     UnsupportedFeatureError,
 )
-from .info import AllocationSummary, ImageInfo, Problem
-from .journal import MergeRecord, read_record
+from .info import AllocationSummary, ImageInfo
 from .source import FileSource
 
 if TYPE_CHECKING:
@@ -90,7 +90,6 @@ class DiskImage:
         self._table: BlockTable = handler.table
         self._source = handler.source
         self.mode = mode
-        self.read_error: PyvhdxError | None = getattr(handler, "read_error", None)
         # hot-path constants (the handler and its table are fixed once opened)
         self._size = handler.virtual_size
         self._shift = self._table.block_shift
@@ -101,8 +100,7 @@ class DiskImage:
         src = self._source
         self._fd: int | None = src.fd if (src.overlay is None and _HAS_PREADV) else None
         self._stop_fast: Callable[[], None] | None = None
-        fast = self._fd is not None and self.read_error is None
-        if fast and type(self).readinto_at is _GENERAL_READINTO:
+        if self._fd is not None and type(self).readinto_at is _GENERAL_READINTO:
             # (not when a subclass or a test has replaced the method)
             self.readinto_at = self._fast_reader()  # type: ignore[method-assign, assignment]
         self.parent: DiskImage | None = None
@@ -289,8 +287,6 @@ class DiskImage:
             mv = mv[:n]
         if n == 0:
             return 0
-        if self.read_error is not None:
-            raise self.read_error
         shift = self._shift
         block = offset >> shift
         if (offset + n - 1) >> shift == block:
@@ -304,17 +300,8 @@ class DiskImage:
             if code >= 0:
                 pos = code + (offset & self._mask)
                 fd = self._fd
-                got = os.preadv(fd, [mv], pos) if fd is not None else 0
-                if got != n:
-                    got = self._source.readinto(mv, pos)
-                    if got != n and self._h.salvage:
-                        _zero_fill(mv[got:])  # salvage: data past the end reads as zeros
-                    elif got != n:
-                        raise TruncatedImageError(
-                            f"file ends inside block {block} ({got} of {n} bytes at {pos:#x})",
-                            structure="data block",
-                            offset=pos,
-                        )
+                if fd is None or os.preadv(fd, [mv], pos) != n:
+                    self._read_data(mv, pos)
                 return n
             if code in (CODE_ZERO, CODE_UNMAPPED):
                 _zero_fill(mv)
@@ -322,10 +309,28 @@ class DiskImage:
         self._read_runs(offset, mv)
         return n
 
+    def _read_data(self, mv: memoryview, pos: int) -> None:
+        """Fill ``mv`` from file offset ``pos`` (a data run); the file must hold it all.
+
+        Raises:
+            TruncatedImageError: the file ends first (with ``salvage``, the
+                missing bytes read as zeros instead).
+        """
+        got = self._source.readinto(mv, pos)
+        if got == len(mv):
+            return
+        if self._h.salvage:
+            _zero_fill(mv[got:])
+            return
+        raise TruncatedImageError(
+            f"file ends inside data at {pos:#x} ({got} of {len(mv)} bytes)",
+            structure="data block",
+            offset=pos,
+        )
+
     def _read_runs(self, offset: int, mv: memoryview) -> None:
         """General path: map the range to runs and serve each one."""
         runs = self._table.map(offset, len(mv))
-        source = self._source
         for start, length, kind, foff in zip(
             runs.start.tolist(),
             runs.length.tolist(),
@@ -335,15 +340,7 @@ class DiskImage:
         ):
             sub = mv[start - offset : start - offset + length]
             if kind == RunKind.DATA:
-                got = source.readinto(sub, foff)
-                if got != length and self._h.salvage:
-                    _zero_fill(sub[got:])  # salvage: data past the end reads as zeros
-                elif got != length:
-                    raise TruncatedImageError(
-                        f"file ends inside data at {foff:#x} ({got} of {length} bytes)",
-                        structure="data block",
-                        offset=foff,
-                    )
+                self._read_data(sub, foff)
             elif kind == RunKind.PARENT:
                 if self.parent is not None:
                     self.parent.readinto_at(start, sub)
@@ -498,13 +495,12 @@ class DiskImage:
             creator=h.creator,
             identifier=h.identifier,
             log_replayed=h.log_replayed,
-            dirty=h.log_replayed,
             header_copy=h.header_copy,
             region_table_copy=h.region_table_copy,
             failed_copies=list(h.failed_copies),
             allocation=allocation,
             parent=h.parent_info(),
-            problems=list(h.problems) + _merge_problems(self),
+            problems=list(h.problems) + merge_problems(self),
             format_specific=h.format_specific(),
         )
 
@@ -650,147 +646,28 @@ def open_image(
         raise
     img = DiskImage(handler, mode=mode)
     if handler.disk_type is DiskType.DIFFERENCING and resolve_parent:
+
+        def opener(path: Path, seen: frozenset[Path]) -> DiskImage:
+            # A parent opens read-only with the child's options (force_share too).
+            return open_image(
+                path,
+                allow_missing_parent=allow_missing_parent,
+                verify_parent=verify_parent,
+                force_share=force_share,
+                _seen=seen,
+            )
+
         try:
-            _attach_parent(
-                img, file, parent, allow_missing_parent, verify_parent, _seen, force_share
+            attach_parent(
+                img,
+                file,
+                parent,
+                opener=opener,
+                allow_missing=allow_missing_parent,
+                verify=verify_parent,
+                seen=_seen,
             )
         except BaseException:
             img.close()
             raise
     return img
-
-
-def _attach_parent(
-    img: DiskImage,
-    file: str | os.PathLike[str] | BinaryIO,
-    explicit: str | os.PathLike[str] | DiskImage | None,
-    allow_missing: bool,
-    verify: bool,
-    seen: frozenset[Path],
-    force_share: bool = False,
-) -> None:
-    """Find, open and verify the parent of a differencing disk (DESIGN.md "Parents")."""
-    from .chain import MAX_CHAIN_DEPTH, candidate_paths
-    from .errors import ParentError
-
-    h = img.handler
-    if isinstance(file, (str, os.PathLike)):
-        here = Path(file).resolve()
-    else:
-        name = getattr(file, "name", None)
-        here = Path(name).resolve() if isinstance(name, str) else Path.cwd() / "<file object>"
-    seen = seen | {here}
-    if len(seen) > MAX_CHAIN_DEPTH:
-        raise ParentError(
-            f"differencing chain deeper than {MAX_CHAIN_DEPTH} images", tried=[str(here)]
-        )
-
-    record = read_record(here)  # an interrupted merge of this disk into its parent
-
-    def check(parent_img: DiskImage, where: str) -> str | None:
-        ok, why = h.parent_identity_matches(parent_img.handler)
-        merging = record is not None and _merge_accepts(record, here, h, parent_img)
-        if not (ok or merging or not verify):
-            return f"{where}: identity mismatch ({why})"
-        if merging:
-            assert record is not None
-            h.problems.append(
-                Problem(
-                    "merge",
-                    f"a merge of {here.name} into {record.parent} is in progress (interrupted?): "
-                    f"the chain reads as before it; 'pyvhdx merge {here.name}' finishes it",
-                )
-            )
-        return None
-
-    tried: list[str] = []
-    reasons: list[str] = []
-    if isinstance(explicit, DiskImage):
-        bad = check(explicit, explicit.name)
-        if bad:
-            raise ParentError(
-                f"the given parent is not this disk's parent: {bad}", tried=[explicit.name]
-            )
-        img.attach_parent(explicit, owned=False)
-        return
-    if explicit is not None:
-        candidates = [Path(explicit)]
-    else:
-        candidates = candidate_paths(here.parent, h.parent_locations())
-    for path in candidates:
-        tried.append(str(path))
-        try:
-            found = path.is_file()
-        except OSError as exc:  # a name the file system refuses (too long, no access)
-            reasons.append(f"{path}: {exc.strerror or exc}")
-            continue
-        if not found:
-            reasons.append(f"{path}: not found")
-            continue
-        resolved = path.resolve()
-        if resolved in seen:
-            raise ParentError(f"differencing chain loops back to {resolved}", tried=tried)
-        try:
-            parent_img = open_image(
-                path,
-                allow_missing_parent=allow_missing,
-                verify_parent=verify,
-                force_share=force_share,
-                _seen=seen,
-            )
-        except OSError as exc:  # there but unreadable: a parent that cannot be used
-            reasons.append(f"{path}: cannot be read ({exc.strerror or exc})")
-            continue
-        bad = check(parent_img, str(path))
-        if bad:
-            parent_img.close()
-            reasons.append(bad)
-            if explicit is not None:
-                raise ParentError(f"the given parent is not this disk's parent: {bad}", tried=tried)
-            continue
-        img.attach_parent(parent_img, owned=True)
-        return
-    message = "parent disk not found" if not reasons else "; ".join(reasons)
-    if not tried:
-        message = "the image names no parent path that can be looked up beside it"
-    if allow_missing:
-        img.missing_parent = True
-        h.problems.append(Problem("parent", f"{message}; data stored in the parent reads as zeros"))
-        return
-    raise ParentError(f"{message} (tried: {', '.join(tried) or 'nothing'})", tried=tried)
-
-
-def _merge_problems(img: DiskImage) -> list[Problem]:
-    """Merges in progress into this disk (the child side is reported when it opens)."""
-    from .journal import records_naming_parent
-
-    if img.handler.source.fd is None or not os.path.exists(img.name):
-        return []
-    return [
-        Problem(
-            "merge",
-            f"a merge of {child.name} into this disk is in progress (interrupted?): "
-            f"'pyvhdx merge {child.name}' finishes it",
-        )
-        for child, _rec in records_naming_parent(img.name)
-    ]
-
-
-def _merge_accepts(record: MergeRecord, child: Path, h: FormatHandler, parent: DiskImage) -> bool:
-    """Whether an interrupted merge (``record``) explains a linkage mismatch.
-
-    The parent must be the recorded one and carry the identity the merge gives
-    it, and the child's linkage must name the identity the parent had before.
-    """
-    if record.child != child.name or Path(parent.name).resolve() != record.parent_path(child):
-        return False
-    if not record.accepts(parent.handler.identity_as_parent()):
-        return False
-    before = record.parent_before.strip("{}")
-
-    class _Before:
-        def identity_as_parent(self) -> str:
-            return before
-
-    ok, _why = h.parent_identity_matches(_Before())  # type: ignore[arg-type]
-    return ok

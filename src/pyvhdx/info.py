@@ -11,29 +11,9 @@ import dataclasses
 import uuid
 from typing import Any
 
+from .problems import Problem
+
 __all__ = ["AllocationSummary", "ImageInfo", "Problem"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """A non-fatal defect found while opening: a bad copy, a checksum, a repair."""
-
-    structure: str
-    message: str
-    offset: int | None = None
-    field: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"structure": self.structure, "message": self.message}
-        if self.field is not None:
-            d["field"] = self.field
-        if self.offset is not None:
-            d["offset"] = self.offset
-        return d
-
-    def __str__(self) -> str:
-        where = f" at {self.offset:#x}" if self.offset is not None else ""
-        return f"{self.structure}{where}: {self.message}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +69,6 @@ class ImageInfo:
     creator: str | None = None
     identifier: uuid.UUID | None = None  # VHDX Page 83 id, VHD unique id
     log_replayed: bool = False
-    dirty: bool = False
     header_copy: int | None = None  # 1 or 2 (VHDX), which copy was used
     region_table_copy: int | None = None
     failed_copies: list[str] = dataclasses.field(default_factory=list)
@@ -98,6 +77,12 @@ class ImageInfo:
     problems: list[Problem] = dataclasses.field(default_factory=list)
     allocated_size: int | None = None  # bytes the file occupies on storage (st_blocks)
     format_specific: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def dirty(self) -> bool:
+        """qemu's ``dirty-flag``: the image had a pending log (replayed in memory
+        when read-only); the same fact as :attr:`log_replayed`."""
+        return self.log_replayed
 
     @property
     def page83_id(self) -> uuid.UUID | None:
