@@ -15,6 +15,9 @@ MiB: Final = 1024 * KiB
 GiB: Final = 1024 * MiB
 TiB: Final = 1024 * GiB
 
+#: The nil GUID: an unset LogGuid (MS-VHDX 2.2.2), an unset GUID field anywhere.
+NIL_GUID: Final = uuid.UUID(int=0)
+
 
 class ImageFormat(str, enum.Enum):
     """On-disk container format, detected by content."""

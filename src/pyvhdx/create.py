@@ -59,7 +59,7 @@ import numpy as np
 
 from ._version import __version__ as _version
 from .bat import chunk_ratio, vhdx_bat_entry_count
-from .checksum import crc32c_with_zeroed_field, vhd_checksum
+from .checksum import vhd_checksum
 from .constants import (
     META_FILE_PARAMETERS,
     META_LOGICAL_SECTOR_SIZE,
@@ -67,7 +67,7 @@ from .constants import (
     META_PARENT_LOCATOR,
     META_PHYSICAL_SECTOR_SIZE,
     META_VIRTUAL_DISK_SIZE,
-    PARENT_LOCATOR_TYPE_VHDX,
+    NIL_GUID,
     REGION_BAT,
     REGION_METADATA,
     VHD_DEFAULT_BLOCK_SIZE,
@@ -101,17 +101,14 @@ from .structures.vhd import (
     VHDDynamicHeader,
     VHDFooter,
 )
-from .structures.vhdx import (
-    FILE_IDENTIFIER,
-    HEADER,
-    METADATA_ENTRY,
-    METADATA_TABLE_HEADER,
-    PARENT_LOCATOR_ENTRY,
-    PARENT_LOCATOR_HEADER,
-    REGION_TABLE_ENTRY,
-    REGION_TABLE_HEADER,
-)
 from .vhd import CHSGeometry, VHDFile, chs_geometry, vhd_bitmap_size
+from .vhdx.layout import (
+    vhdx_file_identifier,
+    vhdx_header,
+    vhdx_metadata_region,
+    vhdx_parent_locator,
+    vhdx_region_table,
+)
 
 __all__ = [
     "AZURE_MAX_SIZE",
@@ -139,7 +136,6 @@ __all__ = [
 KiB = 1024
 #: Why create refuses a block device as its file (pyvhdx.newfile).
 _NO_DEVICES: Final = "create makes image files; to put a disk onto a device, use convert -O raw"
-NIL_GUID = uuid.UUID(int=0)
 LOG_OFFSET = 1 * MiB
 LOG_LENGTH = 1 * MiB
 METADATA_OFFSET = 2 * MiB
@@ -167,67 +163,6 @@ def vhdx_layout(
 ) -> VHDXLayout:
     """The layout :func:`create_vhdx` uses for these parameters."""
     return VHDXLayout(virtual_size, block_size, logical_sector_size, differencing)
-
-
-def _with_crc(raw: bytearray) -> bytes:
-    raw[4:8] = crc32c_with_zeroed_field(raw, 4).to_bytes(4, "little")
-    return bytes(raw)
-
-
-def vhdx_header(
-    sequence_number: int,
-    *,
-    file_write_guid: uuid.UUID,
-    data_write_guid: uuid.UUID,
-    log_guid: uuid.UUID = NIL_GUID,
-    log_offset: int = LOG_OFFSET,
-    log_length: int = LOG_LENGTH,
-) -> bytes:
-    """A 4 KiB header with its CRC-32C (MS-VHDX 2.2.2)."""
-    raw = bytearray(
-        HEADER.build(
-            dict(
-                checksum=0,
-                sequence_number=sequence_number,
-                file_write_guid=file_write_guid,
-                data_write_guid=data_write_guid,
-                log_guid=log_guid,
-                log_version=0,
-                version=1,
-                log_length=log_length,
-                log_offset=log_offset,
-                reserved=bytes(4016),
-            )
-        )
-    )
-    return _with_crc(raw)
-
-
-def vhdx_region_table(entries: list[tuple[uuid.UUID, int, int, bool]]) -> bytes:
-    """A 64 KiB region table with its CRC-32C (MS-VHDX 2.2.3)."""
-    raw = bytearray(64 * KiB)
-    raw[:16] = REGION_TABLE_HEADER.build(dict(checksum=0, entry_count=len(entries), reserved=0))
-    for i, (guid, offset, length, required) in enumerate(entries):
-        raw[16 + 32 * i : 48 + 32 * i] = REGION_TABLE_ENTRY.build(
-            dict(guid=guid, file_offset=offset, length=length, flags=int(required))
-        )
-    return _with_crc(raw)
-
-
-def vhdx_metadata_region(items: list[tuple[uuid.UUID, bytes, int]]) -> bytes:
-    """The metadata table and items, ``(guid, data, flags)`` each (MS-VHDX 2.6)."""
-    raw = bytearray(METADATA_LENGTH)
-    raw[:32] = METADATA_TABLE_HEADER.build(
-        dict(reserved=0, entry_count=len(items), reserved2=bytes(20))
-    )
-    pos = 64 * KiB
-    for i, (guid, data, flags) in enumerate(items):
-        raw[32 + 32 * i : 64 + 32 * i] = METADATA_ENTRY.build(
-            dict(item_id=guid, offset=pos, length=len(data), flags=flags, reserved=0)
-        )
-        raw[pos : pos + len(data)] = data
-        pos += max(8, -(-len(data) // 8) * 8)
-    return bytes(raw)
 
 
 def _check_vhdx_args(
@@ -363,7 +298,7 @@ def _write_vhdx(
     ]
     file_write_guid, data_write_guid = uuid.uuid4(), uuid.uuid4()
     head = bytearray(1 * MiB)
-    head[0:520] = FILE_IDENTIFIER.build(dict(creator=f"pyvhdx {_version}"))
+    head[0:520] = vhdx_file_identifier(f"pyvhdx {_version}")
     for i, off in enumerate((64 * KiB, 128 * KiB)):
         head[off : off + 4 * KiB] = vhdx_header(
             i, file_write_guid=file_write_guid, data_write_guid=data_write_guid
@@ -461,39 +396,6 @@ def parent_locator_paths(
         if relative != ".." and not relative.startswith("..\\"):
             relative = ".\\" + relative
     return relative, absolute
-
-
-def vhdx_parent_locator(entries: Sequence[tuple[str, str]]) -> bytes:
-    """A VHDX parent locator item (MS-VHDX 2.6.2.6): the header (locator type
-    B04AEFB7-D19E-4A81-B789-25B8E9445913, 2.6.2.6.1), one 12-byte entry per key
-    (2.6.2.6.2), then the keys and values, UTF-16LE without NUL. Key and value
-    offsets are relative to the start of the item.
-    """
-    table = 20 + 12 * len(entries)
-    blob = bytearray()
-    head = bytearray(
-        PARENT_LOCATOR_HEADER.build(
-            dict(locator_type=PARENT_LOCATOR_TYPE_VHDX, reserved=0, key_value_count=len(entries))
-        )
-    )
-    for key, value in entries:
-        k = key.encode("utf-16-le")
-        v = value.encode("utf-16-le", errors="surrogatepass")
-        if len(k) > 0xFFFF or len(v) > 0xFFFF:
-            raise InvalidArgumentError(f"parent locator {key} is too long ({len(v)} bytes)")
-        key_offset = table + len(blob)
-        blob += k
-        value_offset = table + len(blob)
-        blob += v
-        head += PARENT_LOCATOR_ENTRY.build(
-            dict(
-                key_offset=key_offset,
-                value_offset=value_offset,
-                key_length=len(k),
-                value_length=len(v),
-            )
-        )
-    return bytes(head + blob)
 
 
 def create_vhdx_child(

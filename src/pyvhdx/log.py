@@ -27,6 +27,7 @@ from typing import Any, Literal, NamedTuple
 from construct import ConstructError
 
 from .checksum import crc32c as _crc32c_continue
+from .checksum import crc32c_with_zeroed_field
 from .constants import VHDX_LOG_SECTOR_SIZE, MiB
 from .errors import InvalidImageError, LogReplayError, TruncatedImageError
 from .source import FileSource, SectorOverlay
@@ -556,3 +557,61 @@ def replay_in_memory(source: FileSource, state: LogState) -> None:
         sector_size=_SECTOR,
     )
     source.set_overlay(overlay)
+
+
+# -- writing (MS-VHDX 2.3.1) ----------------------------------------------------------
+
+
+def build_log_entry(
+    *,
+    sequence_number: int,
+    log_guid: uuid.UUID,
+    sectors: list[tuple[int, bytes]],
+    flushed_file_offset: int,
+    last_file_offset: int,
+    tail: int,
+) -> bytes:
+    """One log entry carrying whole 4 KiB ``sectors`` ``(file_offset, data)``.
+
+    MS-VHDX 2.3.1: a 64-byte entry header and 32-byte data descriptors fill the
+    descriptor sectors (126 in the first, 128 in each later one), then one data
+    sector per descriptor holds bytes 8..4091 of its target; the first 8 and the
+    last 4 bytes ride in the descriptor. The CRC-32C covers the whole entry.
+    """
+    count = len(sectors)
+    desc_sectors = 1 if count <= 126 else 1 + -(-(count - 126) // 128)
+    length = 4096 * (desc_sectors + count)
+    out = bytearray(length)
+    out[:64] = LOG_ENTRY_HEADER.build(
+        dict(
+            checksum=0,
+            entry_length=length,
+            tail=tail,
+            sequence_number=sequence_number,
+            descriptor_count=count,
+            reserved=0,
+            log_guid=log_guid,
+            flushed_file_offset=flushed_file_offset,
+            last_file_offset=last_file_offset,
+        )
+    )
+    for i, (offset, data) in enumerate(sectors):
+        pos = 64 + 32 * i if i < 126 else 4096 * (1 + (i - 126) // 128) + 32 * ((i - 126) % 128)
+        out[pos : pos + 32] = DATA_DESCRIPTOR.build(
+            dict(
+                trailing_bytes=int.from_bytes(data[4092:4096], "little"),
+                leading_bytes=int.from_bytes(data[0:8], "little"),
+                file_offset=offset,
+                sequence_number=sequence_number,
+            )
+        )
+        spos = 4096 * (desc_sectors + i)
+        out[spos : spos + 4096] = DATA_SECTOR.build(
+            dict(
+                sequence_high=sequence_number >> 32,
+                data=data[8:4092],
+                sequence_low=sequence_number & 0xFFFFFFFF,
+            )
+        )
+    out[4:8] = crc32c_with_zeroed_field(out, 4).to_bytes(4, "little")
+    return bytes(out)

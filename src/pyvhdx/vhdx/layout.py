@@ -1,0 +1,722 @@
+"""The VHDX layout model: every on-disk copy of every structure, as found, and builders.
+
+One module reads the structures of MS-VHDX section 2 that sit outside the log
+and the BAT: the file type identifier (2.2.1), both headers (2.2.2), both region
+tables (2.2.3), the metadata table and its items (2.6.1) and the parent locator
+(2.6.2.6). Each reader returns a dataclass holding the fields, the stored and
+computed checksums and the :class:`Defect` list of what is wrong with that copy;
+it never raises for a malformed image and never decides which copy counts.
+
+The rule (DESIGN.md "One layout model per format"): layout reports,
+:mod:`pyvhdx.vhdx.file` decides (which copy, what is fatal), ``check`` maps
+defects to findings, ``inspect`` serialises the model. The builders of the same
+structures (used by ``create``, the writer and the tests) live here too, so each
+structure has one module that both parses and builds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from ..checksum import crc32c_with_zeroed_field
+from ..constants import (
+    KNOWN_METADATA,
+    KNOWN_REGIONS,
+    NIL_GUID,
+    PARENT_LOCATOR_TYPE_VHDX,
+    VHDX_HEADER_OFFSETS,
+    VHDX_HEADER_SIZE,
+    VHDX_MAX_METADATA_ENTRIES,
+    VHDX_MAX_METADATA_ITEM_SIZE,
+    VHDX_MAX_REGION_ENTRIES,
+    VHDX_METADATA_TABLE_SIZE,
+    VHDX_REGION_TABLE_OFFSETS,
+    VHDX_REGION_TABLE_SIZE,
+    VHDX_SIGNATURE,
+    MiB,
+)
+from ..errors import InvalidArgumentError
+from ..info import Problem
+from ..source import FileSource
+from ..structures import parse
+from ..structures.vhdx import (
+    FILE_IDENTIFIER,
+    HEADER,
+    METADATA_ENTRY,
+    METADATA_TABLE_HEADER,
+    PARENT_LOCATOR_ENTRY,
+    PARENT_LOCATOR_HEADER,
+    REGION_TABLE_ENTRY,
+    REGION_TABLE_HEADER,
+)
+
+__all__ = [
+    "META_IS_REQUIRED",
+    "META_IS_USER",
+    "META_IS_VIRTUAL_DISK",
+    "Defect",
+    "FileIdentifier",
+    "HeaderCopy",
+    "LocatorEntry",
+    "MetadataItem",
+    "MetadataTable",
+    "ParentLocator",
+    "RegionEntry",
+    "RegionTableCopy",
+    "parse_parent_locator",
+    "read_file_identifier",
+    "read_header",
+    "read_metadata_table",
+    "read_region_table",
+    "vhdx_file_identifier",
+    "vhdx_header",
+    "vhdx_metadata_region",
+    "vhdx_parent_locator",
+    "vhdx_region_table",
+]
+
+# MS-VHDX 2.6.1.2 metadata entry flags
+META_IS_USER = 1
+META_IS_VIRTUAL_DISK = 2
+META_IS_REQUIRED = 4
+_REGION_REQUIRED = 1  # MS-VHDX 2.2.3.2 region table entry flags, bit 0
+_LOCATOR_HEADER_SIZE = 20  # MS-VHDX 2.6.2.6.1
+_LOCATOR_ENTRY_SIZE = 12  # MS-VHDX 2.6.2.6.2
+_PATH_KEYS = ("relative_path", "volume_path", "absolute_win32_path")
+
+
+@dataclasses.dataclass(frozen=True)
+class Defect:
+    """What is wrong with one copy of a structure, as the layout found it.
+
+    ``code`` names the kind of defect for the deciders (``"signature"``,
+    ``"checksum"``, ``"truncated"``...); the rest says where, in spec terms.
+    """
+
+    code: str
+    structure: str
+    message: str
+    offset: int | None = None
+    field: str | None = None
+
+    def problem(self) -> Problem:
+        return Problem(self.structure, self.message, self.offset, self.field)
+
+
+def _checksum_defect(structure: str, offset: int, stored: int, computed: int) -> Defect:
+    return Defect(
+        "checksum",
+        structure,
+        f"checksum {stored:#010x} does not match the computed {computed:#010x}",
+        offset + 4,
+        "Checksum",
+    )
+
+
+def _signature_defect(structure: str, offset: int, found: bytes, want: bytes) -> Defect:
+    return Defect(
+        "signature", structure, f"signature is {found!r}, not {want!r}", offset, "Signature"
+    )
+
+
+def _truncated_defect(structure: str, offset: int) -> Defect:
+    return Defect("truncated", structure, "lies beyond the end of the file", offset)
+
+
+# -- 2.2.1 file type identifier ------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FileIdentifier:
+    """The file type identifier at offset 0 (MS-VHDX 2.2.1)."""
+
+    signature: bytes
+    creator: str | None
+    defects: list[Defect]
+
+    @property
+    def valid(self) -> bool:
+        return not self.defects
+
+
+def read_file_identifier(source: FileSource) -> FileIdentifier:
+    size = FILE_IDENTIFIER.sizeof()
+    data = source.read(0, size)
+    ident = FileIdentifier(data[:8], None, [])
+    if len(data) < size:
+        ident.defects.append(_truncated_defect("file identifier", 0))
+    if data[:8] != VHDX_SIGNATURE:
+        ident.defects.append(_signature_defect("file identifier", 0, data[:8], VHDX_SIGNATURE))
+    if ident.defects:
+        return ident
+    creator = parse(FILE_IDENTIFIER, data, structure="file identifier", offset=0).creator
+    return FileIdentifier(data[:8], creator, [])
+
+
+def vhdx_file_identifier(creator: str) -> bytes:
+    """The 520 bytes of a file type identifier naming ``creator`` (MS-VHDX 2.2.1)."""
+    return bytes(FILE_IDENTIFIER.build(dict(creator=creator)))
+
+
+# -- 2.2.2 headers -------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class HeaderCopy:
+    """One of the two headers, as found (MS-VHDX 2.2.2).
+
+    ``fields`` holds every field whatever the signature says (None when the
+    copy lies beyond the end of the file); ``valid`` means no defect.
+    """
+
+    index: int  # 1 or 2
+    offset: int
+    raw: bytes
+    fields: dict[str, Any] | None
+    defects: list[Defect]
+    stored_checksum: int | None = None
+    computed_checksum: int | None = None
+
+    @property
+    def signature_valid(self) -> bool:
+        return self.raw[:4] == b"head" and self.fields is not None
+
+    @property
+    def valid(self) -> bool:
+        return self.fields is not None and not self.defects
+
+    @property
+    def error(self) -> str | None:
+        """The first defect's message (the reason a reader skips this copy)."""
+        return self.defects[0].message if self.defects else None
+
+
+def read_header(source: FileSource, index: int) -> HeaderCopy:
+    """Header ``index`` (1 or 2): fields, checksums and defects (signature, CRC-32C, version)."""
+    offset = VHDX_HEADER_OFFSETS[index - 1]
+    name = f"header {index}"
+    data = source.read(offset, VHDX_HEADER_SIZE)
+    if len(data) < VHDX_HEADER_SIZE:
+        return HeaderCopy(index, offset, data, None, [_truncated_defect(name, offset)])
+    fields = dict(parse(HEADER, b"head" + data[4:], structure=name, offset=offset))
+    fields.pop("_io", None)
+    stored = int.from_bytes(data[4:8], "little")
+    computed = crc32c_with_zeroed_field(data, 4)
+    copy = HeaderCopy(index, offset, data, fields, [], stored, computed)
+    if data[:4] != b"head":
+        copy.defects.append(_signature_defect(name, offset, data[:4], b"head"))
+        return copy
+    if stored != computed:
+        copy.defects.append(_checksum_defect(name, offset, stored, computed))
+    if fields["version"] != 1:
+        copy.defects.append(
+            Defect("version", name, f"version {fields['version']} is not 1", offset + 66, "Version")
+        )
+    return copy
+
+
+def vhdx_header(
+    sequence_number: int,
+    *,
+    file_write_guid: uuid.UUID,
+    data_write_guid: uuid.UUID,
+    log_guid: uuid.UUID = NIL_GUID,
+    log_offset: int = MiB,
+    log_length: int = MiB,
+    version: int = 1,
+    log_version: int = 0,
+) -> bytes:
+    """A 4 KiB header with its CRC-32C (MS-VHDX 2.2.2)."""
+    raw = bytearray(
+        HEADER.build(
+            dict(
+                checksum=0,
+                sequence_number=sequence_number,
+                file_write_guid=file_write_guid,
+                data_write_guid=data_write_guid,
+                log_guid=log_guid,
+                log_version=log_version,
+                version=version,
+                log_length=log_length,
+                log_offset=log_offset,
+                reserved=bytes(4016),
+            )
+        )
+    )
+    return _with_crc(raw)
+
+
+def _with_crc(raw: bytearray) -> bytes:
+    raw[4:8] = crc32c_with_zeroed_field(raw, 4).to_bytes(4, "little")
+    return bytes(raw)
+
+
+# -- 2.2.3 region tables -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionEntry:
+    """A region table entry (MS-VHDX 2.2.3.2)."""
+
+    guid: uuid.UUID
+    file_offset: int
+    length: int
+    required: bool
+    flags: int = dataclasses.field(default=0, compare=False)
+    entry_offset: int = dataclasses.field(default=0, compare=False)  # in the file
+
+    @property
+    def name(self) -> str:
+        return KNOWN_REGIONS.get(self.guid, "unknown")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "guid": str(self.guid),
+            "name": self.name,
+            "file-offset": self.file_offset,
+            "length": self.length,
+            "required": self.required,
+        }
+
+
+@dataclasses.dataclass
+class RegionTableCopy:
+    """One of the two region tables, as found (MS-VHDX 2.2.3).
+
+    ``entries`` are parsed whenever the signature is right and EntryCount is in
+    range (``parsed``), even if the checksum is wrong; ``valid`` means no defect.
+    """
+
+    index: int
+    offset: int
+    entry_count: int | None
+    entries: list[RegionEntry]
+    defects: list[Defect]
+    stored_checksum: int | None = None
+    computed_checksum: int | None = None
+
+    @property
+    def parsed(self) -> bool:
+        return not any(d.code in ("truncated", "signature", "entry-count") for d in self.defects)
+
+    @property
+    def valid(self) -> bool:
+        return not self.defects
+
+    @property
+    def error(self) -> str | None:
+        return self.defects[0].message if self.defects else None
+
+
+def read_region_table(source: FileSource, index: int) -> RegionTableCopy:
+    """Region table ``index`` (1 or 2): entries, checksums and defects."""
+    offset = VHDX_REGION_TABLE_OFFSETS[index - 1]
+    name = f"region table {index}"
+    data = source.read(offset, VHDX_REGION_TABLE_SIZE)
+    if len(data) < VHDX_REGION_TABLE_SIZE:
+        return RegionTableCopy(index, offset, None, [], [_truncated_defect(name, offset)])
+    stored = int.from_bytes(data[4:8], "little")
+    computed = crc32c_with_zeroed_field(data, 4)
+    head = parse(REGION_TABLE_HEADER, b"regi" + data[4:16], structure=name, offset=offset)
+    table = RegionTableCopy(index, offset, head.entry_count, [], [], stored, computed)
+    if data[:4] != b"regi":
+        table.defects.append(_signature_defect(name, offset, data[:4], b"regi"))
+    elif stored != computed:
+        table.defects.append(_checksum_defect(name, offset, stored, computed))
+    if head.entry_count > VHDX_MAX_REGION_ENTRIES:
+        table.defects.append(
+            Defect(
+                "entry-count",
+                name,
+                f"EntryCount {head.entry_count} exceeds {VHDX_MAX_REGION_ENTRIES}",
+                offset + 8,
+                "EntryCount",
+            )
+        )
+    for i in range(min(head.entry_count, VHDX_MAX_REGION_ENTRIES)):
+        pos = 16 + 32 * i
+        e = parse(REGION_TABLE_ENTRY, data[pos : pos + 32], structure=name, offset=offset + pos)
+        table.entries.append(
+            RegionEntry(
+                e.guid,
+                e.file_offset,
+                e.length,
+                bool(e.flags & _REGION_REQUIRED),
+                e.flags,
+                offset + pos,
+            )
+        )
+    return table
+
+
+def vhdx_region_table(entries: list[tuple[uuid.UUID, int, int, bool]]) -> bytes:
+    """A 64 KiB region table with its CRC-32C (MS-VHDX 2.2.3)."""
+    raw = bytearray(VHDX_REGION_TABLE_SIZE)
+    raw[:16] = REGION_TABLE_HEADER.build(dict(checksum=0, entry_count=len(entries), reserved=0))
+    for i, (guid, offset, length, required) in enumerate(entries):
+        raw[16 + 32 * i : 48 + 32 * i] = REGION_TABLE_ENTRY.build(
+            dict(guid=guid, file_offset=offset, length=length, flags=int(required))
+        )
+    return _with_crc(raw)
+
+
+# -- 2.6.1 metadata table ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MetadataItem:
+    """A metadata table entry and its bytes (MS-VHDX 2.6.1.2).
+
+    ``data`` holds at most 1 MiB (VHDX_MAX_METADATA_ITEM_SIZE) and is shorter
+    than ``length`` when the file ends early; ``defects`` says why.
+    """
+
+    item_id: uuid.UUID
+    offset: int  # relative to the metadata region
+    length: int
+    is_user: bool
+    is_virtual_disk: bool
+    is_required: bool
+    data: bytes
+    flags: int = dataclasses.field(default=0, compare=False)
+    entry_offset: int = dataclasses.field(default=0, compare=False)  # in the file
+    defects: tuple[Defect, ...] = dataclasses.field(default=(), compare=False)
+
+    @property
+    def name(self) -> str:
+        return KNOWN_METADATA.get(self.item_id, "user" if self.is_user else "unknown")
+
+    @property
+    def known(self) -> bool:
+        """A system item this reader knows (MS-VHDX 2.6.2)."""
+        return self.item_id in KNOWN_METADATA
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "item-id": str(self.item_id),
+            "name": self.name,
+            "offset": self.offset,
+            "length": self.length,
+            "is-user": self.is_user,
+            "is-virtual-disk": self.is_virtual_disk,
+            "is-required": self.is_required,
+        }
+
+
+@dataclasses.dataclass
+class MetadataTable:
+    """The metadata table of the metadata region and every entry (MS-VHDX 2.6.1).
+
+    ``items`` lists every entry in table order; ``known`` maps the id of each
+    known item a reader uses (not outside the region, not a duplicate) to it.
+    """
+
+    offset: int  # the metadata region's file offset
+    region_length: int
+    entry_count: int | None
+    items: list[MetadataItem]
+    known: dict[uuid.UUID, MetadataItem]
+    defects: list[Defect]
+
+    @property
+    def parsed(self) -> bool:
+        return not self.defects
+
+
+def read_metadata_table(source: FileSource, offset: int, region_length: int) -> MetadataTable:
+    """The metadata table at ``offset`` and the items of a ``region_length`` region."""
+    name = "metadata table"
+    table = MetadataTable(offset, region_length, None, [], {}, [])
+    if region_length < VHDX_METADATA_TABLE_SIZE:
+        table.defects.append(
+            Defect(
+                "region-length",
+                "metadata region",
+                "metadata region is smaller than its 64 KiB table",
+                offset,
+                "Length",
+            )
+        )
+        return table
+    data = source.read(offset, VHDX_METADATA_TABLE_SIZE)
+    if len(data) < VHDX_METADATA_TABLE_SIZE:
+        table.defects.append(_truncated_defect(name, offset))
+        return table
+    if data[:8] != b"metadata":
+        table.defects.append(_signature_defect(name, offset, data[:8], b"metadata"))
+        return table
+    head = parse(METADATA_TABLE_HEADER, data[:32], structure=name, offset=offset)
+    table.entry_count = head.entry_count
+    if head.entry_count > VHDX_MAX_METADATA_ENTRIES:
+        table.defects.append(
+            Defect(
+                "entry-count",
+                name,
+                f"EntryCount {head.entry_count} exceeds {VHDX_MAX_METADATA_ENTRIES}",
+                offset + 10,
+                "EntryCount",
+            )
+        )
+        return table
+    for i in range(head.entry_count):
+        pos = 32 + 32 * i
+        entry = parse(
+            METADATA_ENTRY,
+            data[pos : pos + 32],
+            structure=f"metadata entry {i}",
+            offset=offset + pos,
+        )
+        item = _metadata_item(source, table, i, entry, offset + pos)
+        table.items.append(item)
+        if item.known and not any(d.code in ("outside", "duplicate") for d in item.defects):
+            table.known[item.item_id] = item
+    return table
+
+
+def _metadata_item(
+    source: FileSource, table: MetadataTable, index: int, e: Any, entry_offset: int
+) -> MetadataItem:
+    """One entry, its bytes and its defects (outside, overlap, duplicate, unknown required)."""
+    name = f"metadata entry {index}"
+    label = KNOWN_METADATA.get(e.item_id, str(e.item_id))
+    defects: list[Defect] = []
+    is_user = bool(e.flags & META_IS_USER)
+    base = table.offset
+    data = b""
+    if e.length > VHDX_MAX_METADATA_ITEM_SIZE or (
+        e.length
+        and (e.offset < VHDX_METADATA_TABLE_SIZE or e.offset + e.length > table.region_length)
+    ):
+        defects.append(
+            Defect(
+                "outside",
+                name,
+                f"item {label} at {e.offset:#x}+{e.length:#x} lies outside the "
+                f"{table.region_length:#x}-byte metadata region (or in its table)",
+                entry_offset + 16,
+                "Offset",
+            )
+        )
+    else:
+        for other in table.items:
+            if any(d.code == "outside" for d in other.defects):
+                continue
+            if (
+                e.length
+                and e.offset < other.offset + other.length
+                and other.offset < e.offset + e.length
+            ):
+                defects.append(
+                    Defect(
+                        "overlap",
+                        name,
+                        f"item {label} at {e.offset:#x}+{e.length:#x} overlaps item "
+                        f"{KNOWN_METADATA.get(other.item_id, str(other.item_id))}",
+                        entry_offset + 16,
+                        "Offset",
+                    )
+                )
+        if e.item_id in table.known and not is_user:
+            defects.append(
+                Defect(
+                    "duplicate",
+                    name,
+                    f"metadata item {label} appears twice",
+                    entry_offset,
+                    "ItemId",
+                )
+            )
+        if e.item_id not in KNOWN_METADATA and e.flags & META_IS_REQUIRED and not is_user:
+            defects.append(
+                Defect(
+                    "unknown-required",
+                    name,
+                    f"unknown metadata item {e.item_id} is marked required",
+                    entry_offset + 24,
+                    "IsRequired",
+                )
+            )
+        data = source.read(base + e.offset, e.length) if e.length else b""
+        if len(data) < e.length:
+            defects.append(_truncated_defect(name, base + e.offset))
+    return MetadataItem(
+        e.item_id,
+        e.offset,
+        e.length,
+        is_user,
+        bool(e.flags & META_IS_VIRTUAL_DISK),
+        bool(e.flags & META_IS_REQUIRED),
+        data,
+        e.flags,
+        entry_offset,
+        tuple(defects),
+    )
+
+
+def vhdx_metadata_region(items: list[tuple[uuid.UUID, bytes, int]], length: int = MiB) -> bytes:
+    """The metadata table and items, ``(guid, data, flags)`` each (MS-VHDX 2.6)."""
+    raw = bytearray(length)
+    raw[:32] = METADATA_TABLE_HEADER.build(
+        dict(reserved=0, entry_count=len(items), reserved2=bytes(20))
+    )
+    pos = VHDX_METADATA_TABLE_SIZE
+    for i, (guid, data, flags) in enumerate(items):
+        raw[32 + 32 * i : 64 + 32 * i] = METADATA_ENTRY.build(
+            dict(item_id=guid, offset=pos, length=len(data), flags=flags, reserved=0)
+        )
+        raw[pos : pos + len(data)] = data
+        pos += max(8, -(-len(data) // 8) * 8)
+    return bytes(raw)
+
+
+# -- 2.6.2.6 parent locator ----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LocatorEntry:
+    """A key/value entry of the parent locator (MS-VHDX 2.6.2.6.2).
+
+    Key and value are UTF-16LE decoded with ``surrogatepass``: an unpaired
+    surrogate is kept as it is (and shown escaped), never replaced; None when
+    the text lies outside the item or has an odd length.
+    """
+
+    index: int
+    key_offset: int
+    value_offset: int
+    key_length: int
+    value_length: int
+    key: str | None
+    value: str | None
+
+
+@dataclasses.dataclass
+class ParentLocator:
+    """The parent locator item (MS-VHDX 2.6.2.6), as found."""
+
+    offset: int  # file offset of the item
+    length: int
+    locator_type: uuid.UUID
+    key_value_count: int
+    entries: list[LocatorEntry]
+    values: dict[str, str]
+    defects: list[Defect]
+
+    @property
+    def type_known(self) -> bool:
+        return self.locator_type == PARENT_LOCATOR_TYPE_VHDX
+
+
+def parse_parent_locator(data: bytes, offset: int) -> ParentLocator:
+    """Decode a parent locator item; key and value offsets are relative to the item.
+
+    Args:
+        data: the item's bytes.
+        offset: the item's file offset (for defects).
+    """
+    name = "parent locator"
+    if len(data) < _LOCATOR_HEADER_SIZE:
+        short = Defect(
+            "too-short", name, f"the item is {len(data)} bytes, shorter than its header", offset
+        )
+        return ParentLocator(offset, len(data), NIL_GUID, 0, [], {}, [short])
+    head = parse(PARENT_LOCATOR_HEADER, data[:20], structure=name, offset=offset)
+    loc = ParentLocator(offset, len(data), head.locator_type, head.key_value_count, [], {}, [])
+    if not loc.type_known:
+        loc.defects.append(
+            Defect("type", name, f"unknown locator type {head.locator_type}", offset, "LocatorType")
+        )
+    if _LOCATOR_HEADER_SIZE + _LOCATOR_ENTRY_SIZE * head.key_value_count > len(data):
+        loc.defects.append(
+            Defect(
+                "key-value-count",
+                name,
+                f"{head.key_value_count} key/value entries do not fit in the "
+                f"{len(data)}-byte parent locator",
+                offset + 18,
+                "KeyValueCount",
+            )
+        )
+    for i in range(head.key_value_count):
+        pos = _LOCATOR_HEADER_SIZE + _LOCATOR_ENTRY_SIZE * i
+        if pos + _LOCATOR_ENTRY_SIZE > len(data):
+            break
+        loc.entries.append(_locator_entry(loc, data, i, offset + pos, pos))
+    if "parent_linkage" not in loc.values:
+        loc.defects.append(
+            Defect("no-linkage", name, "parent_linkage key is missing", offset, "parent_linkage")
+        )
+    if not any(k in loc.values for k in _PATH_KEYS):
+        loc.defects.append(
+            Defect(
+                "no-path",
+                name,
+                "no path key (relative_path, volume_path, absolute_win32_path)",
+                offset,
+            )
+        )
+    return loc
+
+
+def _locator_entry(loc: ParentLocator, data: bytes, i: int, at: int, pos: int) -> LocatorEntry:
+    e = parse(PARENT_LOCATOR_ENTRY, data[pos : pos + 12], structure="parent locator", offset=at)
+    texts: list[str | None] = []
+    for fld, off, ln in (
+        ("Key", e.key_offset, e.key_length),
+        ("Value", e.value_offset, e.value_length),
+    ):
+        if off + ln > len(data) or ln % 2:
+            texts.append(None)
+            loc.defects.append(
+                Defect(
+                    "text",
+                    f"parent locator entry {i}",
+                    f"{fld.lower()} at {off:#x}+{ln:#x} lies outside the {len(data)}-byte "
+                    "parent locator (or has an odd length)",
+                    at,
+                    f"{fld}Offset",
+                )
+            )
+        else:
+            texts.append(data[off : off + ln].decode("utf-16-le", errors="surrogatepass"))
+    key, value = texts
+    if key is not None and value is not None:
+        loc.values[key] = value
+    return LocatorEntry(i, e.key_offset, e.value_offset, e.key_length, e.value_length, key, value)
+
+
+def vhdx_parent_locator(entries: Sequence[tuple[str, str]]) -> bytes:
+    """A VHDX parent locator item (MS-VHDX 2.6.2.6): the header (locator type
+    B04AEFB7-D19E-4A81-B789-25B8E9445913, 2.6.2.6.1), one 12-byte entry per key
+    (2.6.2.6.2), then the keys and values, UTF-16LE without NUL (``surrogatepass``:
+    text read from an image round-trips). Key and value offsets are relative to
+    the start of the item.
+    """
+    table = _LOCATOR_HEADER_SIZE + _LOCATOR_ENTRY_SIZE * len(entries)
+    blob = bytearray()
+    head = bytearray(
+        PARENT_LOCATOR_HEADER.build(
+            dict(locator_type=PARENT_LOCATOR_TYPE_VHDX, reserved=0, key_value_count=len(entries))
+        )
+    )
+    for key, value in entries:
+        k = key.encode("utf-16-le", errors="surrogatepass")
+        v = value.encode("utf-16-le", errors="surrogatepass")
+        if len(k) > 0xFFFF or len(v) > 0xFFFF:
+            raise InvalidArgumentError(f"parent locator {key} is too long ({len(v)} bytes)")
+        key_offset = table + len(blob)
+        blob += k
+        value_offset = table + len(blob)
+        blob += v
+        head += PARENT_LOCATOR_ENTRY.build(
+            dict(
+                key_offset=key_offset,
+                value_offset=value_offset,
+                key_length=len(k),
+                value_length=len(v),
+            )
+        )
+    return bytes(head + blob)
