@@ -1,4 +1,4 @@
-"""A small VHDX writer for tests, built from pyvhdx's own construct declarations.
+"""A small VHDX writer for tests, built from pyvhdx's own layout builders (pyvhdx.vhdx.layout).
 
 It makes images qemu-img cannot (4096-byte logical sectors, chosen BAT states,
 differencing children, planted defects) so tests can read them back through
@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pyvhdx.bat import chunk_ratio, vhdx_bat_entry_count, vhdx_payload_index
-from pyvhdx.checksum import crc32c
 from pyvhdx.constants import (
     META_FILE_PARAMETERS,
     META_LOGICAL_SECTOR_SIZE,
@@ -23,20 +22,16 @@ from pyvhdx.constants import (
     META_PARENT_LOCATOR,
     META_PHYSICAL_SECTOR_SIZE,
     META_VIRTUAL_DISK_SIZE,
-    PARENT_LOCATOR_TYPE_VHDX,
     REGION_BAT,
     REGION_METADATA,
     PayloadState,
 )
-from pyvhdx.structures.vhdx import (
-    FILE_IDENTIFIER,
-    HEADER,
-    METADATA_ENTRY,
-    METADATA_TABLE_HEADER,
-    PARENT_LOCATOR_ENTRY,
-    PARENT_LOCATOR_HEADER,
-    REGION_TABLE_ENTRY,
-    REGION_TABLE_HEADER,
+from pyvhdx.vhdx.layout import (
+    vhdx_file_identifier,
+    vhdx_header,
+    vhdx_metadata_region,
+    vhdx_parent_locator,
+    vhdx_region_table,
 )
 
 MiB = 1 << 20
@@ -57,13 +52,6 @@ class Layout:
     data_write_guid: uuid.UUID
 
 
-def with_crc(data: bytearray, field: int = 4) -> bytearray:
-    """Store the CRC-32C of ``data`` (field zeroed) at ``field``."""
-    data[field : field + 4] = b"\0\0\0\0"
-    data[field : field + 4] = crc32c(bytes(data)).to_bytes(4, "little")
-    return data
-
-
 def header_bytes(
     seq: int,
     *,
@@ -73,53 +61,25 @@ def header_bytes(
     data_write_guid: uuid.UUID | None = None,
     version: int = 1,
 ) -> bytearray:
-    raw = bytearray(
-        HEADER.build(
-            dict(
-                checksum=0,
-                sequence_number=seq,
-                file_write_guid=uuid.uuid4(),
-                data_write_guid=data_write_guid or uuid.uuid4(),
-                log_guid=log_guid or uuid.UUID(int=0),
-                log_version=0,
-                version=version,
-                log_length=log_length,
-                log_offset=log_offset,
-                reserved=bytes(4016),
-            )
+    return bytearray(
+        vhdx_header(
+            seq,
+            file_write_guid=uuid.uuid4(),
+            data_write_guid=data_write_guid or uuid.uuid4(),
+            log_guid=log_guid or uuid.UUID(int=0),
+            log_offset=log_offset,
+            log_length=log_length,
+            version=version,
         )
     )
-    return with_crc(raw)
 
 
 def region_table_bytes(entries: list[tuple[uuid.UUID, int, int, bool]]) -> bytearray:
-    raw = bytearray(64 * 1024)
-    raw[:16] = REGION_TABLE_HEADER.build(dict(checksum=0, entry_count=len(entries), reserved=0))
-    for i, (guid, off, length, required) in enumerate(entries):
-        raw[16 + 32 * i : 48 + 32 * i] = REGION_TABLE_ENTRY.build(
-            dict(guid=guid, file_offset=off, length=length, flags=int(required))
-        )
-    return with_crc(raw)
+    return bytearray(vhdx_region_table(entries))
 
 
 def parent_locator_bytes(kv: dict[str, str]) -> bytes:
-    entries = b""
-    blob = b""
-    base = 20 + 12 * len(kv)
-    for key, value in kv.items():
-        k = key.encode("utf-16-le", "surrogatepass")  # tests plant unpaired surrogates
-        v = value.encode("utf-16-le", "surrogatepass")
-        koff = base + len(blob)
-        blob += k
-        voff = base + len(blob)
-        blob += v
-        entries += PARENT_LOCATOR_ENTRY.build(
-            dict(key_offset=koff, value_offset=voff, key_length=len(k), value_length=len(v))
-        )
-    head: bytes = PARENT_LOCATOR_HEADER.build(
-        dict(locator_type=PARENT_LOCATOR_TYPE_VHDX, reserved=0, key_value_count=len(kv))
-    )
-    return head + entries + blob
+    return vhdx_parent_locator(list(kv.items()))  # surrogatepass: tests plant lone surrogates
 
 
 def build_vhdx(
@@ -210,19 +170,9 @@ def build_vhdx(
     if differencing:
         items.append((META_PARENT_LOCATOR, parent_locator_bytes(parent_locator or {}), 6))
     items += extra_metadata or []
-    meta = bytearray(MiB)
-    meta[:32] = METADATA_TABLE_HEADER.build(
-        dict(reserved=0, entry_count=len(items), reserved2=bytes(20))
-    )
-    pos = 64 * 1024
-    for i, (guid, data, flags) in enumerate(items):
-        meta[32 + 32 * i : 64 + 32 * i] = METADATA_ENTRY.build(
-            dict(item_id=guid, offset=pos, length=len(data), flags=flags, reserved=0)
-        )
-        meta[pos : pos + len(data)] = data
-        pos += -(-len(data) // 8) * 8 or 8
+    meta = vhdx_metadata_region(items)
 
-    out[0:520] = FILE_IDENTIFIER.build(dict(creator=creator))
+    out[0:520] = vhdx_file_identifier(creator)
     out[64 * 1024 : 68 * 1024] = header_bytes(1, log_offset=log_offset, data_write_guid=dwg)
     out[128 * 1024 : 132 * 1024] = header_bytes(2, log_offset=log_offset, data_write_guid=dwg)
     regions = [

@@ -53,7 +53,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .bat import chunk_ratio, vhdx_bat_entry_count
-from .checksum import crc32c_with_zeroed_field, vhd_checksum
+from .checksum import vhd_checksum
 from .constants import (
     KNOWN_METADATA,
     KNOWN_REGIONS,
@@ -63,7 +63,7 @@ from .constants import (
     META_PARENT_LOCATOR,
     META_PHYSICAL_SECTOR_SIZE,
     META_VIRTUAL_DISK_SIZE,
-    PARENT_LOCATOR_TYPE_VHDX,
+    NIL_GUID,
     REGION_BAT,
     REGION_METADATA,
     VHD_BAT_UNUSED,
@@ -77,21 +77,15 @@ from .constants import (
     VHD_SECTOR_SIZE,
     VHDX_ALIGNMENT,
     VHDX_BAT_OFFSET_MASK,
+    VHDX_BAT_STATE_MASK,
     VHDX_HEADER_AREA_SIZE,
     VHDX_HEADER_OFFSETS,
-    VHDX_HEADER_SIZE,
     VHDX_MAX_BLOCK_SIZE,
-    VHDX_MAX_METADATA_ENTRIES,
-    VHDX_MAX_METADATA_ITEM_SIZE,
-    VHDX_MAX_REGION_ENTRIES,
     VHDX_MAX_VIRTUAL_SIZE,
-    VHDX_METADATA_TABLE_SIZE,
     VHDX_MIN_BLOCK_SIZE,
     VHDX_REGION_TABLE_OFFSETS,
-    VHDX_REGION_TABLE_SIZE,
     VHDX_SECTOR_BITMAP_BLOCK_SIZE,
     VHDX_SECTOR_SIZES,
-    VHDX_SIGNATURE,
     ImageFormat,
     PayloadState,
     VHDDiskType,
@@ -106,15 +100,18 @@ from .structures.vhd import (
     VHDDynamicHeader,
     VHDFooter,
 )
-from .structures.vhdx import (
-    FILE_PARAMETERS,
-    HEADER,
-    METADATA_ENTRY,
-    METADATA_TABLE_HEADER,
-    PARENT_LOCATOR_ENTRY,
-    PARENT_LOCATOR_HEADER,
-    REGION_TABLE_ENTRY,
-    REGION_TABLE_HEADER,
+from .structures.vhdx import FILE_PARAMETERS
+from .vhdx.layout import (
+    Defect,
+    HeaderCopy,
+    MetadataTable,
+    RegionEntry,
+    RegionTableCopy,
+    parse_parent_locator,
+    read_file_identifier,
+    read_header,
+    read_metadata_table,
+    read_region_table,
 )
 
 __all__ = ["MAX_FINDINGS_PER_KIND", "CheckReport", "Finding", "Severity", "check_image"]
@@ -123,10 +120,25 @@ __all__ = ["MAX_FINDINGS_PER_KIND", "CheckReport", "Finding", "Severity", "check
 #: are counted in one summary finding.
 MAX_FINDINGS_PER_KIND: Final = 16
 
-_NIL_GUID: Final = uuid.UUID(int=0)
 _BAT_CHUNK_ENTRIES: Final = 1 << 20  # BAT entries read and checked per step (8 MiB VHDX)
 _VHDX_RESERVED_BITS: Final = 0xFFFF8  # MS-VHDX 2.5.1: bits 3-19 of a BAT entry
-_META_IS_USER: Final = 1
+#: Metadata entry defects (pyvhdx.vhdx.layout codes): what a reader does, what a repair does.
+_ITEM_REPAIRS: Final = {
+    "outside": ("", "rebuild the metadata table"),
+    "duplicate": (": readers refuse the image", "remove the duplicate entry"),
+    "unknown-required": (
+        ": readers must refuse the image",
+        "none: the image needs software that knows this item",
+    ),
+}
+#: Parent locator defects (pyvhdx.vhdx.layout codes), as for _ITEM_REPAIRS.
+_LOCATOR_REPAIRS: Final = {
+    "no-linkage": (
+        ": the parent cannot be verified",
+        "set parent_linkage to the parent's DataWriteGuid",
+    ),
+    "no-path": ("", "add the parent's relative_path"),
+}
 
 I64 = npt.NDArray[np.int64]
 
@@ -362,30 +374,21 @@ def _span_hits(starts: I64, ends: I64, span_start: int, span_end: int) -> I64:
 # -- VHDX (MS-VHDX section 2) -----------------------------------------------------------
 
 
-@dataclasses.dataclass
-class _Region:
-    guid: uuid.UUID
-    file_offset: int
-    length: int
-    required: bool
-    entry_offset: int
-
-    @property
-    def name(self) -> str:
-        return KNOWN_REGIONS.get(self.guid, f"region {self.guid}")
+def _region_name(r: RegionEntry) -> str:
+    return KNOWN_REGIONS.get(r.guid, f"region {r.guid}")
 
 
-@dataclasses.dataclass
-class _RegionTable:
-    index: int
-    offset: int
-    valid: bool
-    parsed: bool  # entries could be read (valid, or only the checksum is wrong)
-    entries: list[_Region]
+#: What a repair of a damaged copy would do, by copy (header or region table).
+_COPY_REPAIRS: Final = {
+    "header": "rewrite header {index} from the current header (MS-VHDX 2.2.2.1)",
+    "region table": "rewrite region table {index} from the other copy",
+}
 
 
 class _VHDXChecker:
-    """Checks one VHDX file (MS-VHDX section 2)."""
+    """Checks one VHDX file (MS-VHDX section 2): maps the defects the layout model
+    (:mod:`pyvhdx.vhdx.layout`) reports to findings, and checks what lies between
+    structures (placement, overlaps, the BAT)."""
 
     def __init__(self, source: FileSource, out: _Findings, report: CheckReport) -> None:
         self.source = source
@@ -409,85 +412,39 @@ class _VHDXChecker:
             return
         self.check_bat(regions, meta)
 
+    def _errors(self, defects: list[Defect], repair: str) -> None:
+        for d in defects:
+            self.out.error(d.structure, d.message, d.offset, d.field, repair=repair)
+
     # -- 2.2.1 file type identifier -----------------------------------------------
 
     def check_file_identifier(self) -> None:
-        sig = self.source.read(0, 8)
-        if sig != VHDX_SIGNATURE:
-            self.out.error(
-                "file identifier",
-                f"signature is {sig!r}, not {VHDX_SIGNATURE!r}",
-                0,
-                "Signature",
-                repair="write the signature 'vhdxfile' at offset 0",
-            )
+        ident = read_file_identifier(self.source)
+        defects = [d for d in ident.defects if d.code == "signature"]
+        self._errors(defects, "write the signature 'vhdxfile' at offset 0")
 
     # -- 2.2.2 headers ----------------------------------------------------------------
 
-    def _read_header(self, index: int) -> tuple[dict[str, Any] | None, bool, bytes]:
-        """Parse header ``index``; report what is wrong with it. (fields, valid, raw)."""
-        offset = VHDX_HEADER_OFFSETS[index - 1]
-        name = f"header {index}"
-        repair = f"rewrite header {index} from the current header (MS-VHDX 2.2.2.1)"
-        data = self.source.read(offset, VHDX_HEADER_SIZE)
-        if len(data) < VHDX_HEADER_SIZE:
-            self.out.error(name, "lies beyond the end of the file", offset, repair=repair)
-            return None, False, data
-        if data[:4] != b"head":
-            self.out.error(
-                name, f"signature is {data[:4]!r}, not b'head'", offset, "Signature", repair=repair
-            )
-            return None, False, data
-        fields = dict(parse(HEADER, data, structure=name, offset=offset))
-        fields.pop("_io", None)
-        valid = True
-        stored = fields["checksum"]
-        computed = crc32c_with_zeroed_field(data, 4)
-        if stored != computed:
-            self.out.error(
-                name,
-                f"checksum {stored:#010x} does not match the computed {computed:#010x}",
-                offset + 4,
-                "Checksum",
-                repair=repair,
-            )
-            valid = False
-        if fields["version"] != 1:
-            self.out.error(
-                name, f"version {fields['version']} is not 1", offset + 66, "Version", repair=repair
-            )
-            valid = False
-        return fields, valid, data
-
     def check_headers(self) -> None:
         """Both headers; the current one is the valid one with the larger SequenceNumber."""
-        copies = {i: self._read_header(i) for i in (1, 2)}
-        parsed = {i: c[0] for i, c in copies.items() if c[0] is not None}
-        valid = [i for i in parsed if copies[i][1]]
+        copies = [read_header(self.source, i) for i in (1, 2)]
+        for c in copies:
+            self._errors(c.defects, _COPY_REPAIRS["header"].format(index=c.index))
+        parsed = {c.index: c for c in copies if c.signature_valid}
+        valid = [c for c in copies if c.valid]
 
-        def newest(candidates: list[int]) -> int:
-            return max(candidates, key=lambda i: (parsed[i]["sequence_number"], -i))
+        def newest(candidates: list[HeaderCopy]) -> HeaderCopy:
+            return max(candidates, key=lambda c: (c.fields["sequence_number"], -c.index))  # type: ignore[index]
 
         if valid:
             best = newest(valid)
-            seqs = ", ".join(f"header {i}: {parsed[i]['sequence_number']}" for i in valid)
+            seqs = ", ".join(f"header {c.index}: {c.fields['sequence_number']}" for c in valid)  # type: ignore[index]
             self.out.info(
-                f"header {best}",
-                f"header {best} is current (sequence numbers {seqs})",
-                VHDX_HEADER_OFFSETS[best - 1],
+                f"header {best.index}",
+                f"header {best.index} is current (sequence numbers {seqs})",
+                best.offset,
             )
-            same = len(valid) == 2 and (
-                parsed[1]["sequence_number"] == parsed[2]["sequence_number"]
-            )
-            if same and copies[1][2] != copies[2][2]:
-                self.out.warning(
-                    "header",
-                    f"both headers have sequence number {parsed[1]['sequence_number']} but "
-                    "differ; pyvhdx uses header 1, QEMU refuses such a file (SPEC-NOTES "
-                    "pitfall 2)",
-                    VHDX_HEADER_OFFSETS[1],
-                    "SequenceNumber",
-                )
+            self._check_twins(valid)
         else:
             self.out.error(
                 "header",
@@ -498,15 +455,31 @@ class _VHDXChecker:
             )
             if not parsed:
                 return
-            best = newest(list(parsed))
+            best = newest(list(parsed.values()))
             self.out.info(
                 "header",
-                f"checking on with the fields of damaged header {best} (its checksum or "
+                f"checking on with the fields of damaged header {best.index} (its checksum or "
                 "version is wrong)",
             )
-        self.header = parsed[best]
-        self.header_offset = VHDX_HEADER_OFFSETS[best - 1]
-        self._check_header_fields(best, parsed[best])
+        assert best.fields is not None
+        self.header = best.fields
+        self.header_offset = best.offset
+        self._check_header_fields(best.index, best.fields)
+
+    def _check_twins(self, valid: list[HeaderCopy]) -> None:
+        """Two valid headers with one sequence number must be identical (pitfall 2)."""
+        if len(valid) < 2:
+            return
+        one, two = valid
+        seq = one.fields["sequence_number"]  # type: ignore[index]
+        if seq == two.fields["sequence_number"] and one.raw != two.raw:  # type: ignore[index]
+            self.out.warning(
+                "header",
+                f"both headers have sequence number {seq} but differ; pyvhdx uses header 1, "
+                "QEMU refuses such a file (SPEC-NOTES pitfall 2)",
+                VHDX_HEADER_OFFSETS[1],
+                "SequenceNumber",
+            )
 
     def _check_header_fields(self, index: int, h: dict[str, Any]) -> None:
         offset = VHDX_HEADER_OFFSETS[index - 1]
@@ -555,7 +528,7 @@ class _VHDXChecker:
     def check_log(self) -> None:
         """A set LogGuid means a pending log: replay it in memory, as readers do (2.3.3)."""
         h = self.header
-        if h is None or h["log_guid"] == _NIL_GUID:
+        if h is None or h["log_guid"] == NIL_GUID:
             return
         from .log import load_log, replay_in_memory
 
@@ -615,60 +588,11 @@ class _VHDXChecker:
 
     # -- 2.2.3 region tables -----------------------------------------------------------
 
-    def _read_region_table(self, index: int) -> _RegionTable:
-        offset = VHDX_REGION_TABLE_OFFSETS[index - 1]
-        name = f"region table {index}"
-        repair = f"rewrite region table {index} from the other copy"
-        table = _RegionTable(index, offset, False, False, [])
-        data = self.source.read(offset, VHDX_REGION_TABLE_SIZE)
-        if len(data) < VHDX_REGION_TABLE_SIZE:
-            self.out.error(name, "lies beyond the end of the file", offset, repair=repair)
-            return table
-        if data[:4] != b"regi":
-            self.out.error(
-                name, f"signature is {data[:4]!r}, not b'regi'", offset, "Signature", repair=repair
-            )
-            return table
-        head = parse(REGION_TABLE_HEADER, data[:16], structure=name, offset=offset)
-        stored = head.checksum
-        computed = crc32c_with_zeroed_field(data, 4)
-        valid = True
-        if stored != computed:
-            self.out.error(
-                name,
-                f"checksum {stored:#010x} does not match the computed {computed:#010x}",
-                offset + 4,
-                "Checksum",
-                repair=repair,
-            )
-            valid = False
-        if head.entry_count > VHDX_MAX_REGION_ENTRIES:
-            self.out.error(
-                name,
-                f"EntryCount {head.entry_count} exceeds {VHDX_MAX_REGION_ENTRIES}",
-                offset + 8,
-                "EntryCount",
-                repair=repair,
-            )
-            return table
-        for i in range(head.entry_count):
-            pos = 16 + 32 * i
-            e = parse(
-                REGION_TABLE_ENTRY,
-                data[pos : pos + 32],
-                structure=f"{name} entry {i}",
-                offset=offset + pos,
-            )
-            table.entries.append(
-                _Region(e.guid, e.file_offset, e.length, bool(e.flags & 1), offset + pos)
-            )
-        table.valid = valid
-        table.parsed = True
-        return table
-
-    def check_region_tables(self) -> dict[uuid.UUID, _Region] | None:
+    def check_region_tables(self) -> dict[uuid.UUID, RegionEntry] | None:
         """Both copies, their agreement, and the entries of the one readers use."""
-        tables = [self._read_region_table(i) for i in (1, 2)]
+        tables = [read_region_table(self.source, i) for i in (1, 2)]
+        for t in tables:
+            self._errors(t.defects, _COPY_REPAIRS["region table"].format(index=t.index))
         valid = [t for t in tables if t.valid]
         if len(valid) == 2:
             listed = [
@@ -702,12 +626,12 @@ class _VHDXChecker:
             )
         return self._check_regions(table)
 
-    def _check_regions(self, table: _RegionTable) -> dict[uuid.UUID, _Region] | None:
-        regions: dict[uuid.UUID, _Region] = {}
+    def _check_regions(self, table: RegionTableCopy) -> dict[uuid.UUID, RegionEntry] | None:
+        regions: dict[uuid.UUID, RegionEntry] = {}
         size = self.source.data_size  # not size: a log replay may add zeros far out
         placed: list[tuple[int, int, str]] = list(self.spans)
         for i, r in enumerate(table.entries):
-            name = f"region table {table.index} entry {i} ({r.name})"
+            name = f"region table {table.index} entry {i} ({_region_name(r)})"
             if r.guid in regions:
                 self.out.error(
                     name,
@@ -764,12 +688,12 @@ class _VHDXChecker:
                         f"{s:#x}+{ln:#x}",
                         r.entry_offset + 16,
                         "FileOffset",
-                        repair=f"move the {r.name} region to a free 1 MiB-aligned area and "
-                        "update both region tables",
+                        repair=f"move the {_region_name(r)} region to a free 1 MiB-aligned "
+                        "area and update both region tables",
                     )
             regions[r.guid] = r
             if not bad:
-                placed.append((r.file_offset, r.length, f"{r.name} region"))
+                placed.append((r.file_offset, r.length, f"{_region_name(r)} region"))
                 self.end = max(self.end, r.file_offset + r.length)
         self.spans = placed
         missing = [g for g in (REGION_BAT, REGION_METADATA) if g not in regions]
@@ -784,214 +708,76 @@ class _VHDXChecker:
 
     # -- 2.6 metadata -------------------------------------------------------------------
 
-    def check_metadata(self, regions: dict[uuid.UUID, _Region]) -> dict[str, Any] | None:
+    def check_metadata(self, regions: dict[uuid.UUID, RegionEntry]) -> dict[str, Any] | None:
         """The metadata table and the system items (MS-VHDX 2.6.1, 2.6.2)."""
         region = regions[REGION_METADATA]
-        base = region.file_offset
-        name = "metadata table"
-        repair_table = "rebuild the metadata table from the items found in the region"
-        if region.length < VHDX_METADATA_TABLE_SIZE:
+        table = read_metadata_table(self.source, region.file_offset, region.length)
+        for d in table.defects:
+            offset = region.entry_offset + 24 if d.code == "region-length" else d.offset
             self.out.error(
-                "metadata region",
-                "is smaller than its 64 KiB table",
-                region.entry_offset + 24,
+                d.structure,
+                d.message,
+                offset,
+                d.field,
+                repair="rebuild the metadata table from the items found in the region",
+            )
+        if table.defects:
+            return None
+        for item in table.items:
+            for d in item.defects:
+                if d.code == "overlap":
+                    self.out.warning(d.structure, d.message, d.offset, d.field)
+                elif d.code in _ITEM_REPAIRS:
+                    suffix, repair = _ITEM_REPAIRS[d.code]
+                    self.out.error(
+                        d.structure, d.message + suffix, d.offset, d.field, repair=repair
+                    )
+        return self._check_metadata_items(table)
+
+    def _item(self, table: MetadataTable, guid: uuid.UUID, size: int) -> bytes | None:
+        """The bytes of required item ``guid``, if present and at least ``size`` long."""
+        label = KNOWN_METADATA[guid]
+        found = table.known.get(guid)
+        if found is None:
+            self.out.error(
+                "metadata table",
+                f"required metadata item {label} is missing: readers cannot open the image",
+                table.offset,
+                label,
+                repair=f"add the {label} item (its value must be recovered by hand)",
+            )
+            return None
+        if found.length < size or len(found.data) < size:
+            self.out.error(
+                f"metadata item {label}",
+                f"is {found.length} bytes, expected {size}",
+                table.offset + found.offset,
                 "Length",
-                repair=repair_table,
+                repair=f"rewrite the {label} item with its {size}-byte value",
             )
             return None
-        table = self.source.read(base, VHDX_METADATA_TABLE_SIZE)
-        if len(table) < VHDX_METADATA_TABLE_SIZE:
-            self.out.error(name, "lies beyond the end of the file", base, repair=repair_table)
-            return None
-        if table[:8] != b"metadata":
-            self.out.error(
-                name,
-                f"signature is {table[:8]!r}, not b'metadata'",
-                base,
-                "Signature",
-                repair=repair_table,
-            )
-            return None
-        head = parse(METADATA_TABLE_HEADER, table[:32], structure=name, offset=base)
-        if head.entry_count > VHDX_MAX_METADATA_ENTRIES:
-            self.out.error(
-                name,
-                f"EntryCount {head.entry_count} exceeds {VHDX_MAX_METADATA_ENTRIES}",
-                base + 10,
-                "EntryCount",
-                repair=repair_table,
-            )
-            return None
-        items: dict[uuid.UUID, tuple[int, int, bytes]] = {}  # guid -> (offset, length, data)
-        ranges: list[tuple[int, int, str]] = []
-        for i in range(head.entry_count):
-            pos = 32 + 32 * i
-            ename = f"metadata entry {i}"
-            e = parse(METADATA_ENTRY, table[pos : pos + 32], structure=ename, offset=base + pos)
-            label = KNOWN_METADATA.get(e.item_id, str(e.item_id))
-            is_user = bool(e.flags & _META_IS_USER)
-            if e.length > VHDX_MAX_METADATA_ITEM_SIZE or (
-                e.length
-                and (e.offset < VHDX_METADATA_TABLE_SIZE or e.offset + e.length > region.length)
-            ):
-                self.out.error(
-                    ename,
-                    f"item {label} at {e.offset:#x}+{e.length:#x} lies outside the "
-                    f"{region.length:#x}-byte metadata region (or in its table)",
-                    base + pos + 16,
-                    "Offset",
-                    repair="rebuild the metadata table",
-                )
-                continue
-            for s, ln, other in ranges:
-                if e.length and e.offset < s + ln and s < e.offset + e.length:
-                    self.out.warning(
-                        ename,
-                        f"item {label} at {e.offset:#x}+{e.length:#x} overlaps item {other}",
-                        base + pos + 16,
-                        "Offset",
-                    )
-            ranges.append((e.offset, e.length, label))
-            if e.item_id in items and not is_user:
-                self.out.error(
-                    ename,
-                    f"metadata item {label} appears twice: readers refuse the image",
-                    base + pos,
-                    "ItemId",
-                    repair="remove the duplicate entry",
-                )
-                continue
-            if e.item_id not in KNOWN_METADATA:
-                if e.flags & 4 and not is_user:
-                    self.out.error(
-                        ename,
-                        f"unknown metadata item {e.item_id} is marked required: readers must "
-                        "refuse the image",
-                        base + pos + 24,
-                        "IsRequired",
-                        repair="none: the image needs software that knows this item",
-                    )
-                continue
-            data = self.source.read(base + e.offset, e.length) if e.length else b""
-            items[e.item_id] = (e.offset, e.length, data)
-        return self._check_metadata_items(base, items)
+        return found.data
 
-    def _check_metadata_items(
-        self, base: int, items: dict[uuid.UUID, tuple[int, int, bytes]]
-    ) -> dict[str, Any] | None:
-        def item(guid: uuid.UUID, size: int, required: bool = True) -> bytes | None:
-            label = KNOWN_METADATA[guid]
-            found = items.get(guid)
-            if found is None:
-                if required:
-                    self.out.error(
-                        "metadata table",
-                        f"required metadata item {label} is missing: readers cannot open the image",
-                        base,
-                        label,
-                        repair=f"add the {label} item (its value must be recovered by hand)",
-                    )
-                return None
-            offset, length, data = found
-            if length < size or len(data) < size:
-                self.out.error(
-                    f"metadata item {label}",
-                    f"is {length} bytes, expected {size}",
-                    base + offset,
-                    "Length",
-                    repair=f"rewrite the {label} item with its {size}-byte value",
-                )
-                return None
-            return data
-
-        fp = item(META_FILE_PARAMETERS, 8)
-        vs = item(META_VIRTUAL_DISK_SIZE, 8)
-        ls = item(META_LOGICAL_SECTOR_SIZE, 4)
-        ps = item(META_PHYSICAL_SECTOR_SIZE, 4)
-        p83 = items.get(META_PAGE83_DATA)
+    def _check_metadata_items(self, table: MetadataTable) -> dict[str, Any] | None:
+        """The system items (MS-VHDX 2.6.2): the disk's parameters, or None if unusable."""
+        meta: dict[str, Any] = {}
+        ok = self._check_file_parameters(table, meta)
+        ok = self._check_sector_sizes(table, meta) and ok
+        ok = self._check_virtual_size(table, meta) and ok
+        p83 = table.known.get(META_PAGE83_DATA)
         if p83 is None:
             self.out.warning(
-                "metadata table", "the Page 83 Data item (virtual disk id) is missing", base
+                "metadata table", "the Page 83 Data item (virtual disk id) is missing", table.offset
             )
-        elif p83[1] < 16:
+        elif p83.length < 16:
             self.out.warning(
                 "metadata item page83_data",
-                f"is {p83[1]} bytes, expected 16",
-                base + p83[0],
+                f"is {p83.length} bytes, expected 16",
+                table.offset + p83.offset,
                 "Length",
             )
-        ok = True
-        meta: dict[str, Any] = {}
-
-        def where(guid: uuid.UUID) -> int:
-            return base + items[guid][0]
-
-        if fp is not None:
-            params = parse(FILE_PARAMETERS, fp[:8], structure="file parameters", offset=base)
-            bs = int(params.block_size)
-            if not (
-                bs > 0 and bs & (bs - 1) == 0 and VHDX_MIN_BLOCK_SIZE <= bs <= VHDX_MAX_BLOCK_SIZE
-            ):
-                self.out.error(
-                    "metadata item file_parameters",
-                    f"block size {bs} is not a power of two from 1 to 256 MiB",
-                    where(META_FILE_PARAMETERS),
-                    "BlockSize",
-                    repair="none safe: the block size cannot be inferred reliably",
-                )
-                ok = False
-            if params.flags & ~3:
-                self.out.warning(
-                    "metadata item file_parameters",
-                    f"reserved flag bits are set ({params.flags:#x})",
-                    where(META_FILE_PARAMETERS) + 4,
-                    "Reserved",
-                )
-            meta["block_size"] = bs
-            meta["leave_block_allocated"] = bool(params.flags & 1)
-            meta["has_parent"] = bool(params.flags & 2)
-        else:
-            ok = False
-        sectors: dict[str, int] = {}
-        for guid, data, key, fld in (
-            (META_LOGICAL_SECTOR_SIZE, ls, "logical_sector_size", "LogicalSectorSize"),
-            (META_PHYSICAL_SECTOR_SIZE, ps, "physical_sector_size", "PhysicalSectorSize"),
-        ):
-            if data is None:
-                ok = False
-                continue
-            value = int.from_bytes(data[:4], "little")
-            if value not in VHDX_SECTOR_SIZES:
-                self.out.error(
-                    f"metadata item {KNOWN_METADATA[guid]}",
-                    f"sector size {value} is not 512 or 4096",
-                    where(guid),
-                    fld,
-                    repair="set the sector size to 512 or 4096 (as the guest formatted it)",
-                )
-                ok = ok and key != "logical_sector_size"
-            sectors[key] = value
-        meta.update(sectors)
-        if vs is not None:
-            size = int.from_bytes(vs[:8], "little")
-            lss = sectors.get("logical_sector_size", 512)
-            if lss not in VHDX_SECTOR_SIZES:
-                lss = 512  # reported above; still check the size against a sector
-            if size == 0 or size > VHDX_MAX_VIRTUAL_SIZE or size % lss:
-                self.out.error(
-                    "metadata item virtual_disk_size",
-                    f"virtual size {size} is not a multiple of the {lss}-byte sector from one "
-                    "sector to 64 TiB",
-                    where(META_VIRTUAL_DISK_SIZE),
-                    "VirtualDiskSize",
-                    repair="none safe: the size cannot be inferred reliably",
-                )
-                ok = False
-            meta["virtual_size"] = size
-        else:
-            ok = False
         if meta.get("has_parent"):
-            self._check_parent_locator(base, items)
+            self._check_parent_locator(table)
         if not ok:
             return None
         self.report.virtual_size = meta["virtual_size"]
@@ -1002,73 +788,106 @@ class _VHDXChecker:
             self.report.disk_type = "fixed" if meta["leave_block_allocated"] else "dynamic"
         return meta
 
-    def _check_parent_locator(
-        self, base: int, items: dict[uuid.UUID, tuple[int, int, bytes]]
-    ) -> None:
-        """MS-VHDX 2.6.2.6: key/value offsets are relative to the locator item."""
-        found = items.get(META_PARENT_LOCATOR)
-        name = "metadata item parent_locator"
-        if found is None or found[1] < 20:
+    def _check_file_parameters(self, table: MetadataTable, meta: dict[str, Any]) -> bool:
+        data = self._item(table, META_FILE_PARAMETERS, 8)
+        if data is None:
+            return False
+        at = table.offset + table.known[META_FILE_PARAMETERS].offset
+        params = parse(FILE_PARAMETERS, data[:8], structure="file parameters", offset=at)
+        bs = int(params.block_size)
+        ok = bs > 0 and bs & (bs - 1) == 0 and VHDX_MIN_BLOCK_SIZE <= bs <= VHDX_MAX_BLOCK_SIZE
+        if not ok:
+            self.out.error(
+                "metadata item file_parameters",
+                f"block size {bs} is not a power of two from 1 to 256 MiB",
+                at,
+                "BlockSize",
+                repair="none safe: the block size cannot be inferred reliably",
+            )
+        if params.flags & ~3:
+            self.out.warning(
+                "metadata item file_parameters",
+                f"reserved flag bits are set ({params.flags:#x})",
+                at + 4,
+                "Reserved",
+            )
+        meta["block_size"] = bs
+        meta["leave_block_allocated"] = bool(params.flags & 1)
+        meta["has_parent"] = bool(params.flags & 2)
+        return ok
+
+    def _check_sector_sizes(self, table: MetadataTable, meta: dict[str, Any]) -> bool:
+        ok = True
+        for guid, key, fld in (
+            (META_LOGICAL_SECTOR_SIZE, "logical_sector_size", "LogicalSectorSize"),
+            (META_PHYSICAL_SECTOR_SIZE, "physical_sector_size", "PhysicalSectorSize"),
+        ):
+            data = self._item(table, guid, 4)
+            if data is None:
+                ok = False
+                continue
+            value = int.from_bytes(data[:4], "little")
+            if value not in VHDX_SECTOR_SIZES:
+                self.out.error(
+                    f"metadata item {KNOWN_METADATA[guid]}",
+                    f"sector size {value} is not 512 or 4096",
+                    table.offset + table.known[guid].offset,
+                    fld,
+                    repair="set the sector size to 512 or 4096 (as the guest formatted it)",
+                )
+                ok = ok and key != "logical_sector_size"
+            meta[key] = value
+        return ok
+
+    def _check_virtual_size(self, table: MetadataTable, meta: dict[str, Any]) -> bool:
+        data = self._item(table, META_VIRTUAL_DISK_SIZE, 8)
+        if data is None:
+            return False
+        size = int.from_bytes(data[:8], "little")
+        meta["virtual_size"] = size
+        lss = meta.get("logical_sector_size", 512)
+        if lss not in VHDX_SECTOR_SIZES:
+            lss = 512  # reported above; still check the size against a sector
+        if size == 0 or size > VHDX_MAX_VIRTUAL_SIZE or size % lss:
+            self.out.error(
+                "metadata item virtual_disk_size",
+                f"virtual size {size} is not a multiple of the {lss}-byte sector from one "
+                "sector to 64 TiB",
+                table.offset + table.known[META_VIRTUAL_DISK_SIZE].offset,
+                "VirtualDiskSize",
+                repair="none safe: the size cannot be inferred reliably",
+            )
+            return False
+        return True
+
+    def _check_parent_locator(self, table: MetadataTable) -> None:
+        """MS-VHDX 2.6.2.6: the locator's defects, as the layout model reports them."""
+        found = table.known.get(META_PARENT_LOCATOR)
+        if found is None or found.length < 20:
             self.out.error(
                 "metadata table",
                 "HasParent is set but the parent locator item is missing or too short",
-                base,
+                table.offset,
                 "parent_locator",
                 repair="add a parent locator naming the parent (parent_linkage and a path)",
             )
             return
-        offset, length, data = found
-        at = base + offset
-        head = parse(PARENT_LOCATOR_HEADER, data[:20], structure=name, offset=at)
-        if head.locator_type != PARENT_LOCATOR_TYPE_VHDX:
-            self.out.warning(name, f"unknown locator type {head.locator_type}", at, "LocatorType")
-        if 20 + 12 * head.key_value_count > length:
-            self.out.error(
-                name,
-                f"{head.key_value_count} key/value entries do not fit in {length} bytes",
-                at + 18,
-                "KeyValueCount",
-                repair="rebuild the parent locator",
-            )
-            return
-        keys: dict[str, str] = {}
-        for i in range(head.key_value_count):
-            pos = 20 + 12 * i
-            e = parse(PARENT_LOCATOR_ENTRY, data[pos : pos + 12], structure=name, offset=at + pos)
-            texts = []
-            for off, ln in ((e.key_offset, e.key_length), (e.value_offset, e.value_length)):
-                if off + ln > length or ln % 2:
-                    self.out.error(
-                        f"{name} entry {i}",
-                        f"text at {off:#x}+{ln:#x} lies outside the {length}-byte locator",
-                        at + pos,
-                        "KeyOffset",
-                        repair="rebuild the parent locator",
-                    )
-                    break
-                texts.append(data[off : off + ln].decode("utf-16-le", errors="replace"))
-            if len(texts) == 2:
-                keys[texts[0]] = texts[1]
-        if "parent_linkage" not in keys:
-            self.out.error(
-                name,
-                "the parent_linkage key is missing: the parent cannot be verified",
-                at,
-                "parent_linkage",
-                repair="set parent_linkage to the parent's DataWriteGuid",
-            )
-        if not any(k in keys for k in ("relative_path", "volume_path", "absolute_win32_path")):
-            self.out.error(
-                name,
-                "no path key (relative_path, volume_path, absolute_win32_path)",
-                at,
-                repair="add the parent's relative_path",
-            )
+        at = table.offset + found.offset
+        name = "metadata item parent_locator"
+        for d in parse_parent_locator(found.data, at).defects:
+            if d.code == "type":
+                self.out.warning(name, d.message, d.offset, d.field)
+            else:
+                suffix, repair = _LOCATOR_REPAIRS.get(d.code, ("", "rebuild the parent locator"))
+                structure = (
+                    name if d.structure == "parent locator" else f"metadata item {d.structure}"
+                )
+                self.out.error(structure, d.message + suffix, d.offset, d.field, repair=repair)
         self.out.info(name, "the parent image is not checked", at)
 
     # -- 2.5 BAT -------------------------------------------------------------------------
 
-    def check_bat(self, regions: dict[uuid.UUID, _Region], meta: dict[str, Any]) -> None:
+    def check_bat(self, regions: dict[uuid.UUID, RegionEntry], meta: dict[str, Any]) -> None:
         """Every BAT entry, vectorized by chunks of entries (MS-VHDX 2.5, 2.5.1)."""
         region = regions[REGION_BAT]
         bs: int = meta["block_size"]
@@ -1181,7 +1000,7 @@ class _VHDXBat:
         idx = np.arange(i0, i0 + raw.shape[0], dtype=np.int64)
         is_sb = idx % (r + 1) == r
         block = idx - idx // (r + 1)
-        state = (raw & np.uint64(7)).astype(np.int64)
+        state = (raw & np.uint64(VHDX_BAT_STATE_MASK)).astype(np.int64)
         offs = (raw & np.uint64(VHDX_BAT_OFFSET_MASK)).astype(np.int64)
 
         def at(i: int) -> int:

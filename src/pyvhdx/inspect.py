@@ -41,17 +41,15 @@ import numpy as np
 import numpy.typing as npt
 
 from .bat import chunk_ratio, vhdx_bat_entry_count
-from .checksum import crc32c, crc32c_with_zeroed_field, vhd_checksum
+from .checksum import crc32c, vhd_checksum
 from .constants import (
     KNOWN_METADATA,
-    KNOWN_REGIONS,
     META_FILE_PARAMETERS,
     META_LOGICAL_SECTOR_SIZE,
     META_PAGE83_DATA,
     META_PARENT_LOCATOR,
     META_PHYSICAL_SECTOR_SIZE,
     META_VIRTUAL_DISK_SIZE,
-    PARENT_LOCATOR_TYPE_VHDX,
     REGION_BAT,
     REGION_METADATA,
     VHD_BAT_UNUSED,
@@ -62,15 +60,11 @@ from .constants import (
     VHD_OLD_FOOTER_SIZE,
     VHD_SECTOR_SIZE,
     VHD_TIMESTAMP_EPOCH,
+    VHDX_BAT_OFFSET_MASK,
+    VHDX_BAT_STATE_MASK,
     VHDX_HEADER_AREA_SIZE,
-    VHDX_HEADER_OFFSETS,
-    VHDX_HEADER_SIZE,
     VHDX_LOG_SECTOR_SIZE,
-    VHDX_MAX_METADATA_ENTRIES,
-    VHDX_MAX_REGION_ENTRIES,
-    VHDX_METADATA_TABLE_SIZE,
-    VHDX_REGION_TABLE_OFFSETS,
-    VHDX_REGION_TABLE_SIZE,
+    VHDX_MAX_METADATA_ITEM_SIZE,
     VHDX_SECTOR_BITMAP_BLOCK_SIZE,
     VHDX_SIGNATURE,
     ImageFormat,
@@ -82,26 +76,24 @@ from .errors import InvalidImageError, PyvhdxError, PyvhdxWarning
 from .image import detect_format
 from .log import LogState, load_log, replay_in_memory
 from .source import FileSource
-from .structures import parse
 from .structures.vhd import (
     DYNAMIC_HEADER_CHECKSUM_OFFSET,
     FOOTER_CHECKSUM_OFFSET,
     VHDDynamicHeader,
     VHDFooter,
 )
-from .structures.vhdx import (
-    FILE_IDENTIFIER,
-    FILE_PARAMETERS,
-    HEADER,
-    LOG_ENTRY_HEADER,
-    METADATA_ENTRY,
-    METADATA_TABLE_HEADER,
-    PARENT_LOCATOR_ENTRY,
-    PARENT_LOCATOR_HEADER,
-    REGION_TABLE_ENTRY,
-    REGION_TABLE_HEADER,
-)
+from .structures.vhdx import FILE_PARAMETERS, LOG_ENTRY_HEADER
 from .vhd import chs_geometry, vhd_bitmap_size
+from .vhdx.layout import (
+    HeaderCopy,
+    MetadataItem,
+    RegionTableCopy,
+    parse_parent_locator,
+    read_file_identifier,
+    read_header,
+    read_metadata_table,
+    read_region_table,
+)
 
 __all__ = ["HEX_LIMIT", "LIST_LIMIT", "inspect_image"]
 
@@ -367,6 +359,53 @@ def _unreferenced(
 # -- VHDX -------------------------------------------------------------------------------
 
 
+def _header_dict(copy: HeaderCopy) -> dict[str, Any]:
+    """A header copy of the layout model (MS-VHDX 2.2.2), every field."""
+    d: dict[str, Any] = {"copy": copy.index, "offset": copy.offset, "valid": copy.valid}
+    d["current"] = False
+    h = copy.fields
+    if h is not None:
+        d["signature"] = copy.raw[:4].decode("latin-1")
+        d["checksum"] = copy.stored_checksum
+        d["computed-checksum"] = copy.computed_checksum
+        d["checksum-valid"] = copy.stored_checksum == copy.computed_checksum
+        d.update(
+            {k.replace("_", "-"): v for k, v in h.items() if k not in ("checksum", "signature")}
+        )
+        for key in ("file-write-guid", "data-write-guid", "log-guid"):
+            d[key] = _guid(d[key])
+        d["reserved"] = _reserved(bytes(h["reserved"]))
+    if copy.error:
+        d["error"] = copy.error
+    return d
+
+
+def _region_table_dict(t: RegionTableCopy) -> dict[str, Any]:
+    """A region table copy of the layout model (MS-VHDX 2.2.3), every entry."""
+    d: dict[str, Any] = {"copy": t.index, "offset": t.offset, "valid": t.valid, "current": False}
+    if t.entry_count is not None:
+        d["signature"] = t.signature.decode("latin-1")
+        d["checksum"] = t.stored_checksum
+        d["computed-checksum"] = t.computed_checksum
+        d["checksum-valid"] = t.stored_checksum == t.computed_checksum
+        d["entry-count"] = t.entry_count
+        d["reserved"] = t.reserved
+    d["entries"] = [
+        {
+            "guid": _guid(e.guid),
+            "name": e.name,
+            "file-offset": e.file_offset,
+            "length": e.length,
+            "required": e.required,
+            "flags": e.flags,
+        }
+        for e in t.entries
+    ]
+    if t.error:
+        d["error"] = t.error
+    return d
+
+
 class _VHDXInspector:
     """Walks a VHDX file structure by structure (MS-VHDX section 2)."""
 
@@ -409,21 +448,17 @@ class _VHDXInspector:
     # -- MS-VHDX 2.2.1 ------------------------------------------------------------
 
     def file_identifier(self) -> dict[str, Any]:
-        data = self.source.read(0, FILE_IDENTIFIER.sizeof())
-        d: dict[str, Any] = {"offset": 0, "signature": data[:8].decode("latin-1")}
-        d["valid"] = data[:8] == VHDX_SIGNATURE
-        if d["valid"] and len(data) == FILE_IDENTIFIER.sizeof():
-            d["creator"] = parse(
-                FILE_IDENTIFIER, data, structure="file identifier", offset=0
-            ).creator
+        ident = read_file_identifier(self.source)
+        d: dict[str, Any] = {"offset": 0, "signature": ident.signature.decode("latin-1")}
+        d["valid"] = ident.signature == VHDX_SIGNATURE
+        if ident.creator is not None:
+            d["creator"] = ident.creator
         return d
 
     # -- MS-VHDX 2.2.2 ------------------------------------------------------------
 
     def headers(self) -> None:
-        copies = []
-        for index, offset in enumerate(VHDX_HEADER_OFFSETS, start=1):
-            copies.append(self._header(index, offset))
+        copies = [_header_dict(read_header(self.source, i)) for i in (1, 2)]
         valid = [c for c in copies if c["valid"]]
         current = None
         if valid:
@@ -434,42 +469,6 @@ class _VHDXInspector:
         self.report["current-header"] = current["copy"] if current else None
         if current is None:
             raise InvalidImageError("no valid header", structure="header")
-
-    def _header(self, index: int, offset: int) -> dict[str, Any]:
-        d: dict[str, Any] = {"copy": index, "offset": offset, "valid": False, "current": False}
-        data = self.source.read(offset, VHDX_HEADER_SIZE)
-        if len(data) < VHDX_HEADER_SIZE:
-            d["error"] = "beyond the end of the file"
-            return d
-        d["signature"] = data[:4].decode("latin-1")
-        stored = int.from_bytes(data[4:8], "little")
-        computed = crc32c_with_zeroed_field(data, 4)
-        d["checksum"] = stored
-        d["computed-checksum"] = computed
-        d["checksum-valid"] = stored == computed
-        h = HEADER.parse(b"head" + data[4:])  # every field, whatever the signature
-        d.update(
-            {
-                "sequence-number": h.sequence_number,
-                "file-write-guid": _guid(h.file_write_guid),
-                "data-write-guid": _guid(h.data_write_guid),
-                "log-guid": _guid(h.log_guid),
-                "log-version": h.log_version,
-                "version": h.version,
-                "log-length": h.log_length,
-                "log-offset": h.log_offset,
-                "reserved": _reserved(bytes(h.reserved)),
-            }
-        )
-        if data[:4] != b"head":
-            d["error"] = f"signature is {data[:4]!r}, not b'head'"
-        elif stored != computed:
-            d["error"] = f"checksum {stored:#010x} does not match {computed:#010x}"
-        elif h.version != 1:
-            d["error"] = f"version {h.version} is not 1"
-        else:
-            d["valid"] = True
-        return d
 
     # -- MS-VHDX 2.3 -----------------------------------------------------------------
 
@@ -639,7 +638,7 @@ class _VHDXInspector:
     # -- MS-VHDX 2.2.3 --------------------------------------------------------------
 
     def region_tables(self) -> None:
-        tables = [self._region_table(i, off) for i, off in enumerate(VHDX_REGION_TABLE_OFFSETS, 1)]
+        tables = [_region_table_dict(read_region_table(self.source, i)) for i in (1, 2)]
         self.report["region-tables"] = tables
         valid = [t for t in tables if t["valid"]]
         chosen = valid[0] if valid else None
@@ -658,48 +657,6 @@ class _VHDXInspector:
                 self.meta_region = r
         self._classify_writes()
 
-    def _region_table(self, index: int, offset: int) -> dict[str, Any]:
-        d: dict[str, Any] = {"copy": index, "offset": offset, "valid": False, "current": False}
-        data = self.source.read(offset, VHDX_REGION_TABLE_SIZE)
-        if len(data) < VHDX_REGION_TABLE_SIZE:
-            d["error"] = "beyond the end of the file"
-            d["entries"] = []
-            return d
-        d["signature"] = data[:4].decode("latin-1")
-        head = REGION_TABLE_HEADER.parse(b"regi" + data[4:16])
-        stored = int(head.checksum)
-        computed = crc32c_with_zeroed_field(data, 4)
-        d.update(
-            checksum=stored,
-            **{"computed-checksum": computed, "checksum-valid": stored == computed},
-        )
-        d["entry-count"] = head.entry_count
-        d["reserved"] = head.reserved
-        entries = []
-        for i in range(min(head.entry_count, VHDX_MAX_REGION_ENTRIES)):
-            pos = 16 + 32 * i
-            e = REGION_TABLE_ENTRY.parse(data[pos : pos + 32])
-            entries.append(
-                {
-                    "guid": _guid(e.guid),
-                    "name": KNOWN_REGIONS.get(e.guid, "unknown"),
-                    "file-offset": e.file_offset,
-                    "length": e.length,
-                    "required": bool(e.flags & 1),
-                    "flags": e.flags,
-                }
-            )
-        d["entries"] = entries
-        if data[:4] != b"regi":
-            d["error"] = f"signature is {data[:4]!r}, not b'regi'"
-        elif stored != computed:
-            d["error"] = f"checksum {stored:#010x} does not match {computed:#010x}"
-        elif head.entry_count > VHDX_MAX_REGION_ENTRIES:
-            d["error"] = f"EntryCount {head.entry_count} exceeds {VHDX_MAX_REGION_ENTRIES}"
-        else:
-            d["valid"] = True
-        return d
-
     # -- MS-VHDX 2.6 ------------------------------------------------------------------
 
     def metadata(self) -> None:
@@ -709,52 +666,50 @@ class _VHDXInspector:
                 "the region table has no metadata region", structure="region table"
             )
         base = region["file-offset"]
-        table = self.source.read_exact(base, VHDX_METADATA_TABLE_SIZE, "metadata table")
-        head = parse(METADATA_TABLE_HEADER, table[:32], structure="metadata table", offset=base)
+        table = read_metadata_table(self.source, base, region["length"])
+        for defect in table.defects:
+            raise InvalidImageError(
+                defect.message, structure=defect.structure, field=defect.field, offset=defect.offset
+            )
         d: dict[str, Any] = {
             "offset": base,
             "length": region["length"],
-            "entry-count": head.entry_count,
+            "entry-count": table.entry_count,
         }
         self.report["metadata"] = d
-        items = []
         params: dict[str, Any] = {}
-        for i in range(min(head.entry_count, VHDX_MAX_METADATA_ENTRIES)):
-            pos = 32 + 32 * i
-            e = METADATA_ENTRY.parse(table[pos : pos + 32])
-            is_user = bool(e.flags & 1)
-            name = KNOWN_METADATA.get(e.item_id) if not is_user else None
-            item: dict[str, Any] = {
-                "item-id": _guid(e.item_id),
-                "name": name or ("user" if is_user else "unknown"),
-                "offset": e.offset,
-                "file-offset": base + e.offset,
-                "length": e.length,
-                "is-user": is_user,
-                "is-virtual-disk": bool(e.flags & 2),
-                "is-required": bool(e.flags & 4),
-            }
-            items.append(item)
-            inside = (
-                e.offset >= VHDX_METADATA_TABLE_SIZE and e.offset + e.length <= region["length"]
-            )
-            if e.length and not inside:
-                item["error"] = "lies outside the metadata region (or in its table)"
-                continue
-            limit = e.length if name is not None else min(e.length, HEX_LIMIT)
-            data = self.source.read(base + e.offset, limit)
-            if name is None:
-                item.update(self._hashed_hex(base + e.offset, e.length, data))
-                continue
-            try:
-                item["value"] = self._decode_item(e.item_id, data, base + e.offset, params)
-            except PyvhdxError as exc:
-                item["error"] = str(exc)
-                item.update(_hex_capped(data))
-        d["items"] = items
+        d["items"] = [self._item(base, item, params) for item in table.items]
         self.params = params
         if "parent-locator" in params:
             self.report["parent-locator"] = params["parent-locator"]
+
+    def _item(self, base: int, it: MetadataItem, params: dict[str, Any]) -> dict[str, Any]:
+        """One metadata item: known ones decoded, others as capped hex and a SHA-256."""
+        known = it.known and not it.is_user
+        item: dict[str, Any] = {
+            "item-id": _guid(it.item_id),
+            "name": it.name if known else ("user" if it.is_user else "unknown"),
+            "offset": it.offset,
+            "file-offset": base + it.offset,
+            "length": it.length,
+            "is-user": it.is_user,
+            "is-virtual-disk": it.is_virtual_disk,
+            "is-required": it.is_required,
+        }
+        if (
+            any(d.code == "outside" for d in it.defects)
+            and it.length <= VHDX_MAX_METADATA_ITEM_SIZE
+        ):
+            item["error"] = "lies outside the metadata region (or in its table)"
+        elif not known:
+            item.update(self._hashed_hex(base + it.offset, it.length, it.data[:HEX_LIMIT]))
+        else:
+            try:
+                item["value"] = self._decode_item(it.item_id, it.data, base + it.offset, params)
+            except PyvhdxError as exc:
+                item["error"] = str(exc)
+                item.update(_hex_capped(it.data))
+        return item
 
     def _hashed_hex(self, offset: int, length: int, head: bytes) -> dict[str, Any]:
         """Hex of the first bytes of an item and a SHA-256 of all of it (read in chunks)."""
@@ -815,41 +770,34 @@ class _VHDXInspector:
         return _hex_capped(data)  # pragma: no cover - every known item is handled
 
     def _parent_locator(self, data: bytes, offset: int) -> dict[str, Any]:
-        """MS-VHDX 2.6.2.6: key and value offsets are relative to the locator item."""
-        head = parse(PARENT_LOCATOR_HEADER, data[:20], structure="parent locator", offset=offset)
+        """MS-VHDX 2.6.2.6: the layout model's parent locator, serialised."""
+        loc = parse_parent_locator(data, offset)
+        if any(d.code == "too-short" for d in loc.defects):
+            raise InvalidImageError(
+                loc.defects[0].message, structure="parent locator", offset=offset
+            )
         d: dict[str, Any] = {
-            "locator-type": _guid(head.locator_type),
-            "locator-type-known": head.locator_type == PARENT_LOCATOR_TYPE_VHDX,
-            "key-value-count": head.key_value_count,
+            "locator-type": _guid(loc.locator_type),
+            "locator-type-known": loc.type_known,
+            "key-value-count": loc.key_value_count,
         }
+        if len(loc.entries) < loc.key_value_count:
+            d["error"] = f"entry {len(loc.entries)} lies past the end of the {len(data)}-byte item"
         entries = []
-        values: dict[str, str] = {}
-        for i in range(head.key_value_count):
-            pos = 20 + 12 * i
-            if pos + 12 > len(data):
-                d["error"] = f"entry {i} lies past the end of the {len(data)}-byte item"
-                break
-            e = PARENT_LOCATOR_ENTRY.parse(data[pos : pos + 12])
+        for e in loc.entries:
             entry: dict[str, Any] = {
                 "key-offset": e.key_offset,
                 "key-length": e.key_length,
                 "value-offset": e.value_offset,
                 "value-length": e.value_length,
+                "key": e.key,
+                "value": e.value,
             }
-            texts: list[str | None] = []
-            for off, ln in ((e.key_offset, e.key_length), (e.value_offset, e.value_length)):
-                if off + ln > len(data) or ln % 2:
-                    texts.append(None)
-                else:
-                    texts.append(data[off : off + ln].decode("utf-16-le", errors="surrogatepass"))
-            entry["key"], entry["value"] = texts
-            if texts[0] is None or texts[1] is None:
+            if e.key is None or e.value is None:
                 entry["error"] = "key or value lies outside the item or has an odd length"
-            else:
-                values[texts[0]] = texts[1]
             entries.append(entry)
         d["entries"] = entries
-        d["values"] = values
+        d["values"] = dict(loc.values)
         return d
 
     # -- MS-VHDX 2.5 ------------------------------------------------------------------
@@ -911,8 +859,8 @@ class _VHDXInspector:
             entries = np.frombuffer(raw, dtype="<u8", count=len(raw) // 8)
             idx = np.arange(i0, i0 + entries.shape[0], dtype=np.int64)
             is_sb = idx % (ratio + 1) == ratio
-            state = (entries & np.uint64(7)).astype(np.int64)
-            offs = np.minimum(entries & np.uint64(0xFFFFFFFFFFF00000), np.uint64(1 << 62))
+            state = (entries & np.uint64(VHDX_BAT_STATE_MASK)).astype(np.int64)
+            offs = np.minimum(entries & np.uint64(VHDX_BAT_OFFSET_MASK), np.uint64(1 << 62))
             offs = offs.astype(np.int64)
             pay = ~is_sb
             pstate, poffs = state[pay], offs[pay]
@@ -1008,11 +956,11 @@ def _bat_entry_name(index: int, ratio: int) -> dict[str, int]:
 
 def _bat_value(value: int, sector_bitmap: bool) -> dict[str, Any]:
     """A BAT entry's state and offset (MS-VHDX 2.5.1)."""
-    state = value & 7
+    state = value & VHDX_BAT_STATE_MASK
     names = _SB_STATE_NAMES if sector_bitmap else _PAYLOAD_STATE_NAMES
     return {
         "state": names.get(state, f"reserved-{state}"),
-        "file-offset": value & 0xFFFFFFFFFFF00000,
+        "file-offset": value & VHDX_BAT_OFFSET_MASK,
     }
 
 

@@ -297,6 +297,8 @@ class RegionTableCopy:
     defects: list[Defect]
     stored_checksum: int | None = None
     computed_checksum: int | None = None
+    reserved: int = 0
+    signature: bytes = b""
 
     @property
     def parsed(self) -> bool:
@@ -321,7 +323,9 @@ def read_region_table(source: FileSource, index: int) -> RegionTableCopy:
     stored = int.from_bytes(data[4:8], "little")
     computed = crc32c_with_zeroed_field(data, 4)
     head = parse(REGION_TABLE_HEADER, b"regi" + data[4:16], structure=name, offset=offset)
-    table = RegionTableCopy(index, offset, head.entry_count, [], [], stored, computed)
+    table = RegionTableCopy(
+        index, offset, head.entry_count, [], [], stored, computed, head.reserved, data[:4]
+    )
     if data[:4] != b"regi":
         table.defects.append(_signature_defect(name, offset, data[:4], b"regi"))
     elif stored != computed:
