@@ -182,7 +182,7 @@ def create(
     if fmt is ImageFormat.VHD:
         if logical_sector_size != 512:
             raise InvalidArgumentError(f"VHD sectors are 512 bytes, not {logical_sector_size}")
-        return _create_module.create_vhd(
+        _create_module.create_vhd(
             path,
             size,
             disk_type=disk_type,
@@ -191,6 +191,7 @@ def create(
             preallocate=preallocate,
             azure=azure,
         )
+        return _create_module.azure_vhd_size(size) if azure else size
     if fmt is not ImageFormat.VHDX:
         raise UnsupportedFeatureError(f"creating {fmt.value} images is not supported yet")
     if azure:
@@ -258,11 +259,12 @@ def _create_child(
                 f"a {fmt.value.upper()} child cannot have a {pfmt.value.upper()} parent "
                 "(VHDX children have VHDX parents, VHD children VHD parents)"
             )
-        if fmt is ImageFormat.VHD:
-            return _create_module.create_vhd_child(
-                path, pimg, block_size=block_size, overwrite=overwrite
-            )
-        _create_module.create_vhdx_child(path, pimg, block_size=block_size, overwrite=overwrite)
+        make = (
+            _create_module.create_vhd_child
+            if fmt is ImageFormat.VHD
+            else _create_module.create_vhdx_child
+        )
+        make(path, pimg, block_size=block_size, overwrite=overwrite)
         return pimg.virtual_size
 
 

@@ -53,7 +53,6 @@ import numpy as np
 import numpy.typing as npt
 
 from .bat import chunk_ratio, vhdx_bat_entry_count
-from .checksum import vhd_checksum
 from .constants import (
     KNOWN_METADATA,
     KNOWN_REGIONS,
@@ -67,13 +66,8 @@ from .constants import (
     REGION_BAT,
     REGION_METADATA,
     VHD_BAT_UNUSED,
-    VHD_DYNAMIC_COOKIE,
     VHD_DYNAMIC_HEADER_SIZE,
-    VHD_FIXED_DATA_OFFSET,
-    VHD_FOOTER_COOKIE,
     VHD_FOOTER_SIZE,
-    VHD_MAX_SIZE,
-    VHD_OLD_FOOTER_SIZE,
     VHD_SECTOR_SIZE,
     VHDX_ALIGNMENT,
     VHDX_BAT_OFFSET_MASK,
@@ -94,13 +88,24 @@ from .errors import ParentError, PyvhdxError
 from .image import DiskImage, detect_format, open_image
 from .source import FileSource
 from .structures import parse
-from .structures.vhd import (
-    DYNAMIC_HEADER_CHECKSUM_OFFSET,
-    FOOTER_CHECKSUM_OFFSET,
-    VHDDynamicHeader,
-    VHDFooter,
+from .structures.vhdx import (
+    FILE_PARAMETERS,
 )
-from .structures.vhdx import FILE_PARAMETERS
+from .vhd.file import choose_footer
+from .vhd.layout import (
+    DynamicHeader,
+    FooterCopy,
+    Footers,
+    LayoutProblem,
+    bat_chunks,
+    fixed_size_problem,
+    footer_field_problems,
+    header_offset_problem,
+    read_dynamic_header,
+    read_footers,
+    vhd_bat_bytes,
+    vhd_bitmap_size,
+)
 from .vhdx.layout import (
     Defect,
     HeaderCopy,
@@ -1203,18 +1208,42 @@ class _VHDXBat:
 # -- VHD (Virtual Hard Disk Image Format Specification, 2006) ---------------------------
 
 
-@dataclasses.dataclass
-class _Footer:
-    name: str
-    offset: int
-    length: int
-    raw: bytes  # padded to 512 bytes
-    ok: bool  # checksum matches
-    fields: Any = None
+#: Repairs of the VHD defects :mod:`pyvhdx.vhd.layout` reports that are errors.
+_VHD_REPAIRS: Final = {
+    "footer.checksum": "recompute the checksum (the cookie is intact)",
+    "footer.start-missing": "write a copy of the footer at offset 0",
+    "footer.copies-differ": "copy the footer at the end of the file to offset 0",
+    "footer.disk-type": "set DiskType to 2 when the file size is CurrentSize + 512, else 3",
+    "footer.size-unaligned": "round CurrentSize down to a sector multiple",
+    "footer.data-offset": "set DataOffset to 512, where the dynamic header normally is",
+    "fixed.short": "extend the data with zeros to CurrentSize and rewrite the footer after it "
+    "(the missing data is lost)",
+    "header.cookie": "rebuild the dynamic header (BAT offset found by its position)",
+    "header.checksum": "recompute the checksum",
+    "header.block-size": "none safe: the block size cannot be inferred reliably",
+    "header.table-offset": "none safe: the BAT must be found by hand",
+    "header.entries-too-few": "none safe: the BAT describes a smaller disk; shrink CurrentSize",
+    "header.bat-past-end": "reduce MaxTableEntries to the entries the file holds",
+    "header.bat-overlaps-header": "none safe: the BAT or the header is damaged",
+}
+#: Repairs of a damaged footer at the end: (with a copy at offset 0, without).
+_VHD_END_REPAIRS: Final = {
+    "footer.truncated": (
+        "rewrite the footer at the end of the file from the copy at offset 0",
+        "rebuild the footer (the file was cut short)",
+    ),
+    "footer.missing": ("append a copy of the footer at offset 0", "rebuild the footer"),
+}
+_VHD_INFO: Final = {"footer.old"}
+#: Defects after which the BAT cannot be found.
+_VHD_STOPS: Final = {"header.cookie", "header.block-size", "header.table-offset"}
 
 
 class _VHDChecker:
-    """Checks one VHD file: footers, dynamic header, BAT, fixed size."""
+    """Checks one VHD file: maps what :mod:`pyvhdx.vhd.layout` finds in the footers,
+    the dynamic header and the parent locators (and the footer decision of
+    :func:`pyvhdx.vhd.file.choose_footer`) to findings, then checks every BAT entry.
+    """
 
     def __init__(self, source: FileSource, out: _Findings, report: CheckReport) -> None:
         self.source = source
@@ -1222,330 +1251,103 @@ class _VHDChecker:
         self.report = report
         self.end = 0
 
-    def run(self) -> None:
-        size = self.source.physical_size
-        self.report.file_size = size
-        footer, data_end = self.check_footers()
-        if footer is None:
-            return
-        f = footer.fields
-        disk_type = int(f.disk_type)
-        vsize = int(f.current_size)
-        self.report.virtual_size = vsize
-        self.check_footer_fields(footer)
-        if disk_type == VHDDiskType.FIXED:
-            self.report.disk_type = "fixed"
-            self.check_fixed(footer, data_end)
-        elif disk_type in (VHDDiskType.DYNAMIC, VHDDiskType.DIFFERENCING):
-            self.report.disk_type = (
-                "dynamic" if disk_type == VHDDiskType.DYNAMIC else "differencing"
-            )
-            self.check_dynamic(footer, data_end)
-
-    # -- footers ------------------------------------------------------------------
-
-    def _footer_at(self, name: str, offset: int, length: int) -> _Footer:
-        data = self.source.read(offset, length)
-        raw = data + bytes(VHD_FOOTER_SIZE - len(data))
-        c = FOOTER_CHECKSUM_OFFSET
-        stored = int.from_bytes(raw[c : c + 4], "big")
-        computed = vhd_checksum(raw, c)
-        footer = _Footer(name, offset, length, raw, stored == computed)
-        footer.fields = parse(VHDFooter, raw, structure=name, offset=offset)
-        if not footer.ok:
-            self.out.error(
-                name,
-                f"checksum {stored:#010x} does not match the computed {computed:#010x}",
-                offset + c,
-                "Checksum",
-                repair="recompute the checksum (the cookie is intact)",
-            )
-        return footer
-
-    def check_footers(self) -> tuple[_Footer | None, int]:
-        """Both copies; returns the footer readers use and the end of the data area."""
-        src = self.source
-        size = src.physical_size
-        end: _Footer | None = None
-        data_end = size
-        for length in (VHD_FOOTER_SIZE, VHD_OLD_FOOTER_SIZE):
-            if size >= length and src.read(size - length, 8) == VHD_FOOTER_COOKIE:
-                end = self._footer_at("footer at end of file", size - length, length)
-                data_end = size - length
-                if length == VHD_OLD_FOOTER_SIZE:
-                    self.out.info(
-                        end.name, "511-byte footer (made before Virtual PC 2004)", end.offset
-                    )
-                break
-        start: _Footer | None = None
-        if size >= VHD_FOOTER_SIZE and src.read(0, 8) == VHD_FOOTER_COOKIE and data_end != 0:
-            start = self._footer_at("footer copy at offset 0", 0, VHD_FOOTER_SIZE)
-            if int(start.fields.disk_type) not in (VHDDiskType.DYNAMIC, VHDDiskType.DIFFERENCING):
-                start = None  # a fixed disk's offset 0 is disk data
-        if end is None:
-            tail_len = min(size, VHD_FOOTER_SIZE)
-            tail = src.read(size - tail_len, tail_len)
-            pos = tail.rfind(VHD_FOOTER_COOKIE, max(0, tail_len - (VHD_OLD_FOOTER_SIZE - 1)))
-            if pos >= 0:
-                data_end = size - tail_len + pos
-                self.out.error(
-                    "footer at end of file",
-                    f"truncated: the file ends {size - data_end} bytes into the footer",
-                    data_end,
-                    repair="rewrite the footer at the end of the file from the copy at offset 0"
-                    if start is not None
-                    else "rebuild the footer (the file was cut short)",
-                )
-            else:
-                self.out.error(
-                    "footer at end of file",
-                    "missing: no 'conectix' cookie in the last 512 bytes",
-                    max(0, size - VHD_FOOTER_SIZE),
-                    "Cookie",
-                    repair="append a copy of the footer at offset 0"
-                    if start is not None
-                    else "rebuild the footer",
-                )
-        chosen: _Footer | None
-        if end is not None and end.ok:
-            chosen = end
-        elif start is not None and start.ok:
-            chosen = start
+    def _add(self, problem: LayoutProblem, structure: str | None = None) -> None:
+        """Report a layout problem: info, error (with its repair) or warning."""
+        name = structure or problem.structure
+        if problem.code in _VHD_INFO:
+            self.out.info(name, problem.message, problem.offset)
+        elif problem.code in _VHD_REPAIRS:
+            repair = _VHD_REPAIRS[problem.code]
+            self.out.error(name, problem.message, problem.offset, problem.field, repair=repair)
         else:
-            chosen = end if end is not None else start
-        if chosen is None:
-            return None, data_end
-        dyn = int(chosen.fields.disk_type) in (VHDDiskType.DYNAMIC, VHDDiskType.DIFFERENCING)
-        if dyn and start is None:
-            self.out.error(
-                "footer copy at offset 0",
-                "missing: a dynamic disk keeps a copy of the footer at offset 0",
-                0,
-                "Cookie",
-                repair="write a copy of the footer at offset 0",
-            )
-        if end is not None and start is not None and end.ok and start.ok:
-            fa = {k: v for k, v in end.fields.items() if not k.startswith("_")}
-            fb = {k: v for k, v in start.fields.items() if not k.startswith("_")}
-            differ = [k for k in fa if fa[k] != fb.get(k)]
-            if differ:
-                self.out.error(
-                    "footer copy at offset 0",
-                    f"differs from the footer at the end in {', '.join(differ)}; readers use "
-                    "the footer at the end",
-                    0,
-                    repair="copy the footer at the end of the file to offset 0",
-                )
-        if chosen is not end or not chosen.ok:
+            self.out.warning(name, problem.message, problem.offset, problem.field)
+
+    def run(self) -> None:
+        self.report.file_size = self.source.physical_size
+        footers = read_footers(self.source)
+        self.check_footers(footers)
+        if footers.end is None and footers.start is None:
+            return
+        choice = choose_footer(footers)
+        chosen = choice.chosen
+        for problem, _ in choice.failed():
+            if problem.code == "footer.start-missing":
+                self._add(problem)
+        differ = choice.differ()
+        if differ is not None:
+            self._add(differ)
+        if chosen is not footers.end or not chosen.checksum_ok:
             self.out.info(chosen.name, f"readers use the {chosen.name}", chosen.offset)
-        return chosen, data_end
+        self.report.virtual_size = int(chosen.fields.current_size)
+        for problem in footer_field_problems(chosen):
+            self._add(problem)
+        data_end = footers.data_end
+        if chosen.disk_type == VHDDiskType.FIXED:
+            self.report.disk_type = "fixed"
+            self.report.image_end_offset = data_end + chosen.length
+            wrong = fixed_size_problem(chosen, data_end)
+            if wrong is not None:
+                self._add(wrong)
+        elif chosen.sparse:
+            self.report.disk_type = (
+                "dynamic" if chosen.disk_type == VHDDiskType.DYNAMIC else "differencing"
+            )
+            self.check_dynamic(chosen, data_end)
 
-    def check_footer_fields(self, footer: _Footer) -> None:
-        f = footer.fields
-        name = footer.name
-        at = footer.offset
-        if f.file_format_version != 0x00010000:
-            self.out.warning(
-                name,
-                f"file format version {f.file_format_version:#010x} is not 0x00010000",
-                at + 12,
-                "FileFormatVersion",
-            )
-        if int(f.disk_type) not in (2, 3, 4):
-            self.out.error(
-                name,
-                f"unknown disk type {int(f.disk_type)} (2 fixed, 3 dynamic, 4 differencing): "
-                "readers refuse the image",
-                at + 60,
-                "DiskType",
-                repair="set DiskType to 2 when the file size is CurrentSize + 512, else 3",
-            )
-        size = int(f.current_size)
-        if size % VHD_SECTOR_SIZE:
-            self.out.error(
-                name,
-                f"CurrentSize {size} is not a multiple of {VHD_SECTOR_SIZE}",
-                at + 48,
-                "CurrentSize",
-                repair="round CurrentSize down to a sector multiple",
-            )
-        if size > VHD_MAX_SIZE:
-            self.out.warning(
-                name,
-                f"CurrentSize {size} exceeds the spec's 2040 GiB limit (QEMU refuses it)",
-                at + 48,
-                "CurrentSize",
-            )
-        if int(f.disk_type) == VHDDiskType.FIXED and f.data_offset != VHD_FIXED_DATA_OFFSET:
-            self.out.warning(
-                name,
-                f"DataOffset of a fixed disk is {f.data_offset:#x}, not 0xffffffffffffffff",
-                at + 16,
-                "DataOffset",
-            )
-
-    # -- fixed disks ------------------------------------------------------------------
-
-    def check_fixed(self, footer: _Footer, data_end: int) -> None:
-        """A fixed VHD is the disk's data then the footer: file size = CurrentSize + 512."""
-        size = int(footer.fields.current_size)
-        self.report.image_end_offset = data_end + footer.length
-        if data_end < size:
-            self.out.error(
-                footer.name,
-                f"the file holds {data_end:#x} bytes of disk data, {size - data_end} short of "
-                f"CurrentSize {size} (the file must be CurrentSize + 512 bytes)",
-                footer.offset + 48,
-                "CurrentSize",
-                repair="extend the data with zeros to CurrentSize and rewrite the footer after "
-                "it (the missing data is lost)",
-            )
-        elif data_end > size:
-            self.out.warning(
-                footer.name,
-                f"{data_end - size} bytes between the end of the disk data ({size:#x}) and the "
-                "footer are not part of the disk",
-                footer.offset + 48,
-                "CurrentSize",
-            )
+    def check_footers(self, footers: Footers) -> None:
+        """What is wrong with each copy of the footer, as found."""
+        for problem in footers.problems:
+            repairs = _VHD_END_REPAIRS.get(problem.code)
+            if repairs is None:
+                self._add(problem)
+            else:
+                repair = repairs[0] if footers.start is not None else repairs[1]
+                self.out.error(
+                    problem.structure, problem.message, problem.offset, problem.field, repair=repair
+                )
 
     # -- dynamic and differencing disks -------------------------------------------------
 
-    def check_dynamic(self, footer: _Footer, data_end: int) -> None:
-        """The dynamic header and every BAT entry."""
-        f = footer.fields
-        vsize = int(f.current_size)
-        hdr_off = int(f.data_offset)
-        name = "dynamic header"
-        repair_hdr = "rebuild the dynamic header (BAT offset found by its position)"
-        if hdr_off < VHD_FOOTER_SIZE or hdr_off > data_end - VHD_DYNAMIC_HEADER_SIZE:
-            self.out.error(
-                footer.name,
-                f"dynamic header offset {hdr_off:#x} is not between the footer copy and the "
-                f"end of data {data_end:#x}: readers refuse the image",
-                footer.offset + 16,
-                "DataOffset",
-                repair="set DataOffset to 512, where the dynamic header normally is",
-            )
+    def check_dynamic(self, footer: FooterCopy, data_end: int) -> None:
+        """The dynamic header, the parent locators and every BAT entry."""
+        wrong = header_offset_problem(footer, data_end)
+        if wrong is not None:
+            self._add(wrong)
             return
-        raw = self.source.read(hdr_off, VHD_DYNAMIC_HEADER_SIZE)
-        if raw[:8] != VHD_DYNAMIC_COOKIE:
-            self.out.error(
-                name,
-                f"cookie is {raw[:8]!r}, not {VHD_DYNAMIC_COOKIE!r}: readers refuse the image",
-                hdr_off,
-                "Cookie",
-                repair=repair_hdr,
-            )
+        vsize = int(footer.fields.current_size)
+        hdr = read_dynamic_header(
+            self.source, int(footer.fields.data_offset), virtual_size=vsize, data_end=data_end
+        )
+        codes = {p.code for p in hdr.problems}
+        for problem in hdr.problems:
+            self._add(problem, "dynamic header")
+        if codes & {"header.cookie", "header.block-size"}:
             return
-        h = parse(VHDDynamicHeader, raw, structure=name, offset=hdr_off)
-        computed = vhd_checksum(raw, DYNAMIC_HEADER_CHECKSUM_OFFSET)
-        if h.checksum != computed:
-            self.out.error(
-                name,
-                f"checksum {h.checksum:#010x} does not match the computed {computed:#010x}",
-                hdr_off + DYNAMIC_HEADER_CHECKSUM_OFFSET,
-                "Checksum",
-                repair="recompute the checksum",
-            )
-        if h.header_version != 0x00010000:
-            self.out.warning(
-                name,
-                f"header version {h.header_version:#010x} is not 0x00010000",
-                hdr_off + 24,
-                "HeaderVersion",
-            )
-        if h.data_offset != 0xFFFFFFFFFFFFFFFF:
-            self.out.warning(
-                name,
-                f"DataOffset is {h.data_offset:#x}; the spec and Microsoft tools expect "
-                "0xffffffffffffffff (SPEC-NOTES pitfall 20)",
-                hdr_off + 8,
-                "DataOffset",
-            )
-        bs = int(h.block_size)
-        if bs < VHD_SECTOR_SIZE or bs & (bs - 1):
-            self.out.error(
-                name,
-                f"block size {bs} is not a power of two of at least 512 bytes: readers refuse "
-                "the image",
-                hdr_off + 32,
-                "BlockSize",
-                repair="none safe: the block size cannot be inferred reliably",
-            )
+        self.report.block_size = bs = hdr.block_size
+        self.report.total_blocks = needed = -(-vsize // bs)
+        if codes & _VHD_STOPS:
             return
-        self.report.block_size = bs
-        table = int(h.table_offset)
-        entries = int(h.max_table_entries)
-        needed = -(-vsize // bs)
-        self.report.total_blocks = needed
-        if table < VHD_FOOTER_SIZE or table >= data_end:
-            self.out.error(
-                name,
-                f"BAT offset {table:#x} is outside the data area [0x200, {data_end:#x})",
-                hdr_off + 16,
-                "TableOffset",
-                repair="none safe: the BAT must be found by hand",
-            )
-            return
-        if entries < needed:
-            self.out.error(
-                name,
-                f"MaxTableEntries {entries} is smaller than the {needed} blocks of CurrentSize "
-                f"{vsize}",
-                hdr_off + 28,
-                "MaxTableEntries",
-                repair="none safe: the BAT describes a smaller disk; shrink CurrentSize",
-            )
-        bat_len = -(-4 * entries // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE
-        if table + 4 * entries > data_end:
-            self.out.error(
-                name,
-                f"the BAT ({entries} entries at {table:#x}) ends beyond the data area, which "
-                f"ends at {data_end:#x}",
-                hdr_off + 28,
-                "MaxTableEntries",
-                repair="reduce MaxTableEntries to the entries the file holds",
-            )
-        if table < hdr_off + VHD_DYNAMIC_HEADER_SIZE and table + 4 * entries > hdr_off:
-            self.out.error(
-                name,
-                f"the BAT ({table:#x}+{4 * entries:#x}) overlaps the dynamic header at "
-                f"{hdr_off:#x}",
-                hdr_off + 16,
-                "TableOffset",
-                repair="none safe: the BAT or the header is damaged",
-            )
+        table, entries = hdr.table_offset, hdr.max_table_entries
         spans: list[tuple[int, int, str]] = [
             (0, VHD_FOOTER_SIZE, "footer copy at offset 0"),
-            (hdr_off, VHD_DYNAMIC_HEADER_SIZE, "dynamic header"),
-            (table, bat_len, "BAT"),
+            (hdr.offset, VHD_DYNAMIC_HEADER_SIZE, "dynamic header"),
+            (table, vhd_bat_bytes(entries), "BAT"),
         ]
-        if int(f.disk_type) == VHDDiskType.DIFFERENCING:
-            spans += self._locator_spans(h, hdr_off, data_end)
+        if footer.disk_type == VHDDiskType.DIFFERENCING:
+            spans += self._locator_spans(hdr)
         self.end = max(s + ln for s, ln, _ in spans)
         self._check_bat(table, entries, needed, bs, vsize, data_end, spans)
         self.report.image_end_offset = self.end + footer.length
 
-    def _locator_spans(self, h: Any, hdr_off: int, data_end: int) -> list[tuple[int, int, str]]:
+    def _locator_spans(self, hdr: DynamicHeader) -> list[tuple[int, int, str]]:
         spans = []
-        for i, e in enumerate(h.parent_locator_entries):
-            code = bytes(e.platform_code)
-            length = int(e.platform_data_length)
-            offset = int(e.platform_data_offset)
-            if code == b"\0\0\0\0" and not (length or offset):
-                continue
-            label = f"parent locator {i} ({code.decode('latin-1').strip()})"
-            if offset + length > data_end or offset < VHD_FOOTER_SIZE:
-                self.out.warning(
-                    "dynamic header",
-                    f"{label} data at {offset:#x}+{length:#x} lies outside the data area",
-                    hdr_off + 576 + 24 * i + 16,
-                    "PlatformDataOffset",
-                )
-            elif length:
-                spans.append((offset, length, f"{label} data"))
-        self.out.info("dynamic header", "the parent image is not checked", hdr_off)
+        for loc in hdr.locators:
+            if loc.problem is not None:
+                self._add(loc.problem, "dynamic header")
+            elif loc.data_length:
+                label = f"parent locator {loc.index} ({loc.platform_code.strip()}) data"
+                spans.append((loc.data_offset, loc.data_length, label))
+        self.out.info("dynamic header", "the parent image is not checked", hdr.offset)
         return spans
 
     def _check_bat(
@@ -1559,8 +1361,6 @@ class _VHDChecker:
         spans: list[tuple[int, int, str]],
     ) -> None:
         """Every BAT entry: inside the data area, not overlapping anything else."""
-        from .vhd import vhd_bitmap_size
-
         bat = _VHDBat(
             offset=table,
             needed=needed,
@@ -1573,9 +1373,8 @@ class _VHDChecker:
             found=_EntryFindings(self.out),
         )
         n = min(entries, max(0, data_end - table) // 4)
-        for i0 in range(0, n, _BAT_CHUNK_ENTRIES):
-            data = self.source.read(table + 4 * i0, 4 * min(_BAT_CHUNK_ENTRIES, n - i0))
-            bat.check_chunk(i0, np.frombuffer(data, dtype=">u4"))
+        for i0, raw in bat_chunks(self.source, table, n, strict=False):
+            bat.check_chunk(i0, raw)
         bat.finish()
         self.report.allocated_blocks = bat.allocated
         self.end = max(self.end, bat.end)

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -59,7 +58,6 @@ import numpy as np
 
 from ._version import __version__ as _version
 from .bat import chunk_ratio, vhdx_bat_entry_count
-from .checksum import vhd_checksum
 from .constants import (
     META_FILE_PARAMETERS,
     META_LOGICAL_SECTOR_SIZE,
@@ -67,16 +65,12 @@ from .constants import (
     META_PARENT_LOCATOR,
     META_PHYSICAL_SECTOR_SIZE,
     META_VIRTUAL_DISK_SIZE,
-    NIL_GUID,
     REGION_BAT,
     REGION_METADATA,
     VHD_DEFAULT_BLOCK_SIZE,
-    VHD_DYNAMIC_HEADER_SIZE,
-    VHD_FIXED_DATA_OFFSET,
     VHD_FOOTER_SIZE,
     VHD_MAX_SIZE,
     VHD_SECTOR_SIZE,
-    VHD_TIMESTAMP_EPOCH,
     VHDX_DEFAULT_BLOCK_SIZE,
     VHDX_MAX_BLOCK_SIZE,
     VHDX_MAX_VIRTUAL_SIZE,
@@ -89,19 +83,21 @@ from .constants import (
     PayloadState,
     SectorBitmapState,
     TiB,
-    VHDDiskType,
 )
 from .errors import InvalidArgumentError
 from .image import DiskImage, open_image
 from .newfile import new_file
-from .structures.vhd import (
-    DYNAMIC_HEADER_CHECKSUM_OFFSET,
-    FOOTER_CHECKSUM_OFFSET,
-    PARENT_LOCATOR_COUNT,
-    VHDDynamicHeader,
-    VHDFooter,
+from .vhd import VHDFile
+from .vhd.layout import (
+    VHD_BAT_OFFSET,
+    VHD_CREATOR_APPLICATION,
+    VHD_CREATOR_HOST_OS,
+    vhd_bat_bytes,
+    vhd_bitmap_size,
+    vhd_dynamic_header,
+    vhd_footer,
+    vhd_time_stamp,
 )
-from .vhd import CHSGeometry, VHDFile, chs_geometry, vhd_bitmap_size
 from .vhdx.layout import (
     vhdx_file_identifier,
     vhdx_header,
@@ -336,21 +332,29 @@ VHD_CHILD_BLOCK_SIZE: Final = VHD_DEFAULT_BLOCK_SIZE
 
 @contextlib.contextmanager
 def _open_parent(
-    parent: str | os.PathLike[str] | DiskImage, child: str | os.PathLike[str]
+    parent: str | os.PathLike[str] | DiskImage,
+    child: str | os.PathLike[str],
+    fmt: ImageFormat | None = None,
 ) -> Iterator[tuple[DiskImage, Path]]:
     """The parent image (opened read-only with its own chain, if given as a path).
 
     Raises:
         InvalidArgumentError: ``child`` is the parent or one of its ancestors
-            (``overwrite`` would destroy the chain the child is made from).
+            (``overwrite`` would destroy the chain the child is made from), or
+            the parent is not of format ``fmt``.
     """
-    if isinstance(parent, DiskImage):
-        _refuse_chain_member(parent, child)
-        yield parent, Path(parent.name)
-        return
-    with open_image(parent) as img:
+    with contextlib.ExitStack() as stack:
+        if isinstance(parent, DiskImage):
+            img, parent_path = parent, Path(parent.name)
+        else:
+            img, parent_path = stack.enter_context(open_image(parent)), Path(parent)
         _refuse_chain_member(img, child)
-        yield img, Path(parent)
+        if fmt is not None and img.format is not fmt:
+            kind = fmt.value.upper()
+            raise InvalidArgumentError(
+                f"a {kind} child needs a {kind} parent; {parent_path} is {img.format.value.upper()}"
+            )
+        yield img, parent_path
 
 
 def _refuse_chain_member(parent: DiskImage, child: str | os.PathLike[str]) -> None:
@@ -478,21 +482,9 @@ def create_vhdx_child(
 
 
 # --- VHD (Virtual Hard Disk Image Format Specification, 2006) ------------------------
+# The structures are built by pyvhdx.vhd.layout (vhd_footer, vhd_dynamic_header);
+# this part chooses the layout of a new file and writes it.
 
-#: Creator Application written into every VHD footer: ``"win "``, the code of
-#: Hyper-V and of the Windows virtual disk API. The field only documents the
-#: creator (spec "Hard Disk Footer Format"), but QEMU also uses it to choose the
-#: size it believes: the CHS geometry for ``vpc ``, ``qemu`` and unknown codes,
-#: CurrentSize for ``win ``, ``qem2``, ``d2v ``, ``tap\0`` and ``CTXS`` (QEMU
-#: ``vpc_open``; SPEC-NOTES "Which size is authoritative"). pyvhdx's images have
-#: Hyper-V semantics (CurrentSize is the size, the geometry comes from the spec's
-#: algorithm and is smaller for most sizes), so it uses the code that says so:
-#: with a code of its own QEMU would cut every image to its CHS capacity. The
-#: Creator Version (pyvhdx's major.minor) tells pyvhdx images apart from
-#: Hyper-V's (10.0 or 6.x).
-VHD_CREATOR_APPLICATION: Final = b"win "
-#: Creator Host OS: ``Wi2k`` (the spec's code for Windows; the other is ``Mac ``).
-VHD_CREATOR_HOST_OS: Final = b"Wi2k"
 #: Block sizes :func:`create_vhd` accepts: powers of two in this range. Windows
 #: itself makes 512 KiB and 2 MiB (the spec's default) blocks; every reader
 #: known (QEMU, libvhdi, pyvhdx) takes any power of two of at least 512 bytes.
@@ -503,141 +495,8 @@ VHD_MAX_CREATE_BLOCK_SIZE: Final = 256 * MiB
 AZURE_MIN_SIZE: Final = 20 * MiB
 AZURE_MAX_SIZE: Final = 32 * TiB
 
-_VHD_VERSION: Final = 0x00010000  # File Format Version and Header Version 1.0
-_VHD_FEATURES: Final = 0x2  # "Reserved": the spec says it is always set
-_VHD_BAT_OFFSET: Final = VHD_FOOTER_SIZE + VHD_DYNAMIC_HEADER_SIZE  # 1536, as QEMU
 _VHD_MAX_SECTOR_NUMBER: Final = 0xFFFFFFFE  # BAT entries are u32; all ones is "unused"
 _WRITE_CHUNK: Final = 8 * MiB
-
-
-def _creator_version() -> int:
-    """pyvhdx's version as the footer's Creator Version (major << 16 | minor)."""
-    parts = [*_version.split("."), "0", "0"][:2]
-    major, minor = (int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)
-    return (major & 0xFFFF) << 16 | (minor & 0xFFFF)
-
-
-def _vhd_timestamp() -> int:
-    """Seconds since 2000-01-01 00:00:00 UTC (spec "Hard Disk Footer Format", Time Stamp)."""
-    return min(max(0, int(time.time()) - VHD_TIMESTAMP_EPOCH), 0xFFFFFFFF)
-
-
-def _with_vhd_checksum(raw: bytearray, field_offset: int) -> bytes:
-    raw[field_offset : field_offset + 4] = vhd_checksum(raw, field_offset).to_bytes(4, "big")
-    return bytes(raw)
-
-
-_VHD_DISK_TYPES: Final = {
-    DiskType.FIXED: VHDDiskType.FIXED,
-    DiskType.DYNAMIC: VHDDiskType.DYNAMIC,
-    DiskType.DIFFERENCING: VHDDiskType.DIFFERENCING,
-}
-
-
-def vhd_footer(
-    size: int,
-    disk_type: DiskType,
-    *,
-    unique_id: uuid.UUID | None = None,
-    time_stamp: int | None = None,
-    geometry: CHSGeometry | None = None,
-) -> bytes:
-    """A 512-byte VHD footer with its checksum (spec "Hard Disk Footer Format").
-
-    Original Size and Current Size are both ``size``; the geometry is
-    ``geometry`` (a child copies its parent's) or else the spec appendix's for
-    ``size`` (capped at 65535 x 16 x 255, pitfall 19); Data Offset is all ones
-    for a fixed disk and 512 (the dynamic header) otherwise; Disk Type is 2, 3
-    or 4 for fixed, dynamic or differencing.
-    """
-    fixed = disk_type is DiskType.FIXED
-    if geometry is None:
-        geometry = chs_geometry(size // VHD_SECTOR_SIZE)
-    raw = bytearray(
-        VHDFooter.build(
-            dict(
-                features=_VHD_FEATURES,
-                file_format_version=_VHD_VERSION,
-                data_offset=VHD_FIXED_DATA_OFFSET if fixed else VHD_FOOTER_SIZE,
-                time_stamp=_vhd_timestamp() if time_stamp is None else time_stamp,
-                creator_application=VHD_CREATOR_APPLICATION,
-                creator_version=_creator_version(),
-                creator_host_os=VHD_CREATOR_HOST_OS,
-                original_size=size,
-                current_size=size,
-                disk_geometry=dict(
-                    cylinders=geometry.cylinders,
-                    heads=geometry.heads,
-                    sectors_per_track=geometry.sectors_per_track,
-                ),
-                disk_type=_VHD_DISK_TYPES[disk_type],
-                checksum=0,
-                unique_id=uuid.uuid4() if unique_id is None else unique_id,
-                saved_state=0,
-                reserved=bytes(427),
-            )
-        )
-    )
-    return _with_vhd_checksum(raw, FOOTER_CHECKSUM_OFFSET)
-
-
-def vhd_dynamic_header(
-    max_table_entries: int,
-    block_size: int,
-    *,
-    parent_unique_id: uuid.UUID = NIL_GUID,
-    parent_time_stamp: int = 0,
-    parent_unicode_name: str = "",
-    parent_locators: Sequence[tuple[bytes, int, int, int]] = (),
-) -> bytes:
-    """A 1024-byte dynamic disk header with its checksum (spec "Dynamic Disk Header
-    Format"): the BAT at 1536, Data Offset all ones (pitfall 20).
-
-    A dynamic disk has no parent (the defaults). A differencing disk gives its
-    parent's Unique Id, time stamp (seconds since 2000-01-01 UTC) and name
-    (stored UTF-16BE, at most 256 code units), and up to eight parent locator
-    entries ``(platform code, data space, data length, data offset)``.
-    """
-    empty_locator = dict(
-        platform_code=bytes(4),
-        platform_data_space=0,
-        platform_data_length=0,
-        reserved=0,
-        platform_data_offset=0,
-    )
-    if len(parent_locators) > PARENT_LOCATOR_COUNT:
-        raise InvalidArgumentError(f"at most {PARENT_LOCATOR_COUNT} parent locators")
-    locators = [
-        dict(
-            platform_code=code,
-            platform_data_space=space,
-            platform_data_length=length,
-            reserved=0,
-            platform_data_offset=offset,
-        )
-        for code, space, length, offset in parent_locators
-    ]
-    locators += [empty_locator] * (PARENT_LOCATOR_COUNT - len(locators))
-    name = parent_unicode_name.encode("utf-16-be", errors="surrogatepass")[:512]
-    raw = bytearray(
-        VHDDynamicHeader.build(
-            dict(
-                data_offset=VHD_FIXED_DATA_OFFSET,
-                table_offset=_VHD_BAT_OFFSET,
-                header_version=_VHD_VERSION,
-                max_table_entries=max_table_entries,
-                block_size=block_size,
-                checksum=0,
-                parent_unique_id=parent_unique_id,
-                parent_time_stamp=parent_time_stamp,
-                reserved1=bytes(4),
-                parent_unicode_name=name + bytes(512 - len(name)),
-                parent_locator_entries=locators,
-                reserved2=bytes(256),
-            )
-        )
-    )
-    return _with_vhd_checksum(raw, DYNAMIC_HEADER_CHECKSUM_OFFSET)
 
 
 def _check_vhd_args(size: int, disk_type: DiskType, block_size: int, max_size: int) -> None:
@@ -657,10 +516,8 @@ def _check_vhd_args(size: int, disk_type: DiskType, block_size: int, max_size: i
         )
     # Every block must stay addressable by a u32 sector number once the disk is full.
     entries = -(-size // block_size)
-    bat_bytes = -(-4 * entries // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE
-    last_block = (
-        _VHD_BAT_OFFSET + bat_bytes + (entries - 1) * (vhd_bitmap_size(block_size) + block_size)
-    )
+    stride = vhd_bitmap_size(block_size) + block_size
+    last_block = VHD_BAT_OFFSET + vhd_bat_bytes(entries) + (entries - 1) * stride
     if last_block // VHD_SECTOR_SIZE > _VHD_MAX_SECTOR_NUMBER:
         raise InvalidArgumentError(
             f"a {size}-byte dynamic VHD with {block_size}-byte blocks would outgrow the "
@@ -676,6 +533,33 @@ def _write_fill(fd: int, byte: int, start: int, end: int) -> None:
         pos += os.pwrite(fd, chunk[: min(len(chunk), end - pos)], pos)
 
 
+def _write_sparse_vhd(
+    path: str | os.PathLike[str],
+    footer: bytes,
+    header: bytes,
+    entries: int,
+    locator_data: Sequence[tuple[int, bytes]] = (),
+    *,
+    overwrite: bool,
+) -> Path:
+    """Write a dynamic or differencing VHD: the footer copy at 0, the dynamic header
+    at 512, the BAT at 1536 with every entry unused, the parent locator data
+    (``(offset, bytes)``) after it, then the footer.
+    """
+    bat_end = VHD_BAT_OFFSET + vhd_bat_bytes(entries)
+    with new_file(path, overwrite=overwrite, block_device_hint=_NO_DEVICES) as out:
+        fd = out.fd
+        os.pwrite(fd, footer, 0)
+        os.pwrite(fd, header, VHD_FOOTER_SIZE)
+        _write_fill(fd, 0xFF, VHD_BAT_OFFSET, bat_end)
+        end = bat_end
+        for offset, raw in locator_data:
+            os.pwrite(fd, raw, offset)
+            end = max(end, offset + -(-len(raw) // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE)
+        os.pwrite(fd, footer, end)
+    return Path(path)
+
+
 def create_vhd(
     path: str | os.PathLike[str],
     size: int,
@@ -685,8 +569,8 @@ def create_vhd(
     overwrite: bool = False,
     preallocate: bool = False,
     azure: bool = False,
-) -> int:
-    """Create an empty fixed or dynamic VHD and return its virtual size.
+) -> Path:
+    """Create an empty fixed or dynamic VHD and return its path.
 
     The virtual size is the footer's Current Size (DESIGN.md "VHD size"), exactly
     ``size``; the CHS geometry is the spec appendix's for it, and the creator
@@ -708,10 +592,11 @@ def create_vhd(
         preallocate: write out the zeros of a fixed disk's data area (ignored
             for dynamic disks, as by :func:`create_vhdx`).
         azure: make an image Azure accepts (see :func:`create_azure_vhd`):
-            fixed, ``size`` rounded up to a whole MiB, 20 MiB to 32 TiB.
+            fixed, ``size`` rounded up to a whole MiB (:func:`azure_vhd_size`),
+            20 MiB to 32 TiB.
 
     Returns:
-        The virtual size written (``size``, or the rounded size with ``azure``).
+        The path of the new image, as :func:`create_vhdx` returns it.
 
     Raises:
         InvalidArgumentError: a parameter outside these limits; the file is not
@@ -737,22 +622,16 @@ def create_vhd(
     block_size = VHD_DEFAULT_BLOCK_SIZE if block_size is None else block_size
     _check_vhd_args(size, disk_type, block_size, max_size)
     footer = vhd_footer(size, disk_type)
-
+    if disk_type is not DiskType.FIXED:
+        entries = -(-size // block_size)
+        header = vhd_dynamic_header(entries, block_size)
+        return _write_sparse_vhd(path, footer, header, entries, overwrite=overwrite)
     with new_file(path, overwrite=overwrite, block_device_hint=_NO_DEVICES) as out:
-        fd = out.fd
-        if disk_type is DiskType.FIXED:
-            if preallocate:
-                _write_fill(fd, 0, 0, size)
-            os.ftruncate(fd, size)
-            os.pwrite(fd, footer, size)
-        else:
-            entries = -(-size // block_size)
-            bat_end = _VHD_BAT_OFFSET + -(-4 * entries // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE
-            os.pwrite(fd, footer, 0)
-            os.pwrite(fd, vhd_dynamic_header(entries, block_size), VHD_FOOTER_SIZE)
-            _write_fill(fd, 0xFF, _VHD_BAT_OFFSET, bat_end)
-            os.pwrite(fd, footer, bat_end)
-    return size
+        if preallocate:
+            _write_fill(out.fd, 0, 0, size)
+        os.ftruncate(out.fd, size)
+        os.pwrite(out.fd, footer, size)
+    return Path(path)
 
 
 def azure_vhd_size(size: int) -> int:
@@ -776,13 +655,14 @@ def create_azure_vhd(
     *,
     overwrite: bool = False,
     preallocate: bool = False,
-) -> int:
-    """Create a fixed VHD that Azure accepts for upload, and return its virtual size.
+) -> Path:
+    """Create a fixed VHD that Azure accepts for upload, and return its path.
 
     Azure wants a fixed VHD whose virtual size is a whole number of MiB, 20 MiB to
     32 TiB (the file is 512 bytes more), read as the footer's Current Size
-    (SPEC-NOTES pitfall 19). ``size`` is rounded up to a whole MiB; the result
-    is returned (report it: it may differ from ``size``). The geometry is the
+    (SPEC-NOTES pitfall 19). ``size`` is rounded up to a whole MiB
+    (:func:`azure_vhd_size` tells the result: report it, it may differ from
+    ``size``). The geometry is the
     spec's for the size, as Hyper-V writes it: the maximum 65535 x 16 x 255 only
     when the size exceeds what CHS can address (about 127 GiB); QEMU's
     ``force_size`` writes the maximum always, and marks the image ``qem2`` so
@@ -806,7 +686,7 @@ def create_azure_vhd(
 
 def _vhd_time_stamp_of(path: Path) -> int:
     """A file's modification time as a VHD time stamp (seconds since 2000-01-01 UTC)."""
-    return min(max(0, int(os.stat(path).st_mtime) - VHD_TIMESTAMP_EPOCH), 0xFFFFFFFF)
+    return vhd_time_stamp(os.stat(path).st_mtime)
 
 
 def create_vhd_child(
@@ -815,7 +695,7 @@ def create_vhd_child(
     *,
     block_size: int | None = None,
     overwrite: bool = False,
-) -> int:
+) -> Path:
     """Create an empty differencing VHD whose parent is the VHD ``parent``.
 
     Layout (spec "Dynamic Disk Header Format"; the spec's "Differencing Hard
@@ -847,7 +727,7 @@ def create_vhd_child(
         overwrite: replace an existing file (otherwise it is an error).
 
     Returns:
-        The virtual size (the parent's).
+        The path of the new image (its virtual size is the parent's).
 
     Raises:
         InvalidArgumentError: the parent is not a VHD, or a bad block size.
@@ -855,31 +735,23 @@ def create_vhd_child(
         FileExistsError: the file exists and ``overwrite`` is false.
     """
     block_size = VHD_CHILD_BLOCK_SIZE if block_size is None else block_size
-    with _open_parent(parent, path) as (pimg, parent_path):
-        if pimg.format is not ImageFormat.VHD:
-            raise InvalidArgumentError(
-                f"a VHD child needs a VHD parent; {parent_path} is {pimg.format.value.upper()}"
-            )
+    with _open_parent(parent, path, ImageFormat.VHD) as (pimg, parent_path):
         h = pimg.handler
         assert isinstance(h, VHDFile) and h.identifier is not None
         size, geometry, parent_id = h.virtual_size, h.geometry, h.identifier
     _check_vhd_args(size, DiskType.DIFFERENCING, block_size, VHD_MAX_SIZE)
-    relative, absolute = parent_locator_paths(path, parent_path)
-
     entries = -(-size // block_size)
-    bat_end = _VHD_BAT_OFFSET + -(-4 * entries // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE
     locators: list[tuple[bytes, int, int, int]] = []
     data: list[tuple[int, bytes]] = []
-    pos = bat_end
+    pos = VHD_BAT_OFFSET + vhd_bat_bytes(entries)
+    relative, absolute = parent_locator_paths(path, parent_path)
     for code, text in ((b"W2ku", absolute), (b"W2ru", relative)):
-        if text is None:
-            continue
-        raw = text.encode("utf-16-le", errors="surrogatepass")
-        space = max(VHD_SECTOR_SIZE, -(-len(raw) // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE)
-        locators.append((code, space, len(raw), pos))
-        data.append((pos, raw))
-        pos += space
-    footer = vhd_footer(size, DiskType.DIFFERENCING, geometry=geometry)
+        if text is not None:
+            raw = text.encode("utf-16-le", errors="surrogatepass")
+            space = max(VHD_SECTOR_SIZE, -(-len(raw) // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE)
+            locators.append((code, space, len(raw), pos))
+            data.append((pos, raw))
+            pos += space
     header = vhd_dynamic_header(
         entries,
         block_size,
@@ -888,13 +760,5 @@ def create_vhd_child(
         parent_unicode_name=os.path.basename(os.path.abspath(parent_path)),
         parent_locators=locators,
     )
-
-    with new_file(path, overwrite=overwrite, block_device_hint=_NO_DEVICES) as out:
-        fd = out.fd
-        os.pwrite(fd, footer, 0)
-        os.pwrite(fd, header, VHD_FOOTER_SIZE)
-        _write_fill(fd, 0xFF, _VHD_BAT_OFFSET, bat_end)
-        for offset, raw in data:
-            os.pwrite(fd, raw, offset)
-        os.pwrite(fd, footer, pos)
-    return size
+    footer = vhd_footer(size, DiskType.DIFFERENCING, geometry=geometry)
+    return _write_sparse_vhd(path, footer, header, entries, data, overwrite=overwrite)

@@ -28,7 +28,6 @@ scanned in 4 MiB pieces, and holes of sparse files are skipped with SEEK_DATA.
 
 from __future__ import annotations
 
-import datetime
 import errno
 import hashlib
 import os
@@ -41,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .bat import chunk_ratio, vhdx_bat_entry_count
-from .checksum import crc32c, vhd_checksum
+from .checksum import crc32c
 from .constants import (
     KNOWN_METADATA,
     META_FILE_PARAMETERS,
@@ -53,13 +52,9 @@ from .constants import (
     REGION_BAT,
     REGION_METADATA,
     VHD_BAT_UNUSED,
-    VHD_DYNAMIC_COOKIE,
     VHD_DYNAMIC_HEADER_SIZE,
-    VHD_FOOTER_COOKIE,
     VHD_FOOTER_SIZE,
-    VHD_OLD_FOOTER_SIZE,
     VHD_SECTOR_SIZE,
-    VHD_TIMESTAMP_EPOCH,
     VHDX_BAT_OFFSET_MASK,
     VHDX_BAT_STATE_MASK,
     VHDX_HEADER_AREA_SIZE,
@@ -76,14 +71,28 @@ from .errors import InvalidImageError, PyvhdxError, PyvhdxWarning
 from .image import detect_format
 from .log import LogState, load_log, replay_in_memory
 from .source import FileSource
-from .structures.vhd import (
-    DYNAMIC_HEADER_CHECKSUM_OFFSET,
-    FOOTER_CHECKSUM_OFFSET,
-    VHDDynamicHeader,
-    VHDFooter,
+from .structures.vhdx import (
+    FILE_PARAMETERS,
+    LOG_ENTRY_HEADER,
 )
-from .structures.vhdx import FILE_PARAMETERS, LOG_ENTRY_HEADER
-from .vhd import chs_geometry, vhd_bitmap_size
+from .vhd.file import choose_footer
+from .vhd.layout import (
+    FEATURE_TEMPORARY,
+    CHSGeometry,
+    DynamicHeader,
+    FooterCopy,
+    LocatorEntry,
+    bat_chunks,
+    chs_geometry,
+    fourcc,
+    header_offset_problem,
+    read_dynamic_header,
+    read_footers,
+    timestamp_text,
+    version_text,
+    vhd_bat_bytes,
+    vhd_bitmap_size,
+)
 from .vhdx.layout import (
     HeaderCopy,
     MetadataItem,
@@ -106,10 +115,8 @@ LIST_LIMIT = 4096
 _EXAMPLES = 16  # examples of each BAT anomaly
 _SCAN_CHUNK = 4 << 20  # bytes read at once when scanning for non-zero bytes
 _BAT_CHUNK = 1 << 20  # BAT entries decoded at once (8 MiB)
-_MAX_LOCATOR_DATA = 64 << 10  # VHD parent locator data read (a Windows path is < 64 KiB)
 _LOG_SCAN_CRC_BUDGET = 256 << 20  # checksum work of the stale log entry scan
 _NIL = uuid.UUID(int=0)
-_VHD_EPOCH = datetime.datetime.fromtimestamp(VHD_TIMESTAMP_EPOCH, datetime.timezone.utc)
 _PAYLOAD_STATE_NAMES = {
     0: "not-present",
     1: "undefined",
@@ -122,13 +129,6 @@ _PAYLOAD_STATE_NAMES = {
 }
 _SB_STATE_NAMES = {0: "not-present", 6: "present"}
 _VHD_DISK_TYPES = {0: "none", 1: "reserved (1)", 2: "fixed", 3: "dynamic", 4: "differencing"}
-_VHD_LOCATOR_ENCODINGS = {
-    "W2ku": "utf-16-le",
-    "W2ru": "utf-16-le",
-    "Wi2k": "ascii",
-    "Wi2r": "ascii",
-    "MacX": "utf-8",
-}
 
 
 # -- small helpers ----------------------------------------------------------------------
@@ -156,20 +156,6 @@ def _reserved(data: bytes) -> dict[str, Any]:
     if nonzero:
         d.update(_hex_capped(data, 256))
     return d
-
-
-def _fourcc(raw: bytes) -> str:
-    return "".join(ch for ch in raw.decode("latin-1") if ch.isprintable())
-
-
-def _vhd_time(seconds: int) -> str:
-    """A VHD time stamp (seconds since 2000-01-01 00:00:00 UTC) as ISO 8601 UTC."""
-    moment = _VHD_EPOCH + datetime.timedelta(seconds=seconds)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _version(value: int) -> str:
-    return f"{value >> 16}.{value & 0xFFFF}"
 
 
 def _limited(items: list[dict[str, Any]], key: str, out: dict[str, Any]) -> None:
@@ -1085,16 +1071,18 @@ class _Allocation:
 
 
 class _VHDInspector:
-    """Walks a VHD file (VHD spec 2006: footer, dynamic header, BAT, blocks)."""
+    """Serialises what :mod:`pyvhdx.vhd.layout` finds in a VHD file (VHD spec 2006:
+    footers, dynamic header, parent locators, BAT) and the file ranges they use.
+    """
 
     def __init__(self, source: FileSource, report: dict[str, Any], scan: bool) -> None:
         self.source = source
         self.report = report
         self.scan = scan
         self.size = source.physical_size
-        self.footer: dict[str, Any] | None = None
+        self.footer: FooterCopy | None = None  # the copy in use
         self.data_end = self.size
-        self.dyn: dict[str, Any] | None = None
+        self.hdr: DynamicHeader | None = None
         self.refs: tuple[list[int], list[int]] = ([], [])
         self.block_refs: list[tuple[I64, I64]] = []  # merged block extents
         self.bat_ok = False
@@ -1118,114 +1106,74 @@ class _VHDInspector:
 
     # -- footer ---------------------------------------------------------------------
 
-    def _footer(self, where: str, offset: int, length: int) -> dict[str, Any]:
-        data = self.source.read(offset, length)
-        raw = data + bytes(VHD_FOOTER_SIZE - len(data))
-        c = FOOTER_CHECKSUM_OFFSET
-        stored = int.from_bytes(raw[c : c + 4], "big")
-        computed = vhd_checksum(raw, c)
-        f = VHDFooter.parse(VHD_FOOTER_COOKIE + raw[8:])
+    @staticmethod
+    def _footer(copy: FooterCopy) -> dict[str, Any]:
+        f = copy.fields
         geometry = f.disk_geometry
-        chs = (geometry.cylinders, geometry.heads, geometry.sectors_per_track)
+        chs = CHSGeometry(geometry.cylinders, geometry.heads, geometry.sectors_per_track)
         current = int(f.current_size)
         expected = chs_geometry(current // VHD_SECTOR_SIZE)
         return {
-            "where": where,
-            "offset": offset,
-            "length": length,
+            "where": copy.where,
+            "offset": copy.offset,
+            "length": copy.length,
             "present": True,
             "in-use": False,
-            "cookie": raw[:8].decode("latin-1"),
+            "cookie": copy.raw[:8].decode("latin-1"),
             "features": f.features,
-            "temporary": bool(f.features & 1),
-            "file-format-version": _version(f.file_format_version),
+            "temporary": bool(f.features & FEATURE_TEMPORARY),
+            "file-format-version": version_text(f.file_format_version),
             "data-offset": f.data_offset,
             "time-stamp": f.time_stamp,
-            "time-stamp-utc": _vhd_time(f.time_stamp),
-            "creator-application": _fourcc(bytes(f.creator_application)),
-            "creator-version": _version(f.creator_version),
-            "creator-host-os": _fourcc(bytes(f.creator_host_os)),
+            "time-stamp-utc": timestamp_text(f.time_stamp),
+            "creator-application": fourcc(bytes(f.creator_application)),
+            "creator-version": version_text(f.creator_version),
+            "creator-host-os": fourcc(bytes(f.creator_host_os)),
             "original-size": f.original_size,
             "current-size": current,
             "disk-geometry": {
-                "cylinders": chs[0],
-                "heads": chs[1],
-                "sectors-per-track": chs[2],
-                "capacity": chs[0] * chs[1] * chs[2] * VHD_SECTOR_SIZE,
+                "cylinders": chs.cylinders,
+                "heads": chs.heads,
+                "sectors-per-track": chs.sectors_per_track,
+                "capacity": chs.capacity,
                 "expected-chs": list(expected),
                 "expected-capacity": expected.capacity,
             },
             "disk-type": _VHD_DISK_TYPES.get(f.disk_type, f"unknown ({f.disk_type})"),
             "disk-type-code": f.disk_type,
-            "checksum": stored,
-            "computed-checksum": computed,
-            "checksum-valid": stored == computed,
+            "checksum": copy.stored_checksum,
+            "computed-checksum": copy.computed_checksum,
+            "checksum-valid": copy.checksum_ok,
             "unique-id": str(f.unique_id),
             "saved-state": f.saved_state,
             "reserved": _reserved(bytes(f.reserved)),
         }
 
     def footers(self) -> None:
-        size = self.size
-        end: dict[str, Any] | None = None
-        for length in (VHD_FOOTER_SIZE, VHD_OLD_FOOTER_SIZE):
-            if size >= length and self.source.read(size - length, 8) == VHD_FOOTER_COOKIE:
-                end = self._footer("end", size - length, length)
-                break
-        end_note: str | None = None
-        if end is None:
-            tail_len = min(size, VHD_FOOTER_SIZE)
-            tail = self.source.read(size - tail_len, tail_len)
-            pos = tail.rfind(VHD_FOOTER_COOKIE, max(0, tail_len - (VHD_OLD_FOOTER_SIZE - 1)))
-            if pos >= 0:
-                self.data_end = size - tail_len + pos
-                end_note = f"cut short: the file ends {size - self.data_end} bytes into it"
-            else:
-                end_note = "missing: no 'conectix' cookie at the end of the file"
-        else:
-            self.data_end = end["offset"]
-        start: dict[str, Any] | None = None
-        start_note: str | None = None
-        if size >= VHD_FOOTER_SIZE and self.source.read(0, 8) == VHD_FOOTER_COOKIE:
-            start = self._footer("start", 0, VHD_FOOTER_SIZE)
-            if start["disk-type-code"] not in (VHDDiskType.DYNAMIC, VHDDiskType.DIFFERENCING):
-                start_note = "a 'conectix' cookie at offset 0 of a non-sparse disk is disk data"
-                start = None
-            elif end is not None and end["offset"] == 0:
-                start = None
-        else:
-            start_note = "missing: no 'conectix' cookie at offset 0"
-        # The copy in use: the VHDFile policy (DESIGN.md "Copies").
-        chosen: dict[str, Any] | None
-        if end is not None and end["checksum-valid"]:
-            chosen = end
-        elif start is not None and start["checksum-valid"]:
-            chosen = start
-        else:
-            chosen = end or start
-        copies = []
-        for where, copy, note in (("end", end, end_note), ("start", start, start_note)):
-            if copy is None:
-                copies.append({"where": where, "present": False, "note": note})
-            else:
-                copies.append(copy)
-        self.report["footers"] = copies
-        if chosen is None:
-            self.report["footer-in-use"] = None
-            raise InvalidImageError("no usable VHD footer", structure="VHD footer")
-        chosen["in-use"] = True
+        found = read_footers(self.source)
+        self.data_end = found.data_end
+        gone = found.problem("footer.truncated") or found.problem("footer.missing")
+        end = None if found.end is None else self._footer(found.end)
+        start = None if found.start is None else self._footer(found.start)
+        notes = (None if gone is None else gone.message, found.start_note)
+        self.report["footers"] = [
+            {"where": where, "present": False, "note": note} if copy is None else copy
+            for where, copy, note in zip(("end", "start"), (end, start), notes, strict=True)
+        ]
+        self.report["footer-in-use"] = None
+        chosen = choose_footer(found).chosen  # the reader's choice (DESIGN.md "Copies")
         self.footer = chosen
-        self.report["footer-in-use"] = chosen["where"]
+        used = end if chosen is found.end else start
+        assert used is not None
+        used["in-use"] = True
+        self.report["footer-in-use"] = chosen.where
         if end is not None and start is not None:
             skip = {"where", "offset", "length", "in-use", "present"}
             self.report["footer-copies-differ-in"] = [
                 k for k in end if k not in skip and end[k] != start[k]
             ]
-        self.report["geometry"] = chosen["disk-geometry"]
-        if end is not None:
-            self.ref(end["offset"], size - end["offset"])
-        elif self.data_end < size:
-            self.ref(self.data_end, size - self.data_end)
+        self.report["geometry"] = used["disk-geometry"]
+        self.ref(self.data_end, self.size - self.data_end)  # the footer, or what is left of it
         if start is not None:
             self.ref(0, VHD_FOOTER_SIZE)
 
@@ -1233,90 +1181,71 @@ class _VHDInspector:
 
     def dynamic_header(self) -> None:
         f = self.footer
-        if f is None or f["disk-type-code"] not in (VHDDiskType.DYNAMIC, VHDDiskType.DIFFERENCING):
+        if f is None or not f.sparse:
             return
-        offset = int(f["data-offset"])
-        if offset < VHD_FOOTER_SIZE or offset + VHD_DYNAMIC_HEADER_SIZE > self.data_end:
-            raise InvalidImageError(
-                f"dynamic header offset {offset:#x} lies outside the file",
-                structure="VHD footer",
-                field="DataOffset",
-            )
-        raw = self.source.read_exact(offset, VHD_DYNAMIC_HEADER_SIZE, "VHD dynamic header")
-        h = VHDDynamicHeader.parse(VHD_DYNAMIC_COOKIE + raw[8:])
-        c = DYNAMIC_HEADER_CHECKSUM_OFFSET
-        computed = vhd_checksum(raw, c)
-        name = bytes(h.parent_unicode_name)
-        end = len(name)
-        for i in range(0, len(name), 2):
-            if name[i : i + 2] == b"\0\0":
-                end = i
-                break
-        d: dict[str, Any] = {
-            "offset": offset,
-            "cookie": raw[:8].decode("latin-1"),
-            "cookie-valid": raw[:8] == VHD_DYNAMIC_COOKIE,
+        wrong = header_offset_problem(f, self.data_end)
+        if wrong is not None:
+            raise InvalidImageError(wrong.message, structure="VHD footer", field=wrong.field)
+        hdr = read_dynamic_header(
+            self.source,
+            int(f.fields.data_offset),
+            virtual_size=int(f.fields.current_size),
+            data_end=self.data_end,
+        )
+        self.hdr = hdr
+        h = hdr.fields
+        self.report["dynamic-header"] = {
+            "offset": hdr.offset,
+            "cookie": hdr.raw[:8].decode("latin-1"),
+            "cookie-valid": hdr.cookie_ok,
             "data-offset": h.data_offset,
             "table-offset": h.table_offset,
-            "header-version": _version(h.header_version),
+            "header-version": version_text(h.header_version),
             "max-table-entries": h.max_table_entries,
             "block-size": h.block_size,
-            "checksum": h.checksum,
-            "computed-checksum": computed,
-            "checksum-valid": h.checksum == computed,
+            "checksum": hdr.stored_checksum,
+            "computed-checksum": hdr.computed_checksum,
+            "checksum-valid": hdr.checksum_ok,
             "parent-unique-id": str(h.parent_unique_id),
             "parent-time-stamp": h.parent_time_stamp,
-            "parent-time-stamp-utc": _vhd_time(h.parent_time_stamp),
-            "parent-unicode-name": name[:end].decode("utf-16-be", errors="replace"),
+            "parent-time-stamp-utc": timestamp_text(h.parent_time_stamp),
+            "parent-unicode-name": hdr.parent_name,
             "reserved1": _reserved(bytes(h.reserved1)),
             "reserved2": _reserved(bytes(h.reserved2)),
         }
-        self.report["dynamic-header"] = d
-        self.dyn = d
-        self.ref(offset, VHD_DYNAMIC_HEADER_SIZE)
-        locators = []
-        for i, e in enumerate(h.parent_locator_entries):
-            code = bytes(e.platform_code)
-            if code == b"\0\0\0\0" and not (
-                e.platform_data_space or e.platform_data_length or e.platform_data_offset
-            ):
-                continue
-            locators.append(self._locator(i, offset + 576 + 24 * i, e))
-        self.report["parent-locators"] = locators
+        self.ref(hdr.offset, VHD_DYNAMIC_HEADER_SIZE)
+        self.report["parent-locators"] = [self._locator(loc) for loc in hdr.locators]
 
-    def _locator(self, index: int, entry_offset: int, e: Any) -> dict[str, Any]:
+    def _locator(self, loc: LocatorEntry) -> dict[str, Any]:
         """A parent locator entry and its data (VHD spec, Parent Locator Entry)."""
-        code = _fourcc(bytes(e.platform_code))
-        space, length, offset = (
-            int(e.platform_data_space),
-            int(e.platform_data_length),
-            int(e.platform_data_offset),
-        )
         d: dict[str, Any] = {
-            "index": index,
-            "entry-offset": entry_offset,
-            "platform-code": code,
-            "platform-data-space": space,
-            "platform-data-length": length,
-            "platform-data-offset": offset,
+            "index": loc.index,
+            "entry-offset": loc.entry_offset,
+            "platform-code": loc.platform_code,
+            "platform-data-space": loc.data_space,
+            "platform-data-length": loc.data_length,
+            "platform-data-offset": loc.data_offset,
         }
-        # PlatformDataSpace is in sectors per the spec and in bytes as Windows writes it
-        # (libvhdi marks the unit as uncertain): a value below 512 is taken as sectors.
-        space_bytes = space * VHD_SECTOR_SIZE if space < VHD_SECTOR_SIZE else space
-        reserved_len = -(-max(length, space_bytes) // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE
-        if length > _MAX_LOCATOR_DATA or offset + length > self.data_end:
-            d["error"] = "the data lies outside the file or exceeds 64 KiB"
+        if loc.data is None:
+            assert loc.problem is not None
+            d["error"] = loc.problem.message
             return d
-        self.ref(offset, min(reserved_len, max(0, self.data_end - offset)))
-        data = self.source.read(offset, length)
-        encoding = _VHD_LOCATOR_ENCODINGS.get(code)
-        if encoding is not None:
-            d["path"] = data.decode(encoding, errors="replace").rstrip("\0")
-        else:
-            d.update(_hex_capped(data))
+        self.ref(loc.data_offset, min(loc.reserved_length, self.data_end - loc.data_offset))
+        path = loc.path
+        d.update(_hex_capped(loc.data) if path is None else {"path": path})
         return d
 
     # -- BAT ---------------------------------------------------------------------------------
+
+    def _fixed(self, current: int) -> None:
+        self.ref(0, current)
+        self.report["bat"] = None
+        self.report["fixed-data"] = {
+            "offset": 0,
+            "length": current,
+            "missing-bytes": max(0, current - self.data_end),
+            "extra-bytes": max(0, self.data_end - current),
+        }
 
     def bat(self) -> None:
         f = self.footer
@@ -1324,28 +1253,18 @@ class _VHDInspector:
             raise InvalidImageError(
                 "no footer to read the disk layout from", structure="VHD footer"
             )
-        current = int(f["current-size"])
-        if f["disk-type-code"] == VHDDiskType.FIXED:
-            self.ref(0, current)
-            self.report["bat"] = None
-            self.report["fixed-data"] = {
-                "offset": 0,
-                "length": current,
-                "missing-bytes": max(0, current - self.data_end),
-                "extra-bytes": max(0, self.data_end - current),
-            }
+        current = int(f.fields.current_size)
+        if f.disk_type == VHDDiskType.FIXED:
+            self._fixed(current)
             self.bat_ok = True
             return
-        h = self.dyn
-        if h is None:
+        hdr = self.hdr
+        if hdr is None:
             raise InvalidImageError("no dynamic header to read the BAT from", structure="VHD")
-        bs = int(h["block-size"])
-        entries = int(h["max-table-entries"])
-        table = int(h["table-offset"])
-        if bs < VHD_SECTOR_SIZE or bs & (bs - 1) or bs > 1 << 31:
-            raise InvalidImageError(
-                f"block size {bs} is not a power of two", structure="VHD dynamic header"
-            )
+        bad = next((p for p in hdr.problems if p.code == "header.block-size"), None)
+        if bad is not None:
+            raise InvalidImageError(bad.message, structure=bad.structure, field=bad.field)
+        bs, entries, table = hdr.block_size, hdr.max_table_entries, hdr.table_offset
         bitmap = vhd_bitmap_size(bs)
         d: dict[str, Any] = {
             "offset": table,
@@ -1358,13 +1277,10 @@ class _VHDInspector:
         readable = min(entries, max(0, (self.data_end - table) // 4))
         if readable < entries:
             d["error"] = f"only {readable} of {entries} entries lie inside the file"
-        self.ref(table, -(-4 * readable // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE)
+        self.ref(table, vhd_bat_bytes(readable))
         alloc = _Allocation(bs, current, self.data_end, extent=bitmap + bs, data_skip=bitmap)
         zero_pointers = 0
-        for i0 in range(0, readable, _BAT_CHUNK):
-            n = min(_BAT_CHUNK, readable - i0)
-            data = self.source.read(table + 4 * i0, 4 * n)
-            raw = np.frombuffer(data, dtype=">u4", count=len(data) // 4)
+        for i0, raw in bat_chunks(self.source, table, readable, strict=False):
             used = raw != np.uint32(VHD_BAT_UNUSED)
             idx = np.arange(i0, i0 + raw.shape[0], dtype=np.int64)
             offsets = raw[used].astype(np.int64) * VHD_SECTOR_SIZE

@@ -1,0 +1,917 @@
+"""The VHD layout model: every on-disk copy of every VHD structure, as found, and
+the builders of each (Virtual Hard Disk Image Format Specification, 2006;
+SPEC-NOTES.md "VHD" and pitfalls 14-20).
+
+This is the one module that parses VHD structures (DESIGN.md "One layout model
+per format"). It reads each copy into a dataclass holding the parsed fields, the
+stored and computed checksums and the problems found in it; it decides nothing.
+:mod:`pyvhdx.vhd.file` chooses the copy to trust and what is fatal,
+:mod:`pyvhdx.check` maps the problems to findings, :mod:`pyvhdx.inspect`
+serialises the copies.
+
+* :func:`read_footers`: the footer at the end of the file (512 bytes, or 511 for
+  files made before Virtual PC 2004; or where a cut-off one starts) and the copy
+  at offset 0 (a dynamic or differencing disk's; a fixed disk's offset 0 is
+  disk data).
+* :func:`read_dynamic_header`: the dynamic header, its fields checked against
+  the file, and its parent locator entries with their data.
+* :func:`bat_chunks`: the raw BAT entries, a bounded chunk at a time.
+* :func:`vhd_footer`, :func:`vhd_dynamic_header`: the builders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any, Final, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from .._version import __version__ as _pyvhdx_version
+from ..checksum import vhd_checksum
+from ..constants import (
+    VHD_DYNAMIC_COOKIE,
+    VHD_DYNAMIC_HEADER_SIZE,
+    VHD_FIXED_DATA_OFFSET,
+    VHD_FOOTER_COOKIE,
+    VHD_FOOTER_SIZE,
+    VHD_MAX_SIZE,
+    VHD_OLD_FOOTER_SIZE,
+    VHD_SECTOR_SIZE,
+    VHD_TIMESTAMP_EPOCH,
+    DiskType,
+    KiB,
+    VHDDiskType,
+)
+from ..errors import InvalidArgumentError
+from ..info import Problem
+from ..source import FileSource
+from ..structures import parse
+from ..structures.vhd import (
+    DYNAMIC_HEADER_CHECKSUM_OFFSET,
+    FOOTER_CHECKSUM_OFFSET,
+    PARENT_LOCATOR_COUNT,
+    VHDDynamicHeader,
+    VHDFooter,
+)
+
+__all__ = [
+    "LOCATOR_ENCODINGS",
+    "VHD_CREATOR_APPLICATION",
+    "VHD_CREATOR_HOST_OS",
+    "VHD_MAX_BLOCK_SIZE",
+    "VHD_MAX_CHS_SECTORS",
+    "VHD_MIN_BLOCK_SIZE",
+    "CHSGeometry",
+    "DynamicHeader",
+    "FooterCopy",
+    "Footers",
+    "LayoutProblem",
+    "LocatorEntry",
+    "bat_chunks",
+    "chs_geometry",
+    "read_dynamic_header",
+    "read_footers",
+    "vhd_bitmap_size",
+    "vhd_dynamic_header",
+    "vhd_footer",
+    "vhd_time_stamp",
+]
+
+#: Smallest block: one sector (QEMU vpc_open rejects a block size below 512 or
+#: not a power of two; the spec's default is 2 MiB, Hyper-V also makes 512 KiB).
+VHD_MIN_BLOCK_SIZE: Final = VHD_SECTOR_SIZE
+#: Largest block: the largest power of two the u32 Block Size field can hold.
+VHD_MAX_BLOCK_SIZE: Final = 1 << 31
+#: The largest CHS geometry, 65535 x 16 x 255 sectors (spec appendix).
+VHD_MAX_CHS_SECTORS: Final = 65535 * 16 * 255
+#: Upper bound on the parent locator data read: a Windows path holds at most
+#: 32767 UTF-16 code units.
+MAX_LOCATOR_DATA: Final = 64 * KiB
+VERSION_1_0: Final = 0x00010000  # File Format Version and Header Version
+FEATURE_TEMPORARY: Final = 0x1
+_FEATURES_RESERVED: Final = 0x2  # "Reserved": the spec says it is always set
+#: Where the BAT of a new image goes: after the footer copy and the dynamic header.
+VHD_BAT_OFFSET: Final = VHD_FOOTER_SIZE + VHD_DYNAMIC_HEADER_SIZE
+_LOCATOR_ENTRIES_OFFSET: Final = 576  # in the dynamic header
+_LOCATOR_ENTRY_SIZE: Final = 24
+_BAT_CHUNK_ENTRIES: Final = 1 << 16
+_EPOCH: Final = datetime.datetime.fromtimestamp(VHD_TIMESTAMP_EPOCH, datetime.timezone.utc)
+_SPARSE: Final = (VHDDiskType.DYNAMIC, VHDDiskType.DIFFERENCING)
+_NIL: Final = uuid.UUID(int=0)
+
+#: Field offsets (spec "Hard Disk Footer Format" and "Dynamic Disk Header Format").
+FOOTER_FIELDS: Final = {
+    "FileFormatVersion": 12,
+    "DataOffset": 16,
+    "CurrentSize": 48,
+    "DiskType": 60,
+    "Checksum": FOOTER_CHECKSUM_OFFSET,
+}
+HEADER_FIELDS: Final = {
+    "Cookie": 0,
+    "DataOffset": 8,
+    "TableOffset": 16,
+    "HeaderVersion": 24,
+    "MaxTableEntries": 28,
+    "BlockSize": 32,
+    "Checksum": DYNAMIC_HEADER_CHECKSUM_OFFSET,
+    "ParentUniqueId": 40,
+    "ParentTimeStamp": 56,
+    "ParentUnicodeName": 64,
+}
+
+#: Locator platform codes whose data is a path, and its encoding (spec "Dynamic
+#: Disk Header Format", Platform Code; SPEC-NOTES "Parent locator entry").
+LOCATOR_ENCODINGS: Final = {
+    "W2ku": "utf-16-le",
+    "W2ru": "utf-16-le",
+    "Wi2k": "ascii",
+    "Wi2r": "ascii",
+    "MacX": "utf-8",
+}
+
+#: Creator Application written into every VHD footer: ``"win "``, the code of
+#: Hyper-V and of the Windows virtual disk API. The field only documents the
+#: creator (spec "Hard Disk Footer Format"), but QEMU also uses it to choose the
+#: size it believes: the CHS geometry for ``vpc ``, ``qemu`` and unknown codes,
+#: CurrentSize for ``win ``, ``qem2``, ``d2v ``, ``tap\0`` and ``CTXS`` (QEMU
+#: ``vpc_open``; SPEC-NOTES "Which size is authoritative"). pyvhdx's images have
+#: Hyper-V semantics (CurrentSize is the size, the geometry comes from the spec's
+#: algorithm and is smaller for most sizes), so it uses the code that says so:
+#: with a code of its own QEMU would cut every image to its CHS capacity. The
+#: Creator Version (pyvhdx's major.minor) tells pyvhdx images apart from
+#: Hyper-V's (10.0 or 6.x).
+VHD_CREATOR_APPLICATION: Final = b"win "
+#: Creator Host OS: ``Wi2k`` (the spec's code for Windows; the other is ``Mac ``).
+VHD_CREATOR_HOST_OS: Final = b"Wi2k"
+
+
+# --- geometry (spec appendix "CHS Calculation") -------------------------------------
+
+
+class CHSGeometry(NamedTuple):
+    """A disk geometry: cylinders, heads, sectors per track."""
+
+    cylinders: int
+    heads: int
+    sectors_per_track: int
+
+    @property
+    def sectors(self) -> int:
+        return self.cylinders * self.heads * self.sectors_per_track
+
+    @property
+    def capacity(self) -> int:
+        """Bytes addressed by the geometry (at 512 bytes per sector)."""
+        return self.sectors * VHD_SECTOR_SIZE
+
+
+def chs_geometry(total_sectors: int) -> CHSGeometry:
+    """The CHS geometry the VHD spec appendix assigns to ``total_sectors``.
+
+    Sectors per track 17, then 31, then 63 with 4 to 16 heads; 255 sectors and
+    16 heads from 65535 x 16 x 63 sectors on; capped at 65535 x 16 x 255. This is
+    the algorithm of QEMU ``calculate_geometry``. The capacity it gives may be
+    smaller than ``total_sectors``.
+    """
+    if total_sectors < 0:
+        raise ValueError(f"negative sector count {total_sectors}")
+    total_sectors = min(total_sectors, VHD_MAX_CHS_SECTORS)
+    if total_sectors >= 65535 * 16 * 63:
+        sectors_per_track = 255
+        heads = 16
+        cyl_times_heads = total_sectors // sectors_per_track
+    else:
+        sectors_per_track = 17
+        cyl_times_heads = total_sectors // sectors_per_track
+        heads = max(4, -(-cyl_times_heads // 1024))
+        if cyl_times_heads >= heads * 1024 or heads > 16:
+            sectors_per_track = 31
+            heads = 16
+            cyl_times_heads = total_sectors // sectors_per_track
+        if cyl_times_heads >= heads * 1024:
+            sectors_per_track = 63
+            heads = 16
+            cyl_times_heads = total_sectors // sectors_per_track
+    return CHSGeometry(cyl_times_heads // heads, heads, sectors_per_track)
+
+
+def vhd_bitmap_size(block_size: int) -> int:
+    """Bytes of the sector bitmap before each data block: one bit per sector,
+    padded to a sector boundary (spec "Block Allocation Table and Data Blocks").
+    """
+    bits = block_size // VHD_SECTOR_SIZE
+    nbytes = -(-bits // 8)
+    return -(-nbytes // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE
+
+
+def vhd_bat_bytes(entries: int) -> int:
+    """Bytes of a BAT of ``entries`` entries, padded to a sector boundary."""
+    return -(-4 * entries // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE
+
+
+# --- text of fields -------------------------------------------------------------------
+
+
+def timestamp_text(seconds: int) -> str:
+    """A VHD time stamp (seconds since 2000-01-01 00:00:00 UTC) as ISO 8601 UTC."""
+    moment = _EPOCH + datetime.timedelta(seconds=seconds)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def fourcc(raw: bytes) -> str:
+    """A four-character code as text, spaces kept (``"win "``), NULs and other
+    control characters dropped (``b"tap\\0"`` gives ``"tap"``).
+    """
+    return "".join(ch for ch in raw.decode("latin-1") if ch.isprintable())
+
+
+def version_text(value: int) -> str:
+    return f"{value >> 16}.{value & 0xFFFF}"
+
+
+def utf16be_name(raw: bytes) -> str:
+    """Parent Unicode Name: UTF-16BE up to the first NUL code unit."""
+    end = len(raw) - len(raw) % 2
+    for i in range(0, end, 2):
+        if raw[i] == 0 and raw[i + 1] == 0:
+            end = i
+            break
+    return raw[:end].decode("utf-16-be", errors="replace")
+
+
+def vhd_time_stamp(unix_time: float | None = None) -> int:
+    """A Unix time (default: now) as a VHD time stamp (seconds since 2000-01-01 UTC)."""
+    now = time.time() if unix_time is None else unix_time
+    return min(max(0, int(now) - VHD_TIMESTAMP_EPOCH), 0xFFFFFFFF)
+
+
+# --- what was found ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutProblem:
+    """A defect of one on-disk copy, as found (the caller decides what it means).
+
+    ``code`` names the defect (``"footer.checksum"``, ``"header.block-size"``...)
+    so that the reader and ``check`` can each map it to their own policy.
+    """
+
+    code: str
+    structure: str
+    message: str
+    offset: int | None = None
+    field: str | None = None
+
+    def problem(
+        self, suffix: str = "", *, offset: int | None = None, structure: str | None = None
+    ) -> Problem:
+        """As an open's :class:`~pyvhdx.info.Problem` (``offset`` and ``structure``
+        replace the own, ``suffix`` is added to the message).
+        """
+        return Problem(
+            structure or self.structure,
+            self.message + suffix,
+            self.offset if offset is None else offset,
+            self.field,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class FooterCopy:
+    """One copy of the footer as found in the file (its cookie is intact)."""
+
+    where: str  # "end" or "start"
+    offset: int
+    length: int  # 512, or 511 for files older than Virtual PC 2004
+    raw: bytes  # always 512 bytes (a 511-byte footer is padded with a zero)
+    fields: Any  # the parsed VHDFooter
+    stored_checksum: int
+    computed_checksum: int
+
+    @classmethod
+    def from_bytes(cls, where: str, offset: int, data: bytes) -> FooterCopy:
+        raw = data + bytes(VHD_FOOTER_SIZE - len(data))
+        c = FOOTER_CHECKSUM_OFFSET
+        stored = int.from_bytes(raw[c : c + 4], "big")
+        name = _FOOTER_NAMES[where]
+        fields = parse(VHDFooter, raw, structure=f"VHD {name}", offset=offset)
+        return cls(where, offset, len(data), raw, fields, stored, vhd_checksum(raw, c))
+
+    @property
+    def checksum_ok(self) -> bool:
+        return self.stored_checksum == self.computed_checksum
+
+    @property
+    def disk_type(self) -> int:
+        return int(self.fields.disk_type)
+
+    @property
+    def sparse(self) -> bool:
+        """A dynamic or differencing disk's footer."""
+        return self.disk_type in _SPARSE
+
+    @property
+    def name(self) -> str:
+        return _FOOTER_NAMES[self.where]
+
+    def field_offset(self, name: str) -> int:
+        return self.offset + FOOTER_FIELDS[name]
+
+    def differing_fields(self, other: FooterCopy) -> list[str]:
+        """Names of the footer fields in which this copy and ``other`` differ."""
+        a, b = self.fields, other.fields
+        return [k for k in a if not k.startswith("_") and a[k] != b.get(k)]
+
+    def checksum_problem(self) -> LayoutProblem | None:
+        if self.checksum_ok:
+            return None
+        return LayoutProblem(
+            "footer.checksum",
+            self.name,
+            f"bad checksum: stored {self.stored_checksum:#010x}, "
+            f"computed {self.computed_checksum:#010x}",
+            self.field_offset("Checksum"),
+            "Checksum",
+        )
+
+
+_FOOTER_NAMES: Final = {"end": "footer at end of file", "start": "footer copy at offset 0"}
+
+
+def footer_field_problems(copy: FooterCopy) -> Iterator[LayoutProblem]:
+    """Defects of a footer's fields (the copy's checksum aside)."""
+    f, name = copy.fields, copy.name
+
+    def problem(code: str, message: str, field: str) -> LayoutProblem:
+        return LayoutProblem(code, name, message, copy.field_offset(field), field)
+
+    if f.file_format_version != VERSION_1_0:
+        yield problem(
+            "footer.version",
+            f"unexpected file format version {f.file_format_version:#010x} (spec: 0x00010000)",
+            "FileFormatVersion",
+        )
+    if copy.disk_type not in (VHDDiskType.FIXED, *_SPARSE):
+        yield problem(
+            "footer.disk-type",
+            f"unknown disk type {copy.disk_type} (2 fixed, 3 dynamic, 4 differencing)",
+            "DiskType",
+        )
+    size = int(f.current_size)
+    if size % VHD_SECTOR_SIZE:
+        yield problem(
+            "footer.size-unaligned",
+            f"CurrentSize {size} is not a multiple of {VHD_SECTOR_SIZE}",
+            "CurrentSize",
+        )
+    if size > VHD_MAX_SIZE:
+        # QEMU refuses these; fixed VHDs above 2040 GiB exist (Azure takes fixed
+        # VHDs up to 32 TiB, SPEC-NOTES pitfall 19).
+        yield problem(
+            "footer.size-above-limit",
+            f"CurrentSize {size} exceeds the spec's 2040 GiB limit (QEMU refuses it)",
+            "CurrentSize",
+        )
+    if copy.disk_type == VHDDiskType.FIXED and f.data_offset != VHD_FIXED_DATA_OFFSET:
+        yield problem(
+            "footer.fixed-data-offset",
+            f"DataOffset of a fixed disk is {f.data_offset:#x}, not 0xffffffffffffffff",
+            "DataOffset",
+        )
+
+
+def fixed_size_problem(copy: FooterCopy, data_end: int) -> LayoutProblem | None:
+    """A fixed disk is its data then the footer: the file must be CurrentSize + 512."""
+    size = int(copy.fields.current_size)
+    if data_end == size:
+        return None
+    if data_end < size:
+        code = "fixed.short"
+        message = (
+            f"the file holds {data_end:#x} bytes of disk data, {size - data_end} short of "
+            f"CurrentSize {size} (the file must be CurrentSize + 512 bytes)"
+        )
+    else:
+        code = "fixed.extra"
+        message = (
+            f"{data_end - size} bytes between the end of the disk data ({size:#x}) and the "
+            "footer are not part of the disk"
+        )
+    return LayoutProblem(code, copy.name, message, copy.field_offset("CurrentSize"), "CurrentSize")
+
+
+@dataclasses.dataclass(frozen=True)
+class Footers:
+    """Both footer copies as found.
+
+    Attributes:
+        file_size: the size of the file.
+        end: the footer at the end of the file, if its cookie is there.
+        start: the copy at offset 0 of a dynamic or differencing disk.
+        cut_at: where a footer cut short by the end of the file starts.
+        start_note: why there is no copy at offset 0 (None when there is one).
+        problems: each copy's defects (``footer.checksum``, ``footer.truncated``,
+            ``footer.missing``, ``footer.old``).
+    """
+
+    file_size: int
+    end: FooterCopy | None
+    start: FooterCopy | None
+    cut_at: int | None
+    start_note: str | None
+    problems: list[LayoutProblem]
+
+    @property
+    def data_end(self) -> int:
+        """Where the data ends: the footer at the end (or its cut-off start) begins here."""
+        if self.end is not None:
+            return self.end.offset
+        return self.file_size if self.cut_at is None else self.cut_at
+
+    def problem(self, code: str) -> LayoutProblem | None:
+        return next((p for p in self.problems if p.code == code), None)
+
+
+def _footer_at_end(source: FileSource, size: int) -> tuple[FooterCopy | None, int | None]:
+    """The footer at the end (512 or 511 bytes), or where a cut-off one starts."""
+    for length in (VHD_FOOTER_SIZE, VHD_OLD_FOOTER_SIZE):
+        if size >= length and source.read(size - length, 8) == VHD_FOOTER_COOKIE:
+            data = source.read_exact(size - length, length, "VHD footer")
+            return FooterCopy.from_bytes("end", size - length, data), None
+    # A footer cut short: its cookie within the last 510 bytes.
+    tail_len = min(size, VHD_FOOTER_SIZE)
+    tail = source.read(size - tail_len, tail_len)
+    pos = tail.rfind(VHD_FOOTER_COOKIE, max(0, tail_len - (VHD_OLD_FOOTER_SIZE - 1)))
+    return None, (size - tail_len + pos if pos >= 0 else None)
+
+
+def _footer_at_start(
+    source: FileSource, size: int, end: FooterCopy | None
+) -> tuple[FooterCopy | None, str | None]:
+    """The copy at offset 0, or why there is none."""
+    if size < VHD_FOOTER_SIZE or source.read(0, 8) != VHD_FOOTER_COOKIE:
+        return None, "missing: no 'conectix' cookie at offset 0"
+    if end is not None and end.offset == 0:
+        return None, None  # the footer at the end is at offset 0
+    start = FooterCopy.from_bytes("start", 0, source.read_exact(0, VHD_FOOTER_SIZE, "VHD footer"))
+    if not start.sparse:
+        return None, "a 'conectix' cookie at offset 0 of a non-sparse disk is disk data"
+    return start, None
+
+
+def read_footers(source: FileSource) -> Footers:
+    """Both footer copies of a VHD and what is wrong with each (spec "Hard Disk
+    Footer Format"; DESIGN.md "Copies").
+    """
+    size = source.size
+    end, cut_at = _footer_at_end(source, size)
+    start, start_note = _footer_at_start(source, size, end)
+    problems = [p for p in (c.checksum_problem() for c in (end, start) if c) if p]
+    if end is not None and end.length == VHD_OLD_FOOTER_SIZE:
+        problems.append(
+            LayoutProblem(
+                "footer.old", end.name, "511-byte footer (made before Virtual PC 2004)", end.offset
+            )
+        )
+    elif cut_at is not None:
+        problems.append(
+            LayoutProblem(
+                "footer.truncated",
+                _FOOTER_NAMES["end"],
+                f"truncated: the file ends {size - cut_at} bytes into it",
+                cut_at,
+            )
+        )
+    elif end is None:
+        problems.append(
+            LayoutProblem(
+                "footer.missing",
+                _FOOTER_NAMES["end"],
+                "missing: no 'conectix' cookie in the last 512 bytes",
+                max(0, size - VHD_FOOTER_SIZE),
+                "Cookie",
+            )
+        )
+    return Footers(size, end, start, cut_at, start_note, problems)
+
+
+# --- dynamic header and parent locators --------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LocatorEntry:
+    """A parent locator entry in use (spec "Dynamic Disk Header Format"), with its data.
+
+    ``data`` is None when it lies outside the data area (below offset 512 or
+    past its end) or exceeds 64 KiB: then ``problem`` says so. ``path`` is the
+    decoded data of a platform code that holds a path.
+    """
+
+    index: int
+    entry_offset: int
+    platform_code: str
+    data_space: int
+    data_length: int
+    data_offset: int
+    data: bytes | None
+    problem: LayoutProblem | None
+
+    @property
+    def path(self) -> str | None:
+        encoding = LOCATOR_ENCODINGS.get(self.platform_code)
+        if self.data is None or encoding is None:
+            return None
+        return self.data.decode(encoding, errors="replace").rstrip("\0")
+
+    @property
+    def reserved_length(self) -> int:
+        """Bytes the entry reserves, a sector multiple: Platform Data Space is in
+        sectors per the spec and in bytes as Windows writes it (libvhdi marks the
+        unit as uncertain): a value below 512 is taken as sectors.
+        """
+        space = self.data_space
+        space_bytes = space * VHD_SECTOR_SIZE if space < VHD_SECTOR_SIZE else space
+        return -(-max(self.data_length, space_bytes) // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE
+
+    @property
+    def room(self) -> int:
+        """Bytes a new path may take in place: Platform Data Space is in bytes in
+        the images seen (SPEC-NOTES 23); an older image may count sectors, then
+        only the old length is sure to be the entry's.
+        """
+        return self.data_space if self.data_space >= self.data_length else self.data_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "platform-code": self.platform_code,
+            "data-space": self.data_space,
+            "data-length": self.data_length,
+            "data-offset": self.data_offset,
+            "path": self.path,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicHeader:
+    """The dynamic disk header as found, its locators, and the defects found.
+
+    ``problems`` are in the order a reader meets them; after a defect that makes
+    the block map unknowable (``header.cookie``, ``header.block-size``,
+    ``header.table-offset``) nothing further is checked.
+    """
+
+    offset: int
+    raw: bytes
+    fields: Any  # the parsed VHDDynamicHeader (parsed even with a bad cookie)
+    stored_checksum: int
+    computed_checksum: int
+    locators: list[LocatorEntry]
+    problems: list[LayoutProblem]
+
+    @property
+    def cookie_ok(self) -> bool:
+        return self.raw[:8] == VHD_DYNAMIC_COOKIE
+
+    @property
+    def checksum_ok(self) -> bool:
+        return self.stored_checksum == self.computed_checksum
+
+    @property
+    def block_size(self) -> int:
+        return int(self.fields.block_size)
+
+    @property
+    def table_offset(self) -> int:
+        return int(self.fields.table_offset)
+
+    @property
+    def max_table_entries(self) -> int:
+        return int(self.fields.max_table_entries)
+
+    @property
+    def parent_name(self) -> str:
+        return utf16be_name(bytes(self.fields.parent_unicode_name))
+
+    def field_offset(self, name: str) -> int:
+        return self.offset + HEADER_FIELDS[name]
+
+
+def _header_problem(h: Any, code: str, message: str, field: str, at: int = 0) -> LayoutProblem:
+    return LayoutProblem(code, "VHD dynamic header", message, h + HEADER_FIELDS[field] + at, field)
+
+
+def _header_field_problems(
+    offset: int, raw: bytes, h: Any, computed: int
+) -> Iterator[LayoutProblem]:
+    """Defects of the fields that do not depend on the rest of the file."""
+    if raw[:8] != VHD_DYNAMIC_COOKIE:
+        yield _header_problem(
+            offset, "header.cookie", f"cookie is {raw[:8]!r}, not {VHD_DYNAMIC_COOKIE!r}", "Cookie"
+        )
+        return
+    if h.checksum != computed:
+        yield _header_problem(
+            offset,
+            "header.checksum",
+            f"bad checksum: stored {h.checksum:#010x}, computed {computed:#010x}",
+            "Checksum",
+        )
+    if h.header_version != VERSION_1_0:
+        yield _header_problem(
+            offset,
+            "header.version",
+            f"unexpected header version {h.header_version:#010x} (spec: 0x00010000)",
+            "HeaderVersion",
+        )
+    if h.data_offset != VHD_FIXED_DATA_OFFSET:
+        yield _header_problem(
+            offset,
+            "header.data-offset",
+            f"DataOffset is {h.data_offset:#x}; the spec and Microsoft tools expect "
+            "0xffffffffffffffff (SPEC-NOTES pitfall 20)",
+            "DataOffset",
+        )
+
+
+def _bat_problems(offset: int, h: Any, virtual_size: int, data_end: int) -> Iterator[LayoutProblem]:
+    """Defects of the block size and the BAT's place (checked against the file)."""
+    bs = int(h.block_size)
+    if bs < VHD_MIN_BLOCK_SIZE or bs > VHD_MAX_BLOCK_SIZE or bs & (bs - 1):
+        yield _header_problem(
+            offset,
+            "header.block-size",
+            f"block size {bs} is not a power of two of at least {VHD_MIN_BLOCK_SIZE} bytes",
+            "BlockSize",
+        )
+        return
+    table, entries = int(h.table_offset), int(h.max_table_entries)
+    if table < VHD_FOOTER_SIZE or table >= data_end:
+        yield _header_problem(
+            offset,
+            "header.table-offset",
+            f"BAT offset {table:#x} is outside the data area [{VHD_FOOTER_SIZE:#x}, {data_end:#x})",
+            "TableOffset",
+        )
+        return
+    needed = -(-virtual_size // bs)
+    if entries < needed:
+        yield _header_problem(
+            offset,
+            "header.entries-too-few",
+            f"BAT has {entries} entries; CurrentSize {virtual_size} needs {needed} blocks of "
+            f"{bs} bytes",
+            "MaxTableEntries",
+        )
+    if table + 4 * entries > data_end:
+        yield _header_problem(
+            offset,
+            "header.bat-past-end",
+            f"BAT of {entries} entries ({4 * entries} bytes at {table:#x}) does not fit in "
+            f"the file's data area, which ends at {data_end:#x}",
+            "MaxTableEntries",
+        )
+    if table < offset + VHD_DYNAMIC_HEADER_SIZE and table + 4 * entries > offset:
+        yield _header_problem(
+            offset,
+            "header.bat-overlaps-header",
+            f"BAT ({table:#x}+{4 * entries:#x}) overlaps the dynamic header at {offset:#x}",
+            "TableOffset",
+        )
+
+
+def _read_locator(
+    source: FileSource, index: int, entry_offset: int, entry: Any, data_end: int
+) -> LocatorEntry | None:
+    code = bytes(entry.platform_code)
+    space = int(entry.platform_data_space)
+    length = int(entry.platform_data_length)
+    offset = int(entry.platform_data_offset)
+    if code == b"\0\0\0\0" and not (space or length or offset):
+        return None
+    name = fourcc(code)
+    data: bytes | None = None
+    problem: LayoutProblem | None = None
+    if length > MAX_LOCATOR_DATA or offset < VHD_FOOTER_SIZE or offset + length > data_end:
+        problem = LayoutProblem(
+            "locator.outside",
+            "VHD parent locator",
+            f"entry {index} ({name}): {length} bytes at {offset:#x} lie outside the data area "
+            f"[{VHD_FOOTER_SIZE:#x}, {data_end:#x}) or exceed 64 KiB",
+            entry_offset + 16,
+            "PlatformDataOffset",
+        )
+    else:
+        data = source.read_exact(offset, length, "VHD parent locator data")
+    return LocatorEntry(index, entry_offset, name, space, length, offset, data, problem)
+
+
+def read_dynamic_header(
+    source: FileSource, offset: int, *, virtual_size: int, data_end: int
+) -> DynamicHeader:
+    """The dynamic header at ``offset`` (the footer's Data Offset, checked by the
+    caller to lie in the data area), with its parent locator entries and data.
+    """
+    raw = source.read_exact(offset, VHD_DYNAMIC_HEADER_SIZE, "VHD dynamic header")
+    # Parsed with the cookie put right, so that a damaged header still shows its fields.
+    h = parse(
+        VHDDynamicHeader,
+        VHD_DYNAMIC_COOKIE + raw[8:],
+        structure="VHD dynamic header",
+        offset=offset,
+    )
+    computed = vhd_checksum(raw, DYNAMIC_HEADER_CHECKSUM_OFFSET)
+    problems = list(_header_field_problems(offset, raw, h, computed))
+    if not any(p.code == "header.cookie" for p in problems):
+        problems += _bat_problems(offset, h, virtual_size, data_end)
+    locators = []
+    base = offset + _LOCATOR_ENTRIES_OFFSET
+    for i, entry in enumerate(h.parent_locator_entries):
+        loc = _read_locator(source, i, base + _LOCATOR_ENTRY_SIZE * i, entry, data_end)
+        if loc is not None:
+            locators.append(loc)
+    return DynamicHeader(offset, raw, h, int(h.checksum), computed, locators, problems)
+
+
+def header_offset_problem(footer: FooterCopy, data_end: int) -> LayoutProblem | None:
+    """The footer's Data Offset does not leave room for a dynamic header in the data area."""
+    hdr_off = int(footer.fields.data_offset)
+    if VHD_FOOTER_SIZE <= hdr_off <= data_end - VHD_DYNAMIC_HEADER_SIZE:
+        return None
+    return LayoutProblem(
+        "footer.data-offset",
+        footer.name,
+        f"dynamic header offset {hdr_off:#x} is not between the footer copy at 0 and the end "
+        f"of data {data_end:#x}",
+        footer.field_offset("DataOffset"),
+        "DataOffset",
+    )
+
+
+def bat_chunks(
+    source: FileSource, table_offset: int, count: int, *, strict: bool = True
+) -> Iterator[tuple[int, npt.NDArray[np.uint32]]]:
+    """``(first entry, raw big-endian entries)`` of the BAT, a bounded chunk at a time.
+
+    With ``strict`` a BAT cut short by the end of the file raises
+    :class:`~pyvhdx.errors.TruncatedImageError`; without, it yields what there is.
+    """
+    for first in range(0, count, _BAT_CHUNK_ENTRIES):
+        n = min(_BAT_CHUNK_ENTRIES, count - first)
+        at = table_offset + 4 * first
+        data = source.read_exact(at, 4 * n, "VHD BAT") if strict else source.read(at, 4 * n)
+        yield first, np.frombuffer(data, dtype=">u4", count=len(data) // 4)
+
+
+# --- builders -------------------------------------------------------------------------
+
+
+def _creator_version() -> int:
+    """pyvhdx's version as the footer's Creator Version (major << 16 | minor)."""
+    parts = [*_pyvhdx_version.split("."), "0", "0"][:2]
+    major, minor = (int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)
+    return (major & 0xFFFF) << 16 | (minor & 0xFFFF)
+
+
+def with_checksum(raw: bytearray, field_offset: int) -> bytes:
+    """``raw`` with its one's-complement checksum stored at ``field_offset``."""
+    raw[field_offset : field_offset + 4] = vhd_checksum(raw, field_offset).to_bytes(4, "big")
+    return bytes(raw)
+
+
+_DISK_TYPES: Final = {
+    DiskType.FIXED: VHDDiskType.FIXED,
+    DiskType.DYNAMIC: VHDDiskType.DYNAMIC,
+    DiskType.DIFFERENCING: VHDDiskType.DIFFERENCING,
+}
+
+
+def vhd_footer(
+    size: int,
+    disk_type: DiskType,
+    *,
+    unique_id: uuid.UUID | None = None,
+    time_stamp: int | None = None,
+    geometry: CHSGeometry | None = None,
+) -> bytes:
+    """A 512-byte VHD footer with its checksum (spec "Hard Disk Footer Format").
+
+    Original Size and Current Size are both ``size``; the geometry is
+    ``geometry`` (a child copies its parent's) or else the spec appendix's for
+    ``size`` (capped at 65535 x 16 x 255, pitfall 19); Data Offset is all ones
+    for a fixed disk and 512 (the dynamic header) otherwise; Disk Type is 2, 3
+    or 4 for fixed, dynamic or differencing.
+    """
+    fixed = disk_type is DiskType.FIXED
+    if geometry is None:
+        geometry = chs_geometry(size // VHD_SECTOR_SIZE)
+    raw = bytearray(
+        VHDFooter.build(
+            dict(
+                features=_FEATURES_RESERVED,
+                file_format_version=VERSION_1_0,
+                data_offset=VHD_FIXED_DATA_OFFSET if fixed else VHD_FOOTER_SIZE,
+                time_stamp=vhd_time_stamp() if time_stamp is None else time_stamp,
+                creator_application=VHD_CREATOR_APPLICATION,
+                creator_version=_creator_version(),
+                creator_host_os=VHD_CREATOR_HOST_OS,
+                original_size=size,
+                current_size=size,
+                disk_geometry=geometry._asdict(),
+                disk_type=_DISK_TYPES[disk_type],
+                checksum=0,
+                unique_id=uuid.uuid4() if unique_id is None else unique_id,
+                saved_state=0,
+                reserved=bytes(427),
+            )
+        )
+    )
+    return with_checksum(raw, FOOTER_CHECKSUM_OFFSET)
+
+
+def _locator_entry(code: bytes, space: int, length: int, offset: int) -> dict[str, Any]:
+    return dict(
+        platform_code=code,
+        platform_data_space=space,
+        platform_data_length=length,
+        reserved=0,
+        platform_data_offset=offset,
+    )
+
+
+def vhd_dynamic_header(
+    max_table_entries: int,
+    block_size: int,
+    *,
+    parent_unique_id: uuid.UUID = _NIL,
+    parent_time_stamp: int = 0,
+    parent_unicode_name: str = "",
+    parent_locators: Sequence[tuple[bytes, int, int, int]] = (),
+) -> bytes:
+    """A 1024-byte dynamic disk header with its checksum (spec "Dynamic Disk Header
+    Format"): the BAT at 1536, Data Offset all ones (pitfall 20).
+
+    A dynamic disk has no parent (the defaults). A differencing disk gives its
+    parent's Unique Id, time stamp (seconds since 2000-01-01 UTC) and name
+    (stored UTF-16BE, at most 256 code units), and up to eight parent locator
+    entries ``(platform code, data space, data length, data offset)``.
+    """
+    if len(parent_locators) > PARENT_LOCATOR_COUNT:
+        raise InvalidArgumentError(f"at most {PARENT_LOCATOR_COUNT} parent locators")
+    locators = [_locator_entry(*entry) for entry in parent_locators]
+    locators += [_locator_entry(bytes(4), 0, 0, 0)] * (PARENT_LOCATOR_COUNT - len(locators))
+    raw = bytearray(
+        VHDDynamicHeader.build(
+            dict(
+                data_offset=VHD_FIXED_DATA_OFFSET,
+                table_offset=VHD_BAT_OFFSET,
+                header_version=VERSION_1_0,
+                max_table_entries=max_table_entries,
+                block_size=block_size,
+                checksum=0,
+                parent_unique_id=parent_unique_id,
+                parent_time_stamp=parent_time_stamp,
+                reserved1=bytes(4),
+                parent_unicode_name=encode_parent_name(parent_unicode_name),
+                parent_locator_entries=locators,
+                reserved2=bytes(256),
+            )
+        )
+    )
+    return with_checksum(raw, DYNAMIC_HEADER_CHECKSUM_OFFSET)
+
+
+def encode_parent_name(name: str) -> bytes:
+    """Parent Unicode Name as stored: UTF-16BE, at most 512 bytes, NUL padded."""
+    return name.encode("utf-16-be", errors="surrogatepass")[:512].ljust(512, b"\0")
+
+
+def with_parent(
+    header: bytes,
+    *,
+    unique_id: uuid.UUID,
+    time_stamp: int,
+    name: str,
+    lengths: dict[int, int],
+) -> bytes:
+    """``header`` (a dynamic header as read) naming another parent: Parent Unique
+    ID, Time Stamp and Unicode Name, and the new Platform Data Length of the
+    locator entries ``lengths`` (by index); the checksum recomputed.
+    """
+    raw = bytearray(header)
+    for index, length in lengths.items():
+        entry = _LOCATOR_ENTRIES_OFFSET + _LOCATOR_ENTRY_SIZE * index
+        raw[entry + 8 : entry + 12] = length.to_bytes(4, "big")
+    at = HEADER_FIELDS["ParentUniqueId"]
+    raw[at : at + 16] = unique_id.bytes
+    at = HEADER_FIELDS["ParentTimeStamp"]
+    raw[at : at + 4] = time_stamp.to_bytes(4, "big")
+    at = HEADER_FIELDS["ParentUnicodeName"]
+    raw[at : at + 512] = encode_parent_name(name)
+    return with_checksum(raw, DYNAMIC_HEADER_CHECKSUM_OFFSET)
