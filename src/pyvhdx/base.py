@@ -41,10 +41,22 @@ class FormatHandler:
     supports_write: bool = False  # the constructor takes writable=True
     parent_reader: Any = None  # the parent DiskImage's readinto_at (differencing disks)
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        source: FileSource | None = None,
+        *,
+        strict: bool = False,
+        writable: bool = False,
+        salvage: bool = False,
+    ) -> None:
+        """Record the options every format takes (``source`` if given)."""
         self.problems: list[Problem] = []
         self.failed_copies: list[str] = []
-        self.salvage = False
+        if source is not None:
+            self.source = source
+        self.strict = strict
+        self.writable = writable
+        self.salvage = salvage
 
     def _note_lost(self, codes: Any, first: int, file_size: int, bat_entry: Any) -> None:
         """Blocks whose data lies past the end of the file (a truncated image).

@@ -280,6 +280,33 @@ def _all_refs(refs: tuple[list[int], list[int]], blocks: list[tuple[I64, I64]]) 
     return np.concatenate(starts), np.concatenate(ends)
 
 
+class _FileRanges:
+    """The file ranges an inspector found in use: structures (:meth:`ref`) and
+    merged block extents, for the unreferenced-space report.
+    """
+
+    def __init__(self, source: FileSource, report: dict[str, Any], scan: bool) -> None:
+        self.source = source
+        self.report = report
+        self.scan = scan
+        self.size = source.physical_size
+        self.refs: tuple[list[int], list[int]] = ([], [])
+        self.block_refs: list[tuple[I64, I64]] = []  # merged block extents
+        self.bat_ok = False  # the block extents are known
+
+    def ref(self, start: int, length: int) -> None:
+        # Clipped to the file later; capped here so hostile u64 fields fit in int64.
+        self.refs[0].append(min(start, _REF_CAP))
+        self.refs[1].append(min(start + length, _REF_CAP))
+
+    def unreferenced(self, trailer: int | None = None) -> dict[str, Any]:
+        """The ``unreferenced`` section (``trailer``: where data before a footer ends)."""
+        if not self.bat_ok:
+            return {"error": "not computed: the block map could not be decoded"}
+        starts, ends = _all_refs(self.refs, self.block_refs)
+        return _unreferenced(self.source, starts, ends, self.scan, trailer)
+
+
 def _unreferenced(
     source: FileSource,
     starts: I64,
@@ -1070,39 +1097,23 @@ class _Allocation:
 # -- VHD ----------------------------------------------------------------------------------
 
 
-class _VHDInspector:
+class _VHDInspector(_FileRanges):
     """Serialises what :mod:`pyvhdx.vhd.layout` finds in a VHD file (VHD spec 2006:
     footers, dynamic header, parent locators, BAT) and the file ranges they use.
     """
 
     def __init__(self, source: FileSource, report: dict[str, Any], scan: bool) -> None:
-        self.source = source
-        self.report = report
-        self.scan = scan
-        self.size = source.physical_size
+        super().__init__(source, report, scan)
         self.footer: FooterCopy | None = None  # the copy in use
         self.data_end = self.size
         self.hdr: DynamicHeader | None = None
-        self.refs: tuple[list[int], list[int]] = ([], [])
-        self.block_refs: list[tuple[I64, I64]] = []  # merged block extents
-        self.bat_ok = False
-
-    def ref(self, start: int, length: int) -> None:
-        # Clipped to the file later; capped here so hostile u64 fields fit in int64.
-        self.refs[0].append(min(start, _REF_CAP))
-        self.refs[1].append(min(start + length, _REF_CAP))
 
     def run(self) -> None:
         r = self.report
         _section(r, "footers", self.footers)
         _section(r, "dynamic header", self.dynamic_header)
         _section(r, "bat", self.bat)
-        if self.bat_ok:
-            trailer = self.data_end if self.data_end < self.size else None
-            starts, ends = _all_refs(self.refs, self.block_refs)
-            r["unreferenced"] = _unreferenced(self.source, starts, ends, self.scan, trailer)
-        else:
-            r["unreferenced"] = {"error": "not computed: the block map could not be decoded"}
+        r["unreferenced"] = self.unreferenced(self.data_end if self.data_end < self.size else None)
 
     # -- footer ---------------------------------------------------------------------
 

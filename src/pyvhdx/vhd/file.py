@@ -222,11 +222,8 @@ class VHDFile(VHDWriter, FormatHandler):
         writable: bool = False,
         salvage: bool = False,
     ) -> None:
-        super().__init__()
-        self.salvage = salvage
-        self.source = source
-        self.strict = strict
-        self.writable = writable
+        super().__init__(source, strict=strict, writable=writable, salvage=salvage)
+        self._init_writes()
         self.format = ImageFormat.VHD
         self.logical_sector_size = VHD_SECTOR_SIZE
         self.physical_sector_size = VHD_SECTOR_SIZE

@@ -548,14 +548,9 @@ class LocatorEntry:
         return self.data_space if self.data_space >= self.data_length else self.data_length
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "platform-code": self.platform_code,
-            "data-space": self.data_space,
-            "data-length": self.data_length,
-            "data-offset": self.data_offset,
-            "path": self.path,
-        }
+        """As ``info`` shows it (kebab-case keys)."""
+        keys = ("index", "platform_code", "data_space", "data_length", "data_offset", "path")
+        return {key.replace("_", "-"): getattr(self, key) for key in keys}
 
 
 @dataclasses.dataclass(frozen=True)

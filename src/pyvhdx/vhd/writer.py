@@ -62,8 +62,8 @@ class VHDWriter:
     footer_copy: str
     _differencing: bool
 
-    def __init__(self) -> None:
-        super().__init__()
+    def _init_writes(self) -> None:
+        """The write state of a newly opened image."""
         #: Skip the flushes that order writes for crash consistency (for a
         #: temporary file, as ``convert`` writes); close still flushes.
         self.bulk = False
@@ -301,11 +301,8 @@ class VHDWriter:
             UnsupportedFeatureError: a partial-sector write over a sector this
                 file does not hold, with no parent attached.
         """
-        assert self.block_size is not None and self.bitmap_size is not None
         assert self.table_offset is not None
         shift = self.table.block_shift
-        block_size = self.block_size
-        sectors_per_block = block_size // VHD_SECTOR_SIZE
         end = offset + len(data)
         first, last = offset >> shift, (end - 1) >> shift
         raw = self.source.read_exact(
@@ -317,42 +314,11 @@ class VHDWriter:
         bitmap_updates: list[tuple[int, bytes]] = []
         full: list[int] = []
         for block in range(first, last + 1):
-            base = block << shift
-            lo, hi = max(offset, base), min(end, base + block_size)
-            s0, s1 = (lo - base) // VHD_SECTOR_SIZE, -(-(hi - base) // VHD_SECTOR_SIZE)
-            bits: npt.NDArray[np.bool_] | None
-            if block in placed:
-                bitmap_offset = placed[block]
-                bits = np.zeros(sectors_per_block, dtype=bool)
-            else:
-                bitmap_offset = entries[block - first] * VHD_SECTOR_SIZE
-                bits = None if block in self._full_bitmaps else self._read_bits(bitmap_offset)
-            data_offset = bitmap_offset + self.bitmap_size
-            piece = data[lo - offset : hi - offset]
-            head = lo - base - s0 * VHD_SECTOR_SIZE
-            tail = s1 * VHD_SECTOR_SIZE - (hi - base)
-            if head or tail:  # whole sectors, the rest of the boundary ones as they read now
-                buf = bytearray((s1 - s0) * VHD_SECTOR_SIZE)
-                edges = {s0} if head else set()
-                if tail:
-                    edges.add(s1 - 1)
-                for s in edges:
-                    self._read_sector(block, s, data_offset, bits, buf, s - s0)
-                buf[head : head + len(piece)] = piece
-                self.source.pwrite(buf, data_offset + s0 * VHD_SECTOR_SIZE)  # step 2
-            else:
-                self.source.pwrite(piece, data_offset + (lo - base))  # step 2
-            if bits is None:
-                continue  # every sector of the block is stored here already
-            if block in placed:
-                bits[s0:s1] = True
-                self.source.pwrite(self._pack_bits(bits), bitmap_offset)  # step 2
-            elif not bits[s0:s1].all():
-                bits[s0:s1] = True
-                b0, b1 = s0 // 8, (s1 - 1) // 8 + 1
-                packed = np.packbits(bits[8 * b0 : 8 * b1], bitorder="big").tobytes()
-                bitmap_updates.append((bitmap_offset + b0, packed))
-            if bits.all():
+            new = block in placed
+            bitmap_offset = placed[block] if new else entries[block - first] * VHD_SECTOR_SIZE
+            update, all_ones = self._write_into_block(block, offset, data, bitmap_offset, new)
+            bitmap_updates += update
+            if all_ones:
                 full.append(block)
         if not placed and not bitmap_updates:
             return  # in place only: nothing to expose
@@ -364,6 +330,65 @@ class VHDWriter:
             for block in placed:
                 self.table.set_code(block, CODE_PARTIAL)
         self._full_bitmaps.update(full)
+
+    def _write_into_block(
+        self, block: int, offset: int, data: memoryview, bitmap_offset: int, new: bool
+    ) -> tuple[list[tuple[int, bytes]], bool]:
+        """Step 2 of :meth:`_write_differencing` for one block: its part of ``data``
+        (at virtual ``offset``), and a new block's whole bitmap.
+
+        Returns:
+            The bitmap bytes an allocated block still needs set (step 3), and
+            whether the block's bitmap is all ones now.
+        """
+        assert self.block_size is not None and self.bitmap_size is not None
+        base = block << self.table.block_shift
+        lo = max(offset, base) - base
+        hi = min(offset + len(data), base + self.block_size) - base
+        bits: npt.NDArray[np.bool_] | None
+        if new:
+            bits = np.zeros(self.block_size // VHD_SECTOR_SIZE, dtype=bool)
+        else:
+            bits = None if block in self._full_bitmaps else self._read_bits(bitmap_offset)
+        piece = data[base + lo - offset : base + hi - offset]
+        self._write_sectors(block, lo, hi, piece, bitmap_offset + self.bitmap_size, bits)
+        if bits is None:
+            return [], False  # every sector of the block is stored here already
+        s0, s1 = lo // VHD_SECTOR_SIZE, -(-hi // VHD_SECTOR_SIZE)
+        updates = []
+        if new:
+            bits[s0:s1] = True
+            self.source.pwrite(self._pack_bits(bits), bitmap_offset)
+        elif not bits[s0:s1].all():
+            bits[s0:s1] = True
+            b0, b1 = s0 // 8, (s1 - 1) // 8 + 1
+            packed = np.packbits(bits[8 * b0 : 8 * b1], bitorder="big").tobytes()
+            updates.append((bitmap_offset + b0, packed))
+        return updates, bool(bits.all())
+
+    def _write_sectors(
+        self,
+        block: int,
+        lo: int,
+        hi: int,
+        piece: memoryview,
+        data_offset: int,
+        bits: npt.NDArray[np.bool_] | None,
+    ) -> None:
+        """Write ``piece``, bytes ``[lo, hi)`` of ``block``, as whole sectors: the rest
+        of a boundary sector as it reads now (this file or the parent).
+        """
+        s0, s1 = lo // VHD_SECTOR_SIZE, -(-hi // VHD_SECTOR_SIZE)
+        head, tail = lo - s0 * VHD_SECTOR_SIZE, s1 * VHD_SECTOR_SIZE - hi
+        if not (head or tail):
+            self.source.pwrite(piece, data_offset + lo)
+            return
+        buf = bytearray((s1 - s0) * VHD_SECTOR_SIZE)
+        edges = ({s0} if head else set()) | ({s1 - 1} if tail else set())
+        for s in edges:
+            self._read_sector(block, s, data_offset, bits, buf, s - s0)
+        buf[head : head + len(piece)] = piece
+        self.source.pwrite(buf, data_offset + s0 * VHD_SECTOR_SIZE)
 
     def _read_bits(self, bitmap_offset: int) -> npt.NDArray[np.bool_]:
         """The sector bitmap at ``bitmap_offset``: one bool per sector (MSB first)."""
