@@ -12,9 +12,12 @@ import os
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-# Submodules named like public functions (create) are imported before those
-# functions are defined, so the functions, not the modules, are the package's
-# attributes (a later import of a cached submodule does not rebind them).
+# Submodules named like public functions (create, convert, merge) are imported
+# before those functions are defined, so the functions, not the modules, are the
+# package's attributes (a later import of a cached submodule does not rebind
+# them). So no attribute path leads through them to a function of those modules:
+# texts name such a function as ``from pyvhdx.create import create_vhd`` does
+# (tests/unit/test_dotted_names.py checks every dotted name they mention).
 from . import convert as _convert_module
 from . import create as _create_module
 from . import merge as _merge_module
@@ -34,6 +37,8 @@ from .errors import (
 )
 from .image import DiskImage, Extent, detect_format, open_image
 from .info import ImageInfo
+from .progress import Progress
+from .suffix import format_from_suffix
 
 __all__ = [
     "ChecksumError",
@@ -137,11 +142,12 @@ def create(
 
     VHD images have 512-byte sectors (``physical_sector_size`` is not stored
     and is ignored); ``azure=True`` makes an Azure-ready fixed VHD, its size
-    rounded up to a whole MiB (see :func:`pyvhdx.create.create_azure_vhd`).
+    rounded up to a whole MiB (see ``create_azure_vhd`` in the ``pyvhdx.create``
+    module: ``from pyvhdx.create import create_azure_vhd``).
 
     With ``parent``, the new image is a differencing child of it (a Hyper-V
-    checkpoint disk; see :func:`pyvhdx.create.create_vhdx_child` and
-    :func:`pyvhdx.create.create_vhd_child`): a VHDX child of a VHDX parent or
+    checkpoint disk; see ``create_vhdx_child`` and ``create_vhd_child`` in
+    the ``pyvhdx.create`` module): a VHDX child of a VHDX parent or
     a VHD child of a VHD parent. Its virtual size, sector sizes and (VHD)
     geometry are the parent's, so ``size`` may be left out; the format is
     ``format``, else the name's (``.vhdx``/``.avhdx``, ``.vhd``/``.avhd``),
@@ -178,7 +184,8 @@ def create(
     disk_type = DiskType.DYNAMIC if disk_type is None else disk_type
     logical_sector_size = 512 if logical_sector_size is None else logical_sector_size
     physical_sector_size = 4096 if physical_sector_size is None else physical_sector_size
-    fmt = ImageFormat(format) if format is not None else _format_from_name(path)
+    fmt = ImageFormat(format) if format is not None else format_from_suffix(path)
+    fmt = ImageFormat.VHDX if fmt is None else fmt  # an unknown name makes a VHDX
     if fmt is ImageFormat.VHD:
         if logical_sector_size != 512:
             raise InvalidArgumentError(f"VHD sectors are 512 bytes, not {logical_sector_size}")
@@ -249,11 +256,9 @@ def _create_child(
                 raise InvalidArgumentError(
                     f"a child has its parent's {what} ({theirs}), not {given}"
                 )
-        if format is not None:
-            fmt = ImageFormat(format)
-        else:
-            suffix = os.path.splitext(os.fspath(path))[1].lower()
-            fmt = _CHILD_FORMATS.get(suffix, pfmt)
+        fmt = ImageFormat(format) if format is not None else format_from_suffix(path)
+        if fmt is None or (format is None and fmt is ImageFormat.RAW):
+            fmt = pfmt  # the name names no image format: the parent's
         if fmt is not pfmt or fmt is ImageFormat.RAW:
             raise InvalidArgumentError(
                 f"a {fmt.value.upper()} child cannot have a {pfmt.value.upper()} parent "
@@ -268,14 +273,6 @@ def _create_child(
         return pimg.virtual_size
 
 
-_CHILD_FORMATS = {
-    ".vhdx": ImageFormat.VHDX,
-    ".avhdx": ImageFormat.VHDX,
-    ".vhd": ImageFormat.VHD,
-    ".avhd": ImageFormat.VHD,
-}
-
-
 @contextlib.contextmanager
 def _open_parent_image(parent: str | os.PathLike[str] | DiskImage) -> Iterator[DiskImage]:
     """``parent`` as an open image (read-only, with its chain); closed after if opened here."""
@@ -284,16 +281,6 @@ def _open_parent_image(parent: str | os.PathLike[str] | DiskImage) -> Iterator[D
         return
     with open_image(parent) as img:
         yield img
-
-
-def _format_from_name(path: str | os.PathLike[str]) -> ImageFormat:
-    suffix = os.path.splitext(os.fspath(path))[1].lower()
-    return {
-        ".vhd": ImageFormat.VHD,
-        ".avhd": ImageFormat.VHD,
-        ".img": ImageFormat.RAW,
-        ".raw": ImageFormat.RAW,
-    }.get(suffix, ImageFormat.VHDX)
 
 
 def convert(
@@ -307,13 +294,14 @@ def convert(
     physical_sector_size: int = 4096,
     src_format: str | ImageFormat | None = None,
     force: bool = False,
-    progress: bool | Callable[[int], None] | None = None,
+    progress: Progress = None,
     sync: bool = True,
 ) -> _convert_module.ConvertResult:
     """Convert ``src`` (raw, VHD or VHDX) into a new ``dst`` image.
 
-    See :func:`pyvhdx.convert.convert_image`; the destination format comes from
-    ``format`` or the destination's extension (``.vhdx``, ``.vhd``, else raw).
+    See ``convert_image`` in the ``pyvhdx.convert`` module; the destination
+    format comes from ``format`` or the destination's extension (``.vhdx``,
+    ``.vhd``, else raw).
     """
     return _convert_module.convert_image(
         src,
@@ -339,5 +327,5 @@ def merge(
 ) -> _merge_module.MergeResult:
     """Merge a differencing disk into its parent (as Merge-VHD), or finish an
     interrupted merge of it; its children beside it are re-parented. See
-    :func:`pyvhdx.merge.merge_image`."""
+    ``merge_image`` in the ``pyvhdx.merge`` module."""
     return _merge_module.merge_image(child, parent=parent, keep_child=keep_child, progress=progress)

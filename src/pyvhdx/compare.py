@@ -20,7 +20,6 @@ status and so fails on almost any pair of different formats.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 from collections.abc import Iterator
 from typing import BinaryIO, Final, Literal, NamedTuple
@@ -29,6 +28,7 @@ import numpy as np
 
 from .constants import DiskType, ImageFormat, RunKind
 from .image import DiskImage, Extent, open_image
+from .source import data_spans
 
 __all__ = [
     "CHUNK_SIZE",
@@ -94,19 +94,8 @@ def _is_linear(img: DiskImage) -> bool:
     )
 
 
-def _supports_seek_data(fd: int) -> bool:
-    """Whether the file system answers SEEK_DATA (else the file is all data)."""
-    if not hasattr(os, "SEEK_DATA"):
-        return False
-    try:
-        os.lseek(fd, 0, os.SEEK_DATA)
-    except OSError as exc:
-        return exc.errno == errno.ENXIO  # supported; the file is one hole
-    return True
-
-
 def _holes(fd: int, ext: Extent) -> Iterator[tuple[Extent, bool]]:
-    """Split a DATA extent of a linear image by the file's holes (SEEK_DATA/SEEK_HOLE).
+    """Split a DATA extent of a linear image by the file's holes (:func:`data_spans`).
 
     Yields ``(extent, is_hole)``; the extents keep the DATA kind and file offset.
     """
@@ -114,20 +103,13 @@ def _holes(fd: int, ext: Extent) -> Iterator[tuple[Extent, bool]]:
     delta = ext.start - ext.file_offset
     pos = ext.file_offset
     end = ext.file_offset + ext.length
-    while pos < end:
-        try:
-            data = min(os.lseek(fd, pos, os.SEEK_DATA), end)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:
-                raise
-            data = end  # no data after pos
-        if data > pos:
-            yield Extent(pos + delta, data - pos, RunKind.DATA, pos), True
-        if data >= end:
-            return
-        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-        yield Extent(data + delta, hole - data, RunKind.DATA, data), False
-        pos = hole
+    for begin, stop in data_spans(fd, pos, end):
+        if begin > pos:
+            yield Extent(pos + delta, begin - pos, RunKind.DATA, pos), True
+        yield Extent(begin + delta, stop - begin, RunKind.DATA, begin), False
+        pos = stop
+    if pos < end:
+        yield Extent(pos + delta, end - pos, RunKind.DATA, pos), True
 
 
 def _own_extents(img: DiskImage, offset: int, length: int | None) -> Iterator[tuple[Extent, bool]]:
@@ -138,7 +120,7 @@ def _own_extents(img: DiskImage, offset: int, length: int | None) -> Iterator[tu
     are marked as holes, which read as zeros.
     """
     fd = img.handler.source.fd
-    seek = fd is not None and _is_linear(img) and _supports_seek_data(fd)
+    seek = fd is not None and _is_linear(img)
     raw = img.format is ImageFormat.RAW
     for ext in img.extents(offset, length):
         if not (seek and ext.kind is RunKind.DATA):

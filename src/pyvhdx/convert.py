@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import errno
 import os
 import queue
 import stat
-import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -34,6 +32,9 @@ from .constants import DiskType, ImageFormat, RunKind
 from .errors import InvalidArgumentError, PyvhdxWarning
 from .image import DiskImage, open_image
 from .newfile import check_destination, new_file
+from .progress import Progress, ProgressCallback, reporting
+from .source import data_spans
+from .suffix import format_from_suffix
 
 __all__ = ["ConvertResult", "convert_image", "data_ranges"]
 
@@ -41,7 +42,6 @@ CHUNK = 4 << 20  # copy buffer
 _READERS = max(1, min(4, os.cpu_count() or 1))  # reader threads in convert
 _BUFFERS = 2  # chunks in flight per reader thread
 ZERO_GRAIN = 64 << 10  # zero detection granularity: all-zero 64 KiB pieces are not written
-ProgressCallback = Callable[[int], None]  # called with bytes of the source processed
 
 
 @dataclass(frozen=True)
@@ -72,38 +72,6 @@ def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def _format_from_name(path: Path) -> ImageFormat:
-    suffix = path.suffix.lower()
-    if suffix in (".vhd", ".avhd"):
-        return ImageFormat.VHD
-    if suffix in (".vhdx", ".avhdx"):
-        return ImageFormat.VHDX
-    return ImageFormat.RAW
-
-
-def _file_data(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
-    """``(begin, end)`` of the parts of file range ``[start, end)`` that are not holes.
-
-    SEEK_DATA/SEEK_HOLE where the OS has them; else the whole range.
-    """
-    if not hasattr(os, "SEEK_DATA"):  # pragma: no cover - Windows
-        yield start, end
-        return
-    pos = start
-    while pos < end:
-        try:
-            begin = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:  # ENXIO: no data after pos
-                yield pos, end  # SEEK_DATA unsupported here: read the rest
-            return
-        if begin >= end:
-            return
-        stop = min(end, os.lseek(fd, begin, os.SEEK_HOLE))
-        yield begin, stop
-        pos = stop
-
-
 def data_ranges(img: DiskImage) -> Iterator[tuple[int, int]]:
     """``(start, length)`` of the virtual ranges that may hold non-zero bytes.
 
@@ -123,34 +91,16 @@ def data_ranges(img: DiskImage) -> Iterator[tuple[int, int]]:
         if fd is None:
             yield 0, size
             return
-        for begin, end in _file_data(fd, 0, size):
+        for begin, end in data_spans(fd, 0, size):
             yield begin, end - begin
         return
     for ext in img.extents():
         if ext.kind is RunKind.DATA and fd is not None and ext.file_offset is not None:
             shift = ext.start - ext.file_offset
-            for begin, end in _file_data(fd, ext.file_offset, ext.file_offset + ext.length):
+            for begin, end in data_spans(fd, ext.file_offset, ext.file_offset + ext.length):
                 yield begin + shift, end - begin
         elif ext.kind in (RunKind.DATA, RunKind.PARENT):
             yield ext.start, ext.length
-
-
-def _noop() -> None:
-    return None
-
-
-def _progress_bar(total: int, enabled: bool | None) -> tuple[ProgressCallback, Callable[[], None]]:
-    """A tqdm bar on stderr (when stderr is a terminal, or when forced)."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return (lambda n: None), (lambda: None)
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return (lambda n: None), (lambda: None)
-    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr)
-    return bar.update, bar.close
 
 
 def convert_image(
@@ -164,7 +114,7 @@ def convert_image(
     physical_sector_size: int = 4096,
     src_format: ImageFormat | str | None = None,
     force: bool = False,
-    progress: bool | ProgressCallback | None = None,
+    progress: Progress = None,
     sync: bool = True,
 ) -> ConvertResult:
     """Convert ``src`` into a new image ``dst``.
@@ -180,8 +130,8 @@ def convert_image(
         force: replace an existing destination (a regular file; with raw
             output also a block device, written in place, which must hold
             the whole virtual disk).
-        progress: a callable given bytes processed, True/False to force a bar
-            on stderr, None for a bar only when stderr is a terminal.
+        progress: a callable given the bytes processed since its last call, True
+            for a bar on stderr (:mod:`pyvhdx.progress`), None or False for none.
         sync: fsync the new image before it is renamed into place (False, as
             ``qemu-img convert`` with its default cache mode, leaves it to the OS).
 
@@ -196,7 +146,8 @@ def convert_image(
             ``dst``); the destination is left as it was.
     """
     dst_path = Path(dst)
-    fmt = ImageFormat(format) if format is not None else _format_from_name(dst_path)
+    fmt = ImageFormat(format) if format is not None else format_from_suffix(dst_path)
+    fmt = ImageFormat.RAW if fmt is None else fmt
     disk_type = DiskType(disk_type)
     if disk_type is DiskType.DIFFERENCING:
         raise InvalidArgumentError("convert makes standalone images: fixed or dynamic")
@@ -218,12 +169,9 @@ def convert_image(
         # VHD and VHDX sizes are whole sectors: round up, the tail reads as zeros.
         sector = logical_sector_size if fmt is ImageFormat.VHDX else 512
         out_size = size if fmt is ImageFormat.RAW else -(-size // sector) * sector
-        if callable(progress):
-            update, close_bar = progress, _noop
-        else:
-            update, close_bar = _progress_bar(size, progress)
-        try:
-            with new_file(
+        with (
+            reporting(progress, size) as update,
+            new_file(
                 dst_path,
                 overwrite=force,
                 sync=sync,
@@ -231,24 +179,23 @@ def convert_image(
                 allow_block_device=fmt is ImageFormat.RAW,
                 block_device_hint=_DEVICE_HINT,
                 size=out_size,
-            ) as out:
-                if fmt is ImageFormat.RAW:
-                    counts = _to_raw(img, out.fd, update, opener, dense=out.in_place)
-                else:
-                    counts = _to_image(
-                        img,
-                        out.path,
-                        fmt,
-                        out_size,
-                        disk_type,
-                        block_size,
-                        logical_sector_size,
-                        physical_sector_size,
-                        update,
-                        opener,
-                    )
-        finally:
-            close_bar()
+            ) as out,
+        ):
+            if fmt is ImageFormat.RAW:
+                counts = _to_raw(img, out.fd, update, opener, dense=out.in_place)
+            else:
+                counts = _to_image(
+                    img,
+                    out.path,
+                    fmt,
+                    out_size,
+                    disk_type,
+                    block_size,
+                    logical_sector_size,
+                    physical_sector_size,
+                    update,
+                    opener,
+                )
     return ConvertResult(dst_path, fmt, disk_type, out_size, *counts)
 
 
@@ -441,13 +388,10 @@ def _to_image(
     update: ProgressCallback,
     opener: Callable[[], DiskImage] | None,
 ) -> tuple[int, int]:
-    # pyvhdx.create is the function; the module comes from sys.modules.
-    import importlib
-
-    create_module = importlib.import_module("pyvhdx.create")
+    from .create import create_vhd, create_vhdx  # not "from . import create": the function
 
     if fmt is ImageFormat.VHDX:
-        create_module.create_vhdx(
+        create_vhdx(
             tmp,
             size,
             disk_type=disk_type,
@@ -457,9 +401,6 @@ def _to_image(
             overwrite=True,
         )
     else:
-        create_vhd: Any = getattr(create_module, "create_vhd", None)
-        if create_vhd is None:
-            raise InvalidArgumentError("creating VHD images is not supported yet")
         kwargs: dict[str, Any] = {"disk_type": disk_type, "overwrite": True}
         if block_size is not None:
             kwargs["block_size"] = block_size

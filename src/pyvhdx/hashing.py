@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 from .constants import ImageFormat
 from .errors import InvalidArgumentError
 from .image import DiskImage, open_image
+from .progress import Progress, ProgressCallback, reporting
 
 __all__ = ["CHUNK", "DEFAULT_ALGORITHMS", "hash_image", "normalize_algorithms"]
 
 CHUNK = 4 << 20  # bytes read and hashed at a time
 DEFAULT_ALGORITHMS = ("sha256",)
-ProgressCallback = Callable[[int], None]  # called with bytes of virtual content hashed
 
 _ZEROS = memoryview(bytes(CHUNK))
 
@@ -58,30 +57,6 @@ def normalize_algorithms(algorithms: Iterable[str]) -> list[str]:
     if not out:
         raise InvalidArgumentError("no hash algorithm given")
     return out
-
-
-def _noop() -> None:
-    return None
-
-
-def _progress_bar(total: int, enabled: bool | None) -> tuple[ProgressCallback, Callable[[], None]]:
-    """A tqdm bar on stderr (when stderr is a terminal, or when forced)."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return (lambda n: None), (lambda: None)
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        file=sys.stderr,
-        desc="hashing",
-        leave=False,
-    )
-    return bar.update, bar.close
 
 
 class _Hasher:
@@ -166,7 +141,7 @@ def hash_image(
     image: str | os.PathLike[str] | BinaryIO | DiskImage,
     algorithms: Iterable[str] = DEFAULT_ALGORITHMS,
     *,
-    progress: bool | ProgressCallback | None = None,
+    progress: Progress = None,
     format: str | ImageFormat | None = None,
     chunk_size: int = CHUNK,
     **open_options: Any,
@@ -177,9 +152,8 @@ def hash_image(
         image: an open :class:`~pyvhdx.DiskImage`, or a path or binary file
             object to open read-only (and close again).
         algorithms: hashlib names (``md5``, ``sha1``, ``sha256``, ...).
-        progress: a callable given the bytes hashed so far in each step,
-            True/False to force a tqdm bar on stderr, None for a bar only when
-            stderr is a terminal.
+        progress: a callable given the bytes hashed in each step, True for a
+            bar on stderr (:mod:`pyvhdx.progress`), None or False for none.
         format: the image format when ``image`` is not open yet (default: by
             content).
         chunk_size: bytes read and hashed at a time.
@@ -200,16 +174,8 @@ def hash_image(
         image if isinstance(image, DiskImage) else open_image(image, format=format, **open_options)
     )
     try:
-        update: ProgressCallback
-        close_bar: Callable[[], None]
-        if callable(progress):
-            update, close_bar = progress, _noop
-        else:
-            update, close_bar = _progress_bar(img.virtual_size, progress)
-        try:
+        with reporting(progress, img.virtual_size, desc="hashing", leave=False) as update:
             return _hash_open(img, names, update, chunk_size)
-        finally:
-            close_bar()
     finally:
         if own:
             img.close()

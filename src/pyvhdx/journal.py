@@ -3,8 +3,8 @@
 Merging a differencing disk writes its ranges into the parent. For a VHDX
 parent the first write gives it a new DataWriteGuid (MS-VHDX 2.2.2), after which
 the child's ``parent_linkage`` no longer names it and the chain would refuse to
-open. So before the first write into the parent, :func:`pyvhdx.merge.merge_image`
-records the merge durably in a small JSON file beside the child
+open. So before the first write into the parent, ``merge_image`` (in the
+``pyvhdx.merge`` module) records the merge durably in a small JSON file beside the child
 (``CHILD.pyvhdx-merge``): the parent, its identity before the merge and the one
 it gets (chosen in advance), and the children of CHILD to re-parent. While the
 record is there:
@@ -29,6 +29,8 @@ import os
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .newfile import fsync_dir, new_file
 
 __all__ = [
     "RECORD_SUFFIX",
@@ -138,22 +140,14 @@ def parse_record(raw: bytes) -> MergeRecord | None:
 
 
 def write_record(child: str | os.PathLike[str], record: MergeRecord) -> Path:
-    """Write ``record`` beside ``child`` durably: temporary name, fsync, rename, fsync dir."""
+    """Write ``record`` beside ``child`` durably, under a temporary name renamed into
+    place (:func:`pyvhdx.newfile.new_file`: fsync, rename, fsync of the folder)."""
     path = record_path(child)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    data = record.to_json().encode("utf-8")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _sync_dir(path.parent)
+    data = memoryview(record.to_json().encode("utf-8"))
+    with new_file(path, overwrite=True) as out:
+        done = 0
+        while done < len(data):
+            done += os.write(out.fd, data[done:])
     return path
 
 
@@ -164,7 +158,7 @@ def remove_record(child: str | os.PathLike[str]) -> None:
         path.unlink()
     except FileNotFoundError:
         return
-    _sync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def records_naming_parent(parent: str | os.PathLike[str]) -> list[tuple[Path, MergeRecord]]:
@@ -205,16 +199,3 @@ def merge_notes(image: str | os.PathLike[str]) -> list[str]:
             f"'pyvhdx merge {child.name}' finishes it"
         )
     return notes
-
-
-def _sync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -27,11 +27,11 @@ from .constants import DiskType, ImageFormat, RunKind
 from .errors import InvalidArgumentError, PyvhdxError
 from .image import DiskImage, open_image
 from .journal import MergeRecord, read_record, remove_record, write_record
+from .suffix import IMAGE_SUFFIXES
 
 __all__ = ["MergeResult", "find_children", "merge_image"]
 
 CHUNK = 4 << 20
-_IMAGE_SUFFIXES = (".vhdx", ".avhdx", ".vhd", ".avhd")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def find_children(image: DiskImage, *, exclude: tuple[Path, ...] = ()) -> list[P
     skip = {here, *(p.resolve() for p in exclude)}
     found: list[Path] = []
     for entry in sorted(os.scandir(here.parent), key=lambda e: e.name):
-        if not entry.name.lower().endswith(_IMAGE_SUFFIXES) or not entry.is_file():
+        if not entry.name.lower().endswith(tuple(IMAGE_SUFFIXES)) or not entry.is_file():
             continue
         path = Path(entry.path).resolve()
         if path in skip:

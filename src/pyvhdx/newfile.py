@@ -58,6 +58,7 @@ __all__ = [
     "DestinationKind",
     "NewFile",
     "check_destination",
+    "fsync_dir",
     "inspect_destination",
     "new_file",
     "remove_stale_temps",
@@ -302,7 +303,8 @@ class NewFile:
     in_place: bool
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or removal in ``folder`` durable (where the system can fsync it)."""
     with contextlib.suppress(OSError):  # not every system can open or fsync a folder
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
         try:
@@ -439,7 +441,7 @@ def new_file(
         os.replace(temp, dest.target)
         done = True
         if sync:
-            _fsync_dir(dest.target.parent)
+            fsync_dir(dest.target.parent)
     except BaseException as exc:
         if not done:
             with contextlib.suppress(OSError):

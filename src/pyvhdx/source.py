@@ -8,12 +8,13 @@ read-only open without touching the file (MS-VHDX 2.3.3; DESIGN.md "Log").
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
 import sys
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import BinaryIO
 
 from .errors import InvalidArgumentError, ReadOnlyError, TruncatedImageError
@@ -22,7 +23,7 @@ from .locking import lock_image
 if sys.platform != "win32":
     import fcntl
 
-__all__ = ["FileSource", "SectorOverlay"]
+__all__ = ["FileSource", "SectorOverlay", "data_spans"]
 
 _HAS_PREADV = hasattr(os, "preadv")
 _ZEROS = bytes(1 << 20)
@@ -36,6 +37,41 @@ def _fill_zero(mv: memoryview) -> None:
     for i in range(0, n, step):
         j = min(n, i + step)
         mv[i:j] = _ZEROS[: j - i]
+
+
+def data_spans(fd: int | None, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """``(begin, end)`` of the parts of file range ``[start, end)`` that may hold data.
+
+    Holes of a sparse file are left out, as ``SEEK_DATA``/``SEEK_HOLE``
+    (lseek(2)) report them. Where they cannot tell (no descriptor, a system
+    without them, or any error but ENXIO, such as EINVAL from a file system that
+    does not support them) the rest of the range counts as data: reading a hole
+    only costs time. ENXIO means there is no data after the offset.
+    """
+    seek_data = getattr(os, "SEEK_DATA", None)
+    seek_hole = getattr(os, "SEEK_HOLE", None)
+    if fd is None or seek_data is None or seek_hole is None:
+        if start < end:
+            yield start, end
+        return
+    pos = start
+    while pos < end:
+        try:
+            begin = os.lseek(fd, pos, seek_data)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                yield pos, end  # SEEK_DATA unsupported here: the rest is data
+            return
+        if begin >= end:
+            return
+        try:
+            stop = min(end, os.lseek(fd, begin, seek_hole))
+        except OSError:
+            stop = end
+        if stop <= begin:  # pragma: no cover - a file changing under us
+            stop = end
+        yield begin, stop
+        pos = stop
 
 
 def _file_kind(mode: int) -> str | None:

@@ -267,7 +267,7 @@ def test_library_warning_is_one_line(
         warnings.warn("disk.vhd: footer checksum 0x1 does not match\n0x2", stacklevel=2)
         return open_image(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "open_image", open_with_warning)
+    monkeypatch.setattr(cli.common, "open_image", open_with_warning)
     status, out, err = run(capsys, "info", raw_image)
     assert status == 0
     assert err == "pyvhdx: warning: disk.vhd: footer checksum 0x1 does not match 0x2\n"

@@ -14,7 +14,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyvhdx.convert import ZERO_GRAIN, _file_data, _nonzero_runs
+from pyvhdx.convert import ZERO_GRAIN, _nonzero_runs
+from pyvhdx.source import data_spans as _file_data
 
 
 def _model(buf: bytes, n: int) -> list[tuple[int, int]]:

@@ -1,0 +1,232 @@
+"""The ``pyvhdx`` command line (DESIGN.md "Command line").
+
+Argparse and rendering only: every fact shown comes from the library
+(:meth:`pyvhdx.DiskImage.info` and friends); no format logic lives here.
+This module runs a command (:func:`main`: parsing, warnings, signals, exit
+codes); :mod:`~pyvhdx.cli.commands` holds the subcommands and their parsers,
+:mod:`~pyvhdx.cli.reports` the reports they print, :mod:`~pyvhdx.cli.render`
+the generic text and JSON rendering, :mod:`~pyvhdx.cli.common` what the
+subcommands share.
+
+Conventions shared by every subcommand:
+
+* stdout is data, stderr is diagnostics;
+* exit codes: 0 success, 1 image problem (or failed check), 2 usage error;
+* an image problem prints one line, ``pyvhdx: error: <message>``; ``--debug``
+  prints the traceback instead;
+* library warnings print one line each, ``pyvhdx: warning: <message>``;
+* a closed stdout (``pyvhdx info --json x | head -1``) ends the command quietly;
+* a progress bar on stderr for long work when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
+
+from .._version import __version__
+from ..errors import PyvhdxError
+from .commands import SUBCOMMANDS, cmd_create
+from .common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    PROG,
+    CommandError,
+    error,
+    one_line,
+    parse_size,
+)
+from .render import (
+    format_size,
+    print_json,
+    print_lines,
+    render_fields,
+    table_lines,
+    transposed_lines,
+)
+from .reports import check_lines, info_rows, inspect_lines, map_entry
+
+__all__ = [
+    "CommandError",
+    "build_parser",
+    "check_lines",
+    "cmd_create",
+    "format_size",
+    "info_rows",
+    "inspect_lines",
+    "main",
+    "map_entry",
+    "parse_size",
+    "print_json",
+    "print_lines",
+    "render_fields",
+    "table_lines",
+    "transposed_lines",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pyvhdx`` argument parser with every subcommand."""
+    # --debug is accepted before and after the subcommand. On the subparsers its
+    # default is SUPPRESS, so an absent one does not overwrite the main parser's value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show tracebacks instead of one-line errors",
+    )
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Read, check and inspect VHDX and VHD virtual disk images.",
+        epilog="Exit status: 0 success, 1 image problem, 2 usage error.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks instead of one-line errors"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(sub, common)
+    return parser
+
+
+def _warning_printer(debug: bool) -> Callable[..., None]:
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        text = f"{PROG}: warning: {one_line(str(message))}"
+        if debug:
+            text += f" ({category.__name__} at {filename}:{lineno})"
+        with contextlib.suppress(OSError):
+            print(text, file=sys.stderr)
+
+    return show
+
+
+def _silence_stdout() -> None:
+    """After EPIPE on stdout: point it at /dev/null so the exit-time flush is quiet."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _exit_status(code: object) -> int:
+    """The int status of a ``SystemExit`` code (argparse: 0 for help, 2 for usage)."""
+    if code is None:
+        return EXIT_OK
+    if isinstance(code, int):
+        return code
+    return EXIT_USAGE
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the command is so that it cleans up as for Ctrl-C
+    (a temporary file being built is removed: pyvhdx.newfile)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_TERMINATING_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+@contextlib.contextmanager
+def _signals_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`_Terminated` while a command runs.
+
+    Only the first signal raises; later ones are ignored, so they cannot cut the
+    cleanup short. A signal that is ignored (``nohup``) stays ignored. The old
+    handlers are back afterwards. In a thread other than the main one (where
+    handlers cannot be set) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise _Terminated(signum)
+
+    saved: dict[int, Any] = {}
+    try:
+        for sig in _TERMINATING_SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                saved[sig] = signal.signal(sig, handler)
+        yield
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``pyvhdx`` command line and return its exit status.
+
+    Args:
+        argv: the arguments after the program name; ``sys.argv[1:]`` if None.
+
+    Returns:
+        0 on success, 1 for an image problem, 2 for a usage error; 130 after
+        Ctrl-C, 128 + the signal number after SIGTERM or SIGHUP.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage error, --help, --version
+        return _exit_status(exc.code)
+    debug = bool(getattr(args, "debug", False))
+    func: Callable[[argparse.Namespace], int] = args.func
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = _warning_printer(debug)
+        try:
+            with _signals_as_interrupt():
+                status = func(args)
+            sys.stdout.flush()
+            return status
+        except BrokenPipeError:
+            _silence_stdout()
+            return EXIT_FAILURE
+        except (CommandError, PyvhdxError, OSError) as exc:
+            if debug:
+                traceback.print_exc()
+            elif isinstance(exc, OSError) and exc.strerror:
+                name = f"{exc.filename}: " if exc.filename else ""
+                error(f"{name}{exc.strerror}")
+            else:
+                error(str(exc))
+            return EXIT_FAILURE
+        except KeyboardInterrupt as exc:
+            if debug:
+                traceback.print_exc()
+            if isinstance(exc, _Terminated):
+                error(f"interrupted by {signal.Signals(exc.signum).name}")
+                return 128 + exc.signum
+            return EXIT_INTERRUPTED

@@ -1,0 +1,684 @@
+"""The subcommands: ``cmd_<name>(args) -> int`` and its argparse parser.
+
+Adding a subcommand: write ``cmd_<name>(args) -> int`` and
+``_add_<name>_parser(subparsers, common)``, and list the latter in
+:data:`SUBCOMMANDS`. Reports are built in :mod:`pyvhdx.cli.reports`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from ..constants import DiskType, ImageFormat, RunKind
+from ..errors import PyvhdxError
+from ..image import open_image
+from ..progress import stderr_bar
+from ..suffix import format_from_suffix
+from .common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    PROG,
+    CommandError,
+    add_format_option,
+    add_image_options,
+    add_progress_option,
+    cannot_run,
+    error,
+    open_image_for,
+    parse_size,
+    want_progress,
+)
+from .render import print_json, print_lines, printable, render_fields
+from .reports import (
+    check_lines,
+    created_rows,
+    info_rows,
+    inspect_lines,
+    map_json,
+    map_table,
+    merge_rows,
+)
+
+__all__ = ["SUBCOMMANDS", "cmd_create"]
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``pyvhdx info``: what the image is, which copies were used, what is wrong."""
+    args.allow_missing_parent = True  # describe the child even when its parent is gone
+    with open_image_for(args.image, args) as img:
+        info = img.info()
+    if args.json:
+        print_json(info.to_dict())
+    else:
+        print_lines(render_fields(info_rows(info)))
+    return EXIT_OK
+
+
+def _add_info_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "info",
+        parents=[common],
+        help="show what an image is and how it is laid out",
+        description="Show the format, sizes, identity, header and region table copies, "
+        "problems, allocation and parent locator of an image.",
+    )
+    add_image_options(p)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON (keys as qemu-img info --output=json where they exist)",
+    )
+    p.set_defaults(func=cmd_info)
+
+
+def _name_format(path: str) -> str | None:
+    """The image format the file name gives (``.vhdx``/``.avhdx``, ``.vhd``/``.avhd``)."""
+    fmt = format_from_suffix(path)
+    return fmt.value if fmt in (ImageFormat.VHDX, ImageFormat.VHD) else None
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    """``pyvhdx create``: make an empty VHDX or VHD (or a differencing child of
+    ``--parent``, whose size, sector sizes and format are the parent's) and describe it."""
+    import pyvhdx  # the package's create(), not the module of that name
+
+    options = _child_options(args) if args.parent is not None else _create_options(args)
+    if options is None:
+        return EXIT_USAGE
+    try:
+        size = pyvhdx.create(
+            args.file,
+            args.size,
+            block_size=args.block_size,
+            logical_sector_size=args.logical_sector_size,
+            overwrite=args.overwrite,
+            **options,
+        )
+    except FileExistsError as exc:
+        raise CommandError(f"{args.file}: exists (use --overwrite to replace it)") from exc
+    if args.parent is not None:
+        _note_parent_elsewhere(args.file, args.parent)
+    elif size != args.size:
+        with contextlib.suppress(OSError):
+            print(
+                f"{PROG}: note: size rounded up from {args.size} to {size} bytes "
+                "(Azure takes whole MiB)",
+                file=sys.stderr,
+            )
+    how = argparse.Namespace(format=options.get("format"), parent=args.parent)
+    with open_image_for(args.file, how) as img:
+        info = img.info()
+    if args.json:
+        data = info.to_dict()
+        if args.parent is None:
+            data["requested-size"] = args.size
+        else:
+            data["backing-filename"] = args.parent
+        print_json(data)
+    else:
+        print_lines(render_fields(created_rows(info, size, args.size, args.parent)))
+    return EXIT_OK
+
+
+def _create_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``pyvhdx.create`` options of a new base image (None: a usage error, reported)."""
+    if args.size is None:
+        error("create: a SIZE is needed (or --parent BASE to make a differencing child)")
+        return None
+    # -f, else the file's extension, else VHD for --azure
+    fmt = args.format or _name_format(args.file) or ("vhd" if args.azure else None)
+    if fmt is None:
+        error(
+            f"create: cannot tell the format from the name {args.file!r}: "
+            "use -f vhdx or -f vhd (or a .vhdx or .vhd name)"
+        )
+        return None
+    if fmt == "vhd" and args.physical_sector_size not in (None, 512):
+        raise CommandError("a VHD has no physical sector size: --physical-sector-size is VHDX only")
+    options: dict[str, Any] = {
+        "format": fmt,
+        "disk_type": args.type or ("fixed" if args.azure else "dynamic"),
+        "preallocate": args.preallocate,
+        "azure": args.azure,
+    }
+    if args.physical_sector_size is not None:
+        options["physical_sector_size"] = args.physical_sector_size
+    return options
+
+
+def _child_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``pyvhdx.create`` options of a differencing child (None: a usage error, reported)."""
+    fixed_only = [
+        name
+        for name, given in (
+            ("--type", args.type),
+            ("--azure", args.azure),
+            ("--preallocate", args.preallocate),
+        )
+        if given
+    ]
+    if fixed_only:
+        error(
+            f"create: {', '.join(fixed_only)} cannot be used with --parent "
+            "(a child is a differencing disk)"
+        )
+        return None
+    return {
+        "format": args.format or _name_format(args.file),  # None: the parent's format
+        "physical_sector_size": args.physical_sector_size,
+        "parent": args.parent,
+    }
+
+
+def _note_parent_elsewhere(child: str, parent: str) -> None:
+    """A child is opened with its parent looked up beside it only: say so if it is not."""
+    child_dir = os.path.dirname(os.path.abspath(child))
+    if os.path.dirname(os.path.abspath(parent)) != child_dir:
+        with contextlib.suppress(OSError):
+            print(
+                f"{PROG}: note: the parent is not in the child's directory; pyvhdx opens "
+                f"the child only with --parent {parent}",
+                file=sys.stderr,
+            )
+
+
+def _add_create_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "create",
+        parents=[common],
+        help="create an empty VHDX or VHD image",
+        description="Create an empty image. The format comes from -f or the file name "
+        "(.vhdx/.avhdx: VHDX, .vhd/.avhd: VHD). Sizes take binary suffixes: 512, 4K, 10M, "
+        "64G, 1T. With --parent BASE, create a differencing child of BASE (a checkpoint "
+        "disk): its size, sector sizes and format are BASE's, its block size 2M; do not "
+        "write to BASE afterwards (merge the child into it instead).",
+    )
+    p.add_argument("file", metavar="FILE", help="the new image file")
+    p.add_argument(
+        "size",
+        metavar="SIZE",
+        type=parse_size,
+        nargs="?",
+        default=None,
+        help="virtual size (e.g. 10G); with --parent, the parent's (optional)",
+    )
+    p.add_argument(
+        "--parent",
+        metavar="BASE",
+        default=None,
+        help="make a differencing child of this VHDX or VHD (same format)",
+    )
+    p.add_argument("-f", "--format", choices=["vhdx", "vhd"], default=None, help="image format")
+    p.add_argument(
+        "--type",
+        choices=["dynamic", "fixed"],
+        default=None,
+        help="dynamic (blocks allocated on write; the default) or fixed",
+    )
+    p.add_argument(
+        "--block-size",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="block size of a dynamic image (default VHDX 32M, VHD 2M) or a child (2M)",
+    )
+    p.add_argument(
+        "--logical-sector-size",
+        type=int,
+        choices=[512, 4096],
+        default=None,
+        help="VHDX logical sector size (default 512; VHD: 512 only)",
+    )
+    p.add_argument(
+        "--physical-sector-size",
+        type=int,
+        choices=[512, 4096],
+        default=None,
+        help="VHDX physical sector size (default 4096)",
+    )
+    p.add_argument(
+        "--preallocate", action="store_true", help="write out the data area of a fixed image"
+    )
+    p.add_argument(
+        "--azure",
+        action="store_true",
+        help="an Azure-ready fixed VHD: size rounded up to a whole MiB, 20M to 32T",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.add_argument("--json", action="store_true", help="print what was made as JSON")
+    p.set_defaults(func=cmd_create)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """``pyvhdx merge``: merge a differencing disk into its parent, as Merge-VHD does."""
+    from ..merge import merge_image
+
+    with _merge_progress(args.child) as update:
+        result = merge_image(
+            args.child, parent=args.parent, keep_child=args.keep_child, progress=update
+        )
+    if args.json:
+        print_json(
+            {
+                "child": str(result.child),
+                "parent": str(result.parent),
+                "bytes-merged": result.bytes_merged,
+                "child-deleted": result.child_deleted,
+                "reparented": [str(p) for p in result.reparented],
+                "resumed": result.resumed,
+            }
+        )
+    else:
+        print_lines(render_fields(merge_rows(result)))
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _merge_progress(child: str) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr when it is a terminal: the total is what the child holds.
+
+    ``merge_image`` reports the bytes merged so far; the bar takes increments.
+    """
+    if not sys.stderr.isatty():
+        yield None
+        return
+    try:
+        with open_image(child, resolve_parent=False) as img:
+            total = sum(e.length for e in img.extents() if e.kind is not RunKind.PARENT)
+    except (OSError, PyvhdxError):
+        yield None  # merge_image reports what is wrong
+        return
+    last = 0
+    with stderr_bar(total) as advance:
+
+        def update(done: int) -> None:
+            nonlocal last
+            advance(done - last)
+            last = done
+
+        yield update
+
+
+def _add_merge_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "merge",
+        parents=[common],
+        help="merge a differencing disk (a checkpoint) into its parent",
+        description="Write every range the differencing disk CHILD holds (its data, and the "
+        "zeros it stores over its parent) into its parent, as Hyper-V's Merge-VHD does, "
+        "through the parent's crash-consistent write path; then delete CHILD. Writing "
+        "changes the parent (a VHDX parent gets a new DataWriteGuid), so other children of "
+        "the same parent no longer open. CHILD's own children in its folder are re-parented "
+        "onto the parent. The merge is recorded beside CHILD (CHILD.pyvhdx-merge) before the "
+        "parent is written: if it is interrupted (Ctrl-C, a kill, a full disk), the chain "
+        "still reads as before and running the same command again finishes it. The parent "
+        "is found as for reading (beside CHILD) unless --parent names it.",
+        epilog="Exit status: 0 merged, 1 image problem (not a differencing disk, parent "
+        "missing or not CHILD's parent), 2 usage error.",
+    )
+    p.add_argument("child", metavar="CHILD", help="the differencing disk (VHDX or VHD)")
+    p.add_argument(
+        "--parent",
+        metavar="PATH",
+        default=None,
+        help="CHILD's parent (tried before the paths CHILD records)",
+    )
+    p.add_argument(
+        "--keep-child",
+        action="store_true",
+        help="keep CHILD afterwards (it opens only with linkage checks off)",
+    )
+    p.add_argument("--json", action="store_true", help="print what was merged as JSON")
+    p.set_defaults(func=cmd_merge)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """``pyvhdx check``: every structure a reader relies on; exit 0 clean, 1 errors, 2 failed."""
+    from ..check import check_image
+
+    try:
+        report = check_image(args.image, format=args.format)
+    except (OSError, PyvhdxError) as exc:
+        return cannot_run(exc, args)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print_lines(check_lines(report))
+    return report.exit_code
+
+
+def _add_check_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "check",
+        parents=[common],
+        help="check an image's structures and report every problem",
+        description="Check both header and region table copies, checksums, metadata, the "
+        "log and every BAT entry (VHDX), or both footer copies, the dynamic header and every "
+        "BAT entry (VHD). Every finding has a severity, the structure and its file offset; "
+        "errors say what a repair would do. Works on images that cannot be opened.",
+        epilog="Exit status: 0 no errors (warnings allowed), 1 errors found, 2 the check "
+        "could not run.",
+    )
+    p.add_argument("image", metavar="IMAGE", help="the image file (VHDX, VHD or raw)")
+    add_format_option(p, "image format (default: detected from the content)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_check)
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    """``pyvhdx map``: the allocation map as runs, streamed window by window."""
+    from ..compare import allocation_map
+
+    out = sys.stdout
+    with open_image_for(args.image, args) as img:
+        size = img.virtual_size
+        start = min(args.offset, size)
+        length = size - start if args.length is None else min(args.length, size - start)
+        runs = allocation_map(img, start, length) if length else iter(())
+        if args.json:
+            map_json(out, runs)
+        else:
+            map_table(out, runs, chain=img.disk_type is DiskType.DIFFERENCING)
+    return EXIT_OK
+
+
+def _add_map_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "map",
+        parents=[common],
+        help="show which ranges of the disk are stored where",
+        description="Print the allocation map as runs: start, length, what the range reads "
+        "as (data, zero, unallocated) and, for data, where it is stored in the file. "
+        "Streams: a 64 TiB disk maps in seconds.",
+    )
+    add_image_options(p)
+    p.add_argument(
+        "--offset",
+        "--start-offset",
+        type=parse_size,
+        default=0,
+        metavar="N",
+        help="first byte to map (suffixes K, M, G, T allowed)",
+    )
+    p.add_argument(
+        "--length",
+        "--max-length",
+        type=parse_size,
+        default=None,
+        metavar="N",
+        help="bytes to map (default: to the end of the disk)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the entries of qemu-img map --output=json "
+        "(start, length, depth, present, zero, data, offset)",
+    )
+    p.set_defaults(func=cmd_map)
+
+
+# -- compare --------------------------------------------------------------------------
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``pyvhdx compare``: 0 identical, 1 different, 2 error (as ``qemu-img compare``)."""
+    from ..compare import find_difference
+
+    say = (lambda text: None) if args.quiet else print
+    try:
+        with (
+            open_image_for(args.image_a, argparse.Namespace(format=args.format_a)) as a,
+            open_image_for(args.image_b, argparse.Namespace(format=args.format_b)) as b,
+        ):
+            if a.virtual_size != b.virtual_size and not args.strict:
+                say("Warning: Image size mismatch!")
+            diff = find_difference(a, b, strict=args.strict)
+    except (CommandError, OSError, PyvhdxError) as exc:
+        return cannot_run(exc, args)
+    if diff is None:
+        say("Images are identical.")
+        return EXIT_OK
+    if diff.reason == "size":
+        say("Strict mode: Image size mismatch!")
+    elif diff.reason == "allocation":
+        say(f"Strict mode: Offset {diff.offset} block status mismatch!")
+    else:
+        say(f"Content mismatch at offset {diff.offset}!")
+    return EXIT_FAILURE
+
+
+def _add_compare_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    formats = [f.value for f in ImageFormat]
+    p = sub.add_parser(
+        "compare",
+        parents=[common],
+        help="compare the contents of two images of any formats",
+        description="Compare the virtual contents of two images (VHDX, VHD or raw, in any "
+        "combination) and print the first differing byte offset. Ranges unallocated in "
+        "both are not read. Images of different sizes are identical if the larger one "
+        "reads as zeros past the smaller one's end (unless --strict).",
+        epilog="Exit status: 0 identical, 1 different, 2 error.",
+    )
+    p.add_argument("image_a", metavar="IMAGE1", help="the first image")
+    p.add_argument("image_b", metavar="IMAGE2", help="the second image")
+    p.add_argument("-f", dest="format_a", choices=formats, help="format of IMAGE1")
+    p.add_argument("-F", dest="format_b", choices=formats, help="format of IMAGE2")
+    p.add_argument(
+        "-s",
+        "--strict",
+        action="store_true",
+        help="also fail on a size difference or on a range stored in one image only",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing; use the exit status")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """``pyvhdx inspect``: every structure as found in the file (read-only)."""
+    from ..inspect import inspect_image
+
+    options: dict[str, Any] = {}
+    if getattr(args, "parent", None):
+        options["parent"] = args.parent
+    if getattr(args, "strict", False):
+        options["strict"] = True
+    if getattr(args, "force_share", False):
+        options["force_share"] = True
+    try:
+        report = inspect_image(
+            args.image, format=args.format, scan_unreferenced=args.scan, **options
+        )
+    except PyvhdxError as exc:
+        raise CommandError(f"{args.image}: {exc}") from exc
+    except OSError as exc:
+        raise CommandError(f"{args.image}: {exc.strerror or exc}") from exc
+    if args.json:
+        print_json(report)
+    else:
+        print_lines(inspect_lines(report))
+    return EXIT_OK
+
+
+def _add_inspect_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "inspect",
+        parents=[common],
+        help="show every on-disk structure, as found (forensic view)",
+        description="Show every structure of the file as found: VHDX file identifier, both "
+        "headers and region tables with their checksums, the metadata items, the parent "
+        "locator, every log entry with the active sequence and what replaying it changes, "
+        "a BAT summary; VHD footers, dynamic header, parent locators, geometry and BAT. "
+        "Lists the file ranges no structure references and whether they hold non-zero "
+        "bytes. Never writes; works on images that cannot be opened.",
+    )
+    add_image_options(p)
+    p.add_argument(
+        "--no-scan",
+        dest="scan",
+        action="store_false",
+        help="do not read unreferenced ranges to tell whether they hold non-zero bytes",
+    )
+    p.add_argument("--json", action="store_true", help="print the complete report as JSON")
+    p.set_defaults(func=cmd_inspect)
+
+
+# -- hash -----------------------------------------------------------------------------
+
+
+def _hash_algorithm(text: str) -> str:
+    from ..hashing import normalize_algorithms
+
+    try:
+        return normalize_algorithms([text])[0]
+    except PyvhdxError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    """``pyvhdx hash``: digests of the virtual content, several in one pass."""
+    from ..hashing import DEFAULT_ALGORITHMS, hash_image
+
+    algorithms = args.algorithms or list(DEFAULT_ALGORITHMS)
+    with open_image_for(args.image, args) as img:
+        try:
+            digests = hash_image(img, algorithms, progress=want_progress(args.progress))
+        except PyvhdxError as exc:
+            raise CommandError(f"{args.image}: {exc}") from exc
+        size = img.virtual_size
+    if args.json:
+        print_json({"filename": args.image, "virtual-size": size, "digests": digests})
+        return EXIT_OK
+    # Untagged lines (as sha256sum prints them) cannot say which digest is which:
+    # with several algorithms the tagged form (sha256sum --tag) is used.
+    tagged = args.tag or len(digests) > 1
+    name = printable(args.image)
+    for algorithm, digest in digests.items():
+        if tagged:
+            print(f"{algorithm.upper()} ({name}) = {digest}")
+        else:
+            print(f"{digest}  {name}")
+    return EXIT_OK
+
+
+def _add_hash_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "hash",
+        parents=[common],
+        help="hash the virtual disk content (md5, sha1, sha256, ... in one pass)",
+        description="Hash the whole virtual content of an image, as a raw conversion would "
+        "give it, with one or more algorithms in a single streaming pass. Unallocated "
+        "ranges are hashed as zeros without being read.",
+        epilog="Output: '<hex>  IMAGE' as sha256sum prints it, or 'ALGORITHM (IMAGE) = <hex>' "
+        "lines with --tag or several algorithms.",
+    )
+    add_image_options(p)
+    p.add_argument(
+        "-a",
+        "--algorithm",
+        dest="algorithms",
+        action="append",
+        type=_hash_algorithm,
+        metavar="NAME",
+        help="hashlib algorithm (md5, sha1, sha256, sha512, ...); repeat for several "
+        "(default: sha256)",
+    )
+    p.add_argument("--tag", action="store_true", help="name the algorithm on each line (BSD style)")
+    add_progress_option(p)
+    p.add_argument("--json", action="store_true", help="print the digests as JSON")
+    p.set_defaults(func=cmd_hash)
+
+
+# -- convert ---------------------------------------------------------------------------
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """``pyvhdx convert``: raw, VHD or VHDX into a new image of any of them."""
+    from ..convert import convert_image
+    from ..newfile import DestinationError
+
+    try:
+        result = convert_image(
+            args.source,
+            args.destination,
+            format=args.output_format,
+            disk_type=args.type,
+            block_size=args.block_size,
+            logical_sector_size=args.logical_sector_size,
+            physical_sector_size=args.physical_sector_size,
+            src_format=args.format,
+            force=args.force,
+            progress=want_progress(args.progress),
+            sync=args.sync,
+        )
+    except FileExistsError as exc:
+        raise CommandError(f"{args.destination}: exists (use --force to replace it)") from exc
+    except DestinationError as exc:  # names the destination itself
+        raise CommandError(str(exc)) from exc
+    except PyvhdxError as exc:
+        raise CommandError(f"{args.source}: {exc}") from exc
+    if args.json:
+        print_json(
+            {
+                "destination": str(result.destination),
+                "format": result.format.value,
+                "disk-type": result.disk_type.value,
+                "virtual-size": result.virtual_size,
+                "bytes-read": result.bytes_read,
+                "bytes-written": result.bytes_written,
+            }
+        )
+    return EXIT_OK
+
+
+def _add_convert_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "convert",
+        parents=[common],
+        help="convert between raw, VHD and VHDX",
+        description="Convert SOURCE (raw, VHD or VHDX; a differencing chain is flattened) "
+        "into a new image. Unallocated ranges are never read, all-zero blocks are not "
+        "written, and the result is renamed into place only when complete.",
+    )
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("destination", metavar="DESTINATION")
+    p.add_argument(
+        "-O",
+        "--output-format",
+        choices=[f.value for f in ImageFormat],
+        default=None,
+        help="destination format (default: from its extension: .vhdx, .vhd, else raw)",
+    )
+    add_format_option(p, "source format (default: detected from the content)")
+    p.add_argument("--type", choices=["dynamic", "fixed"], default="dynamic")
+    p.add_argument("--block-size", type=parse_size, default=None, metavar="SIZE")
+    p.add_argument("--logical-sector-size", type=int, choices=[512, 4096], default=512)
+    p.add_argument("--physical-sector-size", type=int, choices=[512, 4096], default=4096)
+    p.add_argument("--force", action="store_true", help="replace an existing destination")
+    add_progress_option(p)
+    p.add_argument(
+        "--sync",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fsync the new image before renaming it into place (default: on)",
+    )
+    p.add_argument("--json", action="store_true", help="print what was done as JSON")
+    p.set_defaults(func=cmd_convert)
+
+
+SUBCOMMANDS: Sequence[Callable[[Any, argparse.ArgumentParser], None]] = (
+    _add_info_parser,
+    _add_convert_parser,
+    _add_create_parser,
+    _add_merge_parser,
+    _add_check_parser,
+    _add_map_parser,
+    _add_compare_parser,
+    _add_inspect_parser,
+    _add_hash_parser,
+)

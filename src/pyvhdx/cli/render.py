@@ -1,0 +1,314 @@
+"""Rendering for people and programs: aligned fields, tables, sizes, JSON.
+
+Everything here turns library values into text; nothing parses arguments or
+opens images. Strings that come from images are escaped (:func:`printable`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import sys
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TextIO
+
+import numpy as np
+
+__all__ = [
+    "INDENT",
+    "Row",
+    "cell",
+    "format_size",
+    "key_label",
+    "print_json",
+    "print_lines",
+    "printable",
+    "render_fields",
+    "scalar",
+    "table_lines",
+    "transposed_lines",
+]
+
+INDENT = "    "
+_SIZE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+Row = tuple[str, Any]
+"""One ``key: value`` line (or a nested section when the value is a mapping or list)."""
+
+
+def format_size(size: int) -> str:
+    """A byte count with a binary unit: ``10 MiB (10485760 bytes)``, ``512 bytes``."""
+    if size < 1024:
+        return "1 byte" if size == 1 else f"{size} bytes"
+    value = size / 1024
+    index = 0
+    while value >= 1024 and index < len(_SIZE_UNITS) - 1:
+        value /= 1024
+        index += 1
+    unit = _SIZE_UNITS[index]
+    if value == int(value):
+        text = str(int(value))
+    else:
+        # Three significant digits, as qemu-img prints sizes ("9.77 MiB").
+        decimals = 0 if value >= 100 else 1 if value >= 10 else 2
+        text = f"{value:.{decimals}f}".rstrip("0").rstrip(".")
+    return f"{text} {unit} ({size} bytes)"
+
+
+def printable(text: str) -> str:
+    """Escape control and other non-printable characters (strings come from images)."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif ord(ch) <= 0xFF:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
+    return "".join(out)
+
+
+def scalar(key: str, value: Any) -> str:
+    """Render one scalar value for humans; ``key`` picks offsets/sizes by name."""
+    if value is None:
+        return "none"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, int):
+        name = key.replace("_", "-").lower()
+        if name.endswith(("offset", "checksum")):
+            return f"{value:#x}"
+        if name.endswith(("size", "length", "capacity")):
+            return format_size(value)
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex() or '""'
+    return printable(str(value)) or '""'
+
+
+def _is_scalar_row(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return not value
+    if isinstance(value, (list, tuple)):
+        return not value or all(not isinstance(v, (Mapping, list, tuple, str)) for v in value)
+    return True
+
+
+def _scalar_row(key: str, value: Any) -> str:
+    if isinstance(value, (Mapping, list, tuple)):
+        if not value:
+            return "none"
+        return ", ".join(scalar(key, v) for v in value)
+    return scalar(key, value)
+
+
+def key_label(key: str) -> str:
+    return printable(str(key)).replace("-", " ")
+
+
+def render_fields(rows: Iterable[Row], indent: int = 0, *, tables: bool = False) -> list[str]:
+    """Render ``(key, value)`` rows as aligned ``key: value`` lines.
+
+    Values:
+        * a scalar is one line (offsets in hex, sizes with a unit, booleans yes/no);
+        * a list of numbers is one line, comma separated; an empty one is "none";
+        * a list of strings is one indented line per item under ``key:``;
+        * a mapping is a nested section (its keys with ``-`` shown as spaces);
+        * a list of mappings is numbered nested sections ``[0]:``, ``[1]:``...
+
+    Values of one level are aligned on the longest key of that level. With
+    ``tables``, a list of flat records that fits the width is a table instead.
+    """
+    rows = list(rows)
+    pad = INDENT * indent
+    width = max((len(key_label(k)) + 1 for k, v in rows if _is_scalar_row(v)), default=0)
+    lines: list[str] = []
+    for key, value in rows:
+        label = key_label(key)
+        if _is_scalar_row(value):
+            lines.append(f"{pad}{label + ':':<{width}} {_scalar_row(key, value)}".rstrip())
+        elif isinstance(value, Mapping):
+            lines.append(f"{pad}{label}:")
+            lines.extend(render_fields(value.items(), indent + 1, tables=tables))
+        elif all(isinstance(v, str) for v in value):
+            lines.append(f"{pad}{label}:")
+            lines.extend(f"{pad}{INDENT}{printable(v)}" for v in value)
+        elif (
+            tables
+            and _is_table(value)
+            and (
+                max(map(len, table := table_lines(value, indent + 1))) <= _TABLE_WIDTH
+                or (
+                    len(value) <= 4
+                    and max(map(len, table := transposed_lines(value, indent + 1))) <= _TABLE_WIDTH
+                )
+            )
+        ):
+            lines.append(f"{pad}{label}:")
+            lines.extend(table)
+        else:
+            lines.append(f"{pad}{label}:")
+            items = [
+                (f"[{i}]", v if isinstance(v, Mapping) else {"value": v})
+                for i, v in enumerate(value)
+            ]
+            lines.extend(render_fields(items, indent + 1, tables=tables))
+    return lines
+
+
+def _json_default(value: Any) -> Any:
+    """``json.dumps`` hook: make any value the library might hand over serializable."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+def print_json(data: Any, file: TextIO | None = None) -> None:
+    """Print ``data`` as indented JSON, keys in their given order."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default)
+    print(text, file=file if file is not None else sys.stdout)
+
+
+def print_lines(lines: Iterable[str], file: TextIO | None = None) -> None:
+    """Print rendered lines (from :func:`render_fields`), one per line."""
+    out = file if file is not None else sys.stdout
+    for line in lines:
+        print(line, file=out)
+
+
+TABLE_ROWS = 32  # rows of a table shown by the human inspect report (JSON has them all)
+
+
+def _short_size(size: int) -> str:
+    """A compact byte count for tables: ``512 B``, ``8 KiB``, ``1.5 MiB``."""
+    text = format_size(size)
+    return text.split(" (")[0].replace("bytes", "B").replace("1 byte", "1 B")
+
+
+def cell(key: str, value: Any) -> str:
+    """One table cell: offsets and checksums in hex, lengths compact, booleans yes/no."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(cell(key, v) for v in value) if value else "-"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{key_label(k)} {cell(k, v)}" for k, v in value.items())
+    if isinstance(value, bool) or value is None:
+        return scalar(key, value)
+    if isinstance(value, int):
+        name = key.lower()
+        if name.endswith(("offset", "checksum", "tail")):
+            return f"{value:#x}"
+        if name.endswith(("length", "size", "bytes", "capacity")):
+            return _short_size(value)
+        return str(value)
+    return printable(str(value))
+
+
+_TABLE_WIDTH = 150  # wider tables are shown as one section per record
+
+
+def _flat(value: Any) -> bool:
+    """A table cell: a scalar, a list of scalars, or a mapping of scalars."""
+    if isinstance(value, Mapping):
+        return all(not isinstance(v, Mapping) and _flat(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(not isinstance(v, (Mapping, list, tuple)) for v in value)
+    return True
+
+
+def _is_table(value: Any) -> bool:
+    """A non-empty list of mappings whose values all fit in a cell."""
+    return (
+        isinstance(value, (list, tuple))
+        and bool(value)
+        and all(isinstance(v, Mapping) and all(_flat(x) for x in v.values()) for v in value)
+    )
+
+
+def table_lines(records: Sequence[Mapping[str, Any]], indent: int = 0) -> list[str]:
+    """Render records as an aligned table (columns in first-seen key order)."""
+    pad = INDENT * indent
+    columns: list[str] = []
+    for r in records:
+        columns.extend(k for k in r if k not in columns)
+    shown = records[:TABLE_ROWS]
+    cells = [[cell(c, r.get(c)) if c in r else "" for c in columns] for r in shown]
+    heads = [key_label(c) for c in columns]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(heads)]
+    lines = [pad + "  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip()]
+    for row in cells:
+        lines.append(pad + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if len(records) > len(shown):
+        lines.append(f"{pad}... {len(records) - len(shown)} more (see --json)")
+    return lines
+
+
+def transposed_lines(records: Sequence[Mapping[str, Any]], indent: int = 0) -> list[str]:
+    """Render a few records side by side: one row per field, one column per record.
+
+    Columns are headed by each record's first field (``copy 1``, ``where end``);
+    a field holding a mapping becomes one row per key.
+    """
+    pad = INDENT * indent
+    columns = []
+    for r in records:
+        first = next(iter(r.items()), ("", ""))
+        columns.append(f"{key_label(first[0])} {cell(first[0], first[1])}".strip())
+    fields: list[tuple[str, str, tuple[str, ...]]] = []  # (label, key for rendering, path)
+    for r in records:
+        for k, v in list(r.items())[1:]:
+            paths: list[tuple[str, ...]] = (
+                [(k, str(sub)) for sub in v] if isinstance(v, Mapping) else [(k,)]
+            )
+            for path in paths:
+                if all(f[2] != path for f in fields):
+                    fields.append((" ".join(key_label(x) for x in path), path[-1], path))
+
+    def get(r: Mapping[str, Any], path: tuple[str, ...]) -> tuple[bool, Any]:
+        value: Any = r
+        for key in path:
+            if not isinstance(value, Mapping) or key not in value:
+                return False, None
+            value = value[key]
+        return True, value
+
+    cells = []
+    for _, key, path in fields:
+        row: list[str] = []
+        for r in records:
+            found, value = get(r, path)
+            row.append(cell(key, value) if found else "")
+        cells.append(row)
+    width = max(len(label) for label, _, _ in fields) + 1 if fields else 0
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    heads = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    lines = [f"{pad}{'':<{width}} {heads}".rstrip()]
+    for (label, _, _), row in zip(fields, cells, strict=True):
+        text = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
+        lines.append(f"{pad}{label + ':':<{width}} {text}".rstrip())
+    return lines

@@ -1,0 +1,324 @@
+"""The human (and qemu-style JSON) reports of the subcommands, from library results.
+
+Each function takes what the library returned (``ImageInfo``, a check report,
+allocation runs, an inspect report, a ``MergeResult``) and returns rows or lines
+for :mod:`pyvhdx.cli.render`; none parses arguments or opens images.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ..constants import RunKind
+from ..info import ImageInfo
+from .render import INDENT, Row, cell, format_size, key_label, printable, render_fields
+
+if TYPE_CHECKING:
+    from ..merge import MergeResult
+
+__all__ = [
+    "check_lines",
+    "created_rows",
+    "info_rows",
+    "inspect_lines",
+    "map_entry",
+    "map_json",
+    "map_table",
+    "merge_rows",
+    "merged_map_entries",
+]
+
+_IDENTIFIER_LABELS = {"vhdx": "page 83 id", "vhd": "unique id"}
+
+
+def info_rows(info: ImageInfo) -> list[Row]:
+    """The human ``pyvhdx info`` report as rows for :func:`render_fields`."""
+    rows: list[Row] = [
+        ("image", info.filename),
+        ("file format", info.format),
+        ("disk type", info.disk_type),
+        ("virtual size", format_size(info.virtual_size)),
+        ("file size", format_size(info.file_size)),
+    ]
+    if info.block_size is not None:
+        rows.append(("block size", format_size(info.block_size)))
+    rows += [
+        ("logical sector size", format_size(info.logical_sector_size)),
+        ("physical sector size", format_size(info.physical_sector_size)),
+    ]
+    if info.creator is not None:
+        rows.append(("creator", info.creator))
+    if info.identifier is not None:
+        rows.append((_IDENTIFIER_LABELS.get(info.format, "identifier"), str(info.identifier)))
+    rows.append(("log replayed", info.log_replayed))
+    if info.header_copy is not None:
+        rows.append(("header copy", info.header_copy))
+    if info.region_table_copy is not None:
+        rows.append(("region table copy", info.region_table_copy))
+    rows.append(("failed copies", [str(c) for c in info.failed_copies]))
+    rows.append(("problems", [str(p) for p in info.problems]))
+    if info.allocation is not None:
+        rows.append(("allocation", info.allocation.to_dict()))
+    if info.parent is not None:
+        rows.append(("parent", info.parent))
+    if info.format_specific:
+        rows.append(("format specific information", info.format_specific))
+    return rows
+
+
+def check_lines(report: Any) -> list[str]:
+    """The human ``pyvhdx check`` report: one line per finding, then a summary."""
+    lines = [f"{report.filename}: {report.format} {report.disk_type or ''}".rstrip()]
+    for f in report.findings:
+        where = f" at {f.offset:#x}" if f.offset is not None else ""
+        field = f" ({f.field})" if f.field else ""
+        lines.append(f"{f.severity.value}: {f.structure}{where}{field}: {printable(f.message)}")
+        if f.repair:
+            lines.append(f"{INDENT}repair: {f.repair}")
+    errors, warns = len(report.errors), len(report.warnings)
+    if errors:
+        summary = f"{errors} error{'s' if errors != 1 else ''}"
+    else:
+        summary = "No errors were found on the image."
+    if warns:
+        summary += f"{'' if errors else ' '}{', ' if errors else ''}{warns} warning"
+        summary += "s" if warns != 1 else ""
+    if report.total_blocks is not None and report.allocated_blocks is not None:
+        unit = "" if report.block_size is None else f" of {report.block_size} bytes"
+        summary += f"\n{report.allocated_blocks}/{report.total_blocks} blocks{unit} allocated"
+    if report.image_end_offset is not None:
+        summary += f"\nImage end offset: {report.image_end_offset}"
+    if not report.opened:
+        summary += "\nThe image cannot be opened for reading."
+    lines.append(summary)
+    return lines
+
+
+_MAP_KINDS = {
+    RunKind.DATA: "data",
+    RunKind.ZERO: "zero",
+    RunKind.UNMAPPED: "unallocated",
+    RunKind.PARENT: "parent (not open)",
+}
+
+
+def map_entry(run: Any) -> dict[str, Any]:
+    """A ``qemu-img map --output=json`` entry (qapi ``MapEntry``) for one run.
+
+    ``offset`` is present for data only (qemu also gives it for raw holes).
+    Ranges a missing parent should supply are ``depth`` one further down and
+    neither present, zero nor data.
+    """
+    if run.kind is RunKind.PARENT:
+        return {
+            "start": run.start,
+            "length": run.length,
+            "depth": run.depth + 1,
+            "present": False,
+            "zero": False,
+            "data": False,
+        }
+    data = run.kind is RunKind.DATA
+    entry = {
+        "start": run.start,
+        "length": run.length,
+        "depth": run.depth,
+        "present": True,
+        "zero": run.reads_zero,
+        "data": data,
+    }
+    if data:
+        entry["offset"] = run.file_offset
+    return entry
+
+
+def merged_map_entries(runs: Iterable[Any]) -> Iterable[dict[str, Any]]:
+    """Map entries, adjacent ones with equal flags (and contiguous data) merged, as qemu."""
+    pending: dict[str, Any] | None = None
+    for run in runs:
+        e = map_entry(run)
+        if (
+            pending is not None
+            and all(pending[k] == e[k] for k in ("depth", "present", "zero", "data"))
+            and (not e["data"] or e["offset"] == pending["offset"] + pending["length"])
+        ):
+            pending["length"] += e["length"]
+            continue
+        if pending is not None:
+            yield pending
+        pending = e
+    if pending is not None:
+        yield pending
+
+
+def _json_entry(e: Mapping[str, Any]) -> str:
+    """One entry in qemu-img's layout: ``{ "start": 0, ..., "offset": 5}``."""
+    return "{ " + ", ".join(f'"{k}": {json.dumps(v)}' for k, v in e.items()) + "}"
+
+
+def map_json(out: TextIO, runs: Iterable[Any]) -> None:
+    """Write the entries of ``qemu-img map --output=json`` (merged as qemu merges them)."""
+    out.write("[")
+    for i, e in enumerate(merged_map_entries(runs)):
+        out.write((",\n" if i else "") + _json_entry(e))
+    out.write("]\n")
+
+
+def map_table(out: TextIO, runs: Iterable[Any], *, chain: bool) -> None:
+    """Write the human map: one line per run, as it is streamed.
+
+    ``chain`` (a differencing disk): every run names the image that holds it
+    (``depth`` 0 is the image mapped, 1 its parent, ...), zero runs included,
+    since a child's ZERO block hides its parent's data. A range whose parent is
+    not open names no file and is one level deeper, as in the JSON map.
+    """
+    kind_width = 18 if chain else 14
+    head = f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}{'Kind':<{kind_width}}"
+    out.write(head + (f"{'Depth':<7}" if chain else "") + "File\n")
+    for run in runs:
+        data = run.kind is RunKind.DATA
+        kind = _MAP_KINDS[run.kind] + (" (hole)" if run.hole else "")
+        mapped = f"{run.file_offset:#x}" if data else "-"
+        line = f"{run.start:<#16x}{run.length:<#16x}{mapped:<16}{kind:<{kind_width}}"
+        if chain:
+            missing = run.kind is RunKind.PARENT
+            line += f"{run.depth + 1 if missing else run.depth:<7}"
+            name = "-" if missing else printable(run.filename)
+        else:
+            name = printable(run.filename) if data else ""
+        out.write(f"{line}{name}".rstrip() + "\n")
+
+
+_HEX_SHOWN = 64  # bytes of an item's hex shown by the human inspect report
+
+
+def _metadata_row(item: Mapping[str, Any]) -> dict[str, Any]:
+    """One metadata item as a table row: flags as letters, the value in a few words."""
+    flags = "".join(
+        c for c, k in (("U", "is-user"), ("V", "is-virtual-disk"), ("R", "is-required")) if item[k]
+    )
+    value = item.get("value")
+    if isinstance(value, Mapping) and "values" in value:
+        text = f"{len(value['values'])} keys (see parent locator)"
+    elif isinstance(value, Mapping):
+        text = ", ".join(f"{key_label(k)} {cell(k, v)}" for k, v in value.items() if k != "flags")
+    elif value is not None:
+        text = cell(str(item.get("name", "")), value)
+    elif "data-hex" in item:
+        text = item["data-hex"][:32] + ("..." if len(item["data-hex"]) > 32 else "")
+    else:
+        text = ""
+    if "error" in item:
+        text = f"error: {item['error']}" + (f"; {text}" if text else "")
+    known = item["name"] not in ("user", "unknown")
+    return {
+        "item": item["name"] if known else f"{item['name']} {item['item-id']}",
+        "file-offset": item["file-offset"],
+        "length": item["length"],
+        "flags": flags or "-",
+        "value": text,
+    }
+
+
+def _human_view(value: Any) -> Any:
+    """The inspect report trimmed for people: digests dropped, hex and reserved areas short."""
+    if isinstance(value, Mapping) and "item-id" in value and "is-user" in value:
+        return _metadata_row(value)
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        log_entry = "zero-descriptors" in value and "data-descriptors" in value
+        for k, v in value.items():
+            if k in ("old-sha256", "new-sha256"):
+                continue
+            if log_entry and k in ("file-offset", "descriptor-count", "zero-descriptors"):
+                continue
+            if log_entry and k == "data-descriptors":
+                k, v = "descriptors", f"{value['zero-descriptors']} zero, {v} data"
+            if k == "data-hex" and isinstance(v, str) and len(v) > 2 * _HEX_SHOWN:
+                v = v[: 2 * _HEX_SHOWN] + "..."
+            elif k.startswith("reserved") and isinstance(v, Mapping) and "nonzero-bytes" in v:
+                k, v = f"{k}-nonzero-bytes", v["nonzero-bytes"]
+            out[k] = _human_view(v)
+        return out
+    if isinstance(value, list):
+        return [_human_view(v) for v in value]
+    return value
+
+
+def inspect_lines(report: Mapping[str, Any]) -> list[str]:
+    """The human ``pyvhdx inspect`` report."""
+    view = dict(_human_view(report))
+    metadata = view.get("metadata")
+    if isinstance(metadata, dict) and "items" in metadata:
+        items = metadata.pop("items")
+        metadata["item flags"] = "U user, V virtual disk, R required"
+        metadata["items"] = items
+    probe = view.pop("open", {})
+    if probe.get("opens"):
+        opens = "yes" + (", log replayed in memory" if probe.get("log-replayed") else "")
+    else:
+        opens = f"no: {probe.get('error', 'unknown error')}"
+    head: list[Row] = [
+        ("image", view.pop("filename")),
+        ("format", view.pop("format")),
+        ("file size", format_size(view.pop("file-size"))),
+        ("opens", opens),
+    ]
+    problems = [
+        f"{p['structure']}{' at ' + hex(p['offset']) if 'offset' in p else ''}: {p['message']}"
+        for p in probe.get("problems", [])
+    ]
+    if problems:
+        head.append(("problems", problems))
+    errors = [f"{e['section']}: {e['message']}" for e in view.pop("errors", [])]
+    head.append(("errors", errors))
+    lines = render_fields(head, tables=True)
+    for key, value in view.items():
+        lines.append("")
+        lines.extend(render_fields([(key, value)], tables=True))
+    return lines
+
+
+def created_rows(
+    info: ImageInfo, size: int, requested: int | None, parent: str | None
+) -> list[Row]:
+    """The human ``pyvhdx create`` report: what was made (``parent``: a child of it)."""
+    rows: list[Row] = [
+        ("created", info.filename),
+        ("file format", info.format),
+        ("disk type", info.disk_type),
+    ]
+    if parent is not None:
+        rows.append(("parent", parent))
+    rows.append(("virtual size", format_size(size)))
+    if parent is None and requested is not None and size != requested:
+        rows.append(("requested size", format_size(requested)))
+    if info.block_size is not None:
+        rows.append(("block size", format_size(info.block_size)))
+    rows += [
+        ("logical sector size", format_size(info.logical_sector_size)),
+        ("physical sector size", format_size(info.physical_sector_size)),
+        ("file size", format_size(info.file_size)),
+    ]
+    if parent is None and info.creator is not None:
+        rows.append(("creator", info.creator))
+    if parent is not None and info.parent is not None:
+        rows.append(("parent locator", info.parent))
+    return rows
+
+
+def merge_rows(result: MergeResult) -> list[Row]:
+    """The human ``pyvhdx merge`` report."""
+    rows: list[Row] = [
+        ("merged", str(result.child)),
+        ("into", str(result.parent)),
+        ("bytes merged", format_size(result.bytes_merged)),
+        ("child", "deleted" if result.child_deleted else "kept (it no longer matches its parent)"),
+    ]
+    if result.resumed:
+        rows.append(("resumed", "yes: an interrupted merge of this child was finished"))
+    if result.reparented:
+        rows.append(("re-parented", [str(p) for p in result.reparented]))
+    return rows
