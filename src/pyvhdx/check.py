@@ -47,6 +47,7 @@ import os
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, BinaryIO, Final
 
 import numpy as np
@@ -938,11 +939,30 @@ class _Extents:
     index: list[I64] = dataclasses.field(default_factory=list)
     start: list[I64] = dataclasses.field(default_factory=list)
     end: list[I64] = dataclasses.field(default_factory=list)
+    furthest: int = 0  # the end of the furthest block kept
 
     def keep(self, index: I64, start: I64, end: I64) -> None:
         self.index.append(index)
         self.start.append(start)
         self.end.append(end)
+        if end.shape[0]:
+            self.furthest = max(self.furthest, int(end.max()))
+
+    def sharing(self, name: Callable[[int], str]) -> tuple[I64, Callable[[int], str]]:
+        """The entries of the blocks that share file space with another, and the
+        message about the k-th (``name`` names an entry by its index).
+        """
+        index, start, mate, mate_start = self.overlaps()
+
+        def message(k: int) -> str:
+            how = "shares its offset with" if start[k] == mate_start[k] else "overlaps"
+            return (
+                f"{name(int(index[k]))} at {int(start[k]):#x} {how} {name(int(mate[k]))} at "
+                f"{int(mate_start[k]):#x}: the two share file space, so a write to one changes "
+                "the other"
+            )
+
+        return index, message
 
     def overlaps(self) -> tuple[I64, I64, I64, I64]:
         """``(index, start, mate_index, mate_start)`` of each block overlapping another."""
@@ -1377,7 +1397,7 @@ class _VHDChecker:
             bat.check_chunk(i0, raw)
         bat.finish()
         self.report.allocated_blocks = bat.allocated
-        self.end = max(self.end, bat.end)
+        self.end = max(self.end, bat.kept.furthest)
 
 
 @dataclasses.dataclass
@@ -1393,7 +1413,6 @@ class _VHDBat:
     spans: list[tuple[int, int, str]]
     found: _EntryFindings
     allocated: int = 0
-    end: int = 0
     kept: _Extents = dataclasses.field(default_factory=_Extents)
 
     def report(
@@ -1451,40 +1470,31 @@ class _VHDBat:
         )
         ok = used & ~past
 
-        def overlap(s: int, ln: int, what: str) -> Callable[[int], str]:
-            return lambda i: f"block {i} at {at(i)} overlaps the {what} at {s:#x}+{ln:#x}"
-
         for s, ln, what in self.spans:
+            hits = idx[ok][_span_hits(start[ok], end[ok], s, s + ln)]
             self.report(
                 f"block overlapping the {what}",
-                idx[ok][_span_hits(start[ok], end[ok], s, s + ln)],
+                hits,
                 Severity.ERROR,
-                overlap(s, ln, what),
+                partial(self._overlap_message, at, f"the {what} at {s:#x}+{ln:#x}"),
                 f"mark the entry unused (the block and the {what} share bytes; the block's data "
                 "is lost)",
             )
         self.kept.keep(idx[ok], start[ok], end[ok])
-        if ok.any():
-            self.end = max(self.end, int(end[ok].max()))
+
+    @staticmethod
+    def _overlap_message(at: Callable[[int], str], what: str, i: int) -> str:
+        return f"block {i} at {at(i)} overlaps {what}"
 
     def finish(self) -> None:
-        index, start, mate, mate_start = self.kept.overlaps()
-
-        def shared(k: int) -> str:
-            how = "shares its offset with" if start[k] == mate_start[k] else "overlaps"
-            return (
-                f"block {int(index[k])} at {int(start[k]):#x} {how} block {int(mate[k])} at "
-                f"{int(mate_start[k]):#x}: the two share file space, so a write to one changes "
-                "the other"
-            )
-
+        index, message = self.kept.sharing(lambda i: f"block {i}")
         self.found.add(
             "blocks sharing file space",
             np.arange(index.shape[0]),
             lambda k: Finding(
                 Severity.ERROR,
                 "VHD BAT",
-                shared(k),
+                message(k),
                 self.offset + 4 * int(index[k]),
                 f"BAT[{int(index[k])}]",
                 f"copy the shared block to new space before the footer and point block "
