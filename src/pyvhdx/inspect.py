@@ -28,7 +28,6 @@ scanned in 4 MiB pieces, and holes of sparse files are skipped with SEEK_DATA.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import uuid
@@ -70,7 +69,7 @@ from .constants import (
 from .errors import InvalidImageError, PyvhdxError, PyvhdxWarning
 from .image import detect_format
 from .log import LogState, load_log, replay_in_memory
-from .source import FileSource
+from .source import FileSource, data_spans
 from .structures.vhdx import (
     FILE_PARAMETERS,
     LOG_ENTRY_HEADER,
@@ -202,29 +201,7 @@ def _ranges(starts: I64, ends: I64) -> list[dict[str, Any]]:
 
 def _data_segments(source: FileSource, start: int, end: int) -> Iterator[tuple[int, int]]:
     """Sub-ranges of ``[start, end)`` that may hold data: holes are skipped (SEEK_DATA)."""
-    fd = source.fd
-    seek_data = getattr(os, "SEEK_DATA", None)
-    seek_hole = getattr(os, "SEEK_HOLE", None)
-    if fd is None or seek_data is None or seek_hole is None:
-        yield start, end
-        return
-    pos = start
-    while pos < end:
-        try:
-            data = os.lseek(fd, pos, seek_data)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # only a hole up to the end of the file
-                return
-            yield pos, end  # SEEK_DATA unsupported here: scan everything
-            return
-        if data >= end:
-            return
-        try:
-            hole = os.lseek(fd, data, seek_hole)
-        except OSError:
-            hole = end
-        yield data, min(hole, end)
-        pos = hole
+    return data_spans(source.fd, start, end)
 
 
 def scan_nonzero(
