@@ -80,6 +80,7 @@ from .vhd.layout import (
     CHSGeometry,
     DynamicHeader,
     FooterCopy,
+    Footers,
     LocatorEntry,
     bat_chunks,
     chs_geometry,
@@ -1140,30 +1141,35 @@ class _VHDInspector(_FileRanges):
     def footers(self) -> None:
         found = read_footers(self.source)
         self.data_end = found.data_end
-        gone = found.problem("footer.truncated") or found.problem("footer.missing")
-        end = None if found.end is None else self._footer(found.end)
-        start = None if found.start is None else self._footer(found.start)
-        notes = (None if gone is None else gone.message, found.start_note)
-        self.report["footers"] = [
-            {"where": where, "present": False, "note": note} if copy is None else copy
-            for where, copy, note in zip(("end", "start"), (end, start), notes, strict=True)
-        ]
+        copies = self._footer_copies(found)
         self.report["footer-in-use"] = None
         chosen = choose_footer(found).chosen  # the reader's choice (DESIGN.md "Copies")
         self.footer = chosen
-        used = end if chosen is found.end else start
-        assert used is not None
+        used = copies[0 if chosen is found.end else 1]
         used["in-use"] = True
         self.report["footer-in-use"] = chosen.where
-        if end is not None and start is not None:
+        self.report["geometry"] = used["disk-geometry"]
+        self.ref(self.data_end, self.size - self.data_end)  # the footer, or what is left of it
+        if found.start is not None:
+            self.ref(0, VHD_FOOTER_SIZE)
+
+    def _footer_copies(self, found: Footers) -> list[dict[str, Any]]:
+        """Both copies in the report (``footers``), and the fields in which they differ."""
+        gone = found.problem("footer.truncated") or found.problem("footer.missing")
+        notes = (None if gone is None else gone.message, found.start_note)
+        pairs = zip(("end", "start"), (found.end, found.start), notes, strict=True)
+        copies = [
+            {"where": where, "present": False, "note": note} if copy is None else self._footer(copy)
+            for where, copy, note in pairs
+        ]
+        self.report["footers"] = copies
+        if found.end is not None and found.start is not None:
+            end, start = copies
             skip = {"where", "offset", "length", "in-use", "present"}
             self.report["footer-copies-differ-in"] = [
                 k for k in end if k not in skip and end[k] != start[k]
             ]
-        self.report["geometry"] = used["disk-geometry"]
-        self.ref(self.data_end, self.size - self.data_end)  # the footer, or what is left of it
-        if start is not None:
-            self.ref(0, VHD_FOOTER_SIZE)
+        return copies
 
     # -- dynamic header ------------------------------------------------------------------
 

@@ -598,8 +598,8 @@ class DynamicHeader:
         return self.offset + HEADER_FIELDS[name]
 
 
-def _header_problem(h: Any, code: str, message: str, field: str, at: int = 0) -> LayoutProblem:
-    return LayoutProblem(code, "VHD dynamic header", message, h + HEADER_FIELDS[field] + at, field)
+def _header_problem(offset: int, code: str, message: str, field: str) -> LayoutProblem:
+    return LayoutProblem(code, "VHD dynamic header", message, offset + HEADER_FIELDS[field], field)
 
 
 def _header_field_problems(

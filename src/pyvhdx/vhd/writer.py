@@ -355,15 +355,12 @@ class VHDWriter:
         if bits is None:
             return [], False  # every sector of the block is stored here already
         s0, s1 = lo // VHD_SECTOR_SIZE, -(-hi // VHD_SECTOR_SIZE)
-        updates = []
+        updates: list[tuple[int, bytes]] = []
         if new:
             bits[s0:s1] = True
             self.source.pwrite(self._pack_bits(bits), bitmap_offset)
-        elif not bits[s0:s1].all():
-            bits[s0:s1] = True
-            b0, b1 = s0 // 8, (s1 - 1) // 8 + 1
-            packed = np.packbits(bits[8 * b0 : 8 * b1], bitorder="big").tobytes()
-            updates.append((bitmap_offset + b0, packed))
+        else:
+            updates = _set_bits(bits, bitmap_offset, s0, s1)
         return updates, bool(bits.all())
 
     def _write_sectors(
@@ -462,16 +459,12 @@ class VHDWriter:
         """
         if block in self._full_bitmaps:
             return
-        assert self.block_size is not None and self.bitmap_size is not None
+        assert self.bitmap_size is not None
         bitmap_offset = data_offset - self.bitmap_size
-        nbytes = -(-(self.block_size // VHD_SECTOR_SIZE) // 8)
-        raw = self.source.read_exact(bitmap_offset, nbytes, "VHD sector bitmap")
-        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))
+        bits = self._read_bits(bitmap_offset)
         s0, s1 = lo // VHD_SECTOR_SIZE, -(-hi // VHD_SECTOR_SIZE)
-        if not bits[s0:s1].all():
-            bits[s0:s1] = 1
-            b0, b1 = s0 // 8, (s1 - 1) // 8 + 1
-            self.source.pwrite(np.packbits(bits[8 * b0 : 8 * b1]).tobytes(), bitmap_offset + b0)
+        for pos, packed in _set_bits(bits, bitmap_offset, s0, s1):
+            self.source.pwrite(packed, pos)
         if bits.all():
             self._full_bitmaps.add(block)
 
@@ -556,3 +549,16 @@ class VHDWriter:
                 self.source.flush()
         finally:
             self.source.close()
+
+
+def _set_bits(
+    bits: npt.NDArray[np.bool_], bitmap_offset: int, s0: int, s1: int
+) -> list[tuple[int, bytes]]:
+    """Set sectors ``[s0, s1)`` in ``bits``, the sector bitmap at ``bitmap_offset``
+    (MSB first); return the bitmap bytes that change, with their file offset.
+    """
+    if bits[s0:s1].all():
+        return []
+    bits[s0:s1] = True
+    b0, b1 = s0 // 8, (s1 - 1) // 8 + 1
+    return [(bitmap_offset + b0, np.packbits(bits[8 * b0 : 8 * b1], bitorder="big").tobytes())]
