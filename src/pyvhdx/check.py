@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import os
 import uuid
 import warnings
@@ -87,6 +86,7 @@ from .constants import (
 )
 from .errors import ParentError, PyvhdxError
 from .image import DiskImage, detect_format, open_image
+from .problems import Problem, Severity
 from .source import FileSource
 from .structures import parse
 from .structures.vhdx import (
@@ -149,52 +149,9 @@ _LOCATOR_REPAIRS: Final = {
 I64 = npt.NDArray[np.int64]
 
 
-class Severity(str, enum.Enum):
-    """How bad a finding is (see the module docstring for the exit code)."""
-
-    ERROR = "error"
-    WARNING = "warning"
-    INFO = "info"
-
-
-@dataclasses.dataclass(frozen=True)
-class Finding:
-    """One thing the check found.
-
-    Attributes:
-        severity: error, warning or info.
-        structure: the on-disk structure (``"header 1"``, ``"BAT"``...).
-        message: what is wrong (or, for info, what was found).
-        offset: the absolute file offset of the structure or field, if any.
-        field: the field concerned, in the spec's name, if any.
-        repair: for errors, what a repair would do.
-    """
-
-    severity: Severity
-    structure: str
-    message: str
-    offset: int | None = None
-    field: str | None = None
-    repair: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Kebab-case dict (``pyvhdx check --json``); absent keys are omitted."""
-        d: dict[str, Any] = {"severity": self.severity.value, "structure": self.structure}
-        if self.field is not None:
-            d["field"] = self.field
-        if self.offset is not None:
-            d["offset"] = self.offset
-        d["message"] = self.message
-        if self.repair is not None:
-            d["repair"] = self.repair
-        return d
-
-    def __str__(self) -> str:
-        where = f" at {self.offset:#x}" if self.offset is not None else ""
-        text = f"{self.severity.value}: {self.structure}{where}: {self.message}"
-        if self.repair:
-            text += f" [repair: {self.repair}]"
-        return text
+#: A finding of the check is a :class:`~pyvhdx.problems.Problem` (the name stays for
+#: callers that import it from here).
+Finding = Problem
 
 
 @dataclasses.dataclass
@@ -277,7 +234,9 @@ class _Findings:
         field: str | None = None,
         repair: str | None = None,
     ) -> None:
-        self.report.findings.append(Finding(severity, structure, message, offset, field, repair))
+        self.report.findings.append(
+            Problem(structure, message, offset, field, severity=severity, repair=repair)
+        )
 
     def error(
         self,
@@ -1014,7 +973,9 @@ class _VHDXBat:
         self.found.add(
             kind,
             indexes,
-            lambda i: Finding(severity, "BAT", message(i), self.where(i), fld, repair),
+            lambda i: Problem(
+                "BAT", message(i), self.where(i), fld, severity=severity, repair=repair
+            ),
         )
 
     def check_chunk(self, i0: int, raw: npt.NDArray[np.uint64]) -> None:
@@ -1195,13 +1156,13 @@ class _VHDXBat:
         self.found.add(
             "data blocks sharing file space",
             np.arange(index.shape[0]),
-            lambda k: Finding(
-                Severity.ERROR,
+            lambda k: Problem(
                 "BAT",
                 shared(k),
                 self.where(int(index[k])),
                 "FileOffsetMB",
-                f"copy the shared block to new space at the end of the file and point "
+                severity=Severity.ERROR,
+                repair=f"copy the shared block to new space at the end of the file and point "
                 f"{self.name(int(index[k]))} there (which of the two owned it first is unknown)",
             ),
         )
@@ -1426,8 +1387,13 @@ class _VHDBat:
         self.found.add(
             kind,
             indexes,
-            lambda i: Finding(
-                severity, "VHD BAT", message(i), self.offset + 4 * i, f"BAT[{i}]", repair
+            lambda i: Problem(
+                "VHD BAT",
+                message(i),
+                self.offset + 4 * i,
+                f"BAT[{i}]",
+                severity=severity,
+                repair=repair,
             ),
         )
 
@@ -1491,13 +1457,13 @@ class _VHDBat:
         self.found.add(
             "blocks sharing file space",
             np.arange(index.shape[0]),
-            lambda k: Finding(
-                Severity.ERROR,
+            lambda k: Problem(
                 "VHD BAT",
                 message(k),
                 self.offset + 4 * int(index[k]),
                 f"BAT[{int(index[k])}]",
-                f"copy the shared block to new space before the footer and point block "
+                severity=Severity.ERROR,
+                repair=f"copy the shared block to new space before the footer and point block "
                 f"{int(index[k])} there (which of the two owned it first is unknown)",
             ),
         )
