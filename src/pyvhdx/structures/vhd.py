@@ -3,7 +3,7 @@
 Declarations only: every structure is big-endian, fixed-size, and parses and
 builds symmetrically (reserved areas are kept as bytes so that a build of a
 parse gives back the same bytes). Field names are the spec's names in
-snake_case. Validation of the values is the job of :mod:`pyvhdx.vhd`.
+snake_case. Validation of the values is the job of :mod:`pyvhdx.vhd.layout`.
 """
 
 from __future__ import annotations
