@@ -636,11 +636,11 @@ def open_image(
         if writable and not handler_cls.supports_write:
             raise UnsupportedFeatureError(f"writing {fmt.value} images is not supported yet")
         if writable:
-            handler = handler_cls(source, strict=strict, writable=True)  # type: ignore[call-arg]
+            handler = handler_cls(source, strict=strict, writable=True)
         elif salvage and fmt is not ImageFormat.RAW:
-            handler = handler_cls(source, strict=strict, salvage=True)  # type: ignore[call-arg]
+            handler = handler_cls(source, strict=strict, salvage=True)
         else:
-            handler = handler_cls(source, strict=strict)  # type: ignore[call-arg]
+            handler = handler_cls(source, strict=strict)
     except BaseException:
         source.close()
         raise

@@ -62,7 +62,9 @@ def test_locator_data_below_512_is_outside_for_every_reader(tmp_path: Path) -> N
         with pyvhdx.open(child, allow_missing_parent=True) as img:
             problems = [p for p in img.info().problems if p.structure == "VHD parent locator"]
             assert [p.offset for p in problems] == [ENTRIES + 16]
-            locs = {loc["platform-code"]: loc for loc in img.info().parent["locators"]}
+            parent_info = img.info().parent
+            assert parent_info is not None
+            locs = {loc["platform-code"]: loc for loc in parent_info["locators"]}
             assert locs[code]["path"] is None  # not read from the footer copy
             assert code not in [name for name, _ in img.handler.parent_locations()]
         # The other locator still finds the parent.
