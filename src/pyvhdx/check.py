@@ -52,38 +52,9 @@ from typing import Any, BinaryIO, Final
 import numpy as np
 import numpy.typing as npt
 
+from . import constants as K
 from .bat import chunk_ratio, vhdx_bat_entry_count
-from .constants import (
-    KNOWN_METADATA,
-    KNOWN_REGIONS,
-    META_FILE_PARAMETERS,
-    META_LOGICAL_SECTOR_SIZE,
-    META_PAGE83_DATA,
-    META_PARENT_LOCATOR,
-    META_PHYSICAL_SECTOR_SIZE,
-    META_VIRTUAL_DISK_SIZE,
-    NIL_GUID,
-    REGION_BAT,
-    REGION_METADATA,
-    VHD_BAT_UNUSED,
-    VHD_DYNAMIC_HEADER_SIZE,
-    VHD_FOOTER_SIZE,
-    VHD_SECTOR_SIZE,
-    VHDX_ALIGNMENT,
-    VHDX_BAT_OFFSET_MASK,
-    VHDX_BAT_STATE_MASK,
-    VHDX_HEADER_AREA_SIZE,
-    VHDX_HEADER_OFFSETS,
-    VHDX_MAX_BLOCK_SIZE,
-    VHDX_MAX_VIRTUAL_SIZE,
-    VHDX_MIN_BLOCK_SIZE,
-    VHDX_REGION_TABLE_OFFSETS,
-    VHDX_SECTOR_BITMAP_BLOCK_SIZE,
-    VHDX_SECTOR_SIZES,
-    ImageFormat,
-    PayloadState,
-    VHDDiskType,
-)
+from .constants import VHD_DYNAMIC_HEADER_SIZE, VHD_FOOTER_SIZE, VHDDiskType
 from .errors import ParentError, PyvhdxError
 from .image import DiskImage, detect_format, open_image
 from .problems import Problem, Severity
@@ -107,17 +78,13 @@ from .vhd.layout import (
     vhd_bat_bytes,
     vhd_bitmap_size,
 )
+from .vhdx import layout as vhdx_layout
 from .vhdx.layout import (
     Defect,
     HeaderCopy,
     MetadataTable,
     RegionEntry,
     RegionTableCopy,
-    parse_parent_locator,
-    read_file_identifier,
-    read_header,
-    read_metadata_table,
-    read_region_table,
 )
 
 __all__ = ["MAX_FINDINGS_PER_KIND", "CheckReport", "Finding", "Severity", "check_image"]
@@ -340,7 +307,7 @@ def _span_hits(starts: I64, ends: I64, span_start: int, span_end: int) -> I64:
 
 
 def _region_name(r: RegionEntry) -> str:
-    return KNOWN_REGIONS.get(r.guid, f"region {r.guid}")
+    return K.KNOWN_REGIONS.get(r.guid, f"region {r.guid}")
 
 
 #: What a repair of a damaged copy would do, by copy (header or region table).
@@ -361,8 +328,8 @@ class _VHDXChecker:
         self.report = report
         self.header: dict[str, Any] | None = None
         self.header_offset = 0
-        self.spans: list[tuple[int, int, str]] = [(0, VHDX_HEADER_AREA_SIZE, "header area")]
-        self.end = VHDX_HEADER_AREA_SIZE
+        self.spans: list[tuple[int, int, str]] = [(0, K.VHDX_HEADER_AREA_SIZE, "header area")]
+        self.end = K.VHDX_HEADER_AREA_SIZE
 
     def run(self) -> None:
         self.report.file_size = self.source.physical_size
@@ -384,7 +351,7 @@ class _VHDXChecker:
     # -- 2.2.1 file type identifier -----------------------------------------------
 
     def check_file_identifier(self) -> None:
-        ident = read_file_identifier(self.source)
+        ident = vhdx_layout.read_file_identifier(self.source)
         defects = [d for d in ident.defects if d.code == "signature"]
         self._errors(defects, "write the signature 'vhdxfile' at offset 0")
 
@@ -392,7 +359,7 @@ class _VHDXChecker:
 
     def check_headers(self) -> None:
         """Both headers; the current one is the valid one with the larger SequenceNumber."""
-        copies = [read_header(self.source, i) for i in (1, 2)]
+        copies = [vhdx_layout.read_header(self.source, i) for i in (1, 2)]
         for c in copies:
             self._errors(c.defects, _COPY_REPAIRS["header"].format(index=c.index))
         parsed = {c.index: c for c in copies if c.signature_valid}
@@ -414,7 +381,7 @@ class _VHDXChecker:
             self.out.error(
                 "header",
                 "no valid header: readers cannot open the image",
-                VHDX_HEADER_OFFSETS[0],
+                K.VHDX_HEADER_OFFSETS[0],
                 repair="rebuild both headers with new checksums, keeping the log offset and "
                 "length of a damaged copy if they are sound",
             )
@@ -442,12 +409,12 @@ class _VHDXChecker:
                 "header",
                 f"both headers have sequence number {seq} but differ; pyvhdx uses header 1, "
                 "QEMU refuses such a file (SPEC-NOTES pitfall 2)",
-                VHDX_HEADER_OFFSETS[1],
+                K.VHDX_HEADER_OFFSETS[1],
                 "SequenceNumber",
             )
 
     def _check_header_fields(self, index: int, h: dict[str, Any]) -> None:
-        offset = VHDX_HEADER_OFFSETS[index - 1]
+        offset = K.VHDX_HEADER_OFFSETS[index - 1]
         name = f"header {index}"
         if h["log_version"] != 0:
             self.out.error(
@@ -459,7 +426,7 @@ class _VHDXChecker:
             )
         log_offset, log_length = h["log_offset"], h["log_length"]
         bad_log = False
-        if log_offset % VHDX_ALIGNMENT or log_length % VHDX_ALIGNMENT:
+        if log_offset % K.VHDX_ALIGNMENT or log_length % K.VHDX_ALIGNMENT:
             self.out.error(
                 name,
                 f"log at {log_offset:#x}+{log_length:#x} is not 1 MiB aligned",
@@ -469,7 +436,7 @@ class _VHDXChecker:
             )
             bad_log = True
         elif log_length and (
-            log_offset < VHDX_HEADER_AREA_SIZE
+            log_offset < K.VHDX_HEADER_AREA_SIZE
             or log_offset + log_length > self.source.physical_size
         ):
             self.out.error(
@@ -493,7 +460,7 @@ class _VHDXChecker:
     def check_log(self) -> None:
         """A set LogGuid means a pending log: replay it in memory, as readers do (2.3.3)."""
         h = self.header
-        if h is None or h["log_guid"] == NIL_GUID:
+        if h is None or h["log_guid"] == K.NIL_GUID:
             return
         from .log import load_log, replay_in_memory
 
@@ -555,7 +522,7 @@ class _VHDXChecker:
 
     def check_region_tables(self) -> dict[uuid.UUID, RegionEntry] | None:
         """Both copies, their agreement, and the entries of the one readers use."""
-        tables = [read_region_table(self.source, i) for i in (1, 2)]
+        tables = [vhdx_layout.read_region_table(self.source, i) for i in (1, 2)]
         for t in tables:
             self._errors(t.defects, _COPY_REPAIRS["region table"].format(index=t.index))
         valid = [t for t in tables if t.valid]
@@ -568,7 +535,7 @@ class _VHDXChecker:
                 self.out.error(
                     "region table 2",
                     "the two region tables list different regions; readers use table 1",
-                    VHDX_REGION_TABLE_OFFSETS[1],
+                    K.VHDX_REGION_TABLE_OFFSETS[1],
                     repair="rewrite region table 2 from region table 1",
                 )
         if valid:
@@ -578,7 +545,7 @@ class _VHDXChecker:
             self.out.error(
                 "region table",
                 "no valid region table: readers cannot open the image",
-                VHDX_REGION_TABLE_OFFSETS[0],
+                K.VHDX_REGION_TABLE_OFFSETS[0],
                 repair="rebuild the region table from the BAT and metadata regions (found by "
                 "their signatures and the metadata)",
             )
@@ -606,7 +573,7 @@ class _VHDXChecker:
                     repair="remove the duplicate entry from both region tables",
                 )
                 continue
-            if r.guid not in KNOWN_REGIONS:
+            if r.guid not in K.KNOWN_REGIONS:
                 if r.required:
                     self.out.error(
                         name,
@@ -620,10 +587,10 @@ class _VHDXChecker:
                     self.out.info(name, f"unknown optional region {r.guid} (ignored by readers)")
             bad = False
             if (
-                r.file_offset % VHDX_ALIGNMENT
-                or r.length % VHDX_ALIGNMENT
+                r.file_offset % K.VHDX_ALIGNMENT
+                or r.length % K.VHDX_ALIGNMENT
                 or r.length == 0
-                or r.file_offset < VHDX_HEADER_AREA_SIZE
+                or r.file_offset < K.VHDX_HEADER_AREA_SIZE
             ):
                 self.out.error(
                     name,
@@ -661,13 +628,13 @@ class _VHDXChecker:
                 placed.append((r.file_offset, r.length, f"{_region_name(r)} region"))
                 self.end = max(self.end, r.file_offset + r.length)
         self.spans = placed
-        missing = [g for g in (REGION_BAT, REGION_METADATA) if g not in regions]
+        missing = [g for g in (K.REGION_BAT, K.REGION_METADATA) if g not in regions]
         for g in missing:
             self.out.error(
                 f"region table {table.index}",
-                f"has no {KNOWN_REGIONS[g]} region: readers cannot open the image",
+                f"has no {K.KNOWN_REGIONS[g]} region: readers cannot open the image",
                 table.offset,
-                repair=f"locate the {KNOWN_REGIONS[g]} region and add it to both region tables",
+                repair=f"locate the {K.KNOWN_REGIONS[g]} region and add it to both region tables",
             )
         return None if missing else regions
 
@@ -675,8 +642,8 @@ class _VHDXChecker:
 
     def check_metadata(self, regions: dict[uuid.UUID, RegionEntry]) -> dict[str, Any] | None:
         """The metadata table and the system items (MS-VHDX 2.6.1, 2.6.2)."""
-        region = regions[REGION_METADATA]
-        table = read_metadata_table(self.source, region.file_offset, region.length)
+        region = regions[K.REGION_METADATA]
+        table = vhdx_layout.read_metadata_table(self.source, region.file_offset, region.length)
         for d in table.defects:
             offset = region.entry_offset + 24 if d.code == "region-length" else d.offset
             self.out.error(
@@ -701,7 +668,7 @@ class _VHDXChecker:
 
     def _item(self, table: MetadataTable, guid: uuid.UUID, size: int) -> bytes | None:
         """The bytes of required item ``guid``, if present and at least ``size`` long."""
-        label = KNOWN_METADATA[guid]
+        label = K.KNOWN_METADATA[guid]
         found = table.known.get(guid)
         if found is None:
             self.out.error(
@@ -729,7 +696,7 @@ class _VHDXChecker:
         ok = self._check_file_parameters(table, meta)
         ok = self._check_sector_sizes(table, meta) and ok
         ok = self._check_virtual_size(table, meta) and ok
-        p83 = table.known.get(META_PAGE83_DATA)
+        p83 = table.known.get(K.META_PAGE83_DATA)
         if p83 is None:
             self.out.warning(
                 "metadata table", "the Page 83 Data item (virtual disk id) is missing", table.offset
@@ -754,13 +721,13 @@ class _VHDXChecker:
         return meta
 
     def _check_file_parameters(self, table: MetadataTable, meta: dict[str, Any]) -> bool:
-        data = self._item(table, META_FILE_PARAMETERS, 8)
+        data = self._item(table, K.META_FILE_PARAMETERS, 8)
         if data is None:
             return False
-        at = table.offset + table.known[META_FILE_PARAMETERS].offset
+        at = table.offset + table.known[K.META_FILE_PARAMETERS].offset
         params = parse(FILE_PARAMETERS, data[:8], structure="file parameters", offset=at)
         bs = int(params.block_size)
-        ok = bs > 0 and bs & (bs - 1) == 0 and VHDX_MIN_BLOCK_SIZE <= bs <= VHDX_MAX_BLOCK_SIZE
+        ok = bs > 0 and bs & (bs - 1) == 0 and K.VHDX_MIN_BLOCK_SIZE <= bs <= K.VHDX_MAX_BLOCK_SIZE
         if not ok:
             self.out.error(
                 "metadata item file_parameters",
@@ -784,17 +751,17 @@ class _VHDXChecker:
     def _check_sector_sizes(self, table: MetadataTable, meta: dict[str, Any]) -> bool:
         ok = True
         for guid, key, fld in (
-            (META_LOGICAL_SECTOR_SIZE, "logical_sector_size", "LogicalSectorSize"),
-            (META_PHYSICAL_SECTOR_SIZE, "physical_sector_size", "PhysicalSectorSize"),
+            (K.META_LOGICAL_SECTOR_SIZE, "logical_sector_size", "LogicalSectorSize"),
+            (K.META_PHYSICAL_SECTOR_SIZE, "physical_sector_size", "PhysicalSectorSize"),
         ):
             data = self._item(table, guid, 4)
             if data is None:
                 ok = False
                 continue
             value = int.from_bytes(data[:4], "little")
-            if value not in VHDX_SECTOR_SIZES:
+            if value not in K.VHDX_SECTOR_SIZES:
                 self.out.error(
-                    f"metadata item {KNOWN_METADATA[guid]}",
+                    f"metadata item {K.KNOWN_METADATA[guid]}",
                     f"sector size {value} is not 512 or 4096",
                     table.offset + table.known[guid].offset,
                     fld,
@@ -805,20 +772,20 @@ class _VHDXChecker:
         return ok
 
     def _check_virtual_size(self, table: MetadataTable, meta: dict[str, Any]) -> bool:
-        data = self._item(table, META_VIRTUAL_DISK_SIZE, 8)
+        data = self._item(table, K.META_VIRTUAL_DISK_SIZE, 8)
         if data is None:
             return False
         size = int.from_bytes(data[:8], "little")
         meta["virtual_size"] = size
         lss = meta.get("logical_sector_size", 512)
-        if lss not in VHDX_SECTOR_SIZES:
+        if lss not in K.VHDX_SECTOR_SIZES:
             lss = 512  # reported above; still check the size against a sector
-        if size == 0 or size > VHDX_MAX_VIRTUAL_SIZE or size % lss:
+        if size == 0 or size > K.VHDX_MAX_VIRTUAL_SIZE or size % lss:
             self.out.error(
                 "metadata item virtual_disk_size",
                 f"virtual size {size} is not a multiple of the {lss}-byte sector from one "
                 "sector to 64 TiB",
-                table.offset + table.known[META_VIRTUAL_DISK_SIZE].offset,
+                table.offset + table.known[K.META_VIRTUAL_DISK_SIZE].offset,
                 "VirtualDiskSize",
                 repair="none safe: the size cannot be inferred reliably",
             )
@@ -827,7 +794,7 @@ class _VHDXChecker:
 
     def _check_parent_locator(self, table: MetadataTable) -> None:
         """MS-VHDX 2.6.2.6: the locator's defects, as the layout model reports them."""
-        found = table.known.get(META_PARENT_LOCATOR)
+        found = table.known.get(K.META_PARENT_LOCATOR)
         if found is None or found.length < 20:
             self.out.error(
                 "metadata table",
@@ -839,7 +806,7 @@ class _VHDXChecker:
             return
         at = table.offset + found.offset
         name = "metadata item parent_locator"
-        for d in parse_parent_locator(found.data, at).defects:
+        for d in vhdx_layout.parse_parent_locator(found.data, at).defects:
             if d.code == "type":
                 self.out.warning(name, d.message, d.offset, d.field)
             else:
@@ -854,7 +821,7 @@ class _VHDXChecker:
 
     def check_bat(self, regions: dict[uuid.UUID, RegionEntry], meta: dict[str, Any]) -> None:
         """Every BAT entry, vectorized by chunks of entries (MS-VHDX 2.5, 2.5.1)."""
-        region = regions[REGION_BAT]
+        region = regions[K.REGION_BAT]
         bs: int = meta["block_size"]
         lss: int = meta["logical_sector_size"]
         vsize: int = meta["virtual_size"]
@@ -986,8 +953,8 @@ class _VHDXBat:
         idx = np.arange(i0, i0 + raw.shape[0], dtype=np.int64)
         is_sb = idx % (r + 1) == r
         block = idx - idx // (r + 1)
-        state = (raw & np.uint64(VHDX_BAT_STATE_MASK)).astype(np.int64)
-        offs = (raw & np.uint64(VHDX_BAT_OFFSET_MASK)).astype(np.int64)
+        state = (raw & np.uint64(K.VHDX_BAT_STATE_MASK)).astype(np.int64)
+        offs = (raw & np.uint64(K.VHDX_BAT_OFFSET_MASK)).astype(np.int64)
 
         def at(i: int) -> int:
             return int(offs[i - i0])
@@ -1012,7 +979,7 @@ class _VHDXBat:
         )
         self.report(
             "state 5 (UNMAPPED in spec v0.95)",
-            idx[inside & (state == PayloadState.UNMAPPED_V095)],
+            idx[inside & (state == K.PayloadState.UNMAPPED_V095)],
             warn,
             lambda i: (
                 f"{self.name(i)} has state 5, UNMAPPED in spec v0.95 (reserved in 1.0); "
@@ -1023,7 +990,7 @@ class _VHDXBat:
         if not self.differencing:
             self.report(
                 "PARTIALLY_PRESENT in a non-differencing file",
-                idx[inside & (state == PayloadState.PARTIALLY_PRESENT)],
+                idx[inside & (state == K.PayloadState.PARTIALLY_PRESENT)],
                 warn,
                 lambda i: (
                     f"{self.name(i)} is PARTIALLY_PRESENT in a file without a parent; "
@@ -1033,7 +1000,7 @@ class _VHDXBat:
             )
         self.report(
             "ZERO entry with a file offset",
-            idx[inside & (state == PayloadState.ZERO) & (offs != 0)],
+            idx[inside & (state == K.PayloadState.ZERO) & (offs != 0)],
             err,
             lambda i: (
                 f"{self.name(i)} is ZERO with FileOffsetMB {at(i) >> 20}: the field is "
@@ -1044,7 +1011,7 @@ class _VHDXBat:
         )
         self.report(
             "NOT_PRESENT entry with a file offset",
-            idx[inside & (state == PayloadState.NOT_PRESENT) & (offs != 0)],
+            idx[inside & (state == K.PayloadState.NOT_PRESENT) & (offs != 0)],
             warn,
             lambda i: (
                 f"{self.name(i)} is NOT_PRESENT with FileOffsetMB {at(i) >> 20} (the "
@@ -1053,7 +1020,7 @@ class _VHDXBat:
             "FileOffsetMB",
         )
         present = ~is_sb & (
-            (state == PayloadState.FULLY_PRESENT) | (state == PayloadState.PARTIALLY_PRESENT)
+            (state == K.PayloadState.FULLY_PRESENT) | (state == K.PayloadState.PARTIALLY_PRESENT)
         )
         self.report(
             "allocated payload entry past the end of the disk",
@@ -1073,7 +1040,7 @@ class _VHDXBat:
         sb_present = is_sb & (state == 6)
         if self.differencing:
             self.partial_chunks.append(
-                np.unique(block[present & (state == PayloadState.PARTIALLY_PRESENT)] // r)
+                np.unique(block[present & (state == K.PayloadState.PARTIALLY_PRESENT)] // r)
             )
             self.bitmap_chunks.append(idx[sb_present] // (r + 1))
             self.report(
@@ -1084,7 +1051,7 @@ class _VHDXBat:
                 "State",
                 "set the entry to NOT_PRESENT if no block of its chunk is partially present",
             )
-            end = np.where(is_sb, offs + VHDX_SECTOR_BITMAP_BLOCK_SIZE, end)
+            end = np.where(is_sb, offs + K.VHDX_SECTOR_BITMAP_BLOCK_SIZE, end)
             checked = present | sb_present
         else:
             self.report(
@@ -1098,7 +1065,7 @@ class _VHDXBat:
                 "State",
             )
             checked = present
-        low = checked & (offs < VHDX_HEADER_AREA_SIZE)
+        low = checked & (offs < K.VHDX_HEADER_AREA_SIZE)
         self.report(
             "data block in the header area",
             idx[low],
@@ -1399,11 +1366,11 @@ class _VHDBat:
 
     def check_chunk(self, i0: int, raw: npt.NDArray[np.uint32]) -> None:
         """Check entries ``i0 .. i0 + len(raw) - 1``."""
-        used = raw != np.uint32(VHD_BAT_UNUSED)
+        used = raw != np.uint32(K.VHD_BAT_UNUSED)
         if not used.any():
             return  # all unallocated: nothing to report (sparse disks)
         idx = np.arange(i0, i0 + raw.shape[0], dtype=np.int64)
-        start = raw.astype(np.int64) * VHD_SECTOR_SIZE
+        start = raw.astype(np.int64) * K.VHD_SECTOR_SIZE
         beyond = used & (idx >= self.needed)
         self.report(
             "allocated entry past the end of the disk",
@@ -1473,7 +1440,9 @@ class _VHDBat:
 # -- entry point --------------------------------------------------------------------------
 
 
-def _probe_open(file: str | os.PathLike[str] | BinaryIO, fmt: ImageFormat, out: _Findings) -> bool:
+def _probe_open(
+    file: str | os.PathLike[str] | BinaryIO, fmt: K.ImageFormat, out: _Findings
+) -> bool:
     """Open the image as a reader would; report ``cannot open`` if it refuses.
 
     A missing parent is a warning: it says nothing about this file's integrity.
@@ -1516,7 +1485,7 @@ def _source_for(
 def check_image(
     image: str | os.PathLike[str] | BinaryIO | DiskImage,
     *,
-    format: str | ImageFormat | None = None,
+    format: str | K.ImageFormat | None = None,
 ) -> CheckReport:
     """Check an image and return every finding (see the module docstring).
 
@@ -1541,16 +1510,16 @@ def check_image(
     out = _Findings(report)
     with _source_for(image) as (source, owned):
         if format is not None:
-            fmt = ImageFormat(format)
+            fmt = K.ImageFormat(format)
         elif isinstance(image, DiskImage):
             fmt = image.format
         else:
             fmt = detect_format(source)
         report.format = fmt.value
         checker: _VHDXChecker | _VHDChecker | None
-        if fmt is ImageFormat.VHDX:
+        if fmt is K.ImageFormat.VHDX:
             checker = _VHDXChecker(source, out, report)
-        elif fmt is ImageFormat.VHD:
+        elif fmt is K.ImageFormat.VHD:
             checker = _VHDChecker(source, out, report)
         else:
             checker = None

@@ -56,26 +56,14 @@ from typing import Final
 
 import numpy as np
 
+from . import constants as K
 from ._version import __version__ as _version
 from .bat import chunk_ratio, vhdx_bat_entry_count
 from .constants import (
-    META_FILE_PARAMETERS,
-    META_LOGICAL_SECTOR_SIZE,
-    META_PAGE83_DATA,
-    META_PARENT_LOCATOR,
-    META_PHYSICAL_SECTOR_SIZE,
-    META_VIRTUAL_DISK_SIZE,
-    REGION_BAT,
-    REGION_METADATA,
     VHD_DEFAULT_BLOCK_SIZE,
     VHD_FOOTER_SIZE,
     VHD_MAX_SIZE,
     VHD_SECTOR_SIZE,
-    VHDX_DEFAULT_BLOCK_SIZE,
-    VHDX_MAX_BLOCK_SIZE,
-    VHDX_MAX_VIRTUAL_SIZE,
-    VHDX_MIN_BLOCK_SIZE,
-    VHDX_SECTOR_SIZES,
     DiskType,
     GiB,
     ImageFormat,
@@ -164,22 +152,22 @@ def vhdx_layout(
 def _check_vhdx_args(
     size: int, block_size: int, logical_sector_size: int, physical_sector_size: int
 ) -> None:
-    if logical_sector_size not in VHDX_SECTOR_SIZES:
+    if logical_sector_size not in K.VHDX_SECTOR_SIZES:
         raise InvalidArgumentError(
             f"logical sector size must be 512 or 4096, not {logical_sector_size}"
         )
-    if physical_sector_size not in VHDX_SECTOR_SIZES:
+    if physical_sector_size not in K.VHDX_SECTOR_SIZES:
         raise InvalidArgumentError(
             f"physical sector size must be 512 or 4096, not {physical_sector_size}"
         )
     if not (
-        VHDX_MIN_BLOCK_SIZE <= block_size <= VHDX_MAX_BLOCK_SIZE
+        K.VHDX_MIN_BLOCK_SIZE <= block_size <= K.VHDX_MAX_BLOCK_SIZE
         and block_size & (block_size - 1) == 0
     ):
         raise InvalidArgumentError(
             f"block size must be a power of two from 1 MiB to 256 MiB, not {block_size}"
         )
-    if not 0 < size <= VHDX_MAX_VIRTUAL_SIZE or size % logical_sector_size:
+    if not 0 < size <= K.VHDX_MAX_VIRTUAL_SIZE or size % logical_sector_size:
         raise InvalidArgumentError(
             f"size must be a multiple of the {logical_sector_size}-byte sector "
             f"from one sector to 64 TiB, not {size}"
@@ -219,7 +207,7 @@ def create_vhdx(
         raise InvalidArgumentError(
             "differencing images are created from their parent (create_vhdx_child)"
         )
-    block_size = VHDX_DEFAULT_BLOCK_SIZE if block_size is None else block_size
+    block_size = K.VHDX_DEFAULT_BLOCK_SIZE if block_size is None else block_size
     _check_vhdx_args(size, block_size, logical_sector_size, physical_sector_size)
     layout = vhdx_layout(size, block_size, logical_sector_size)
     fixed = disk_type is DiskType.FIXED
@@ -261,14 +249,14 @@ def _vhdx_base_items(
     """
     return [
         (
-            META_FILE_PARAMETERS,
+            K.META_FILE_PARAMETERS,
             block_size.to_bytes(4, "little") + flags.to_bytes(4, "little"),
             4,  # IsRequired
         ),
-        (META_VIRTUAL_DISK_SIZE, size.to_bytes(8, "little"), 6),  # IsVirtualDisk|IsRequired
-        (META_LOGICAL_SECTOR_SIZE, logical_sector_size.to_bytes(4, "little"), 6),
-        (META_PHYSICAL_SECTOR_SIZE, physical_sector_size.to_bytes(4, "little"), 6),
-        (META_PAGE83_DATA, uuid.uuid4().bytes_le, 6),
+        (K.META_VIRTUAL_DISK_SIZE, size.to_bytes(8, "little"), 6),  # IsVirtualDisk|IsRequired
+        (K.META_LOGICAL_SECTOR_SIZE, logical_sector_size.to_bytes(4, "little"), 6),
+        (K.META_PHYSICAL_SECTOR_SIZE, physical_sector_size.to_bytes(4, "little"), 6),
+        (K.META_PAGE83_DATA, uuid.uuid4().bytes_le, 6),
     ]
 
 
@@ -289,8 +277,8 @@ def _write_vhdx(
     a failure leaves no file, or the old one.
     """
     regions = [
-        (REGION_BAT, BAT_OFFSET, layout.bat_length, True),
-        (REGION_METADATA, METADATA_OFFSET, METADATA_LENGTH, True),
+        (K.REGION_BAT, BAT_OFFSET, layout.bat_length, True),
+        (K.REGION_METADATA, METADATA_OFFSET, METADATA_LENGTH, True),
     ]
     file_write_guid, data_write_guid = uuid.uuid4(), uuid.uuid4()
     head = bytearray(1 * MiB)
@@ -459,7 +447,7 @@ def create_vhdx_child(
         keys.append(("relative_path", relative))
     keys.append(("absolute_win32_path", absolute))
     items = _vhdx_base_items(size, block_size, logical, physical, 2)  # HasParent
-    items.append((META_PARENT_LOCATOR, vhdx_parent_locator(keys), 4))  # IsRequired
+    items.append((K.META_PARENT_LOCATOR, vhdx_parent_locator(keys), 4))  # IsRequired
     layout = vhdx_layout(size, block_size, logical, differencing=True)
     # One zeroed sector bitmap block per chunk, SB_BLOCK_PRESENT (see the docstring).
     chunks = -(-layout.block_count // layout.chunk_ratio)

@@ -38,29 +38,14 @@ from typing import Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 
+from . import constants as K
 from .bat import chunk_ratio, vhdx_bat_entry_count
 from .checksum import crc32c
 from .constants import (
-    KNOWN_METADATA,
-    META_FILE_PARAMETERS,
-    META_LOGICAL_SECTOR_SIZE,
-    META_PAGE83_DATA,
-    META_PARENT_LOCATOR,
-    META_PHYSICAL_SECTOR_SIZE,
-    META_VIRTUAL_DISK_SIZE,
-    REGION_BAT,
-    REGION_METADATA,
     VHD_BAT_UNUSED,
     VHD_DYNAMIC_HEADER_SIZE,
     VHD_FOOTER_SIZE,
     VHD_SECTOR_SIZE,
-    VHDX_BAT_OFFSET_MASK,
-    VHDX_BAT_STATE_MASK,
-    VHDX_HEADER_AREA_SIZE,
-    VHDX_LOG_SECTOR_SIZE,
-    VHDX_MAX_METADATA_ITEM_SIZE,
-    VHDX_SECTOR_BITMAP_BLOCK_SIZE,
-    VHDX_SIGNATURE,
     ImageFormat,
     PayloadState,
     SectorBitmapState,
@@ -93,15 +78,11 @@ from .vhd.layout import (
     vhd_bat_bytes,
     vhd_bitmap_size,
 )
+from .vhdx import layout as vhdx_layout
 from .vhdx.layout import (
     HeaderCopy,
     MetadataItem,
     RegionTableCopy,
-    parse_parent_locator,
-    read_file_identifier,
-    read_header,
-    read_metadata_table,
-    read_region_table,
 )
 
 __all__ = ["HEX_LIMIT", "LIST_LIMIT", "inspect_image"]
@@ -422,7 +403,7 @@ class _VHDXInspector:
 
     def run(self) -> None:
         r = self.report
-        self.ref(0, VHDX_HEADER_AREA_SIZE)
+        self.ref(0, K.VHDX_HEADER_AREA_SIZE)
         r["file-identifier"] = _section(r, "file identifier", self.file_identifier)
         _section(r, "headers", self.headers)
         _section(r, "log", self.log)
@@ -439,9 +420,9 @@ class _VHDXInspector:
     # -- MS-VHDX 2.2.1 ------------------------------------------------------------
 
     def file_identifier(self) -> dict[str, Any]:
-        ident = read_file_identifier(self.source)
+        ident = vhdx_layout.read_file_identifier(self.source)
         d: dict[str, Any] = {"offset": 0, "signature": ident.signature.decode("latin-1")}
-        d["valid"] = ident.signature == VHDX_SIGNATURE
+        d["valid"] = ident.signature == K.VHDX_SIGNATURE
         if ident.creator is not None:
             d["creator"] = ident.creator
         return d
@@ -449,7 +430,7 @@ class _VHDXInspector:
     # -- MS-VHDX 2.2.2 ------------------------------------------------------------
 
     def headers(self) -> None:
-        copies = [_header_dict(read_header(self.source, i)) for i in (1, 2)]
+        copies = [_header_dict(vhdx_layout.read_header(self.source, i)) for i in (1, 2)]
         valid = [c for c in copies if c["valid"]]
         current = None
         if valid:
@@ -533,7 +514,7 @@ class _VHDXInspector:
         step = 1 << 20
         for chunk_pos in range(0, log_length, step):
             chunk = self.source.read(log_offset + chunk_pos, min(step, log_length - chunk_pos))
-            for i in range(0, len(chunk) - 63, VHDX_LOG_SECTOR_SIZE):
+            for i in range(0, len(chunk) - 63, K.VHDX_LOG_SECTOR_SIZE):
                 pos = chunk_pos + i
                 if chunk[i : i + 4] != b"loge" or pos in valid_at:
                     continue
@@ -548,7 +529,7 @@ class _VHDXInspector:
                     "tail": h.tail,
                 }
                 length = h.entry_length
-                if 0 < length <= log_length and length % VHDX_LOG_SECTOR_SIZE == 0:
+                if 0 < length <= log_length and length % K.VHDX_LOG_SECTOR_SIZE == 0:
                     if budget >= length:
                         budget -= length
                         item["checksum-valid"] = self._log_crc(log_offset, log_length, pos, h)
@@ -608,7 +589,7 @@ class _VHDXInspector:
         replay = log.get("replay")
         if not replay:
             return
-        spans: list[tuple[int, int, str]] = [(0, VHDX_HEADER_AREA_SIZE, "header area")]
+        spans: list[tuple[int, int, str]] = [(0, K.VHDX_HEADER_AREA_SIZE, "header area")]
         spans.append((log["offset"], log["length"], "log"))
         for r in self.regions:
             spans.append((r["file-offset"], r["length"], f"{r['name']} region"))
@@ -629,7 +610,7 @@ class _VHDXInspector:
     # -- MS-VHDX 2.2.3 --------------------------------------------------------------
 
     def region_tables(self) -> None:
-        tables = [_region_table_dict(read_region_table(self.source, i)) for i in (1, 2)]
+        tables = [_region_table_dict(vhdx_layout.read_region_table(self.source, i)) for i in (1, 2)]
         self.report["region-tables"] = tables
         valid = [t for t in tables if t["valid"]]
         chosen = valid[0] if valid else None
@@ -642,9 +623,9 @@ class _VHDXInspector:
         self.regions = chosen["entries"]
         for r in self.regions:
             self.ref(r["file-offset"], r["length"])
-            if r["guid"] == str(REGION_BAT) and self.bat_region is None:
+            if r["guid"] == str(K.REGION_BAT) and self.bat_region is None:
                 self.bat_region = r
-            elif r["guid"] == str(REGION_METADATA) and self.meta_region is None:
+            elif r["guid"] == str(K.REGION_METADATA) and self.meta_region is None:
                 self.meta_region = r
         self._classify_writes()
 
@@ -657,7 +638,7 @@ class _VHDXInspector:
                 "the region table has no metadata region", structure="region table"
             )
         base = region["file-offset"]
-        table = read_metadata_table(self.source, base, region["length"])
+        table = vhdx_layout.read_metadata_table(self.source, base, region["length"])
         for defect in table.defects:
             raise InvalidImageError(
                 defect.message, structure=defect.structure, field=defect.field, offset=defect.offset
@@ -689,7 +670,7 @@ class _VHDXInspector:
         }
         if (
             any(d.code == "outside" for d in it.defects)
-            and it.length <= VHDX_MAX_METADATA_ITEM_SIZE
+            and it.length <= K.VHDX_MAX_METADATA_ITEM_SIZE
         ):
             item["error"] = "lies outside the metadata region (or in its table)"
         elif not known:
@@ -724,12 +705,12 @@ class _VHDXInspector:
             if len(data) < n:
                 raise InvalidImageError(
                     f"item is {len(data)} bytes, expected {n}",
-                    structure=f"metadata item {KNOWN_METADATA[item_id]}",
+                    structure=f"metadata item {K.KNOWN_METADATA[item_id]}",
                     field="Length",
                     offset=offset,
                 )
 
-        if item_id == META_FILE_PARAMETERS:
+        if item_id == K.META_FILE_PARAMETERS:
             need(8)
             fp = FILE_PARAMETERS.parse(data[:8])
             params["block-size"] = fp.block_size
@@ -741,20 +722,20 @@ class _VHDXInspector:
                 "has-parent": bool(fp.flags & 2),
                 "flags": fp.flags,
             }
-        if item_id == META_VIRTUAL_DISK_SIZE:
+        if item_id == K.META_VIRTUAL_DISK_SIZE:
             need(8)
             params["virtual-size"] = int.from_bytes(data[:8], "little")
             return params["virtual-size"]
-        if item_id == META_PAGE83_DATA:
+        if item_id == K.META_PAGE83_DATA:
             need(16)
             return str(uuid.UUID(bytes_le=data[:16]))
-        if item_id in (META_LOGICAL_SECTOR_SIZE, META_PHYSICAL_SECTOR_SIZE):
+        if item_id in (K.META_LOGICAL_SECTOR_SIZE, K.META_PHYSICAL_SECTOR_SIZE):
             need(4)
             value = int.from_bytes(data[:4], "little")
-            if item_id == META_LOGICAL_SECTOR_SIZE:
+            if item_id == K.META_LOGICAL_SECTOR_SIZE:
                 params["logical-sector-size"] = value
             return value
-        if item_id == META_PARENT_LOCATOR:
+        if item_id == K.META_PARENT_LOCATOR:
             locator = self._parent_locator(data, offset)
             params["parent-locator"] = locator["values"]
             return locator
@@ -762,7 +743,7 @@ class _VHDXInspector:
 
     def _parent_locator(self, data: bytes, offset: int) -> dict[str, Any]:
         """MS-VHDX 2.6.2.6: the layout model's parent locator, serialised."""
-        loc = parse_parent_locator(data, offset)
+        loc = vhdx_layout.parse_parent_locator(data, offset)
         if any(d.code == "too-short" for d in loc.defects):
             raise InvalidImageError(
                 loc.defects[0].message, structure="parent locator", offset=offset
@@ -839,7 +820,7 @@ class _VHDXInspector:
         payload = _Allocation(bs, vsize, self.source.size)
         # A chunk's sector bitmap block covers ratio payload blocks of data.
         bitmaps = _Allocation(
-            bs * ratio, vsize, self.source.size, extent=VHDX_SECTOR_BITMAP_BLOCK_SIZE
+            bs * ratio, vsize, self.source.size, extent=K.VHDX_SECTOR_BITMAP_BLOCK_SIZE
         )
         sb_list: list[dict[str, int]] = []
         stale: list[dict[str, Any]] = []
@@ -850,8 +831,8 @@ class _VHDXInspector:
             entries = np.frombuffer(raw, dtype="<u8", count=len(raw) // 8)
             idx = np.arange(i0, i0 + entries.shape[0], dtype=np.int64)
             is_sb = idx % (ratio + 1) == ratio
-            state = (entries & np.uint64(VHDX_BAT_STATE_MASK)).astype(np.int64)
-            offs = np.minimum(entries & np.uint64(VHDX_BAT_OFFSET_MASK), np.uint64(1 << 62))
+            state = (entries & np.uint64(K.VHDX_BAT_STATE_MASK)).astype(np.int64)
+            offs = np.minimum(entries & np.uint64(K.VHDX_BAT_OFFSET_MASK), np.uint64(1 << 62))
             offs = offs.astype(np.int64)
             pay = ~is_sb
             pstate, poffs = state[pay], offs[pay]
@@ -917,7 +898,7 @@ class _VHDXInspector:
         )
         changes: list[dict[str, Any]] = []
         total = 0
-        sector = VHDX_LOG_SECTOR_SIZE
+        sector = K.VHDX_LOG_SECTOR_SIZE
         for pos in sectors:
             lo, hi = max(pos, bat_offset), min(pos + sector, end)
             old = np.frombuffer(self._raw(lo, hi - lo).ljust(hi - lo, b"\0"), dtype="<u8")
@@ -947,11 +928,11 @@ def _bat_entry_name(index: int, ratio: int) -> dict[str, int]:
 
 def _bat_value(value: int, sector_bitmap: bool) -> dict[str, Any]:
     """A BAT entry's state and offset (MS-VHDX 2.5.1)."""
-    state = value & VHDX_BAT_STATE_MASK
+    state = value & K.VHDX_BAT_STATE_MASK
     names = _SB_STATE_NAMES if sector_bitmap else _PAYLOAD_STATE_NAMES
     return {
         "state": names.get(state, f"reserved-{state}"),
-        "file-offset": value & VHDX_BAT_OFFSET_MASK,
+        "file-offset": value & K.VHDX_BAT_OFFSET_MASK,
     }
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import constants as K
 from ..base import FormatHandler
 from ..bat import (
     CODE_PARTIAL,
@@ -28,32 +29,7 @@ from ..bat import (
     vhdx_payload_index,
     vhdx_sector_bitmap_index,
 )
-from ..constants import (
-    KNOWN_METADATA,
-    KNOWN_REGIONS,
-    META_FILE_PARAMETERS,
-    META_LOGICAL_SECTOR_SIZE,
-    META_PAGE83_DATA,
-    META_PARENT_LOCATOR,
-    META_PHYSICAL_SECTOR_SIZE,
-    META_VIRTUAL_DISK_SIZE,
-    NIL_GUID,
-    REGION_BAT,
-    REGION_METADATA,
-    VHDX_ALIGNMENT,
-    VHDX_BAT_OFFSET_MASK,
-    VHDX_BAT_STATE_MASK,
-    VHDX_HEADER_AREA_SIZE,
-    VHDX_HEADER_OFFSETS,
-    VHDX_MAX_BLOCK_SIZE,
-    VHDX_MAX_VIRTUAL_SIZE,
-    VHDX_MIN_BLOCK_SIZE,
-    VHDX_SECTOR_SIZES,
-    DiskType,
-    ImageFormat,
-    MiB,
-    SectorBitmapState,
-)
+from ..constants import DiskType, ImageFormat, MiB, SectorBitmapState
 from ..errors import (
     ChecksumError,
     InvalidImageError,
@@ -204,14 +180,14 @@ class VHDXFile(_VHDXWriter, FormatHandler):
             )
         log_offset, log_length = h["log_offset"], h["log_length"]
         where = {"structure": f"header {self.header_copy}", "offset": offset}
-        if log_length % VHDX_ALIGNMENT or log_offset % VHDX_ALIGNMENT:
+        if log_length % K.VHDX_ALIGNMENT or log_offset % K.VHDX_ALIGNMENT:
             raise InvalidImageError(
                 f"log at {log_offset:#x}+{log_length:#x} is not 1 MiB aligned",
                 field="LogOffset",
                 **where,  # type: ignore[arg-type]
             )
         if log_length and (
-            log_offset < VHDX_HEADER_AREA_SIZE or log_offset + log_length > self.source.size
+            log_offset < K.VHDX_HEADER_AREA_SIZE or log_offset + log_length > self.source.size
         ):
             raise InvalidImageError(
                 f"log at {log_offset:#x}+{log_length:#x} lies outside the "
@@ -224,14 +200,14 @@ class VHDXFile(_VHDXWriter, FormatHandler):
 
     def _replay_log(self) -> None:
         h = self.header
-        if h["log_guid"] == NIL_GUID:
+        if h["log_guid"] == K.NIL_GUID:
             return
         if h["log_length"] == 0:
             raise InvalidImageError(
                 "the header names a log (LogGuid is set) but the log has no length",
                 structure=f"header {self.header_copy}",
                 field="LogLength",
-                offset=VHDX_HEADER_OFFSETS[(self.header_copy or 1) - 1] + 68,
+                offset=K.VHDX_HEADER_OFFSETS[(self.header_copy or 1) - 1] + 68,
             )
         from ..log import load_log, replay_in_memory
 
@@ -280,10 +256,10 @@ class VHDXFile(_VHDXWriter, FormatHandler):
             self._check_region(table, i, e, regions, spans)
             spans.append((e.file_offset, e.length, e.name))
             regions[e.guid] = e
-        for guid in (REGION_BAT, REGION_METADATA):
+        for guid in (K.REGION_BAT, K.REGION_METADATA):
             if guid not in regions:
                 raise InvalidImageError(
-                    f"the region table has no {KNOWN_REGIONS[guid]} region",
+                    f"the region table has no {K.KNOWN_REGIONS[guid]} region",
                     structure=f"region table {table.index}",
                     offset=table.offset,
                 )
@@ -305,17 +281,17 @@ class VHDXFile(_VHDXWriter, FormatHandler):
         }
         if e.guid in regions:
             raise InvalidImageError(f"region {e.guid} appears twice", field="Guid", **where)
-        if e.guid not in KNOWN_REGIONS:
+        if e.guid not in K.KNOWN_REGIONS:
             if e.required:
                 raise UnsupportedFeatureError(
                     f"unknown required region {e.guid}", field="Required", **where
                 )
             self._problem(where["structure"], f"unknown optional region {e.guid} ignored")
         if (
-            e.file_offset % VHDX_ALIGNMENT
-            or e.length % VHDX_ALIGNMENT
+            e.file_offset % K.VHDX_ALIGNMENT
+            or e.length % K.VHDX_ALIGNMENT
             or e.length == 0
-            or e.file_offset < VHDX_HEADER_AREA_SIZE
+            or e.file_offset < K.VHDX_HEADER_AREA_SIZE
         ):
             raise InvalidImageError(
                 f"region at {e.file_offset:#x}+{e.length:#x} is not 1 MiB aligned "
@@ -342,7 +318,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
     # -- 2.6 metadata -------------------------------------------------------------------
 
     def _read_metadata(self) -> None:
-        region = self.regions[REGION_METADATA]
+        region = self.regions[K.REGION_METADATA]
         table = read_metadata_table(self.source, region.file_offset, region.length)
         for d in table.defects:
             self._raise_defect(d, d.offset)
@@ -367,8 +343,8 @@ class VHDXFile(_VHDXWriter, FormatHandler):
 
     def _item(self, guid: uuid.UUID, size: int | None) -> MetadataItem:
         item = self.metadata.get(guid)
-        name = KNOWN_METADATA[guid]
-        base = self.regions[REGION_METADATA].file_offset
+        name = K.KNOWN_METADATA[guid]
+        base = self.regions[K.REGION_METADATA].file_offset
         if item is None:
             raise InvalidImageError(
                 f"required metadata item {name} is missing",
@@ -386,8 +362,8 @@ class VHDXFile(_VHDXWriter, FormatHandler):
         return item
 
     def _decode_metadata(self) -> None:
-        base = self.regions[REGION_METADATA].file_offset
-        fp_item = self._item(META_FILE_PARAMETERS, 8)
+        base = self.regions[K.REGION_METADATA].file_offset
+        fp_item = self._item(K.META_FILE_PARAMETERS, 8)
         fp = parse(FILE_PARAMETERS, fp_item.data[:8], structure="file parameters", offset=base)
 
         def where(item: MetadataItem, field: str) -> dict[str, Any]:
@@ -399,7 +375,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
 
         if not (
             _is_power_of_two(fp.block_size)
-            and VHDX_MIN_BLOCK_SIZE <= fp.block_size <= VHDX_MAX_BLOCK_SIZE
+            and K.VHDX_MIN_BLOCK_SIZE <= fp.block_size <= K.VHDX_MAX_BLOCK_SIZE
         ):
             raise InvalidImageError(
                 f"block size {fp.block_size} is not a power of two from 1 to 256 MiB",
@@ -409,23 +385,23 @@ class VHDXFile(_VHDXWriter, FormatHandler):
         self.leave_block_allocated = bool(fp.flags & 1)
         self.has_parent = bool(fp.flags & 2)
 
-        vs_item = self._item(META_VIRTUAL_DISK_SIZE, 8)
-        ls_item = self._item(META_LOGICAL_SECTOR_SIZE, 4)
-        ps_item = self._item(META_PHYSICAL_SECTOR_SIZE, 4)
+        vs_item = self._item(K.META_VIRTUAL_DISK_SIZE, 8)
+        ls_item = self._item(K.META_LOGICAL_SECTOR_SIZE, 4)
+        ps_item = self._item(K.META_PHYSICAL_SECTOR_SIZE, 4)
         self.logical_sector_size = int.from_bytes(ls_item.data[:4], "little")
         self.physical_sector_size = int.from_bytes(ps_item.data[:4], "little")
         for item, value, fld in (
             (ls_item, self.logical_sector_size, "LogicalSectorSize"),
             (ps_item, self.physical_sector_size, "PhysicalSectorSize"),
         ):
-            if value not in VHDX_SECTOR_SIZES:
+            if value not in K.VHDX_SECTOR_SIZES:
                 raise InvalidImageError(
                     f"sector size {value} is not 512 or 4096", **where(item, fld)
                 )
         self.virtual_size = int.from_bytes(vs_item.data[:8], "little")
         if (
             self.virtual_size == 0
-            or self.virtual_size > VHDX_MAX_VIRTUAL_SIZE
+            or self.virtual_size > K.VHDX_MAX_VIRTUAL_SIZE
             or self.virtual_size % self.logical_sector_size
         ):
             raise InvalidImageError(
@@ -433,7 +409,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
                 f"{self.logical_sector_size}-byte sector from 1 sector to 64 TiB",
                 **where(vs_item, "VirtualDiskSize"),
             )
-        p83 = self.metadata.get(META_PAGE83_DATA)
+        p83 = self.metadata.get(K.META_PAGE83_DATA)
         if p83 is not None and p83.length >= 16:
             self.identifier = uuid.UUID(bytes_le=p83.data[:16])
         else:
@@ -444,7 +420,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
         self.parent_locator_type: uuid.UUID | None = None
         if self.has_parent:
             self.disk_type = DiskType.DIFFERENCING
-            self._decode_parent_locator(self._item(META_PARENT_LOCATOR, 20))
+            self._decode_parent_locator(self._item(K.META_PARENT_LOCATOR, 20))
         elif self.leave_block_allocated:
             self.disk_type = DiskType.FIXED
         else:
@@ -452,7 +428,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
 
     def _decode_parent_locator(self, item: MetadataItem) -> None:
         """MS-VHDX 2.6.2.6: key/value offsets are relative to the locator item."""
-        offset = self.regions[REGION_METADATA].file_offset + item.offset
+        offset = self.regions[K.REGION_METADATA].file_offset + item.offset
         loc = parse_parent_locator(item.data, offset)
         self.parent_locator_type = loc.locator_type
         for d in loc.defects:
@@ -467,7 +443,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
     # -- 2.5 BAT -------------------------------------------------------------------------
 
     def _setup_bat(self) -> None:
-        region = self.regions[REGION_BAT]
+        region = self.regions[K.REGION_BAT]
         differencing = self.disk_type is DiskType.DIFFERENCING
         self.chunk_ratio = chunk_ratio(self.logical_sector_size, self.payload_block_size)
         self.bat_entry_count = vhdx_bat_entry_count(
@@ -526,7 +502,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
             virtual_size=self.virtual_size,
             file_size=file_size,
             differencing=differencing,
-            min_data_offset=VHDX_HEADER_AREA_SIZE,
+            min_data_offset=K.VHDX_HEADER_AREA_SIZE,
             ratio=ratio,
             allow_past_eof=True,
         )
@@ -555,7 +531,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
     def _partial_offset(self, block: int) -> int:
         """File offset of a partially present block's data."""
         entry = self._raw_entry(vhdx_payload_index(block, self.chunk_ratio), "BAT")
-        return entry & VHDX_BAT_OFFSET_MASK
+        return entry & K.VHDX_BAT_OFFSET_MASK
 
     def _sector_bitmap(self, block: int) -> np.ndarray:
         """One bool per logical sector of ``block``: True if stored in this file.
@@ -569,8 +545,8 @@ class VHDXFile(_VHDXWriter, FormatHandler):
         if bits is None:
             index = vhdx_sector_bitmap_index(chunk, ratio)
             entry = self._raw_entry(index, "BAT")
-            state = entry & VHDX_BAT_STATE_MASK
-            offset = entry & VHDX_BAT_OFFSET_MASK
+            state = entry & K.VHDX_BAT_STATE_MASK
+            offset = entry & K.VHDX_BAT_OFFSET_MASK
             where = {
                 "structure": "BAT",
                 "field": f"sector bitmap entry {chunk}",
@@ -582,7 +558,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
                     f"(chunk {chunk}) is not (state {state})",
                     **where,  # type: ignore[arg-type]
                 )
-            if offset < VHDX_HEADER_AREA_SIZE or offset + MiB > self.source.size:
+            if offset < K.VHDX_HEADER_AREA_SIZE or offset + MiB > self.source.size:
                 raise InvalidImageError(
                     f"sector bitmap of chunk {chunk} at {offset:#x} lies outside the file",
                     **where,  # type: ignore[arg-type]
