@@ -12,6 +12,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 from ..constants import DiskType, ImageFormat, RunKind
@@ -48,6 +49,84 @@ from .reports import (
 __all__ = ["SUBCOMMANDS", "cmd_create"]
 
 
+# -- parsers: each option declared once, added by _add_parser ----------------------------
+
+_Option = Callable[[argparse.ArgumentParser], Any]
+
+
+def _arg(*flags: str, **spec: Any) -> _Option:
+    """An option (or positional) as ``parser.add_argument(*flags, **spec)`` adds it."""
+    return lambda parser: parser.add_argument(*flags, **spec)
+
+
+def _flag(*flags_and_help: str) -> _Option:
+    """An on/off option (``store_true``); the last argument is its help."""
+    *flags, help = flags_and_help
+    return _arg(*flags, action="store_true", help=help)
+
+
+def _size_arg(*flags: str, **spec: Any) -> _Option:
+    """An option taking a size with binary suffixes (``4K``, ``10M``, ``1T``)."""
+    return _arg(*flags, type=parse_size, **spec)
+
+
+def _layout_options(
+    *,
+    disk_type: str | None,
+    block_size_help: str,
+    logical_sector_size: int | None,
+    physical_sector_size: int | None,
+) -> list[_Option]:
+    """The layout of a new image (create, convert), with the command's defaults."""
+    return [
+        _arg(
+            "--type",
+            choices=["dynamic", "fixed"],
+            default=disk_type,
+            help="dynamic (blocks allocated on write; the default) or fixed",
+        ),
+        _size_arg(
+            "--block-size",
+            metavar="SIZE",
+            help=block_size_help,
+        ),
+        _arg(
+            "--logical-sector-size",
+            type=int,
+            choices=[512, 4096],
+            default=logical_sector_size,
+            help="VHDX logical sector size (default 512; VHD: 512 only)",
+        ),
+        _arg(
+            "--physical-sector-size",
+            type=int,
+            choices=[512, 4096],
+            default=physical_sector_size,
+            help="VHDX physical sector size (default 4096)",
+        ),
+    ]
+
+
+def _add_parser(
+    sub: Any,
+    common: argparse.ArgumentParser,
+    func: Callable[[argparse.Namespace], int],
+    name: str,
+    *,
+    help: str,
+    description: str,
+    epilog: str | None = None,
+    options: Sequence[_Option],
+) -> None:
+    """The subparser ``name`` running ``func``, with ``common``'s options and ``options``."""
+    parser = sub.add_parser(
+        name, parents=[common], help=help, description=description, epilog=epilog
+    )
+    for add in options:
+        add(parser)
+    parser.set_defaults(func=func)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """``pyvhdx info``: what the image is, which copies were used, what is wrong."""
     args.allow_missing_parent = True  # describe the child even when its parent is gone
@@ -61,20 +140,19 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _add_info_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    _add_parser(
+        sub,
+        common,
+        cmd_info,
         "info",
-        parents=[common],
         help="show what an image is and how it is laid out",
         description="Show the format, sizes, identity, header and region table copies, "
         "problems, allocation and parent locator of an image.",
+        options=[
+            add_image_options,
+            _flag("--json", "print JSON (keys as qemu-img info --output=json where they exist)"),
+        ],
     )
-    add_image_options(p)
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print JSON (keys as qemu-img info --output=json where they exist)",
-    )
-    p.set_defaults(func=cmd_info)
 
 
 def _name_format(path: str) -> str | None:
@@ -189,70 +267,47 @@ def _note_parent_elsewhere(child: str, parent: str) -> None:
 
 
 def _add_create_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    _add_parser(
+        sub,
+        common,
+        cmd_create,
         "create",
-        parents=[common],
         help="create an empty VHDX or VHD image",
         description="Create an empty image. The format comes from -f or the file name "
         "(.vhdx/.avhdx: VHDX, .vhd/.avhd: VHD). Sizes take binary suffixes: 512, 4K, 10M, "
         "64G, 1T. With --parent BASE, create a differencing child of BASE (a checkpoint "
         "disk): its size, sector sizes and format are BASE's, its block size 2M; do not "
         "write to BASE afterwards (merge the child into it instead).",
+        options=[
+            _arg("file", metavar="FILE", help="the new image file"),
+            _arg(
+                "size",
+                metavar="SIZE",
+                type=parse_size,
+                nargs="?",
+                help="virtual size (e.g. 10G); with --parent, the parent's (optional)",
+            ),
+            _arg(
+                "--parent",
+                metavar="BASE",
+                help="make a differencing child of this VHDX or VHD (same format)",
+            ),
+            _arg("-f", "--format", choices=["vhdx", "vhd"], help="image format"),
+            *_layout_options(
+                disk_type=None,
+                block_size_help="block size of a dynamic image (default VHDX 32M, VHD 2M) "
+                "or a child (2M)",
+                logical_sector_size=None,
+                physical_sector_size=None,
+            ),
+            _flag("--preallocate", "write out the data area of a fixed image"),
+            _flag(
+                "--azure", "an Azure-ready fixed VHD: size rounded up to a whole MiB, 20M to 32T"
+            ),
+            _flag("--overwrite", "replace an existing file"),
+            _flag("--json", "print what was made as JSON"),
+        ],
     )
-    p.add_argument("file", metavar="FILE", help="the new image file")
-    p.add_argument(
-        "size",
-        metavar="SIZE",
-        type=parse_size,
-        nargs="?",
-        default=None,
-        help="virtual size (e.g. 10G); with --parent, the parent's (optional)",
-    )
-    p.add_argument(
-        "--parent",
-        metavar="BASE",
-        default=None,
-        help="make a differencing child of this VHDX or VHD (same format)",
-    )
-    p.add_argument("-f", "--format", choices=["vhdx", "vhd"], default=None, help="image format")
-    p.add_argument(
-        "--type",
-        choices=["dynamic", "fixed"],
-        default=None,
-        help="dynamic (blocks allocated on write; the default) or fixed",
-    )
-    p.add_argument(
-        "--block-size",
-        type=parse_size,
-        default=None,
-        metavar="SIZE",
-        help="block size of a dynamic image (default VHDX 32M, VHD 2M) or a child (2M)",
-    )
-    p.add_argument(
-        "--logical-sector-size",
-        type=int,
-        choices=[512, 4096],
-        default=None,
-        help="VHDX logical sector size (default 512; VHD: 512 only)",
-    )
-    p.add_argument(
-        "--physical-sector-size",
-        type=int,
-        choices=[512, 4096],
-        default=None,
-        help="VHDX physical sector size (default 4096)",
-    )
-    p.add_argument(
-        "--preallocate", action="store_true", help="write out the data area of a fixed image"
-    )
-    p.add_argument(
-        "--azure",
-        action="store_true",
-        help="an Azure-ready fixed VHD: size rounded up to a whole MiB, 20M to 32T",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
-    p.add_argument("--json", action="store_true", help="print what was made as JSON")
-    p.set_defaults(func=cmd_create)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -306,9 +361,11 @@ def _merge_progress(child: str) -> Iterator[Callable[[int], None] | None]:
 
 
 def _add_merge_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    _add_parser(
+        sub,
+        common,
+        cmd_merge,
         "merge",
-        parents=[common],
         help="merge a differencing disk (a checkpoint) into its parent",
         description="Write every range the differencing disk CHILD holds (its data, and the "
         "zeros it stores over its parent) into its parent, as Hyper-V's Merge-VHD does, "
@@ -321,21 +378,17 @@ def _add_merge_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "is found as for reading (beside CHILD) unless --parent names it.",
         epilog="Exit status: 0 merged, 1 image problem (not a differencing disk, parent "
         "missing or not CHILD's parent), 2 usage error.",
+        options=[
+            _arg("child", metavar="CHILD", help="the differencing disk (VHDX or VHD)"),
+            _arg(
+                "--parent",
+                metavar="PATH",
+                help="CHILD's parent (tried before the paths CHILD records)",
+            ),
+            _flag("--keep-child", "keep CHILD afterwards (it opens only with linkage checks off)"),
+            _flag("--json", "print what was merged as JSON"),
+        ],
     )
-    p.add_argument("child", metavar="CHILD", help="the differencing disk (VHDX or VHD)")
-    p.add_argument(
-        "--parent",
-        metavar="PATH",
-        default=None,
-        help="CHILD's parent (tried before the paths CHILD records)",
-    )
-    p.add_argument(
-        "--keep-child",
-        action="store_true",
-        help="keep CHILD afterwards (it opens only with linkage checks off)",
-    )
-    p.add_argument("--json", action="store_true", help="print what was merged as JSON")
-    p.set_defaults(func=cmd_merge)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -354,9 +407,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _add_check_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    _add_parser(
+        sub,
+        common,
+        cmd_check,
         "check",
-        parents=[common],
         help="check an image's structures and report every problem",
         description="Check both header and region table copies, checksums, metadata, the "
         "log and every BAT entry (VHDX), or both footer copies, the dynamic header and every "
@@ -364,11 +419,12 @@ def _add_check_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "errors say what a repair would do. Works on images that cannot be opened.",
         epilog="Exit status: 0 no errors (warnings allowed), 1 errors found, 2 the check "
         "could not run.",
+        options=[
+            _arg("image", metavar="IMAGE", help="the image file (VHDX, VHD or raw)"),
+            partial(add_format_option, help="image format (default: detected from the content)"),
+            _flag("--json", "print the report as JSON"),
+        ],
     )
-    p.add_argument("image", metavar="IMAGE", help="the image file (VHDX, VHD or raw)")
-    add_format_option(p, "image format (default: detected from the content)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=cmd_check)
 
 
 def cmd_map(args: argparse.Namespace) -> int:
@@ -389,38 +445,37 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 
 def _add_map_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    _add_parser(
+        sub,
+        common,
+        cmd_map,
         "map",
-        parents=[common],
         help="show which ranges of the disk are stored where",
         description="Print the allocation map as runs: start, length, what the range reads "
         "as (data, zero, unallocated) and, for data, where it is stored in the file. "
         "Streams: a 64 TiB disk maps in seconds.",
+        options=[
+            add_image_options,
+            _size_arg(
+                "--offset",
+                "--start-offset",
+                default=0,
+                metavar="N",
+                help="first byte to map (suffixes K, M, G, T allowed)",
+            ),
+            _size_arg(
+                "--length",
+                "--max-length",
+                metavar="N",
+                help="bytes to map (default: to the end of the disk)",
+            ),
+            _flag(
+                "--json",
+                "print the entries of qemu-img map --output=json "
+                "(start, length, depth, present, zero, data, offset)",
+            ),
+        ],
     )
-    add_image_options(p)
-    p.add_argument(
-        "--offset",
-        "--start-offset",
-        type=parse_size,
-        default=0,
-        metavar="N",
-        help="first byte to map (suffixes K, M, G, T allowed)",
-    )
-    p.add_argument(
-        "--length",
-        "--max-length",
-        type=parse_size,
-        default=None,
-        metavar="N",
-        help="bytes to map (default: to the end of the disk)",
-    )
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print the entries of qemu-img map --output=json "
-        "(start, length, depth, present, zero, data, offset)",
-    )
-    p.set_defaults(func=cmd_map)
 
 
 # -- compare --------------------------------------------------------------------------
@@ -455,28 +510,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _add_compare_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     formats = [f.value for f in ImageFormat]
-    p = sub.add_parser(
+    _add_parser(
+        sub,
+        common,
+        cmd_compare,
         "compare",
-        parents=[common],
         help="compare the contents of two images of any formats",
         description="Compare the virtual contents of two images (VHDX, VHD or raw, in any "
         "combination) and print the first differing byte offset. Ranges unallocated in "
         "both are not read. Images of different sizes are identical if the larger one "
         "reads as zeros past the smaller one's end (unless --strict).",
         epilog="Exit status: 0 identical, 1 different, 2 error.",
+        options=[
+            _arg("image_a", metavar="IMAGE1", help="the first image"),
+            _arg("image_b", metavar="IMAGE2", help="the second image"),
+            _arg("-f", dest="format_a", choices=formats, help="format of IMAGE1"),
+            _arg("-F", dest="format_b", choices=formats, help="format of IMAGE2"),
+            _flag(
+                "-s",
+                "--strict",
+                "also fail on a size difference or on a range stored in one image only",
+            ),
+            _flag("-q", "--quiet", "print nothing; use the exit status"),
+        ],
     )
-    p.add_argument("image_a", metavar="IMAGE1", help="the first image")
-    p.add_argument("image_b", metavar="IMAGE2", help="the second image")
-    p.add_argument("-f", dest="format_a", choices=formats, help="format of IMAGE1")
-    p.add_argument("-F", dest="format_b", choices=formats, help="format of IMAGE2")
-    p.add_argument(
-        "-s",
-        "--strict",
-        action="store_true",
-        help="also fail on a size difference or on a range stored in one image only",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing; use the exit status")
-    p.set_defaults(func=cmd_compare)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -506,9 +563,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _add_inspect_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    _add_parser(
+        sub,
+        common,
+        cmd_inspect,
         "inspect",
-        parents=[common],
         help="show every on-disk structure, as found (forensic view)",
         description="Show every structure of the file as found: VHDX file identifier, both "
         "headers and region tables with their checksums, the metadata items, the parent "
@@ -516,16 +575,17 @@ def _add_inspect_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "a BAT summary; VHD footers, dynamic header, parent locators, geometry and BAT. "
         "Lists the file ranges no structure references and whether they hold non-zero "
         "bytes. Never writes; works on images that cannot be opened.",
+        options=[
+            add_image_options,
+            _arg(
+                "--no-scan",
+                dest="scan",
+                action="store_false",
+                help="do not read unreferenced ranges to tell whether they hold non-zero bytes",
+            ),
+            _flag("--json", "print the complete report as JSON"),
+        ],
     )
-    add_image_options(p)
-    p.add_argument(
-        "--no-scan",
-        dest="scan",
-        action="store_false",
-        help="do not read unreferenced ranges to tell whether they hold non-zero bytes",
-    )
-    p.add_argument("--json", action="store_true", help="print the complete report as JSON")
-    p.set_defaults(func=cmd_inspect)
 
 
 # -- hash -----------------------------------------------------------------------------
@@ -567,31 +627,34 @@ def cmd_hash(args: argparse.Namespace) -> int:
 
 
 def _add_hash_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    _add_parser(
+        sub,
+        common,
+        cmd_hash,
         "hash",
-        parents=[common],
         help="hash the virtual disk content (md5, sha1, sha256, ... in one pass)",
         description="Hash the whole virtual content of an image, as a raw conversion would "
         "give it, with one or more algorithms in a single streaming pass. Unallocated "
         "ranges are hashed as zeros without being read.",
         epilog="Output: '<hex>  IMAGE' as sha256sum prints it, or 'ALGORITHM (IMAGE) = <hex>' "
         "lines with --tag or several algorithms.",
+        options=[
+            add_image_options,
+            _arg(
+                "-a",
+                "--algorithm",
+                dest="algorithms",
+                action="append",
+                type=_hash_algorithm,
+                metavar="NAME",
+                help="hashlib algorithm (md5, sha1, sha256, sha512, ...); repeat for several "
+                "(default: sha256)",
+            ),
+            _flag("--tag", "name the algorithm on each line (BSD style)"),
+            add_progress_option,
+            _flag("--json", "print the digests as JSON"),
+        ],
     )
-    add_image_options(p)
-    p.add_argument(
-        "-a",
-        "--algorithm",
-        dest="algorithms",
-        action="append",
-        type=_hash_algorithm,
-        metavar="NAME",
-        help="hashlib algorithm (md5, sha1, sha256, sha512, ...); repeat for several "
-        "(default: sha256)",
-    )
-    p.add_argument("--tag", action="store_true", help="name the algorithm on each line (BSD style)")
-    add_progress_option(p)
-    p.add_argument("--json", action="store_true", help="print the digests as JSON")
-    p.set_defaults(func=cmd_hash)
 
 
 # -- convert ---------------------------------------------------------------------------
@@ -637,38 +700,42 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _add_convert_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
+    _add_parser(
+        sub,
+        common,
+        cmd_convert,
         "convert",
-        parents=[common],
         help="convert between raw, VHD and VHDX",
         description="Convert SOURCE (raw, VHD or VHDX; a differencing chain is flattened) "
         "into a new image. Unallocated ranges are never read, all-zero blocks are not "
         "written, and the result is renamed into place only when complete.",
+        options=[
+            _arg("source", metavar="SOURCE"),
+            _arg("destination", metavar="DESTINATION"),
+            _arg(
+                "-O",
+                "--output-format",
+                choices=[f.value for f in ImageFormat],
+                help="destination format (default: from its extension: .vhdx, .vhd, else raw)",
+            ),
+            partial(add_format_option, help="source format (default: detected from the content)"),
+            *_layout_options(
+                disk_type="dynamic",
+                block_size_help="block size of a dynamic image (default VHDX 32M, VHD 2M)",
+                logical_sector_size=512,
+                physical_sector_size=4096,
+            ),
+            _flag("--force", "replace an existing destination"),
+            add_progress_option,
+            _arg(
+                "--sync",
+                action=argparse.BooleanOptionalAction,
+                default=True,
+                help="fsync the new image before renaming it into place (default: on)",
+            ),
+            _flag("--json", "print what was done as JSON"),
+        ],
     )
-    p.add_argument("source", metavar="SOURCE")
-    p.add_argument("destination", metavar="DESTINATION")
-    p.add_argument(
-        "-O",
-        "--output-format",
-        choices=[f.value for f in ImageFormat],
-        default=None,
-        help="destination format (default: from its extension: .vhdx, .vhd, else raw)",
-    )
-    add_format_option(p, "source format (default: detected from the content)")
-    p.add_argument("--type", choices=["dynamic", "fixed"], default="dynamic")
-    p.add_argument("--block-size", type=parse_size, default=None, metavar="SIZE")
-    p.add_argument("--logical-sector-size", type=int, choices=[512, 4096], default=512)
-    p.add_argument("--physical-sector-size", type=int, choices=[512, 4096], default=4096)
-    p.add_argument("--force", action="store_true", help="replace an existing destination")
-    add_progress_option(p)
-    p.add_argument(
-        "--sync",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="fsync the new image before renaming it into place (default: on)",
-    )
-    p.add_argument("--json", action="store_true", help="print what was done as JSON")
-    p.set_defaults(func=cmd_convert)
 
 
 SUBCOMMANDS: Sequence[Callable[[Any, argparse.ArgumentParser], None]] = (
