@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from collections.abc import Iterator
 
 # Submodules named like public functions (create, convert, merge) are imported
 # before those functions are defined, so the functions, not the modules, are the
@@ -20,43 +19,23 @@ from typing import BinaryIO
 # (tests/unit/test_dotted_names.py checks every dotted name they mention).
 from . import convert as _convert_module
 from . import create as _create_module
+from . import errors
 from . import merge as _merge_module
 from ._version import __version__
 from .constants import DiskType, ImageFormat, RunKind
-from .errors import (
-    ChecksumError,
-    ImageLockedError,
-    InvalidArgumentError,
-    InvalidImageError,
-    LogReplayError,
-    ParentError,
-    PyvhdxError,
-    ReadOnlyError,
-    TruncatedImageError,
-    UnsupportedFeatureError,
-)
+from .errors import *  # noqa: F403  (the exceptions: errors.__all__)
+from .errors import InvalidArgumentError, UnsupportedFeatureError
 from .image import DiskImage, Extent, detect_format, open_image
 from .info import ImageInfo
-from .progress import Progress
 from .suffix import format_from_suffix
 
 __all__ = [
-    "ChecksumError",
     "DiskImage",
     "DiskType",
     "Extent",
     "ImageFormat",
     "ImageInfo",
-    "ImageLockedError",
-    "InvalidArgumentError",
-    "InvalidImageError",
-    "LogReplayError",
-    "ParentError",
-    "PyvhdxError",
-    "ReadOnlyError",
     "RunKind",
-    "TruncatedImageError",
-    "UnsupportedFeatureError",
     "__version__",
     "convert",
     "create",
@@ -64,64 +43,11 @@ __all__ = [
     "merge",
     "open",
 ]
+__all__ += errors.__all__
 
 
-def open(
-    file: str | os.PathLike[str] | BinaryIO,
-    mode: str = "r",
-    *,
-    format: str | ImageFormat | None = None,
-    strict: bool = False,
-    parent: str | os.PathLike[str] | DiskImage | None = None,
-    resolve_parent: bool = True,
-    allow_missing_parent: bool = False,
-    verify_parent: bool = True,
-    salvage: bool = False,
-    force_share: bool = False,
-) -> DiskImage:
-    """Open a virtual disk image.
-
-    Args:
-        file: a path, or a seekable binary file object with ``readinto``.
-        mode: ``"r"`` (default; never writes to the file) or ``"r+"``.
-        format: ``"vhdx"``, ``"vhd"`` or ``"raw"``; detected by content if None.
-        strict: refuse images with non-fatal defects (a bad VHD checksum).
-        parent: a differencing disk's parent (path or open image), tried before
-            the locators the child records.
-        resolve_parent: look for the parent at all (False: info only; reads of
-            parent data raise).
-        allow_missing_parent: read a child whose parent is not found, with the
-            parent's data as zeros (reported in ``info().problems``).
-        verify_parent: check the parent's identity against the child's linkage.
-        salvage: read a truncated image (read-only): blocks past the end of the
-            file read as zeros and are listed in ``info().problems``.
-        force_share: take and check no lock (qemu's ``force-share``, ``-U``), to
-            read an image another process is writing; read-only opens only.
-
-    A path (not a file object, which is the caller's to lock) is locked as qemu
-    locks images, until the image is closed: ``"r+"`` excludes every other
-    user, pyvhdx or qemu; ``"r"`` excludes writers but not other readers.
-
-    Raises:
-        InvalidImageError: the image is malformed (subclasses name the defect).
-        UnsupportedFeatureError: the image needs a feature pyvhdx lacks.
-        ParentError: a differencing disk's parent is missing or not the right one.
-        ImageLockedError: another process (pyvhdx or qemu) holds a conflicting lock.
-        InvalidArgumentError: a bad mode or option (``force_share`` with ``"r+"``),
-            or the path is not a regular file or block device (a FIFO, a directory).
-    """
-    return open_image(
-        file,
-        mode,
-        format=format,
-        strict=strict,
-        parent=parent,
-        resolve_parent=resolve_parent,
-        allow_missing_parent=allow_missing_parent,
-        verify_parent=verify_parent,
-        salvage=salvage,
-        force_share=force_share,
-    )
+#: :func:`pyvhdx.open` is :func:`~pyvhdx.image.open_image` (documented there).
+open = open_image
 
 
 def create(
@@ -283,49 +209,12 @@ def _open_parent_image(parent: str | os.PathLike[str] | DiskImage) -> Iterator[D
         yield img
 
 
-def convert(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    *,
-    format: str | ImageFormat | None = None,
-    disk_type: str | DiskType = DiskType.DYNAMIC,
-    block_size: int | None = None,
-    logical_sector_size: int = 512,
-    physical_sector_size: int = 4096,
-    src_format: str | ImageFormat | None = None,
-    force: bool = False,
-    progress: Progress = None,
-    sync: bool = True,
-) -> _convert_module.ConvertResult:
-    """Convert ``src`` (raw, VHD or VHDX) into a new ``dst`` image.
+#: :func:`pyvhdx.convert` is ``convert_image`` of the convert module; the
+#: destination format comes from ``format`` or the destination's extension
+#: (``.vhdx``, ``.vhd``, else raw).
+convert = _convert_module.convert_image
 
-    See ``convert_image`` in the ``pyvhdx.convert`` module; the destination
-    format comes from ``format`` or the destination's extension (``.vhdx``,
-    ``.vhd``, else raw).
-    """
-    return _convert_module.convert_image(
-        src,
-        dst,
-        format=format,
-        disk_type=disk_type,
-        block_size=block_size,
-        logical_sector_size=logical_sector_size,
-        physical_sector_size=physical_sector_size,
-        src_format=src_format,
-        force=force,
-        progress=progress,
-        sync=sync,
-    )
-
-
-def merge(
-    child: str | os.PathLike[str],
-    *,
-    parent: str | os.PathLike[str] | None = None,
-    keep_child: bool = False,
-    progress: Callable[[int], None] | None = None,
-) -> _merge_module.MergeResult:
-    """Merge a differencing disk into its parent (as Merge-VHD), or finish an
-    interrupted merge of it; its children beside it are re-parented. See
-    ``merge_image`` in the ``pyvhdx.merge`` module."""
-    return _merge_module.merge_image(child, parent=parent, keep_child=keep_child, progress=progress)
+#: :func:`pyvhdx.merge` is ``merge_image`` of the merge module: merge a
+#: differencing disk into its parent (as Merge-VHD), or finish an interrupted
+#: merge of it; its children beside it are re-parented.
+merge = _merge_module.merge_image

@@ -608,14 +608,89 @@ def open_image(
     verify_parent: bool = True,
     salvage: bool = False,
     force_share: bool = False,
-    _seen: frozenset[Path] = frozenset(),
 ) -> DiskImage:
-    """Open a VHDX, VHD or raw image, and a differencing disk's parent chain.
+    """Open a virtual disk image.
 
-    See :func:`pyvhdx.open` for the arguments. A path is locked as qemu locks
-    images (:mod:`pyvhdx.locking`) until the image is closed, and so is every
-    parent opened for its chain (read-only, with the child's ``force_share``).
+    Args:
+        file: a path, or a seekable binary file object with ``readinto``.
+        mode: ``"r"`` (default; never writes to the file) or ``"r+"``.
+        format: ``"vhdx"``, ``"vhd"`` or ``"raw"``; detected by content if None.
+        strict: refuse images with non-fatal defects (a bad VHD checksum).
+        parent: a differencing disk's parent (path or open image), tried before
+            the locators the child records.
+        resolve_parent: look for the parent at all (False: info only; reads of
+            parent data raise).
+        allow_missing_parent: read a child whose parent is not found, with the
+            parent's data as zeros (reported in ``info().problems``).
+        verify_parent: check the parent's identity against the child's linkage.
+        salvage: read a truncated image (read-only): blocks past the end of the
+            file read as zeros and are listed in ``info().problems``.
+        force_share: take and check no lock (qemu's ``force-share``, ``-U``), to
+            read an image another process is writing; read-only opens only.
+
+    A path (not a file object, which is the caller's to lock) is locked as qemu
+    locks images, until the image is closed: ``"r+"`` excludes every other
+    user, pyvhdx or qemu; ``"r"`` excludes writers but not other readers. Every
+    parent opened for the chain is opened read-only, with the child's
+    ``force_share``, and locked in the same way.
+
+    Raises:
+        InvalidImageError: the image is malformed (subclasses name the defect).
+        UnsupportedFeatureError: the image needs a feature pyvhdx lacks.
+        ParentError: a differencing disk's parent is missing or not the right one.
+        ImageLockedError: another process (pyvhdx or qemu) holds a conflicting lock.
+        InvalidArgumentError: a bad mode or option (``force_share`` with ``"r+"``),
+            or the path is not a regular file or block device (a FIFO, a directory).
     """
+    img = _open_file(
+        file, mode, format=format, strict=strict, salvage=salvage, force_share=force_share
+    )
+    if img.disk_type is not DiskType.DIFFERENCING or not resolve_parent:
+        return img
+
+    def attach(
+        child: DiskImage,
+        where: str | os.PathLike[str] | BinaryIO,
+        given: str | os.PathLike[str] | DiskImage | None,
+        seen: frozenset[Path],
+    ) -> DiskImage:
+        try:
+            attach_parent(
+                child,
+                where,
+                given,
+                opener=opener,
+                allow_missing=allow_missing_parent,
+                verify=verify_parent,
+                seen=seen,
+            )
+        except BaseException:
+            child.close()
+            raise
+        return child
+
+    def opener(path: Path, seen: frozenset[Path]) -> DiskImage:
+        # A parent opens read-only with the child's options (force_share too).
+        found = _open_file(
+            path, "r", format=None, strict=False, salvage=False, force_share=force_share
+        )
+        if found.disk_type is not DiskType.DIFFERENCING:
+            return found
+        return attach(found, path, None, seen)
+
+    return attach(img, file, parent, frozenset())
+
+
+def _open_file(
+    file: str | os.PathLike[str] | BinaryIO,
+    mode: str,
+    *,
+    format: str | ImageFormat | None,
+    strict: bool,
+    salvage: bool,
+    force_share: bool,
+) -> DiskImage:
+    """One image, its parent not attached (see :func:`open_image`)."""
     if mode not in ("r", "r+"):
         raise InvalidArgumentError(f"mode must be 'r' or 'r+', not {mode!r}")
     writable = mode == "r+"
@@ -645,29 +720,4 @@ def open_image(
         source.close()
         raise
     img = DiskImage(handler, mode=mode)
-    if handler.disk_type is DiskType.DIFFERENCING and resolve_parent:
-
-        def opener(path: Path, seen: frozenset[Path]) -> DiskImage:
-            # A parent opens read-only with the child's options (force_share too).
-            return open_image(
-                path,
-                allow_missing_parent=allow_missing_parent,
-                verify_parent=verify_parent,
-                force_share=force_share,
-                _seen=seen,
-            )
-
-        try:
-            attach_parent(
-                img,
-                file,
-                parent,
-                opener=opener,
-                allow_missing=allow_missing_parent,
-                verify=verify_parent,
-                seen=_seen,
-            )
-        except BaseException:
-            img.close()
-            raise
     return img
