@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 # Submodules named like public functions (create, convert, merge) are imported
 # before those functions are defined, so the functions, not the modules, are the
@@ -92,71 +93,47 @@ def create(
         ParentError: ``parent``'s own chain does not open.
     """
     if parent is not None:
+        _refuse_for_child(disk_type, preallocate=preallocate, azure=azure)
+        given = {
+            "size": size,
+            "logical sector size": logical_sector_size,
+            "physical sector size": physical_sector_size,
+        }
         return _create_child(
-            path,
-            parent,
-            size=size,
-            format=format,
-            disk_type=disk_type,
-            block_size=block_size,
-            logical_sector_size=logical_sector_size,
-            physical_sector_size=physical_sector_size,
-            overwrite=overwrite,
-            preallocate=preallocate,
-            azure=azure,
+            path, parent, format, given, block_size=block_size, overwrite=overwrite
         )
     if size is None:
         raise InvalidArgumentError("a size is needed (or a parent to take it from)")
-    disk_type = DiskType.DYNAMIC if disk_type is None else disk_type
-    logical_sector_size = 512 if logical_sector_size is None else logical_sector_size
-    physical_sector_size = 4096 if physical_sector_size is None else physical_sector_size
     fmt = ImageFormat(format) if format is not None else format_from_suffix(path)
     fmt = ImageFormat.VHDX if fmt is None else fmt  # an unknown name makes a VHDX
+    if fmt not in (ImageFormat.VHD, ImageFormat.VHDX):
+        raise UnsupportedFeatureError(f"creating {fmt.value} images is not supported yet")
+    options: dict[str, Any] = {
+        "disk_type": DiskType.DYNAMIC if disk_type is None else disk_type,
+        "block_size": block_size,
+        "overwrite": overwrite,
+        "preallocate": preallocate,
+    }
+    logical_sector_size = 512 if logical_sector_size is None else logical_sector_size
     if fmt is ImageFormat.VHD:
         if logical_sector_size != 512:
             raise InvalidArgumentError(f"VHD sectors are 512 bytes, not {logical_sector_size}")
-        _create_module.create_vhd(
-            path,
-            size,
-            disk_type=disk_type,
-            block_size=block_size,
-            overwrite=overwrite,
-            preallocate=preallocate,
-            azure=azure,
-        )
+        _create_module.create_vhd(path, size, azure=azure, **options)
         return _create_module.azure_vhd_size(size) if azure else size
-    if fmt is not ImageFormat.VHDX:
-        raise UnsupportedFeatureError(f"creating {fmt.value} images is not supported yet")
     if azure:
         raise InvalidArgumentError("Azure-ready images are fixed VHDs (format 'vhd')")
     _create_module.create_vhdx(
         path,
         size,
-        disk_type=disk_type,
-        block_size=block_size,
         logical_sector_size=logical_sector_size,
-        physical_sector_size=physical_sector_size,
-        overwrite=overwrite,
-        preallocate=preallocate,
+        physical_sector_size=4096 if physical_sector_size is None else physical_sector_size,
+        **options,
     )
     return size
 
 
-def _create_child(
-    path: str | os.PathLike[str],
-    parent: str | os.PathLike[str] | DiskImage,
-    *,
-    size: int | None,
-    format: str | ImageFormat | None,
-    disk_type: str | DiskType | None,
-    block_size: int | None,
-    logical_sector_size: int | None,
-    physical_sector_size: int | None,
-    overwrite: bool,
-    preallocate: bool,
-    azure: bool,
-) -> int:
-    """The ``parent=`` branch of :func:`create`: check the arguments against the parent."""
+def _refuse_for_child(disk_type: str | DiskType | None, *, preallocate: bool, azure: bool) -> None:
+    """What :func:`create` cannot do with ``parent=``: a child is a differencing disk."""
     if disk_type is not None and DiskType(disk_type) is not DiskType.DIFFERENCING:
         raise InvalidArgumentError(
             f"a child of a parent is a differencing disk, not {DiskType(disk_type).value}"
@@ -165,22 +142,33 @@ def _create_child(
         raise InvalidArgumentError(
             f"{'azure' if azure else 'preallocate'} is for fixed disks, not differencing ones"
         )
+
+
+def _create_child(
+    path: str | os.PathLike[str],
+    parent: str | os.PathLike[str] | DiskImage,
+    format: str | ImageFormat | None,
+    given: dict[str, int | None],
+    *,
+    block_size: int | None,
+    overwrite: bool,
+) -> int:
+    """The ``parent=`` branch of :func:`create`: check ``given`` (size and sector
+    sizes, None where not given) and the format against the parent."""
     with _open_parent_image(parent) as pimg:
         pfmt = pimg.format
-        checks = [("size", size, pimg.virtual_size)]
+        theirs = {"size": pimg.virtual_size}
         if pfmt is ImageFormat.VHDX:
-            checks += [
-                ("logical sector size", logical_sector_size, pimg.logical_sector_size),
-                ("physical sector size", physical_sector_size, pimg.physical_sector_size),
-            ]
+            theirs["logical sector size"] = pimg.logical_sector_size
+            theirs["physical sector size"] = pimg.physical_sector_size
         else:
-            for given in (logical_sector_size, physical_sector_size):
-                if given not in (None, 512):
-                    raise InvalidArgumentError(f"VHD sectors are 512 bytes, not {given}")
-        for what, given, theirs in checks:
-            if given is not None and given != theirs:
+            for what in ("logical sector size", "physical sector size"):
+                if given[what] not in (None, 512):
+                    raise InvalidArgumentError(f"VHD sectors are 512 bytes, not {given[what]}")
+        for what, value in theirs.items():
+            if given[what] is not None and given[what] != value:
                 raise InvalidArgumentError(
-                    f"a child has its parent's {what} ({theirs}), not {given}"
+                    f"a child has its parent's {what} ({value}), not {given[what]}"
                 )
         fmt = ImageFormat(format) if format is not None else format_from_suffix(path)
         if fmt is None or (format is None and fmt is ImageFormat.RAW):
