@@ -20,7 +20,13 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from .constants import VHD_BAT_UNUSED, PayloadState, RunKind
+from .constants import (
+    VHD_BAT_UNUSED,
+    VHDX_BAT_OFFSET_MASK,
+    VHDX_BAT_STATE_MASK,
+    PayloadState,
+    RunKind,
+)
 from .errors import InvalidImageError, UnsupportedFeatureError
 
 __all__ = [
@@ -33,7 +39,9 @@ __all__ = [
     "chunk_ratio",
     "decode_vhd_bat",
     "decode_vhdx_payload_entries",
+    "first_true",
     "vhdx_bat_entry_count",
+    "vhdx_entry_error",
     "vhdx_payload_index",
     "vhdx_sector_bitmap_index",
 ]
@@ -104,6 +112,24 @@ def vhdx_sector_bitmap_index(chunk: int, ratio: int) -> int:
     return (chunk + 1) * ratio + chunk
 
 
+def first_true(mask: npt.NDArray[np.bool_]) -> int | None:
+    """The first position where ``mask`` is true, or None."""
+    hits = np.flatnonzero(mask)
+    return int(hits[0]) if hits.size else None
+
+
+def vhdx_entry_error(
+    message: str, *, bat_offset: int, block: int, ratio: int, field: str = "FileOffsetMB"
+) -> InvalidImageError:
+    """The error about payload block ``block``'s BAT entry (MS-VHDX 2.5), at its offset."""
+    return InvalidImageError(
+        message,
+        structure="BAT",
+        field=field,
+        offset=bat_offset + 8 * vhdx_payload_index(block, ratio),
+    )
+
+
 def decode_vhdx_payload_entries(
     raw: npt.NDArray[np.uint64],
     *,
@@ -133,8 +159,8 @@ def decode_vhdx_payload_entries(
     Raises:
         InvalidImageError: a reserved state, or a data block outside the file.
     """
-    state = (raw & np.uint64(7)).astype(np.int64)
-    offsets = (raw & np.uint64(0xFFFFFFFFFFF00000)).astype(np.int64)
+    state = (raw & np.uint64(VHDX_BAT_STATE_MASK)).astype(np.int64)
+    offsets = (raw & np.uint64(VHDX_BAT_OFFSET_MASK)).astype(np.int64)
     codes = np.full(raw.shape, CODE_UNMAPPED, dtype=np.int64)
     present = (state == PayloadState.FULLY_PRESENT) | (state == PayloadState.PARTIALLY_PRESENT)
     codes[state == PayloadState.ZERO] = CODE_ZERO
@@ -145,13 +171,13 @@ def decode_vhdx_payload_entries(
         codes[absent] = CODE_PARENT
         codes[unmapped] = CODE_ZERO  # UNMAPPED never falls through to the parent (pitfall 7)
     bad = ~(present | absent | unmapped | (state == PayloadState.ZERO))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InvalidImageError(
+    if (i := first_true(bad)) is not None:
+        raise vhdx_entry_error(
             f"payload block {first_block + i} has reserved state {int(state[i])}",
-            structure="BAT",
+            bat_offset=bat_offset,
+            block=first_block + i,
+            ratio=ratio,
             field="State",
-            offset=bat_offset + 8 * vhdx_payload_index(first_block + i, ratio),
         )
     if present.any():
         blocks = np.arange(first_block, first_block + raw.shape[0], dtype=np.int64)
@@ -162,14 +188,13 @@ def decode_vhdx_payload_entries(
         # (and offset + need would overflow int64).
         beyond = offsets > _MAX_FILE_OFFSET - block_size
         out = present & ((offsets < min_data_offset) | past_eof | beyond)
-        if out.any():
-            i = int(np.flatnonzero(out)[0])
-            raise InvalidImageError(
+        if (i := first_true(out)) is not None:
+            raise vhdx_entry_error(
                 f"payload block {first_block + i} points at {int(offsets[i]):#x}, outside the "
                 f"data area of a {file_size:#x}-byte file",
-                structure="BAT",
-                field="FileOffsetMB",
-                offset=bat_offset + 8 * vhdx_payload_index(first_block + i, ratio),
+                bat_offset=bat_offset,
+                block=first_block + i,
+                ratio=ratio,
             )
         codes[present] = offsets[present]
         # In a non-differencing file a partially present block is read as fully
@@ -212,8 +237,7 @@ def decode_vhd_bat(
         data = sectors * 512 + bitmap_size
         need = np.minimum(block_size, virtual_size - blocks * block_size)
         out = used & ((sectors == 0) | ((data + need > file_size) & (not allow_past_eof)))
-        if out.any():
-            i = int(np.flatnonzero(out)[0])
+        if (i := first_true(out)) is not None:
             raise InvalidImageError(
                 f"block {first_block + i} points at sector {int(sectors[i])} "
                 f"({int(sectors[i]) * 512:#x}), beyond the {file_size:#x}-byte file",

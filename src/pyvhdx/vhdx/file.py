@@ -24,8 +24,10 @@ from ..bat import (
     BlockTable,
     chunk_ratio,
     decode_vhdx_payload_entries,
+    first_true,
     lost_totals,
     vhdx_bat_entry_count,
+    vhdx_entry_error,
     vhdx_payload_index,
     vhdx_sector_bitmap_index,
 )
@@ -612,23 +614,22 @@ class VHDXFile(_VHDXWriter, FormatHandler):
         clash = np.flatnonzero(np.diff(sorted_offs) < self.payload_block_size)
         if clash.size:
             a, b = sorted(int(x) for x in idx[order][clash[0] : clash[0] + 2])
-            raise InvalidImageError(
+            raise vhdx_entry_error(
                 f"payload blocks {first + a} and {first + b} overlap in the file at "
                 f"{int(codes[b]):#x}",
-                structure="BAT",
-                field="FileOffsetMB",
-                offset=self.bat_offset + 8 * vhdx_payload_index(first + b, self.chunk_ratio),
+                bat_offset=self.bat_offset,
+                block=first + b,
+                ratio=self.chunk_ratio,
             )
         for start, length, what in self.reserved_spans:
             hit = (codes >= 0) & (offs < start + length) & (offs + self.payload_block_size > start)
-            if hit.any():
-                i = int(np.flatnonzero(hit)[0])
-                raise InvalidImageError(
+            if (i := first_true(hit)) is not None:
+                raise vhdx_entry_error(
                     f"payload block {first + i} at {int(offs[i]):#x} overlaps the {what} "
                     f"at {start:#x}+{length:#x}",
-                    structure="BAT",
-                    field="FileOffsetMB",
-                    offset=self.bat_offset + 8 * vhdx_payload_index(first + i, self.chunk_ratio),
+                    bat_offset=self.bat_offset,
+                    block=first + i,
+                    ratio=self.chunk_ratio,
                 )
 
     # -- reporting -----------------------------------------------------------------------
