@@ -47,7 +47,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO, ClassVar, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -215,6 +215,13 @@ class _Findings:
         repair: str,
     ) -> None:
         self.add(Severity.ERROR, structure, message, offset, field, repair)
+
+    def error_from(
+        self, exc: PyvhdxError, structure: str, what: str, offset: int, *, repair: str
+    ) -> None:
+        """An error ``what: exc``, at the offset and field ``exc`` names (else ``offset``)."""
+        at = exc.offset if exc.offset is not None else offset
+        self.error(structure, f"{what}: {exc}", at, exc.field, repair=repair)
 
     def warning(
         self, structure: str, message: str, offset: int | None = None, field: str | None = None
@@ -480,11 +487,11 @@ class _VHDXChecker:
                 self.source, log_offset=log_offset, log_length=log_length, log_guid=h["log_guid"]
             )
         except PyvhdxError as exc:
-            self.out.error(
+            self.out.error_from(
+                exc,
                 name,
-                f"the pending log cannot be read: {exc}",
-                exc.offset if exc.offset is not None else log_offset,
-                exc.field,
+                "the pending log cannot be read",
+                log_offset,
                 repair="none safe: the log the headers name is damaged; data written just "
                 "before the crash may be lost",
             )
@@ -510,11 +517,11 @@ class _VHDXChecker:
             try:
                 replay_in_memory(self.source, state)
             except PyvhdxError as exc:
-                self.out.error(
+                self.out.error_from(
+                    exc,
                     name,
-                    f"the pending log cannot be replayed: {exc}",
-                    exc.offset if exc.offset is not None else log_offset,
-                    exc.field,
+                    "the pending log cannot be replayed",
+                    log_offset,
                     repair="none safe: the log's descriptors are inconsistent",
                 )
 
@@ -901,9 +908,66 @@ class _Extents:
         return index[hits], start[hits], index[mates], start[mates]
 
 
+class _BatEntries:
+    """What the VHDX and VHD BAT checks share: a finding names an entry by its index."""
+
+    STRUCTURE: ClassVar[str]
+    ENTRY_SIZE: ClassVar[int]  # bytes per BAT entry
+    offset: int  # of the BAT
+    found: _EntryFindings
+
+    def entry_field(self, i: int) -> str:
+        """The field a finding about entry ``i`` names (when the check names none)."""
+        raise NotImplementedError
+
+    def problem(
+        self,
+        i: int,
+        message: str,
+        severity: Severity,
+        repair: str | None,
+        field: str | None = None,
+    ) -> Problem:
+        """A finding about entry ``i``, at its file offset."""
+        where = self.offset + self.ENTRY_SIZE * i
+        field = self.entry_field(i) if field is None else field
+        return Problem(self.STRUCTURE, message, where, field, severity=severity, repair=repair)
+
+    def report(
+        self,
+        kind: str,
+        indexes: I64,
+        severity: Severity,
+        message: Callable[[int], str],
+        field: str | None = None,
+        repair: str | None = None,
+    ) -> None:
+        """Findings ``message(i)`` about the entries ``indexes`` (at most
+        :data:`MAX_FINDINGS_PER_KIND` of each ``kind``)."""
+        self.found.add(
+            kind, indexes, lambda i: self.problem(i, message(i), severity, repair, field)
+        )
+
+    def report_sharing(
+        self, kind: str, index: I64, message: Callable[[int], str], repair: Callable[[int], str]
+    ) -> None:
+        """Errors for the entries ``index`` whose blocks share file space (``message(k)``
+        tells the ``k``-th of them, ``repair(i)`` how to fix entry ``i``)."""
+        self.found.add(
+            kind,
+            np.arange(index.shape[0]),
+            lambda k: self.problem(
+                int(index[k]), message(k), Severity.ERROR, repair(int(index[k]))
+            ),
+        )
+
+
 @dataclasses.dataclass
-class _VHDXBat:
+class _VHDXBat(_BatEntries):
     """The BAT checks of MS-VHDX 2.5.1, applied chunk by chunk of entries."""
+
+    STRUCTURE = "BAT"
+    ENTRY_SIZE = 8
 
     offset: int
     block_size: int
@@ -920,30 +984,13 @@ class _VHDXBat:
     partial_chunks: list[I64] = dataclasses.field(default_factory=list)
     bitmap_chunks: list[I64] = dataclasses.field(default_factory=list)
 
-    def where(self, i: int) -> int:
-        return self.offset + 8 * i
+    def entry_field(self, i: int) -> str:
+        return "FileOffsetMB"
 
     def name(self, i: int) -> str:
         if i % (self.ratio + 1) == self.ratio:
             return f"sector bitmap entry {i} (chunk {i // (self.ratio + 1)})"
         return f"payload block {i - i // (self.ratio + 1)} (entry {i})"
-
-    def report(
-        self,
-        kind: str,
-        indexes: I64,
-        severity: Severity,
-        message: Callable[[int], str],
-        fld: str,
-        repair: str | None = None,
-    ) -> None:
-        self.found.add(
-            kind,
-            indexes,
-            lambda i: Problem(
-                "BAT", message(i), self.where(i), fld, severity=severity, repair=repair
-            ),
-        )
 
     def check_chunk(self, i0: int, raw: npt.NDArray[np.uint64]) -> None:
         """Check entries ``i0 .. i0 + len(raw) - 1``."""
@@ -1120,17 +1167,13 @@ class _VHDXBat:
                 "the other"
             )
 
-        self.found.add(
+        self.report_sharing(
             "data blocks sharing file space",
-            np.arange(index.shape[0]),
-            lambda k: Problem(
-                "BAT",
-                shared(k),
-                self.where(int(index[k])),
-                "FileOffsetMB",
-                severity=Severity.ERROR,
-                repair=f"copy the shared block to new space at the end of the file and point "
-                f"{self.name(int(index[k]))} there (which of the two owned it first is unknown)",
+            index,
+            shared,
+            lambda i: (
+                "copy the shared block to new space at the end of the file and point "
+                f"{self.name(i)} there (which of the two owned it first is unknown)"
             ),
         )
         if self.differencing and self.partial_chunks:
@@ -1329,8 +1372,11 @@ class _VHDChecker:
 
 
 @dataclasses.dataclass
-class _VHDBat:
+class _VHDBat(_BatEntries):
     """The BAT checks of a dynamic VHD, applied chunk by chunk of entries."""
+
+    STRUCTURE = "VHD BAT"
+    ENTRY_SIZE = 4
 
     offset: int
     needed: int
@@ -1343,26 +1389,8 @@ class _VHDBat:
     allocated: int = 0
     kept: _Extents = dataclasses.field(default_factory=_Extents)
 
-    def report(
-        self,
-        kind: str,
-        indexes: I64,
-        severity: Severity,
-        message: Callable[[int], str],
-        repair: str | None = None,
-    ) -> None:
-        self.found.add(
-            kind,
-            indexes,
-            lambda i: Problem(
-                "VHD BAT",
-                message(i),
-                self.offset + 4 * i,
-                f"BAT[{i}]",
-                severity=severity,
-                repair=repair,
-            ),
-        )
+    def entry_field(self, i: int) -> str:
+        return f"BAT[{i}]"
 
     def check_chunk(self, i0: int, raw: npt.NDArray[np.uint32]) -> None:
         """Check entries ``i0 .. i0 + len(raw) - 1``."""
@@ -1398,8 +1426,8 @@ class _VHDBat:
                 f"block {i} at sector {int(raw[i - i0])} ({at(i)}, bitmap included) "
                 f"ends beyond the data area, which ends at {self.data_end:#x} (truncated?)"
             ),
-            "extend the file with zeros to the block's end and rewrite the footer after it "
-            "(the missing data is lost), or mark the entry unused",
+            repair="extend the file with zeros to the block's end and rewrite the footer after "
+            "it (the missing data is lost), or mark the entry unused",
         )
         ok = used & ~past
 
@@ -1410,8 +1438,8 @@ class _VHDBat:
                 hits,
                 Severity.ERROR,
                 partial(self._overlap_message, at, f"the {what} at {s:#x}+{ln:#x}"),
-                f"mark the entry unused (the block and the {what} share bytes; the block's data "
-                "is lost)",
+                repair=f"mark the entry unused (the block and the {what} share bytes; the "
+                "block's data is lost)",
             )
         self.kept.keep(idx[ok], start[ok], end[ok])
 
@@ -1421,17 +1449,13 @@ class _VHDBat:
 
     def finish(self) -> None:
         index, message = self.kept.sharing(lambda i: f"block {i}")
-        self.found.add(
+        self.report_sharing(
             "blocks sharing file space",
-            np.arange(index.shape[0]),
-            lambda k: Problem(
-                "VHD BAT",
-                message(k),
-                self.offset + 4 * int(index[k]),
-                f"BAT[{int(index[k])}]",
-                severity=Severity.ERROR,
-                repair=f"copy the shared block to new space before the footer and point block "
-                f"{int(index[k])} there (which of the two owned it first is unknown)",
+            index,
+            message,
+            lambda i: (
+                f"copy the shared block to new space before the footer and point block {i} "
+                "there (which of the two owned it first is unknown)"
             ),
         )
         self.found.summarize()
