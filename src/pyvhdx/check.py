@@ -57,6 +57,7 @@ from .bat import chunk_ratio, vhdx_bat_entry_count
 from .constants import VHD_DYNAMIC_HEADER_SIZE, VHD_FOOTER_SIZE, VHDDiskType
 from .errors import ParentError, PyvhdxError
 from .image import DiskImage, detect_format, open_image
+from .info import kebab_fields
 from .problems import Problem, Severity
 from .source import FileSource
 from .structures import parse
@@ -166,16 +167,11 @@ class CheckReport:
     def to_dict(self) -> dict[str, Any]:
         """What ``pyvhdx check --json`` prints."""
         d: dict[str, Any] = {
-            "filename": self.filename,
-            "format": self.format,
-            "disk-type": self.disk_type,
-            "virtual-size": self.virtual_size,
-            "file-size": self.file_size,
+            **kebab_fields(self, "filename", "format", "disk_type", "virtual_size", "file_size"),
             "cluster-size": self.block_size,
             "total-clusters": self.total_blocks,
             "allocated-clusters": self.allocated_blocks,
-            "image-end-offset": self.image_end_offset,
-            "opened": self.opened,
+            **kebab_fields(self, "image_end_offset", "opened"),
             "check-errors": len(self.errors),
             "warnings": len(self.warnings),
             "findings": [f.to_dict() for f in self.findings],

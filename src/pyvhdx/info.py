@@ -13,7 +13,7 @@ from typing import Any
 
 from .problems import Problem
 
-__all__ = ["AllocationSummary", "ImageInfo", "Problem"]
+__all__ = ["AllocationSummary", "ImageInfo", "Problem", "kebab_fields"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +36,12 @@ class AllocationSummary:
             "parent-blocks": self.parent_blocks,
             "partial-blocks": self.partial_blocks,
         }
+
+
+def kebab_fields(obj: object, *names: str) -> dict[str, Any]:
+    """The attributes ``names`` of ``obj`` keyed as JSON output keys them: the
+    field name in kebab case (``disk_type`` -> ``disk-type``)."""
+    return {name.replace("_", "-"): getattr(obj, name) for name in names}
 
 
 def _jsonable(value: Any) -> Any:
@@ -92,21 +98,13 @@ class ImageInfo:
     def to_dict(self) -> dict[str, Any]:
         """Kebab-case dict, as ``pyvhdx info --json`` prints it."""
         d: dict[str, Any] = {
-            "filename": self.filename,
-            "format": self.format,
-            "disk-type": self.disk_type,
-            "virtual-size": self.virtual_size,
-            "file-size": self.file_size,
+            **kebab_fields(self, "filename", "format", "disk_type", "virtual_size", "file_size"),
             "actual-size": self.allocated_size,
             "cluster-size": self.block_size,
-            "logical-sector-size": self.logical_sector_size,
-            "physical-sector-size": self.physical_sector_size,
-            "creator": self.creator,
+            **kebab_fields(self, "logical_sector_size", "physical_sector_size", "creator"),
             "identifier": _jsonable(self.identifier),
             "dirty-flag": self.dirty,
-            "log-replayed": self.log_replayed,
-            "header-copy": self.header_copy,
-            "region-table-copy": self.region_table_copy,
+            **kebab_fields(self, "log_replayed", "header_copy", "region_table_copy"),
             "failed-copies": list(self.failed_copies),
             "problems": [p.to_dict() for p in self.problems],
         }
