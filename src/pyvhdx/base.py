@@ -57,6 +57,11 @@ class FormatHandler:
         self.strict = strict
         self.writable = writable
         self.salvage = salvage
+        self._load()
+
+    def _load(self) -> None:
+        """Read the image's structures, the options set (a format's handler may
+        do it here instead of after calling this constructor)."""
 
     def _note_lost(self, codes: Any, first: int, file_size: int, bat_entry: Any) -> None:
         """Blocks whose data lies past the end of the file (a truncated image).

@@ -118,20 +118,19 @@ class Destination:
     mode: int | None
 
 
+#: File types (``stat.S_IFMT``) as destination kinds; any other is OTHER (doors, whiteouts).
+_KINDS: Final = {
+    stat.S_IFREG: DestinationKind.REGULAR,
+    stat.S_IFBLK: DestinationKind.BLOCK_DEVICE,
+    stat.S_IFCHR: DestinationKind.CHARACTER_DEVICE,
+    stat.S_IFIFO: DestinationKind.FIFO,
+    stat.S_IFSOCK: DestinationKind.SOCKET,
+    stat.S_IFDIR: DestinationKind.DIRECTORY,
+}
+
+
 def _kind(mode: int) -> DestinationKind:
-    if stat.S_ISREG(mode):
-        return DestinationKind.REGULAR
-    if stat.S_ISBLK(mode):
-        return DestinationKind.BLOCK_DEVICE
-    if stat.S_ISCHR(mode):
-        return DestinationKind.CHARACTER_DEVICE
-    if stat.S_ISFIFO(mode):
-        return DestinationKind.FIFO
-    if stat.S_ISSOCK(mode):
-        return DestinationKind.SOCKET
-    if stat.S_ISDIR(mode):
-        return DestinationKind.DIRECTORY
-    return DestinationKind.OTHER  # pragma: no cover - doors, whiteouts
+    return _KINDS.get(stat.S_IFMT(mode), DestinationKind.OTHER)
 
 
 def inspect_destination(path: str | os.PathLike[str]) -> Destination:

@@ -39,7 +39,6 @@ from ..errors import (
     UnsupportedFeatureError,
 )
 from ..info import Problem
-from ..source import FileSource
 from ..structures import parse
 from ..structures.vhdx import FILE_PARAMETERS
 from .layout import (
@@ -48,6 +47,7 @@ from .layout import (
     MetadataItem,
     RegionEntry,
     RegionTableCopy,
+    header_field_error,
     parse_parent_locator,
     read_file_identifier,
     read_header,
@@ -83,21 +83,10 @@ class VHDXFile(_VHDXWriter, FormatHandler):
 
     supports_write = True
 
-    def __init__(
-        self,
-        source: FileSource,
-        *,
-        strict: bool = False,
-        writable: bool = False,
-        salvage: bool = False,
-    ) -> None:
-        super().__init__()
-        self.salvage = salvage
-        self.source = source
-        self.writable = writable
-        self.strict = strict
+    def _load(self) -> None:
+        """Open the image (the constructor's arguments are FormatHandler's)."""
         self.format = ImageFormat.VHDX
-        self.file_size = source.physical_size
+        self.file_size = self.source.physical_size
         self._read_file_identifier()
         self.header = self._choose_header()
         self.log_state: LogState | None = None
@@ -112,7 +101,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
                 field=self.problems[0].field,
                 offset=self.problems[0].offset,
             )
-        if writable:
+        if self.writable:
             self._init_writer()
 
     def close(self) -> None:
@@ -174,11 +163,11 @@ class VHDXFile(_VHDXWriter, FormatHandler):
 
     def _validate_header_fields(self, h: dict[str, Any], offset: int) -> None:
         if h["log_version"] != 0:
-            raise UnsupportedFeatureError(
+            raise header_field_error(
                 f"log version {h['log_version']} (only 0 is defined)",
-                structure=f"header {self.header_copy}",
-                field="LogVersion",
-                offset=offset + 64,
+                self.header_copy or 1,
+                "LogVersion",
+                UnsupportedFeatureError,
             )
         log_offset, log_length = h["log_offset"], h["log_length"]
         where = {"structure": f"header {self.header_copy}", "offset": offset}
@@ -205,11 +194,10 @@ class VHDXFile(_VHDXWriter, FormatHandler):
         if h["log_guid"] == K.NIL_GUID:
             return
         if h["log_length"] == 0:
-            raise InvalidImageError(
+            raise header_field_error(
                 "the header names a log (LogGuid is set) but the log has no length",
-                structure=f"header {self.header_copy}",
-                field="LogLength",
-                offset=K.VHDX_HEADER_OFFSETS[(self.header_copy or 1) - 1] + 68,
+                self.header_copy or 1,
+                "LogLength",
             )
         from ..log import load_log, replay_in_memory
 
@@ -602,35 +590,41 @@ class VHDXFile(_VHDXWriter, FormatHandler):
         return False, f"{'; '.join(seen) or 'no parent_linkage'} != parent DataWriteGuid {{{want}}}"
 
     def _check_overlaps(self, codes: np.ndarray, first: int) -> None:
-        """Payload blocks may not overlap the log or a region (SPEC-NOTES pitfall 10)."""
+        """Payload blocks may not overlap each other, the log or a region (SPEC-NOTES
+        pitfall 10)."""
+        found = self._first_overlap(codes, first)
+        if found is not None:
+            block, message = found
+            raise vhdx_entry_error(
+                message, bat_offset=self.bat_offset, block=block, ratio=self.chunk_ratio
+            )
+
+    def _first_overlap(self, codes: np.ndarray, first: int) -> tuple[int, str] | None:
+        """The first block of ``codes`` (block ``first`` on) that overlaps another
+        block of them, the log or a region, and what it overlaps."""
         present = (codes >= 0) | (codes == CODE_PARTIAL)
         if not present.any():
-            return
-        offs = codes
+            return None
         # two blocks sharing file space (checked within each decoded chunk)
         idx = np.flatnonzero(codes >= 0)
         order = np.argsort(codes[idx], kind="stable")
-        sorted_offs = codes[idx][order]
-        clash = np.flatnonzero(np.diff(sorted_offs) < self.payload_block_size)
+        clash = np.flatnonzero(np.diff(codes[idx][order]) < self.payload_block_size)
         if clash.size:
             a, b = sorted(int(x) for x in idx[order][clash[0] : clash[0] + 2])
-            raise vhdx_entry_error(
+            return first + b, (
                 f"payload blocks {first + a} and {first + b} overlap in the file at "
-                f"{int(codes[b]):#x}",
-                bat_offset=self.bat_offset,
-                block=first + b,
-                ratio=self.chunk_ratio,
+                f"{int(codes[b]):#x}"
             )
         for start, length, what in self.reserved_spans:
-            hit = (codes >= 0) & (offs < start + length) & (offs + self.payload_block_size > start)
+            hit = (
+                (codes >= 0) & (codes < start + length) & (codes + self.payload_block_size > start)
+            )
             if (i := first_true(hit)) is not None:
-                raise vhdx_entry_error(
-                    f"payload block {first + i} at {int(offs[i]):#x} overlaps the {what} "
-                    f"at {start:#x}+{length:#x}",
-                    bat_offset=self.bat_offset,
-                    block=first + i,
-                    ratio=self.chunk_ratio,
+                return first + i, (
+                    f"payload block {first + i} at {int(codes[i]):#x} overlaps the {what} "
+                    f"at {start:#x}+{length:#x}"
                 )
+        return None
 
     # -- reporting -----------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from ..checksum import crc32c_with_zeroed_field
 from ..constants import (
@@ -38,7 +38,7 @@ from ..constants import (
     VHDX_SIGNATURE,
     MiB,
 )
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, InvalidImageError, PyvhdxError
 from ..info import Problem
 from ..source import FileSource
 from ..structures import parse
@@ -54,6 +54,7 @@ from ..structures.vhdx import (
 )
 
 __all__ = [
+    "HEADER_FIELD_OFFSETS",
     "META_IS_REQUIRED",
     "META_IS_USER",
     "META_IS_VIRTUAL_DISK",
@@ -66,6 +67,7 @@ __all__ = [
     "ParentLocator",
     "RegionEntry",
     "RegionTableCopy",
+    "header_field_error",
     "parse_parent_locator",
     "read_file_identifier",
     "read_header",
@@ -104,6 +106,29 @@ class Defect:
 
     def problem(self) -> Problem:
         return Problem(self.structure, self.message, self.offset, self.field)
+
+
+#: MS-VHDX 2.2.2: where each field of a header starts in it, by its spec name.
+HEADER_FIELD_OFFSETS: Final = {
+    "Signature": 0,
+    "Checksum": 4,
+    "SequenceNumber": 8,
+    "FileWriteGuid": 16,
+    "DataWriteGuid": 32,
+    "LogGuid": 48,
+    "LogVersion": 64,
+    "Version": 66,
+    "LogLength": 68,
+    "LogOffset": 72,
+}
+
+
+def header_field_error(
+    message: str, index: int, field: str, error: type[PyvhdxError] = InvalidImageError
+) -> PyvhdxError:
+    """The error about ``field`` of header ``index`` (1 or 2), at the field's offset."""
+    offset = VHDX_HEADER_OFFSETS[index - 1] + HEADER_FIELD_OFFSETS[field]
+    return error(message, structure=f"header {index}", field=field, offset=offset)
 
 
 def _checksum_defect(structure: str, offset: int, stored: int, computed: int) -> Defect:

@@ -35,7 +35,13 @@ from ..errors import (
 )
 from ..log import build_log_entry
 from ..source import FileSource
-from .layout import MetadataItem, RegionEntry, vhdx_header, vhdx_parent_locator
+from .layout import (
+    MetadataItem,
+    RegionEntry,
+    header_field_error,
+    vhdx_header,
+    vhdx_parent_locator,
+)
 
 __all__ = ["MAX_REPLAYED_FILE_SIZE"]
 
@@ -100,21 +106,19 @@ class _VHDXWriter:
         current = self.header_copy or 1
         if self.header["sequence_number"] > _MAX_WRITABLE_SEQUENCE:
             # each header update adds 2: a session could wrap the u64 (MS-VHDX 2.2.2)
-            raise InvalidImageError(
+            raise header_field_error(
                 f"header SequenceNumber {self.header['sequence_number']:#x} is too close to "
                 "2**64 for writes: updating the headers would wrap it",
-                structure=f"header {current}",
-                field="SequenceNumber",
-                offset=VHDX_HEADER_OFFSETS[current - 1] + 8,
+                current,
+                "SequenceNumber",
             )
         if self.header["log_length"] < MiB:
             # every BAT change goes through a log entry (MS-VHDX 2.3): no room, no writes
-            raise InvalidImageError(
+            raise header_field_error(
                 f"header LogLength {self.header['log_length']:#x} leaves no room for the "
                 "log entries that writes go through",
-                structure=f"header {current}",
-                field="LogLength",
-                offset=VHDX_HEADER_OFFSETS[current - 1] + 68,
+                current,
+                "LogLength",
             )
         if self.source.overlay is not None:
             self._commit_overlay()
