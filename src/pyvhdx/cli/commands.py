@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 from ..constants import DiskType, ImageFormat, RunKind
 from ..errors import PyvhdxError
@@ -81,6 +81,7 @@ def _layout_options(
     return [
         _arg(
             "--type",
+            dest="disk_type",
             choices=["dynamic", "fixed"],
             default=disk_type,
             help="dynamic (blocks allocated on write; the default) or fixed",
@@ -105,6 +106,15 @@ def _layout_options(
             help="VHDX physical sector size (default 4096)",
         ),
     ]
+
+
+#: The destinations (library argument names) of :func:`_layout_options`.
+_LAYOUT_DESTS: Final = ("disk_type", "block_size", "logical_sector_size", "physical_sector_size")
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The options ``names`` of ``args``, as keyword arguments of the same names."""
+    return {name: getattr(args, name) for name in names}
 
 
 def _add_parser(
@@ -173,9 +183,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         size = pyvhdx.create(
             args.file,
             args.size,
-            block_size=args.block_size,
-            logical_sector_size=args.logical_sector_size,
-            overwrite=args.overwrite,
+            **_given(args, "block_size", "logical_sector_size", "overwrite"),
             **options,
         )
     except FileExistsError as exc:
@@ -221,7 +229,7 @@ def _create_options(args: argparse.Namespace) -> dict[str, Any] | None:
         raise CommandError("a VHD has no physical sector size: --physical-sector-size is VHDX only")
     options: dict[str, Any] = {
         "format": fmt,
-        "disk_type": args.type or ("fixed" if args.azure else "dynamic"),
+        "disk_type": args.disk_type or ("fixed" if args.azure else "dynamic"),
         "preallocate": args.preallocate,
         "azure": args.azure,
     }
@@ -235,7 +243,7 @@ def _child_options(args: argparse.Namespace) -> dict[str, Any] | None:
     fixed_only = [
         name
         for name, given in (
-            ("--type", args.type),
+            ("--type", args.disk_type),
             ("--azure", args.azure),
             ("--preallocate", args.preallocate),
         )
@@ -670,14 +678,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
             args.source,
             args.destination,
             format=args.output_format,
-            disk_type=args.type,
-            block_size=args.block_size,
-            logical_sector_size=args.logical_sector_size,
-            physical_sector_size=args.physical_sector_size,
             src_format=args.format,
-            force=args.force,
             progress=want_progress(args.progress),
-            sync=args.sync,
+            **_given(args, *_LAYOUT_DESTS, "force", "sync"),
         )
     except FileExistsError as exc:
         raise CommandError(f"{args.destination}: exists (use --force to replace it)") from exc
