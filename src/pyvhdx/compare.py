@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterator
-from typing import BinaryIO, Final, Literal, NamedTuple
+from typing import Any, BinaryIO, Final, Literal, NamedTuple
 
 import numpy as np
 
@@ -326,18 +326,12 @@ def find_difference(
             img_a.close()
 
 
-def compare_images(
-    a: ImageArg,
-    b: ImageArg,
-    *,
-    strict: bool = False,
-    format_a: str | ImageFormat | None = None,
-    format_b: str | ImageFormat | None = None,
-) -> int | None:
+def compare_images(a: ImageArg, b: ImageArg, **options: Any) -> int | None:
     """The offset of the first differing byte of two images' contents, or None if equal.
 
-    See :func:`find_difference` for the arguments; with ``strict``, the offset
-    of a size or allocation difference is returned too.
+    The arguments are :func:`find_difference`'s (``strict``, ``format_a``,
+    ``format_b``, ``chunk_size``); with ``strict``, the offset of a size or
+    allocation difference is returned too.
     """
-    diff = find_difference(a, b, strict=strict, format_a=format_a, format_b=format_b)
+    diff = find_difference(a, b, **options)
     return None if diff is None else diff.offset

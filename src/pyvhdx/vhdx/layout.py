@@ -189,8 +189,23 @@ def vhdx_file_identifier(creator: str) -> bytes:
 # -- 2.2.2 headers -------------------------------------------------------------------
 
 
+class _Copy:
+    """What a copy of a redundant structure (a header, a region table) tells of its defects."""
+
+    defects: list[Defect]
+
+    @property
+    def valid(self) -> bool:
+        return not self.defects
+
+    @property
+    def error(self) -> str | None:
+        """The first defect's message (the reason a reader skips this copy)."""
+        return self.defects[0].message if self.defects else None
+
+
 @dataclasses.dataclass
-class HeaderCopy:
+class HeaderCopy(_Copy):
     """One of the two headers, as found (MS-VHDX 2.2.2).
 
     ``fields`` holds every field whatever the signature says (None when the
@@ -212,11 +227,6 @@ class HeaderCopy:
     @property
     def valid(self) -> bool:
         return self.fields is not None and not self.defects
-
-    @property
-    def error(self) -> str | None:
-        """The first defect's message (the reason a reader skips this copy)."""
-        return self.defects[0].message if self.defects else None
 
 
 def read_header(source: FileSource, index: int) -> HeaderCopy:
@@ -308,7 +318,7 @@ class RegionEntry:
 
 
 @dataclasses.dataclass
-class RegionTableCopy:
+class RegionTableCopy(_Copy):
     """One of the two region tables, as found (MS-VHDX 2.2.3).
 
     ``entries`` are parsed whenever the signature is right and EntryCount is in
@@ -328,14 +338,6 @@ class RegionTableCopy:
     @property
     def parsed(self) -> bool:
         return not any(d.code in ("truncated", "signature", "entry-count") for d in self.defects)
-
-    @property
-    def valid(self) -> bool:
-        return not self.defects
-
-    @property
-    def error(self) -> str | None:
-        return self.defects[0].message if self.defects else None
 
 
 def read_region_table(source: FileSource, index: int) -> RegionTableCopy:
