@@ -39,7 +39,7 @@ from ..constants import (
     MiB,
 )
 from ..errors import InvalidArgumentError, InvalidImageError, PyvhdxError
-from ..info import Problem
+from ..info import Problem, kebab_fields
 from ..source import FileSource
 from ..structures import parse
 from ..structures.vhdx import (
@@ -308,13 +308,8 @@ class RegionEntry:
         return KNOWN_REGIONS.get(self.guid, "unknown")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "guid": str(self.guid),
-            "name": self.name,
-            "file-offset": self.file_offset,
-            "length": self.length,
-            "required": self.required,
-        }
+        fields = kebab_fields(self, "name", "file_offset", "length", "required")
+        return {"guid": str(self.guid), **fields}
 
 
 @dataclasses.dataclass
@@ -426,15 +421,10 @@ class MetadataItem:
         return self.item_id in KNOWN_METADATA
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "item-id": str(self.item_id),
-            "name": self.name,
-            "offset": self.offset,
-            "length": self.length,
-            "is-user": self.is_user,
-            "is-virtual-disk": self.is_virtual_disk,
-            "is-required": self.is_required,
-        }
+        fields = kebab_fields(
+            self, "name", "offset", "length", "is_user", "is_virtual_disk", "is_required"
+        )
+        return {"item-id": str(self.item_id), **fields}
 
 
 @dataclasses.dataclass
