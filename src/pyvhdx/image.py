@@ -13,7 +13,7 @@ import os
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, NamedTuple, TypeVar, overload
 
 import numpy as np
 
@@ -78,6 +78,34 @@ def _zero_fill(mv: memoryview) -> None:
 _ZEROS = memoryview(bytes(128 * 1024))
 
 
+_T = TypeVar("_T")
+
+
+class _HandlerAttribute(Generic[_T]):
+    """A read-only attribute of a :class:`DiskImage` that is its handler's
+    attribute (of the same name unless ``name`` is given)."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = self.name or name
+
+    @overload
+    def __get__(self, image: None, owner: type) -> _HandlerAttribute[_T]: ...
+    @overload
+    def __get__(self, image: DiskImage, owner: type) -> _T: ...
+    def __get__(self, image: DiskImage | None, owner: type) -> _T | _HandlerAttribute[_T]:
+        if image is None:
+            return self
+        assert self.name is not None
+        value: _T = getattr(image._h, self.name)
+        return value
+
+    def __set__(self, image: DiskImage, value: object) -> None:
+        raise AttributeError(f"{self.name} is read-only")
+
+
 class DiskImage:
     """An open virtual disk image of any format.
 
@@ -115,34 +143,15 @@ class DiskImage:
         """The format object (``VHDXFile``, ``VHDFile`` or ``RawFile``)."""
         return self._h
 
-    @property
-    def format(self) -> ImageFormat:
-        return self._h.format
-
-    @property
-    def disk_type(self) -> DiskType:
-        return self._h.disk_type
-
-    @property
-    def virtual_size(self) -> int:
-        return self._h.virtual_size
-
-    @property
-    def size(self) -> int:
-        """Alias of :attr:`virtual_size` (for dfvfs/pytsk3-style callers)."""
-        return self._h.virtual_size
-
-    @property
-    def block_size(self) -> int | None:
-        return self._h.block_size
-
-    @property
-    def logical_sector_size(self) -> int:
-        return self._h.logical_sector_size
-
-    @property
-    def physical_sector_size(self) -> int:
-        return self._h.physical_sector_size
+    # The handler's facts, read-only (FormatHandler documents them).
+    format = _HandlerAttribute[ImageFormat]()
+    disk_type = _HandlerAttribute[DiskType]()
+    virtual_size = _HandlerAttribute[int]()
+    #: Alias of :attr:`virtual_size` (for dfvfs/pytsk3-style callers).
+    size = _HandlerAttribute[int]("virtual_size")
+    block_size = _HandlerAttribute["int | None"]()
+    logical_sector_size = _HandlerAttribute[int]()
+    physical_sector_size = _HandlerAttribute[int]()
 
     @property
     def name(self) -> str:
