@@ -81,6 +81,11 @@ class Runs(NamedTuple):
     def __len__(self) -> int:  # number of runs
         return int(self.start.shape[0])
 
+    def rows(self) -> Iterator[tuple[int, int, int, int]]:
+        """Each run as Python ints: ``(start, length, kind, file_offset)``."""
+        columns = (self.start, self.length, self.kind, self.file_offset)
+        return zip(*(column.tolist() for column in columns), strict=True)
+
 
 # --- VHDX (MS-VHDX 2.5) ---------------------------------------------------------
 

@@ -340,13 +340,7 @@ class DiskImage:
     def _read_runs(self, offset: int, mv: memoryview) -> None:
         """General path: map the range to runs and serve each one."""
         runs = self._table.map(offset, len(mv))
-        for start, length, kind, foff in zip(
-            runs.start.tolist(),
-            runs.length.tolist(),
-            runs.kind.tolist(),
-            runs.file_offset.tolist(),
-            strict=True,
-        ):
+        for start, length, kind, foff in runs.rows():
             sub = mv[start - offset : start - offset + length]
             if kind == RunKind.DATA:
                 self._read_data(sub, foff)
@@ -381,13 +375,7 @@ class DiskImage:
         while pos < end:
             stop = min(end, (pos // window + 1) * window)
             runs = self._table.map(pos, stop - pos)
-            for s, ln, k, f in zip(
-                runs.start.tolist(),
-                runs.length.tolist(),
-                runs.kind.tolist(),
-                runs.file_offset.tolist(),
-                strict=True,
-            ):
+            for s, ln, k, f in runs.rows():
                 if (
                     pending is not None
                     and pending[2] == k
