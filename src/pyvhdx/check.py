@@ -60,10 +60,6 @@ from .image import DiskImage, detect_format, open_image
 from .info import kebab_fields
 from .problems import Problem, Severity
 from .source import FileSource
-from .structures import parse
-from .structures.vhdx import (
-    FILE_PARAMETERS,
-)
 from .vhd.file import choose_footer
 from .vhd.layout import (
     DynamicHeader,
@@ -728,7 +724,7 @@ class _VHDXChecker:
         if data is None:
             return False
         at = table.offset + table.known[K.META_FILE_PARAMETERS].offset
-        params = parse(FILE_PARAMETERS, data[:8], structure="file parameters", offset=at)
+        params = vhdx_layout.parse_file_parameters(data, at)
         bs = int(params.block_size)
         ok = bs > 0 and bs & (bs - 1) == 0 and K.VHDX_MIN_BLOCK_SIZE <= bs <= K.VHDX_MAX_BLOCK_SIZE
         if not ok:

@@ -53,31 +53,10 @@ from .constants import (
 )
 from .errors import InvalidImageError, PyvhdxError, PyvhdxWarning
 from .image import detect_format
-from .log import LogState, load_log, replay_in_memory
+from .log import LogState, load_log, parse_entry_header, replay_in_memory
 from .source import FileSource, data_spans
-from .structures.vhdx import (
-    FILE_PARAMETERS,
-    LOG_ENTRY_HEADER,
-)
+from .vhd import layout as vhd_layout
 from .vhd.file import choose_footer
-from .vhd.layout import (
-    FEATURE_TEMPORARY,
-    CHSGeometry,
-    DynamicHeader,
-    FooterCopy,
-    Footers,
-    LocatorEntry,
-    bat_chunks,
-    chs_geometry,
-    fourcc,
-    header_offset_problem,
-    read_dynamic_header,
-    read_footers,
-    timestamp_text,
-    version_text,
-    vhd_bat_bytes,
-    vhd_bitmap_size,
-)
 from .vhdx import layout as vhdx_layout
 from .vhdx.layout import (
     HeaderCopy,
@@ -518,7 +497,9 @@ class _VHDXInspector:
                 pos = chunk_pos + i
                 if chunk[i : i + 4] != b"loge" or pos in valid_at:
                     continue
-                h = LOG_ENTRY_HEADER.parse(chunk[i : i + 64])
+                h = parse_entry_header(chunk[i : i + 64])
+                if h is None:
+                    continue
                 item: dict[str, Any] = {
                     "log-offset": pos,
                     "sequence-number": h.sequence_number,
@@ -712,14 +693,14 @@ class _VHDXInspector:
 
         if item_id == K.META_FILE_PARAMETERS:
             need(8)
-            fp = FILE_PARAMETERS.parse(data[:8])
+            fp = vhdx_layout.parse_file_parameters(data, offset)
             params["block-size"] = fp.block_size
-            params["has-parent"] = bool(fp.flags & 2)
-            params["leave-block-allocated"] = bool(fp.flags & 1)
+            params["has-parent"] = fp.has_parent
+            params["leave-block-allocated"] = fp.leave_block_allocated
             return {
                 "block-size": fp.block_size,
-                "leave-block-allocated": bool(fp.flags & 1),
-                "has-parent": bool(fp.flags & 2),
+                "leave-block-allocated": fp.leave_block_allocated,
+                "has-parent": fp.has_parent,
                 "flags": fp.flags,
             }
         if item_id == K.META_VIRTUAL_DISK_SIZE:
@@ -1063,9 +1044,9 @@ class _VHDInspector(_FileRanges):
 
     def __init__(self, source: FileSource, report: dict[str, Any], scan: bool) -> None:
         super().__init__(source, report, scan)
-        self.footer: FooterCopy | None = None  # the copy in use
+        self.footer: vhd_layout.FooterCopy | None = None  # the copy in use
         self.data_end = self.size
-        self.hdr: DynamicHeader | None = None
+        self.hdr: vhd_layout.DynamicHeader | None = None
 
     def run(self) -> None:
         r = self.report
@@ -1077,12 +1058,12 @@ class _VHDInspector(_FileRanges):
     # -- footer ---------------------------------------------------------------------
 
     @staticmethod
-    def _footer(copy: FooterCopy) -> dict[str, Any]:
+    def _footer(copy: vhd_layout.FooterCopy) -> dict[str, Any]:
         f = copy.fields
         geometry = f.disk_geometry
-        chs = CHSGeometry(geometry.cylinders, geometry.heads, geometry.sectors_per_track)
+        chs = vhd_layout.CHSGeometry(geometry.cylinders, geometry.heads, geometry.sectors_per_track)
         current = int(f.current_size)
-        expected = chs_geometry(current // VHD_SECTOR_SIZE)
+        expected = vhd_layout.chs_geometry(current // VHD_SECTOR_SIZE)
         return {
             "where": copy.where,
             "offset": copy.offset,
@@ -1091,14 +1072,14 @@ class _VHDInspector(_FileRanges):
             "in-use": False,
             "cookie": copy.raw[:8].decode("latin-1"),
             "features": f.features,
-            "temporary": bool(f.features & FEATURE_TEMPORARY),
-            "file-format-version": version_text(f.file_format_version),
+            "temporary": bool(f.features & vhd_layout.FEATURE_TEMPORARY),
+            "file-format-version": vhd_layout.version_text(f.file_format_version),
             "data-offset": f.data_offset,
             "time-stamp": f.time_stamp,
-            "time-stamp-utc": timestamp_text(f.time_stamp),
-            "creator-application": fourcc(bytes(f.creator_application)),
-            "creator-version": version_text(f.creator_version),
-            "creator-host-os": fourcc(bytes(f.creator_host_os)),
+            "time-stamp-utc": vhd_layout.timestamp_text(f.time_stamp),
+            "creator-application": vhd_layout.fourcc(bytes(f.creator_application)),
+            "creator-version": vhd_layout.version_text(f.creator_version),
+            "creator-host-os": vhd_layout.fourcc(bytes(f.creator_host_os)),
             "original-size": f.original_size,
             "current-size": current,
             "disk-geometry": {
@@ -1120,7 +1101,7 @@ class _VHDInspector(_FileRanges):
         }
 
     def footers(self) -> None:
-        found = read_footers(self.source)
+        found = vhd_layout.read_footers(self.source)
         self.data_end = found.data_end
         copies = self._footer_copies(found)
         self.report["footer-in-use"] = None
@@ -1134,7 +1115,7 @@ class _VHDInspector(_FileRanges):
         if found.start is not None:
             self.ref(0, VHD_FOOTER_SIZE)
 
-    def _footer_copies(self, found: Footers) -> list[dict[str, Any]]:
+    def _footer_copies(self, found: vhd_layout.Footers) -> list[dict[str, Any]]:
         """Both copies in the report (``footers``), and the fields in which they differ."""
         gone = found.problem("footer.truncated") or found.problem("footer.missing")
         notes = (None if gone is None else gone.message, found.start_note)
@@ -1158,10 +1139,10 @@ class _VHDInspector(_FileRanges):
         f = self.footer
         if f is None or not f.sparse:
             return
-        wrong = header_offset_problem(f, self.data_end)
+        wrong = vhd_layout.header_offset_problem(f, self.data_end)
         if wrong is not None:
             raise InvalidImageError(wrong.message, structure="VHD footer", field=wrong.field)
-        hdr = read_dynamic_header(
+        hdr = vhd_layout.read_dynamic_header(
             self.source,
             int(f.fields.data_offset),
             virtual_size=int(f.fields.current_size),
@@ -1175,7 +1156,7 @@ class _VHDInspector(_FileRanges):
             "cookie-valid": hdr.cookie_ok,
             "data-offset": h.data_offset,
             "table-offset": h.table_offset,
-            "header-version": version_text(h.header_version),
+            "header-version": vhd_layout.version_text(h.header_version),
             "max-table-entries": h.max_table_entries,
             "block-size": h.block_size,
             "checksum": hdr.stored_checksum,
@@ -1183,7 +1164,7 @@ class _VHDInspector(_FileRanges):
             "checksum-valid": hdr.checksum_ok,
             "parent-unique-id": str(h.parent_unique_id),
             "parent-time-stamp": h.parent_time_stamp,
-            "parent-time-stamp-utc": timestamp_text(h.parent_time_stamp),
+            "parent-time-stamp-utc": vhd_layout.timestamp_text(h.parent_time_stamp),
             "parent-unicode-name": hdr.parent_name,
             "reserved1": _reserved(bytes(h.reserved1)),
             "reserved2": _reserved(bytes(h.reserved2)),
@@ -1191,7 +1172,7 @@ class _VHDInspector(_FileRanges):
         self.ref(hdr.offset, VHD_DYNAMIC_HEADER_SIZE)
         self.report["parent-locators"] = [self._locator(loc) for loc in hdr.locators]
 
-    def _locator(self, loc: LocatorEntry) -> dict[str, Any]:
+    def _locator(self, loc: vhd_layout.LocatorEntry) -> dict[str, Any]:
         """A parent locator entry and its data (VHD spec, Parent Locator Entry)."""
         d: dict[str, Any] = {
             "index": loc.index,
@@ -1240,7 +1221,7 @@ class _VHDInspector(_FileRanges):
         if bad is not None:
             raise InvalidImageError(bad.message, structure=bad.structure, field=bad.field)
         bs, entries, table = hdr.block_size, hdr.max_table_entries, hdr.table_offset
-        bitmap = vhd_bitmap_size(bs)
+        bitmap = vhd_layout.vhd_bitmap_size(bs)
         d: dict[str, Any] = {
             "offset": table,
             "entry-count": entries,
@@ -1252,10 +1233,10 @@ class _VHDInspector(_FileRanges):
         readable = min(entries, max(0, (self.data_end - table) // 4))
         if readable < entries:
             d["error"] = f"only {readable} of {entries} entries lie inside the file"
-        self.ref(table, vhd_bat_bytes(readable))
+        self.ref(table, vhd_layout.vhd_bat_bytes(readable))
         alloc = _Allocation(bs, current, self.data_end, extent=bitmap + bs, data_skip=bitmap)
         zero_pointers = 0
-        for i0, raw in bat_chunks(self.source, table, readable, strict=False):
+        for i0, raw in vhd_layout.bat_chunks(self.source, table, readable, strict=False):
             used = raw != np.uint32(VHD_BAT_UNUSED)
             idx = np.arange(i0, i0 + raw.shape[0], dtype=np.int64)
             offsets = raw[used].astype(np.int64) * VHD_SECTOR_SIZE

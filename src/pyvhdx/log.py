@@ -204,11 +204,18 @@ def _data_sector_ok(buf: bytearray | bytes, off: int, seq: int) -> bool:
     )
 
 
+def parse_entry_header(header: bytes) -> Any | None:
+    """A log entry header (MS-VHDX 2.3.1.1) as parsed, or None if it does not parse."""
+    try:
+        return LOG_ENTRY_HEADER.parse(header)
+    except ConstructError:
+        return None
+
+
 def _entry_header(header: bytes, region: _LogRegion, log_guid: uuid.UUID) -> Any | None:
     """The parsed entry header (MS-VHDX 2.3.1.1) if its fields can start a valid entry."""
-    try:
-        hdr = LOG_ENTRY_HEADER.parse(header)
-    except ConstructError:
+    hdr = parse_entry_header(header)
+    if hdr is None:
         return None
     length: int = hdr.entry_length
     if hdr.log_guid != log_guid or hdr.sequence_number == 0:

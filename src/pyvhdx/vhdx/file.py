@@ -39,8 +39,6 @@ from ..errors import (
     UnsupportedFeatureError,
 )
 from ..info import Problem
-from ..structures import parse
-from ..structures.vhdx import FILE_PARAMETERS
 from .layout import (
     Defect,
     HeaderCopy,
@@ -48,6 +46,7 @@ from .layout import (
     RegionEntry,
     RegionTableCopy,
     header_field_error,
+    parse_file_parameters,
     parse_parent_locator,
     read_file_identifier,
     read_header,
@@ -354,7 +353,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
     def _decode_metadata(self) -> None:
         base = self.regions[K.REGION_METADATA].file_offset
         fp_item = self._item(K.META_FILE_PARAMETERS, 8)
-        fp = parse(FILE_PARAMETERS, fp_item.data[:8], structure="file parameters", offset=base)
+        fp = parse_file_parameters(fp_item.data, base)
 
         def where(item: MetadataItem, field: str) -> dict[str, Any]:
             return {
@@ -372,8 +371,8 @@ class VHDXFile(_VHDXWriter, FormatHandler):
                 **where(fp_item, "BlockSize"),
             )
         self.block_size = self.payload_block_size = fp.block_size
-        self.leave_block_allocated = bool(fp.flags & 1)
-        self.has_parent = bool(fp.flags & 2)
+        self.leave_block_allocated = fp.leave_block_allocated
+        self.has_parent = fp.has_parent
 
         vs_item = self._item(K.META_VIRTUAL_DISK_SIZE, 8)
         ls_item = self._item(K.META_LOGICAL_SECTOR_SIZE, 4)

@@ -44,6 +44,7 @@ from ..source import FileSource
 from ..structures import parse
 from ..structures.vhdx import (
     FILE_IDENTIFIER,
+    FILE_PARAMETERS,
     HEADER,
     METADATA_ENTRY,
     METADATA_TABLE_HEADER,
@@ -60,6 +61,7 @@ __all__ = [
     "META_IS_VIRTUAL_DISK",
     "Defect",
     "FileIdentifier",
+    "FileParameters",
     "HeaderCopy",
     "LocatorEntry",
     "MetadataItem",
@@ -68,6 +70,7 @@ __all__ = [
     "RegionEntry",
     "RegionTableCopy",
     "header_field_error",
+    "parse_file_parameters",
     "parse_parent_locator",
     "read_file_identifier",
     "read_header",
@@ -741,3 +744,25 @@ def vhdx_parent_locator(entries: Sequence[tuple[str, str]]) -> bytes:
             )
         )
     return bytes(head + blob)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileParameters:
+    """The file parameters metadata item (MS-VHDX 2.6.2.1)."""
+
+    block_size: int
+    flags: int
+
+    @property
+    def leave_block_allocated(self) -> bool:
+        return bool(self.flags & 1)
+
+    @property
+    def has_parent(self) -> bool:
+        return bool(self.flags & 2)
+
+
+def parse_file_parameters(data: bytes, offset: int) -> FileParameters:
+    """The first 8 bytes of the file parameters item at file ``offset``."""
+    fp = parse(FILE_PARAMETERS, data[:8], structure="file parameters", offset=offset)
+    return FileParameters(int(fp.block_size), int(fp.flags))
