@@ -34,7 +34,7 @@ from typing import Any, TextIO
 
 from .._version import __version__
 from ..errors import PyvhdxError
-from .commands import SUBCOMMANDS, cmd_create
+from .commands import SUBCOMMANDS
 from .common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -43,32 +43,18 @@ from .common import (
     PROG,
     CommandError,
     error,
-    one_line,
     parse_size,
+    report_error,
 )
-from .render import (
-    format_size,
-    print_json,
-    print_lines,
-    render_fields,
-    table_lines,
-    transposed_lines,
-)
-from .reports import check_lines, info_rows, inspect_lines, map_entry
+from .render import format_size, render_fields, table_lines, transposed_lines
+from .reports import inspect_lines
 
-__all__ = [
-    "CommandError",
+__all__ = [  # what tests and the ``pyvhdx`` script import
     "build_parser",
-    "check_lines",
-    "cmd_create",
     "format_size",
-    "info_rows",
     "inspect_lines",
     "main",
-    "map_entry",
     "parse_size",
-    "print_json",
-    "print_lines",
     "render_fields",
     "table_lines",
     "transposed_lines",
@@ -110,11 +96,8 @@ def _warning_printer(debug: bool) -> Callable[..., None]:
         file: TextIO | None = None,
         line: str | None = None,
     ) -> None:
-        text = f"{PROG}: warning: {one_line(str(message))}"
-        if debug:
-            text += f" ({category.__name__} at {filename}:{lineno})"
-        with contextlib.suppress(OSError):
-            print(text, file=sys.stderr)
+        where = f" ({category.__name__} at {filename}:{lineno})" if debug else ""
+        error(f"{message}{where}", "warning")
 
     return show
 
@@ -215,13 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             _silence_stdout()
             return EXIT_FAILURE
         except (CommandError, PyvhdxError, OSError) as exc:
-            if debug:
-                traceback.print_exc()
-            elif isinstance(exc, OSError) and exc.strerror:
-                name = f"{exc.filename}: " if exc.filename else ""
-                error(f"{name}{exc.strerror}")
-            else:
-                error(str(exc))
+            report_error(exc, debug)
             return EXIT_FAILURE
         except KeyboardInterrupt as exc:
             if debug:

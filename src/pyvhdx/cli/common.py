@@ -14,31 +14,13 @@ from ..constants import ImageFormat
 from ..errors import PyvhdxError
 from ..image import DiskImage, open_image
 
-__all__ = [
-    "EXIT_CANNOT_RUN",
-    "EXIT_FAILURE",
-    "EXIT_INTERRUPTED",
-    "EXIT_OK",
-    "EXIT_USAGE",
-    "PROG",
-    "CommandError",
-    "add_format_option",
-    "add_image_options",
-    "add_progress_option",
-    "cannot_run",
-    "error",
-    "one_line",
-    "open_image_for",
-    "parse_size",
-    "want_progress",
-]
-
 PROG = "pyvhdx"
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # image problem, failed check
 EXIT_USAGE = 2  # argparse's own code for usage errors
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_CANNOT_RUN = 2  # check and compare: the operation could not run (qemu-img's 2)
 
 
 class CommandError(Exception):
@@ -144,17 +126,20 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
-EXIT_CANNOT_RUN = 2  # check and compare: the operation could not run (qemu-img's 2)
-
-
-def cannot_run(exc: BaseException, args: argparse.Namespace) -> int:
-    """Report why a check or compare could not run (one line, or the traceback)."""
-    if getattr(args, "debug", False):
+def report_error(exc: BaseException, debug: bool) -> None:
+    """One ``pyvhdx: error:`` line for ``exc`` (an OSError as ``file: strerror``), or the
+    traceback with ``debug``."""
+    if debug:
         traceback.print_exc()
     elif isinstance(exc, OSError) and exc.strerror:
         error(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror}")
     else:
         error(str(exc))
+
+
+def cannot_run(exc: BaseException, args: argparse.Namespace) -> int:
+    """Report why a check or compare could not run (exit 2, as qemu-img)."""
+    report_error(exc, bool(getattr(args, "debug", False)))
     return EXIT_CANNOT_RUN
 
 
@@ -162,9 +147,9 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def error(message: str) -> None:
+def error(message: str, kind: str = "error") -> None:
     with contextlib.suppress(OSError):
-        print(f"{PROG}: error: {one_line(message)}", file=sys.stderr)
+        print(f"{PROG}: {kind}: {one_line(message)}", file=sys.stderr)
 
 
 def want_progress(flag: bool | None) -> bool:
