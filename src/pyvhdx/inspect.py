@@ -53,7 +53,8 @@ from .constants import (
 )
 from .errors import InvalidImageError, PyvhdxError, PyvhdxWarning
 from .image import detect_format
-from .log import LogState, load_log, parse_entry_header, replay_in_memory
+from .info import kebab_fields
+from .log import LogEntry, LogState, load_log, parse_entry_header, replay_in_memory
 from .source import FileSource, data_spans
 from .vhd import layout as vhd_layout
 from .vhd.file import choose_footer
@@ -442,6 +443,12 @@ class _VHDXInspector:
             if log_length:
                 d["error"] = f"log region {log_offset:#x}+{log_length:#x} is not inside the file"
             return
+        self._log_entries(d, log_offset, log_length, log_guid)
+
+    def _log_entries(
+        self, d: dict[str, Any], log_offset: int, log_length: int, log_guid: uuid.UUID
+    ) -> None:
+        """The log's entries, its active sequence and the replay it implies (MS-VHDX 2.3.3)."""
         state: LogState | None = None
         if log_guid != _NIL:
             try:
@@ -450,36 +457,16 @@ class _VHDXInspector:
                 )
             except PyvhdxError as exc:
                 d["error"] = str(exc)
-        active = {e.log_offset for e in state.active} if state else set()
-        entries = []
-        for e in state.entries if state else []:
-            entries.append(
-                {
-                    "log-offset": e.log_offset,
-                    "file-offset": e.file_offset,
-                    "sequence-number": e.sequence_number,
-                    "tail": e.tail,
-                    "entry-length": e.entry_length,
-                    "descriptor-count": e.descriptor_count,
-                    "zero-descriptors": len(e.zero_descriptors),
-                    "data-descriptors": len(e.data_descriptors),
-                    "flushed-file-offset": e.flushed_file_offset,
-                    "last-file-offset": e.last_file_offset,
-                    "active": e.log_offset in active,
-                }
-            )
-        d["entries"] = entries
-        d["active-sequence"] = [e.sequence_number for e in state.active] if state else []
-        valid_at = {e.log_offset for e in state.entries} if state else set()
+        entries, active = (state.entries, state.active) if state else ([], [])
+        active_at = {e.log_offset for e in active}
+        d["entries"] = [_log_entry_dict(e, e.log_offset in active_at) for e in entries]
+        d["active-sequence"] = [e.sequence_number for e in active]
+        valid_at = {e.log_offset for e in entries}
         d["other-entries"] = self._stale_entries(log_offset, log_length, log_guid, valid_at)
-        if state is not None and state.active:
+        if state is not None and active:
             self.log_state = state
-            head = state.active[-1]
-            d["head"] = {
-                "sequence-number": head.sequence_number,
-                "flushed-file-offset": head.flushed_file_offset,
-                "last-file-offset": head.last_file_offset,
-            }
+            fields = ("sequence_number", "flushed_file_offset", "last_file_offset")
+            d["head"] = kebab_fields(active[-1], *fields)
             d["replay"] = self._replay(state)
         elif log_guid != _NIL and "error" not in d:
             d["error"] = "LogGuid is set but the log holds no valid sequence to replay"
@@ -755,11 +742,9 @@ class _VHDXInspector:
 
     # -- MS-VHDX 2.5 ------------------------------------------------------------------
 
-    def bat(self) -> None:
-        region = self.bat_region
+    def _bat_geometry(self) -> tuple[int, int, int, int, bool]:
+        """Block size, virtual size, sector size and chunk ratio the BAT needs (MS-VHDX 2.5)."""
         p = self.params
-        if region is None:
-            raise InvalidImageError("the region table has no BAT region", structure="region table")
         needed = ("block-size", "virtual-size", "logical-sector-size")
         if p is None or any(k not in p for k in needed):
             raise InvalidImageError(
@@ -772,23 +757,27 @@ class _VHDXInspector:
             raise InvalidImageError(
                 f"block size {bs} or logical sector size {lss} is invalid", structure="metadata"
             )
-        differencing = bool(p.get("has-parent"))
         ratio = chunk_ratio(lss, bs)
         if ratio <= 0:
             raise InvalidImageError(f"chunk ratio of block size {bs} is 0", structure="metadata")
+        return bs, vsize, lss, ratio, bool(p.get("has-parent"))
+
+    def bat(self) -> None:
+        region = self.bat_region
+        if region is None:
+            raise InvalidImageError("the region table has no BAT region", structure="region table")
+        bs, vsize, lss, ratio, differencing = self._bat_geometry()
         count = vhdx_bat_entry_count(vsize, bs, lss, differencing)
-        payload_blocks = -(-vsize // bs)
         bat_offset = region["file-offset"]
+        fixed = self.params is not None and self.params.get("leave-block-allocated")
         d: dict[str, Any] = {
             "offset": bat_offset,
             "region-length": region["length"],
             "entry-count": count,
             "chunk-ratio": ratio,
             "block-size": bs,
-            "payload-blocks": payload_blocks,
-            "disk-type": "differencing"
-            if differencing
-            else ("fixed" if p.get("leave-block-allocated") else "dynamic"),
+            "payload-blocks": -(-vsize // bs),
+            "disk-type": "differencing" if differencing else ("fixed" if fixed else "dynamic"),
         }
         self.report["bat"] = d
         # data_size, not size: a replayed log may extend the file with zeros far out
@@ -796,13 +785,38 @@ class _VHDXInspector:
         readable = min(count, region["length"] // 8, max(0, (end - bat_offset) // 8))
         if readable < count:
             d["error"] = f"only {readable} of {count} entries lie inside the BAT region and file"
-        pstates = np.zeros(8, dtype=np.int64)
-        sstates = np.zeros(8, dtype=np.int64)
         payload = _Allocation(bs, vsize, self.source.size)
         # A chunk's sector bitmap block covers ratio payload blocks of data.
         bitmaps = _Allocation(
             bs * ratio, vsize, self.source.size, extent=K.VHDX_SECTOR_BITMAP_BLOCK_SIZE
         )
+        pstates, sstates, stale_count, stale, sb_list = self._bat_scan(
+            bat_offset, readable, ratio, payload, bitmaps
+        )
+        d["payload-states"] = {
+            _PAYLOAD_STATE_NAMES[s]: int(c) for s, c in enumerate(pstates.tolist()) if c
+        }
+        d["sector-bitmap-states"] = {
+            _SB_STATE_NAMES.get(s, f"reserved-{s}"): int(c)
+            for s, c in enumerate(sstates.tolist())
+            if c
+        }
+        payload.summary(d)
+        d["stale-offsets"] = {"count": stale_count, "examples": stale}
+        d["sector-bitmap-blocks"] = sb_list
+        if bitmaps.count > LIST_LIMIT:
+            d["sector-bitmap-blocks-omitted"] = bitmaps.count - LIST_LIMIT
+        if self.log_state is not None:
+            d["changed-by-log-replay"] = self._bat_changes(bat_offset, readable, ratio)
+        self.block_refs.extend((payload.union, bitmaps.union))
+        self.bat_ok = True
+
+    def _bat_scan(
+        self, bat_offset: int, readable: int, ratio: int, payload: _Allocation, bitmaps: _Allocation
+    ) -> tuple[Any, Any, int, list[dict[str, Any]], list[dict[str, int]]]:
+        """Decode the BAT in chunks (MS-VHDX 2.5.1): state counts, allocations, examples."""
+        pstates = np.zeros(8, dtype=np.int64)
+        sstates = np.zeros(8, dtype=np.int64)
         sb_list: list[dict[str, int]] = []
         stale: list[dict[str, Any]] = []
         stale_count = 0
@@ -826,45 +840,24 @@ class _VHDXInspector:
             # Entries that are not present but keep an offset (MS-VHDX 2.5.1: it
             # must be 0): they may point at old data.
             stale_mask = ~alloc & (poffs != 0)
-            n_stale = int(np.count_nonzero(stale_mask))
-            if n_stale:
-                stale_count += n_stale
-                for j in np.flatnonzero(stale_mask)[: _EXAMPLES - len(stale)].tolist():
-                    stale.append(
-                        {
-                            "block": int(pblock[j]),
-                            "state": _PAYLOAD_STATE_NAMES[int(pstate[j])],
-                            "file-offset": int(poffs[j]),
-                        }
-                    )
+            stale_count += int(np.count_nonzero(stale_mask))
+            for j in np.flatnonzero(stale_mask)[: _EXAMPLES - len(stale)].tolist():
+                stale.append(
+                    {
+                        "block": int(pblock[j]),
+                        "state": _PAYLOAD_STATE_NAMES[int(pstate[j])],
+                        "file-offset": int(poffs[j]),
+                    }
+                )
             sstate, soffs = state[is_sb], offs[is_sb]
             sstates += np.bincount(sstate, minlength=8)
             spresent = sstate == SectorBitmapState.PRESENT
             chunks = idx[is_sb][spresent] // (ratio + 1)
             bitmaps.add(chunks, soffs[spresent])
-            for c, o in zip(
-                chunks[: LIST_LIMIT - len(sb_list)].tolist(),
-                soffs[spresent][: LIST_LIMIT - len(sb_list)].tolist(),
-                strict=True,
-            ):
+            room = LIST_LIMIT - len(sb_list)
+            for c, o in zip(chunks[:room].tolist(), soffs[spresent][:room].tolist(), strict=True):
                 sb_list.append({"chunk": c, "file-offset": o})
-        d["payload-states"] = {
-            _PAYLOAD_STATE_NAMES[s]: int(c) for s, c in enumerate(pstates.tolist()) if c
-        }
-        d["sector-bitmap-states"] = {
-            _SB_STATE_NAMES.get(s, f"reserved-{s}"): int(c)
-            for s, c in enumerate(sstates.tolist())
-            if c
-        }
-        payload.summary(d)
-        d["stale-offsets"] = {"count": stale_count, "examples": stale}
-        d["sector-bitmap-blocks"] = sb_list
-        if bitmaps.count > LIST_LIMIT:
-            d["sector-bitmap-blocks-omitted"] = bitmaps.count - LIST_LIMIT
-        if self.log_state is not None:
-            d["changed-by-log-replay"] = self._bat_changes(bat_offset, readable, ratio)
-        self.block_refs.extend((payload.union, bitmaps.union))
-        self.bat_ok = True
+        return pstates, sstates, stale_count, stale, sb_list
 
     def _bat_changes(self, bat_offset: int, count: int, ratio: int) -> dict[str, Any]:
         """BAT entries whose value the log replay changes: old and new state and offset."""
@@ -914,6 +907,18 @@ def _bat_value(value: int, sector_bitmap: bool) -> dict[str, Any]:
     return {
         "state": names.get(state, f"reserved-{state}"),
         "file-offset": value & K.VHDX_BAT_OFFSET_MASK,
+    }
+
+
+def _log_entry_dict(e: LogEntry, active: bool) -> dict[str, Any]:
+    """One log entry of the loaded log (MS-VHDX 2.3.1)."""
+    return {
+        **kebab_fields(e, "log_offset", "file_offset", "sequence_number", "tail"),
+        **kebab_fields(e, "entry_length", "descriptor_count"),
+        "zero-descriptors": len(e.zero_descriptors),
+        "data-descriptors": len(e.data_descriptors),
+        **kebab_fields(e, "flushed_file_offset", "last_file_offset"),
+        "active": active,
     }
 
 
