@@ -17,21 +17,6 @@ from typing import Any, TextIO
 
 import numpy as np
 
-__all__ = [
-    "INDENT",
-    "Row",
-    "cell",
-    "format_size",
-    "key_label",
-    "print_json",
-    "print_lines",
-    "printable",
-    "render_fields",
-    "scalar",
-    "table_lines",
-    "transposed_lines",
-]
-
 INDENT = "    "
 _SIZE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 

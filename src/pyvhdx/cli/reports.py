@@ -18,54 +18,43 @@ from .render import INDENT, Row, cell, format_size, key_label, printable, render
 if TYPE_CHECKING:
     from ..merge import MergeResult
 
-__all__ = [
-    "check_lines",
-    "created_rows",
-    "info_rows",
-    "inspect_lines",
-    "map_entry",
-    "map_json",
-    "map_table",
-    "merge_rows",
-    "merged_map_entries",
-]
-
 _IDENTIFIER_LABELS = {"vhdx": "page 83 id", "vhd": "unique id"}
+
+
+def _size(size: int | None) -> str | None:
+    return None if size is None else format_size(size)
+
+
+def _present(rows: list[tuple[str, Any]]) -> list[Row]:
+    """The rows whose value is not None (fields the image does not have are left out)."""
+    return [(label, value) for label, value in rows if value is not None]
 
 
 def info_rows(info: ImageInfo) -> list[Row]:
     """The human ``pyvhdx info`` report as rows for :func:`render_fields`."""
-    rows: list[Row] = [
-        ("image", info.filename),
-        ("file format", info.format),
-        ("disk type", info.disk_type),
-        ("virtual size", format_size(info.virtual_size)),
-        ("file size", format_size(info.file_size)),
-    ]
-    if info.block_size is not None:
-        rows.append(("block size", format_size(info.block_size)))
-    rows += [
-        ("logical sector size", format_size(info.logical_sector_size)),
-        ("physical sector size", format_size(info.physical_sector_size)),
-    ]
-    if info.creator is not None:
-        rows.append(("creator", info.creator))
-    if info.identifier is not None:
-        rows.append((_IDENTIFIER_LABELS.get(info.format, "identifier"), str(info.identifier)))
-    rows.append(("log replayed", info.log_replayed))
-    if info.header_copy is not None:
-        rows.append(("header copy", info.header_copy))
-    if info.region_table_copy is not None:
-        rows.append(("region table copy", info.region_table_copy))
-    rows.append(("failed copies", [str(c) for c in info.failed_copies]))
-    rows.append(("problems", [str(p) for p in info.problems]))
-    if info.allocation is not None:
-        rows.append(("allocation", info.allocation.to_dict()))
-    if info.parent is not None:
-        rows.append(("parent", info.parent))
-    if info.format_specific:
-        rows.append(("format specific information", info.format_specific))
-    return rows
+    identifier = None if info.identifier is None else str(info.identifier)
+    return _present(
+        [
+            ("image", info.filename),
+            ("file format", info.format),
+            ("disk type", info.disk_type),
+            ("virtual size", format_size(info.virtual_size)),
+            ("file size", format_size(info.file_size)),
+            ("block size", _size(info.block_size)),
+            ("logical sector size", format_size(info.logical_sector_size)),
+            ("physical sector size", format_size(info.physical_sector_size)),
+            ("creator", info.creator),
+            (_IDENTIFIER_LABELS.get(info.format, "identifier"), identifier),
+            ("log replayed", info.log_replayed),
+            ("header copy", info.header_copy),
+            ("region table copy", info.region_table_copy),
+            ("failed copies", [str(c) for c in info.failed_copies]),
+            ("problems", [str(p) for p in info.problems]),
+            ("allocation", None if info.allocation is None else info.allocation.to_dict()),
+            ("parent", info.parent),
+            ("format specific information", info.format_specific or None),
+        ]
+    )
 
 
 def check_lines(report: Any) -> list[str]:
@@ -285,40 +274,36 @@ def created_rows(
     info: ImageInfo, size: int, requested: int | None, parent: str | None
 ) -> list[Row]:
     """The human ``pyvhdx create`` report: what was made (``parent``: a child of it)."""
-    rows: list[Row] = [
-        ("created", info.filename),
-        ("file format", info.format),
-        ("disk type", info.disk_type),
-    ]
-    if parent is not None:
-        rows.append(("parent", parent))
-    rows.append(("virtual size", format_size(size)))
-    if parent is None and requested is not None and size != requested:
-        rows.append(("requested size", format_size(requested)))
-    if info.block_size is not None:
-        rows.append(("block size", format_size(info.block_size)))
-    rows += [
-        ("logical sector size", format_size(info.logical_sector_size)),
-        ("physical sector size", format_size(info.physical_sector_size)),
-        ("file size", format_size(info.file_size)),
-    ]
-    if parent is None and info.creator is not None:
-        rows.append(("creator", info.creator))
-    if parent is not None and info.parent is not None:
-        rows.append(("parent locator", info.parent))
-    return rows
+    base = parent is None
+    return _present(
+        [
+            ("created", info.filename),
+            ("file format", info.format),
+            ("disk type", info.disk_type),
+            ("parent", parent),
+            ("virtual size", format_size(size)),
+            ("requested size", _size(requested) if base and requested != size else None),
+            ("block size", _size(info.block_size)),
+            ("logical sector size", format_size(info.logical_sector_size)),
+            ("physical sector size", format_size(info.physical_sector_size)),
+            ("file size", format_size(info.file_size)),
+            ("creator", info.creator if base else None),
+            ("parent locator", None if base else info.parent),
+        ]
+    )
 
 
 def merge_rows(result: MergeResult) -> list[Row]:
     """The human ``pyvhdx merge`` report."""
-    rows: list[Row] = [
-        ("merged", str(result.child)),
-        ("into", str(result.parent)),
-        ("bytes merged", format_size(result.bytes_merged)),
-        ("child", "deleted" if result.child_deleted else "kept (it no longer matches its parent)"),
-    ]
-    if result.resumed:
-        rows.append(("resumed", "yes: an interrupted merge of this child was finished"))
-    if result.reparented:
-        rows.append(("re-parented", [str(p) for p in result.reparented]))
-    return rows
+    kept = "kept (it no longer matches its parent)"
+    resumed = "yes: an interrupted merge of this child was finished"
+    return _present(
+        [
+            ("merged", str(result.child)),
+            ("into", str(result.parent)),
+            ("bytes merged", format_size(result.bytes_merged)),
+            ("child", "deleted" if result.child_deleted else kept),
+            ("resumed", resumed if result.resumed else None),
+            ("re-parented", [str(p) for p in result.reparented] or None),
+        ]
+    )
