@@ -1,8 +1,8 @@
-"""The subcommands: ``cmd_<name>(args) -> int`` and its argparse parser.
+"""The subcommands: ``cmd_<name>(args) -> int``, each with its argparse parser.
 
-Adding a subcommand: write ``cmd_<name>(args) -> int`` and
-``_add_<name>_parser(subparsers, common)``, and list the latter in
-:data:`SUBCOMMANDS`. Reports are built in :mod:`pyvhdx.cli.reports`.
+Adding a subcommand: write ``cmd_<name>(args) -> int``, decorate it with
+:func:`_subcommand` (its parser) and name it in :data:`SUBCOMMANDS`. Reports
+are built in :mod:`pyvhdx.cli.reports`.
 """
 
 from __future__ import annotations
@@ -46,10 +46,7 @@ from .reports import (
     merge_rows,
 )
 
-__all__ = ["SUBCOMMANDS", "cmd_create"]
-
-
-# -- parsers: each option declared once, added by _add_parser ----------------------------
+# -- parsers: each option declared once, added by _subcommand ----------------------------
 
 _Option = Callable[[argparse.ArgumentParser], Any]
 
@@ -86,11 +83,7 @@ def _layout_options(
             default=disk_type,
             help="dynamic (blocks allocated on write; the default) or fixed",
         ),
-        _size_arg(
-            "--block-size",
-            metavar="SIZE",
-            help=block_size_help,
-        ),
+        _size_arg("--block-size", metavar="SIZE", help=block_size_help),
         _arg(
             "--logical-sector-size",
             type=int,
@@ -117,26 +110,42 @@ def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names}
 
 
-def _add_parser(
-    sub: Any,
-    common: argparse.ArgumentParser,
-    func: Callable[[argparse.Namespace], int],
-    name: str,
-    *,
-    help: str,
-    description: str,
-    epilog: str | None = None,
-    options: Sequence[_Option],
-) -> None:
-    """The subparser ``name`` running ``func``, with ``common``'s options and ``options``."""
-    parser = sub.add_parser(
-        name, parents=[common], help=help, description=description, epilog=epilog
-    )
-    for add in options:
-        add(parser)
-    parser.set_defaults(func=func)
+_Command = Callable[[argparse.Namespace], int]
+_FORMATS: Final = [f.value for f in ImageFormat]
+_ADDERS: dict[str, Callable[[Any, argparse.ArgumentParser], None]] = {}
 
 
+def _subcommand(
+    name: str, *, help: str, description: str, epilog: str | None = None, options: Sequence[_Option]
+) -> Callable[[_Command], _Command]:
+    """Register ``cmd_<name>`` as the subcommand ``name``: its parser has the options
+    shared by all (``common``, given when the parser is built) and ``options``."""
+
+    def register(func: _Command) -> _Command:
+        def add(sub: Any, common: argparse.ArgumentParser) -> None:
+            parser = sub.add_parser(
+                name, parents=[common], help=help, description=description, epilog=epilog
+            )
+            for option in options:
+                option(parser)
+            parser.set_defaults(func=func)
+
+        _ADDERS[name] = add
+        return func
+
+    return register
+
+
+@_subcommand(
+    "info",
+    help="show what an image is and how it is laid out",
+    description="Show the format, sizes, identity, header and region table copies, "
+    "problems, allocation and parent locator of an image.",
+    options=[
+        add_image_options,
+        _flag("--json", "print JSON (keys as qemu-img info --output=json where they exist)"),
+    ],
+)
 def cmd_info(args: argparse.Namespace) -> int:
     """``pyvhdx info``: what the image is, which copies were used, what is wrong."""
     args.allow_missing_parent = True  # describe the child even when its parent is gone
@@ -149,28 +158,48 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_info_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    _add_parser(
-        sub,
-        common,
-        cmd_info,
-        "info",
-        help="show what an image is and how it is laid out",
-        description="Show the format, sizes, identity, header and region table copies, "
-        "problems, allocation and parent locator of an image.",
-        options=[
-            add_image_options,
-            _flag("--json", "print JSON (keys as qemu-img info --output=json where they exist)"),
-        ],
-    )
-
-
 def _name_format(path: str) -> str | None:
     """The image format the file name gives (``.vhdx``/``.avhdx``, ``.vhd``/``.avhd``)."""
     fmt = format_from_suffix(path)
     return fmt.value if fmt in (ImageFormat.VHDX, ImageFormat.VHD) else None
 
 
+@_subcommand(
+    "create",
+    help="create an empty VHDX or VHD image",
+    description="Create an empty image. The format comes from -f or the file name "
+    "(.vhdx/.avhdx: VHDX, .vhd/.avhd: VHD). Sizes take binary suffixes: 512, 4K, 10M, "
+    "64G, 1T. With --parent BASE, create a differencing child of BASE (a checkpoint "
+    "disk): its size, sector sizes and format are BASE's, its block size 2M; do not "
+    "write to BASE afterwards (merge the child into it instead).",
+    options=[
+        _arg("file", metavar="FILE", help="the new image file"),
+        _arg(
+            "size",
+            metavar="SIZE",
+            type=parse_size,
+            nargs="?",
+            help="virtual size (e.g. 10G); with --parent, the parent's (optional)",
+        ),
+        _arg(
+            "--parent",
+            metavar="BASE",
+            help="make a differencing child of this VHDX or VHD (same format)",
+        ),
+        _arg("-f", "--format", choices=["vhdx", "vhd"], help="image format"),
+        *_layout_options(
+            disk_type=None,
+            block_size_help="block size of a dynamic image (default VHDX 32M, VHD 2M) "
+            "or a child (2M)",
+            logical_sector_size=None,
+            physical_sector_size=None,
+        ),
+        _flag("--preallocate", "write out the data area of a fixed image"),
+        _flag("--azure", "an Azure-ready fixed VHD: size rounded up to a whole MiB, 20M to 32T"),
+        _flag("--overwrite", "replace an existing file"),
+        _flag("--json", "print what was made as JSON"),
+    ],
+)
 def cmd_create(args: argparse.Namespace) -> int:
     """``pyvhdx create``: make an empty VHDX or VHD (or a differencing child of
     ``--parent``, whose size, sector sizes and format are the parent's) and describe it."""
@@ -274,50 +303,31 @@ def _note_parent_elsewhere(child: str, parent: str) -> None:
             )
 
 
-def _add_create_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    _add_parser(
-        sub,
-        common,
-        cmd_create,
-        "create",
-        help="create an empty VHDX or VHD image",
-        description="Create an empty image. The format comes from -f or the file name "
-        "(.vhdx/.avhdx: VHDX, .vhd/.avhd: VHD). Sizes take binary suffixes: 512, 4K, 10M, "
-        "64G, 1T. With --parent BASE, create a differencing child of BASE (a checkpoint "
-        "disk): its size, sector sizes and format are BASE's, its block size 2M; do not "
-        "write to BASE afterwards (merge the child into it instead).",
-        options=[
-            _arg("file", metavar="FILE", help="the new image file"),
-            _arg(
-                "size",
-                metavar="SIZE",
-                type=parse_size,
-                nargs="?",
-                help="virtual size (e.g. 10G); with --parent, the parent's (optional)",
-            ),
-            _arg(
-                "--parent",
-                metavar="BASE",
-                help="make a differencing child of this VHDX or VHD (same format)",
-            ),
-            _arg("-f", "--format", choices=["vhdx", "vhd"], help="image format"),
-            *_layout_options(
-                disk_type=None,
-                block_size_help="block size of a dynamic image (default VHDX 32M, VHD 2M) "
-                "or a child (2M)",
-                logical_sector_size=None,
-                physical_sector_size=None,
-            ),
-            _flag("--preallocate", "write out the data area of a fixed image"),
-            _flag(
-                "--azure", "an Azure-ready fixed VHD: size rounded up to a whole MiB, 20M to 32T"
-            ),
-            _flag("--overwrite", "replace an existing file"),
-            _flag("--json", "print what was made as JSON"),
-        ],
-    )
-
-
+@_subcommand(
+    "merge",
+    help="merge a differencing disk (a checkpoint) into its parent",
+    description="Write every range the differencing disk CHILD holds (its data, and the "
+    "zeros it stores over its parent) into its parent, as Hyper-V's Merge-VHD does, "
+    "through the parent's crash-consistent write path; then delete CHILD. Writing "
+    "changes the parent (a VHDX parent gets a new DataWriteGuid), so other children of "
+    "the same parent no longer open. CHILD's own children in its folder are re-parented "
+    "onto the parent. The merge is recorded beside CHILD (CHILD.pyvhdx-merge) before the "
+    "parent is written: if it is interrupted (Ctrl-C, a kill, a full disk), the chain "
+    "still reads as before and running the same command again finishes it. The parent "
+    "is found as for reading (beside CHILD) unless --parent names it.",
+    epilog="Exit status: 0 merged, 1 image problem (not a differencing disk, parent "
+    "missing or not CHILD's parent), 2 usage error.",
+    options=[
+        _arg("child", metavar="CHILD", help="the differencing disk (VHDX or VHD)"),
+        _arg(
+            "--parent",
+            metavar="PATH",
+            help="CHILD's parent (tried before the paths CHILD records)",
+        ),
+        _flag("--keep-child", "keep CHILD afterwards (it opens only with linkage checks off)"),
+        _flag("--json", "print what was merged as JSON"),
+    ],
+)
 def cmd_merge(args: argparse.Namespace) -> int:
     """``pyvhdx merge``: merge a differencing disk into its parent, as Merge-VHD does."""
     from ..merge import merge_image
@@ -368,37 +378,21 @@ def _merge_progress(child: str) -> Iterator[Callable[[int], None] | None]:
         yield update
 
 
-def _add_merge_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    _add_parser(
-        sub,
-        common,
-        cmd_merge,
-        "merge",
-        help="merge a differencing disk (a checkpoint) into its parent",
-        description="Write every range the differencing disk CHILD holds (its data, and the "
-        "zeros it stores over its parent) into its parent, as Hyper-V's Merge-VHD does, "
-        "through the parent's crash-consistent write path; then delete CHILD. Writing "
-        "changes the parent (a VHDX parent gets a new DataWriteGuid), so other children of "
-        "the same parent no longer open. CHILD's own children in its folder are re-parented "
-        "onto the parent. The merge is recorded beside CHILD (CHILD.pyvhdx-merge) before the "
-        "parent is written: if it is interrupted (Ctrl-C, a kill, a full disk), the chain "
-        "still reads as before and running the same command again finishes it. The parent "
-        "is found as for reading (beside CHILD) unless --parent names it.",
-        epilog="Exit status: 0 merged, 1 image problem (not a differencing disk, parent "
-        "missing or not CHILD's parent), 2 usage error.",
-        options=[
-            _arg("child", metavar="CHILD", help="the differencing disk (VHDX or VHD)"),
-            _arg(
-                "--parent",
-                metavar="PATH",
-                help="CHILD's parent (tried before the paths CHILD records)",
-            ),
-            _flag("--keep-child", "keep CHILD afterwards (it opens only with linkage checks off)"),
-            _flag("--json", "print what was merged as JSON"),
-        ],
-    )
-
-
+@_subcommand(
+    "check",
+    help="check an image's structures and report every problem",
+    description="Check both header and region table copies, checksums, metadata, the "
+    "log and every BAT entry (VHDX), or both footer copies, the dynamic header and every "
+    "BAT entry (VHD). Every finding has a severity, the structure and its file offset; "
+    "errors say what a repair would do. Works on images that cannot be opened.",
+    epilog="Exit status: 0 no errors (warnings allowed), 1 errors found, 2 the check "
+    "could not run.",
+    options=[
+        _arg("image", metavar="IMAGE", help="the image file (VHDX, VHD or raw)"),
+        partial(add_format_option, help="image format (default: detected from the content)"),
+        _flag("--json", "print the report as JSON"),
+    ],
+)
 def cmd_check(args: argparse.Namespace) -> int:
     """``pyvhdx check``: every structure a reader relies on; exit 0 clean, 1 errors, 2 failed."""
     from ..check import check_image
@@ -414,27 +408,34 @@ def cmd_check(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def _add_check_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    _add_parser(
-        sub,
-        common,
-        cmd_check,
-        "check",
-        help="check an image's structures and report every problem",
-        description="Check both header and region table copies, checksums, metadata, the "
-        "log and every BAT entry (VHDX), or both footer copies, the dynamic header and every "
-        "BAT entry (VHD). Every finding has a severity, the structure and its file offset; "
-        "errors say what a repair would do. Works on images that cannot be opened.",
-        epilog="Exit status: 0 no errors (warnings allowed), 1 errors found, 2 the check "
-        "could not run.",
-        options=[
-            _arg("image", metavar="IMAGE", help="the image file (VHDX, VHD or raw)"),
-            partial(add_format_option, help="image format (default: detected from the content)"),
-            _flag("--json", "print the report as JSON"),
-        ],
-    )
-
-
+@_subcommand(
+    "map",
+    help="show which ranges of the disk are stored where",
+    description="Print the allocation map as runs: start, length, what the range reads "
+    "as (data, zero, unallocated) and, for data, where it is stored in the file. "
+    "Streams: a 64 TiB disk maps in seconds.",
+    options=[
+        add_image_options,
+        _size_arg(
+            "--offset",
+            "--start-offset",
+            default=0,
+            metavar="N",
+            help="first byte to map (suffixes K, M, G, T allowed)",
+        ),
+        _size_arg(
+            "--length",
+            "--max-length",
+            metavar="N",
+            help="bytes to map (default: to the end of the disk)",
+        ),
+        _flag(
+            "--json",
+            "print the entries of qemu-img map --output=json "
+            "(start, length, depth, present, zero, data, offset)",
+        ),
+    ],
+)
 def cmd_map(args: argparse.Namespace) -> int:
     """``pyvhdx map``: the allocation map as runs, streamed window by window."""
     from ..compare import allocation_map
@@ -452,43 +453,27 @@ def cmd_map(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_map_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    _add_parser(
-        sub,
-        common,
-        cmd_map,
-        "map",
-        help="show which ranges of the disk are stored where",
-        description="Print the allocation map as runs: start, length, what the range reads "
-        "as (data, zero, unallocated) and, for data, where it is stored in the file. "
-        "Streams: a 64 TiB disk maps in seconds.",
-        options=[
-            add_image_options,
-            _size_arg(
-                "--offset",
-                "--start-offset",
-                default=0,
-                metavar="N",
-                help="first byte to map (suffixes K, M, G, T allowed)",
-            ),
-            _size_arg(
-                "--length",
-                "--max-length",
-                metavar="N",
-                help="bytes to map (default: to the end of the disk)",
-            ),
-            _flag(
-                "--json",
-                "print the entries of qemu-img map --output=json "
-                "(start, length, depth, present, zero, data, offset)",
-            ),
-        ],
-    )
-
-
-# -- compare --------------------------------------------------------------------------
-
-
+@_subcommand(
+    "compare",
+    help="compare the contents of two images of any formats",
+    description="Compare the virtual contents of two images (VHDX, VHD or raw, in any "
+    "combination) and print the first differing byte offset. Ranges unallocated in "
+    "both are not read. Images of different sizes are identical if the larger one "
+    "reads as zeros past the smaller one's end (unless --strict).",
+    epilog="Exit status: 0 identical, 1 different, 2 error.",
+    options=[
+        _arg("image_a", metavar="IMAGE1", help="the first image"),
+        _arg("image_b", metavar="IMAGE2", help="the second image"),
+        _arg("-f", dest="format_a", choices=_FORMATS, help="format of IMAGE1"),
+        _arg("-F", dest="format_b", choices=_FORMATS, help="format of IMAGE2"),
+        _flag(
+            "-s",
+            "--strict",
+            "also fail on a size difference or on a range stored in one image only",
+        ),
+        _flag("-q", "--quiet", "print nothing; use the exit status"),
+    ],
+)
 def cmd_compare(args: argparse.Namespace) -> int:
     """``pyvhdx compare``: 0 identical, 1 different, 2 error (as ``qemu-img compare``)."""
     from ..compare import find_difference
@@ -516,34 +501,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_FAILURE
 
 
-def _add_compare_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    formats = [f.value for f in ImageFormat]
-    _add_parser(
-        sub,
-        common,
-        cmd_compare,
-        "compare",
-        help="compare the contents of two images of any formats",
-        description="Compare the virtual contents of two images (VHDX, VHD or raw, in any "
-        "combination) and print the first differing byte offset. Ranges unallocated in "
-        "both are not read. Images of different sizes are identical if the larger one "
-        "reads as zeros past the smaller one's end (unless --strict).",
-        epilog="Exit status: 0 identical, 1 different, 2 error.",
-        options=[
-            _arg("image_a", metavar="IMAGE1", help="the first image"),
-            _arg("image_b", metavar="IMAGE2", help="the second image"),
-            _arg("-f", dest="format_a", choices=formats, help="format of IMAGE1"),
-            _arg("-F", dest="format_b", choices=formats, help="format of IMAGE2"),
-            _flag(
-                "-s",
-                "--strict",
-                "also fail on a size difference or on a range stored in one image only",
-            ),
-            _flag("-q", "--quiet", "print nothing; use the exit status"),
-        ],
-    )
-
-
+@_subcommand(
+    "inspect",
+    help="show every on-disk structure, as found (forensic view)",
+    description="Show every structure of the file as found: VHDX file identifier, both "
+    "headers and region tables with their checksums, the metadata items, the parent "
+    "locator, every log entry with the active sequence and what replaying it changes, "
+    "a BAT summary; VHD footers, dynamic header, parent locators, geometry and BAT. "
+    "Lists the file ranges no structure references and whether they hold non-zero "
+    "bytes. Never writes; works on images that cannot be opened.",
+    options=[
+        add_image_options,
+        _arg(
+            "--no-scan",
+            dest="scan",
+            action="store_false",
+            help="do not read unreferenced ranges to tell whether they hold non-zero bytes",
+        ),
+        _flag("--json", "print the complete report as JSON"),
+    ],
+)
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``pyvhdx inspect``: every structure as found in the file (read-only)."""
     from ..inspect import inspect_image
@@ -570,35 +547,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_inspect_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    _add_parser(
-        sub,
-        common,
-        cmd_inspect,
-        "inspect",
-        help="show every on-disk structure, as found (forensic view)",
-        description="Show every structure of the file as found: VHDX file identifier, both "
-        "headers and region tables with their checksums, the metadata items, the parent "
-        "locator, every log entry with the active sequence and what replaying it changes, "
-        "a BAT summary; VHD footers, dynamic header, parent locators, geometry and BAT. "
-        "Lists the file ranges no structure references and whether they hold non-zero "
-        "bytes. Never writes; works on images that cannot be opened.",
-        options=[
-            add_image_options,
-            _arg(
-                "--no-scan",
-                dest="scan",
-                action="store_false",
-                help="do not read unreferenced ranges to tell whether they hold non-zero bytes",
-            ),
-            _flag("--json", "print the complete report as JSON"),
-        ],
-    )
-
-
-# -- hash -----------------------------------------------------------------------------
-
-
 def _hash_algorithm(text: str) -> str:
     from ..hashing import normalize_algorithms
 
@@ -608,6 +556,31 @@ def _hash_algorithm(text: str) -> str:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
+@_subcommand(
+    "hash",
+    help="hash the virtual disk content (md5, sha1, sha256, ... in one pass)",
+    description="Hash the whole virtual content of an image, as a raw conversion would "
+    "give it, with one or more algorithms in a single streaming pass. Unallocated "
+    "ranges are hashed as zeros without being read.",
+    epilog="Output: '<hex>  IMAGE' as sha256sum prints it, or 'ALGORITHM (IMAGE) = <hex>' "
+    "lines with --tag or several algorithms.",
+    options=[
+        add_image_options,
+        _arg(
+            "-a",
+            "--algorithm",
+            dest="algorithms",
+            action="append",
+            type=_hash_algorithm,
+            metavar="NAME",
+            help="hashlib algorithm (md5, sha1, sha256, sha512, ...); repeat for several "
+            "(default: sha256)",
+        ),
+        _flag("--tag", "name the algorithm on each line (BSD style)"),
+        add_progress_option,
+        _flag("--json", "print the digests as JSON"),
+    ],
+)
 def cmd_hash(args: argparse.Namespace) -> int:
     """``pyvhdx hash``: digests of the virtual content, several in one pass."""
     from ..hashing import DEFAULT_ALGORITHMS, hash_image
@@ -634,40 +607,39 @@ def cmd_hash(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_hash_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    _add_parser(
-        sub,
-        common,
-        cmd_hash,
-        "hash",
-        help="hash the virtual disk content (md5, sha1, sha256, ... in one pass)",
-        description="Hash the whole virtual content of an image, as a raw conversion would "
-        "give it, with one or more algorithms in a single streaming pass. Unallocated "
-        "ranges are hashed as zeros without being read.",
-        epilog="Output: '<hex>  IMAGE' as sha256sum prints it, or 'ALGORITHM (IMAGE) = <hex>' "
-        "lines with --tag or several algorithms.",
-        options=[
-            add_image_options,
-            _arg(
-                "-a",
-                "--algorithm",
-                dest="algorithms",
-                action="append",
-                type=_hash_algorithm,
-                metavar="NAME",
-                help="hashlib algorithm (md5, sha1, sha256, sha512, ...); repeat for several "
-                "(default: sha256)",
-            ),
-            _flag("--tag", "name the algorithm on each line (BSD style)"),
-            add_progress_option,
-            _flag("--json", "print the digests as JSON"),
-        ],
-    )
-
-
-# -- convert ---------------------------------------------------------------------------
-
-
+@_subcommand(
+    "convert",
+    help="convert between raw, VHD and VHDX",
+    description="Convert SOURCE (raw, VHD or VHDX; a differencing chain is flattened) "
+    "into a new image. Unallocated ranges are never read, all-zero blocks are not "
+    "written, and the result is renamed into place only when complete.",
+    options=[
+        _arg("source", metavar="SOURCE"),
+        _arg("destination", metavar="DESTINATION"),
+        _arg(
+            "-O",
+            "--output-format",
+            choices=[f.value for f in ImageFormat],
+            help="destination format (default: from its extension: .vhdx, .vhd, else raw)",
+        ),
+        partial(add_format_option, help="source format (default: detected from the content)"),
+        *_layout_options(
+            disk_type="dynamic",
+            block_size_help="block size of a dynamic image (default VHDX 32M, VHD 2M)",
+            logical_sector_size=512,
+            physical_sector_size=4096,
+        ),
+        _flag("--force", "replace an existing destination"),
+        add_progress_option,
+        _arg(
+            "--sync",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="fsync the new image before renaming it into place (default: on)",
+        ),
+        _flag("--json", "print what was done as JSON"),
+    ],
+)
 def cmd_convert(args: argparse.Namespace) -> int:
     """``pyvhdx convert``: raw, VHD or VHDX into a new image of any of them."""
     from ..convert import convert_image
@@ -702,53 +674,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_convert_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    _add_parser(
-        sub,
-        common,
-        cmd_convert,
-        "convert",
-        help="convert between raw, VHD and VHDX",
-        description="Convert SOURCE (raw, VHD or VHDX; a differencing chain is flattened) "
-        "into a new image. Unallocated ranges are never read, all-zero blocks are not "
-        "written, and the result is renamed into place only when complete.",
-        options=[
-            _arg("source", metavar="SOURCE"),
-            _arg("destination", metavar="DESTINATION"),
-            _arg(
-                "-O",
-                "--output-format",
-                choices=[f.value for f in ImageFormat],
-                help="destination format (default: from its extension: .vhdx, .vhd, else raw)",
-            ),
-            partial(add_format_option, help="source format (default: detected from the content)"),
-            *_layout_options(
-                disk_type="dynamic",
-                block_size_help="block size of a dynamic image (default VHDX 32M, VHD 2M)",
-                logical_sector_size=512,
-                physical_sector_size=4096,
-            ),
-            _flag("--force", "replace an existing destination"),
-            add_progress_option,
-            _arg(
-                "--sync",
-                action=argparse.BooleanOptionalAction,
-                default=True,
-                help="fsync the new image before renaming it into place (default: on)",
-            ),
-            _flag("--json", "print what was done as JSON"),
-        ],
-    )
-
-
-SUBCOMMANDS: Sequence[Callable[[Any, argparse.ArgumentParser], None]] = (
-    _add_info_parser,
-    _add_convert_parser,
-    _add_create_parser,
-    _add_merge_parser,
-    _add_check_parser,
-    _add_map_parser,
-    _add_compare_parser,
-    _add_inspect_parser,
-    _add_hash_parser,
-)
+#: The subcommands' parser builders, in the order ``pyvhdx --help`` lists them.
+SUBCOMMANDS: Final = [
+    _ADDERS[name]
+    for name in ("info", "convert", "create", "merge", "check", "map", "compare", "inspect", "hash")
+]
