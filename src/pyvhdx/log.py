@@ -91,17 +91,8 @@ class LogEntry:
 
 @dataclass
 class LogState:
-    """What :func:`load_log` found in a VHDX log region.
-
-    Attributes:
-        log_guid: the header's LogGuid that entries must carry.
-        log_offset: absolute file offset of the log region.
-        log_length: length of the log region in bytes.
-        entries: every valid entry carrying ``log_guid``, ordered by position.
-        active: the active sequence, tail entry first, head entry last; empty
-            when the log holds no valid sequence (MS-VHDX 2.3.3 calls such a
-            file corrupt; the caller decides what to report).
-    """
+    """What :func:`load_log` found (MS-VHDX 2.3): ``entries`` carrying ``log_guid`` by
+    position, ``active`` the active sequence tail first (empty: none, 2.3.3)."""
 
     log_guid: uuid.UUID
     log_offset: int
@@ -115,13 +106,7 @@ class LogState:
         return self.active[-1] if self.active else None
 
     def writes(self) -> list[tuple[int, int, WriteKind]]:
-        """What replaying the active sequence changes, in replay order.
-
-        Returns:
-            ``(file_offset, length, kind)`` per descriptor, kind ``"data"`` (a
-            4 KiB sector) or ``"zero"``. Later items win where they overlap.
-            Replay also extends the file to the head's LastFileOffset.
-        """
+        """``(file_offset, length, "data" | "zero")`` per descriptor, in replay order (2.3.3)."""
         return [(d.file_offset, d.length, d.kind) for e in self.active for d in e.descriptors]
 
 
@@ -276,15 +261,8 @@ def _entry_consistent(region: _LogRegion, pos: int, hdr: Any, budget: _Budget) -
 def _read_entry(
     region: _LogRegion, pos: int, header: bytes, log_guid: uuid.UUID, budget: _Budget
 ) -> LogEntry | None:
-    """Validate the entry at ``pos`` (MS-VHDX 2.3.1); None if it is not a valid entry.
-
-    Checks: signature, EntryLength (a 4 KiB multiple, at most the log), a
-    non-zero SequenceNumber, LogGuid, the descriptor sectors fitting in the
-    entry, every descriptor (signature, 4 KiB aligned FileOffset and ZeroLength,
-    SequenceNumber), one data sector per data descriptor (signature and split
-    sequence number), and the CRC-32C over EntryLength bytes with the Checksum
-    field zeroed. The entry may wrap around the end of the region.
-    """
+    """The entry at ``pos`` if valid (MS-VHDX 2.3.1: header, descriptors, data sectors, CRC-32C);
+    it may wrap around the end of the region."""
     hdr = _entry_header(header, region, log_guid)
     if hdr is None or not _entry_consistent(region, pos, hdr, budget):
         return None
@@ -360,14 +338,7 @@ def _check_region(source: FileSource, log_offset: int, log_length: int) -> None:
 
 
 def _active_sequence(entries: dict[int, LogEntry], log_length: int) -> list[LogEntry]:
-    """MS-VHDX 2.3.2-2.3.3: the newest valid sequence, tail entry first.
-
-    Entries chain when the next one starts EntryLength bytes later (modulo the
-    log length) with a sequence number one higher. A chain's head (its last
-    entry) makes a valid sequence when its Tail names an entry of the same
-    chain; the sequence replayed is the one from that tail entry to the head.
-    Sequence numbers strictly increase along a chain, so chains never loop.
-    """
+    """MS-VHDX 2.3.2-2.3.3: the newest valid sequence (head's Tail in its chain), tail first."""
     succ: dict[int, int | None] = {}
     for pos, entry in entries.items():
         after = (pos + entry.entry_length) % log_length
@@ -410,26 +381,10 @@ def _active_sequence(entries: dict[int, LogEntry], log_length: int) -> list[LogE
 def load_log(
     source: FileSource, *, log_offset: int, log_length: int, log_guid: uuid.UUID
 ) -> LogState:
-    """Scan a VHDX log region and find its active sequence (MS-VHDX 2.3.3).
+    """Scan the log region from storage only and find its active sequence (MS-VHDX 2.3.3).
 
-    Reads the log from storage only (``readinto_raw``), never through an
-    overlay, and writes nothing.
-
-    Args:
-        source: the image file.
-        log_offset: the header's LogOffset.
-        log_length: the header's LogLength.
-        log_guid: the header's LogGuid; entries with another GUID are ignored.
-            A zero GUID means an empty log: nothing is read.
-
-    Returns:
-        Every valid entry and the active sequence (empty when there is none).
-
-    Raises:
-        InvalidImageError: the log region is misaligned or empty.
-        TruncatedImageError: the log region ends past the end of the file, or
-            the file is smaller than the head entry's FlushedFileOffset.
-        LogReplayError: the log exceeds the scan's work limits.
+    A zero ``log_guid`` means an empty log. Raises InvalidImageError (misaligned or empty
+    region), TruncatedImageError (past the end of the file) or LogReplayError (work limits).
     """
     if log_guid == _ZERO_GUID:
         return LogState(log_guid, log_offset, log_length, [], [])
@@ -506,17 +461,8 @@ class _ReplayImage:
 def replay_in_memory(source: FileSource, state: LogState) -> None:
     """Install the replay of ``state.active`` as an overlay on ``source`` (MS-VHDX 2.3.3).
 
-    Later ``source.readinto``/``read``/``read_exact`` calls see the file as it
-    would be after replay: data sectors (LeadingBytes + the 4084 data bytes +
-    TrailingBytes), zeroed ranges, and the file extended to the head entry's
-    LastFileOffset (and past any write beyond the end), reading zeros past the
-    physical end. Nothing is written to the file. With no active sequence
-    this does nothing.
-
-    Raises:
-        LogReplayError: a target offset is beyond any possible file size, or a
-            data sector changed since :func:`load_log` validated it.
-        TruncatedImageError: the file shrank below the log region.
+    Nothing is written; reads see the replayed, extended file. Raises LogReplayError or
+    TruncatedImageError when the log no longer matches the file.
     """
     if not state.active:
         return
@@ -578,13 +524,7 @@ def build_log_entry(
     last_file_offset: int,
     tail: int,
 ) -> bytes:
-    """One log entry carrying whole 4 KiB ``sectors`` ``(file_offset, data)``.
-
-    MS-VHDX 2.3.1: a 64-byte entry header and 32-byte data descriptors fill the
-    descriptor sectors (126 in the first, 128 in each later one), then one data
-    sector per descriptor holds bytes 8..4091 of its target; the first 8 and the
-    last 4 bytes ride in the descriptor. The CRC-32C covers the whole entry.
-    """
+    """One log entry carrying whole 4 KiB ``sectors`` ``(file_offset, data)`` (MS-VHDX 2.3.1)."""
     count = len(sectors)
     desc_sectors = 1 if count <= 126 else 1 + -(-(count - 126) // 128)
     length = 4096 * (desc_sectors + count)

@@ -1,12 +1,6 @@
-"""VHDX images: open, validate, choose copies, replay the log, map the BAT.
-
-Implements the read side of MS-VHDX: the file type identifier (2.2.1), the two
-headers (2.2.2) and region tables (2.2.3) with the choice of the current copy,
-the log (2.3, replayed in memory for read-only opens), the BAT (2.5) and the
-metadata region (2.6). The structures are read by :mod:`pyvhdx.vhdx.layout`;
-this module decides which copy counts and which defect is fatal. Every offset
-and length read from the file is checked against the file size and the
-specification's alignment and limits before use.
+"""VHDX images, read side (MS-VHDX 2.2-2.6): :mod:`pyvhdx.vhdx.layout` reads each copy,
+this module chooses the copy that counts, decides what is fatal, replays the log (2.3)
+in memory and maps the BAT (2.5); every offset is checked before use.
 """
 
 from __future__ import annotations
@@ -66,18 +60,10 @@ def _is_power_of_two(n: int) -> bool:
 
 
 class VHDXFile(_VHDXWriter, FormatHandler):
-    """A VHDX image opened for reading.
+    """A VHDX image (MS-VHDX); ``strict`` refuses any defect, even one a good copy hides.
 
-    Args:
-        source: the image file.
-        strict: refuse an image with any defect, even one a good copy hides.
-
-    Raises:
-        InvalidImageError: a malformed structure (``ChecksumError`` when no valid
-            copy of a checksummed structure is left, ``TruncatedImageError`` when
-            the file ends too early).
-        UnsupportedFeatureError: an unknown required region or metadata item.
-        LogReplayError: a pending log that cannot be replayed.
+    Raises InvalidImageError (ChecksumError, TruncatedImageError), UnsupportedFeatureError
+    (an unknown required region or item) or LogReplayError.
     """
 
     supports_write = True
@@ -523,11 +509,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
         return entry & K.VHDX_BAT_OFFSET_MASK
 
     def _sector_bitmap(self, block: int) -> np.ndarray:
-        """One bool per logical sector of ``block``: True if stored in this file.
-
-        MS-VHDX 2.5.1.2 / 2.6: a 1 MiB sector bitmap block per chunk, one bit per
-        sector, least significant bit first (SPEC-NOTES pitfall 17).
-        """
+        """Per logical sector of ``block``: stored in this file (MS-VHDX 2.5.1.2, LSB first)."""
         ratio = self.chunk_ratio
         chunk = block // ratio
         bits = self._bitmap_cache.get(chunk)

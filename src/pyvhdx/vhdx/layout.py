@@ -1,17 +1,6 @@
-"""The VHDX layout model: every on-disk copy of every structure, as found, and builders.
-
-One module reads the structures of MS-VHDX section 2 that sit outside the log
-and the BAT: the file type identifier (2.2.1), both headers (2.2.2), both region
-tables (2.2.3), the metadata table and its items (2.6.1) and the parent locator
-(2.6.2.6). Each reader returns a dataclass holding the fields, the stored and
-computed checksums and the :class:`Defect` list of what is wrong with that copy;
-it never raises for a malformed image and never decides which copy counts.
-
-The rule (DESIGN.md "One layout model per format"): layout reports,
-:mod:`pyvhdx.vhdx.file` decides (which copy, what is fatal), ``check`` maps
-defects to findings, ``inspect`` serialises the model. The builders of the same
-structures (used by ``create``, the writer and the tests) live here too, so each
-structure has one module that both parses and builds it.
+"""The VHDX layout model (MS-VHDX 2.2.1-2.2.3, 2.6): readers and builders of every structure
+outside the log and the BAT. Readers return each copy with its checksums and :class:`Defect`
+list and never raise or choose a copy; :mod:`pyvhdx.vhdx.file` decides (DESIGN.md).
 """
 
 from __future__ import annotations
@@ -95,11 +84,7 @@ _PATH_KEYS = ("relative_path", "volume_path", "absolute_win32_path")
 
 @dataclasses.dataclass(frozen=True)
 class Defect:
-    """What is wrong with one copy of a structure, as the layout found it.
-
-    ``code`` names the kind of defect for the deciders (``"signature"``,
-    ``"checksum"``, ``"truncated"``...); the rest says where, in spec terms.
-    """
+    """What is wrong with one copy of a structure: ``code`` for the deciders, then where."""
 
     code: str
     structure: str
@@ -209,11 +194,7 @@ class _Copy:
 
 @dataclasses.dataclass
 class HeaderCopy(_Copy):
-    """One of the two headers, as found (MS-VHDX 2.2.2).
-
-    ``fields`` holds every field whatever the signature says (None when the
-    copy lies beyond the end of the file); ``valid`` means no defect.
-    """
+    """One of the two headers, as found (MS-VHDX 2.2.2); ``fields`` None if truncated."""
 
     index: int  # 1 or 2
     offset: int
@@ -317,11 +298,7 @@ class RegionEntry:
 
 @dataclasses.dataclass
 class RegionTableCopy(_Copy):
-    """One of the two region tables, as found (MS-VHDX 2.2.3).
-
-    ``entries`` are parsed whenever the signature is right and EntryCount is in
-    range (``parsed``), even if the checksum is wrong; ``valid`` means no defect.
-    """
+    """One of the two region tables, as found (MS-VHDX 2.2.3)."""
 
     index: int
     offset: int
@@ -356,15 +333,8 @@ def read_region_table(source: FileSource, index: int) -> RegionTableCopy:
     elif stored != computed:
         table.defects.append(_checksum_defect(name, offset, stored, computed))
     if head.entry_count > VHDX_MAX_REGION_ENTRIES:
-        table.defects.append(
-            Defect(
-                "entry-count",
-                name,
-                f"EntryCount {head.entry_count} exceeds {VHDX_MAX_REGION_ENTRIES}",
-                offset + 8,
-                "EntryCount",
-            )
-        )
+        message = f"EntryCount {head.entry_count} exceeds {VHDX_MAX_REGION_ENTRIES}"
+        table.defects.append(Defect("entry-count", name, message, offset + 8, "EntryCount"))
     for i in range(min(head.entry_count, VHDX_MAX_REGION_ENTRIES)):
         pos = 16 + 32 * i
         e = parse(REGION_TABLE_ENTRY, data[pos : pos + 32], structure=name, offset=offset + pos)
@@ -397,11 +367,7 @@ def vhdx_region_table(entries: list[tuple[uuid.UUID, int, int, bool]]) -> bytes:
 
 @dataclasses.dataclass(frozen=True)
 class MetadataItem:
-    """A metadata table entry and its bytes (MS-VHDX 2.6.1.2).
-
-    ``data`` holds at most 1 MiB (VHDX_MAX_METADATA_ITEM_SIZE) and is shorter
-    than ``length`` when the file ends early; ``defects`` says why.
-    """
+    """A metadata table entry and its bytes, at most 1 MiB (MS-VHDX 2.6.1.2)."""
 
     item_id: uuid.UUID
     offset: int  # relative to the metadata region
@@ -432,11 +398,7 @@ class MetadataItem:
 
 @dataclasses.dataclass
 class MetadataTable:
-    """The metadata table of the metadata region and every entry (MS-VHDX 2.6.1).
-
-    ``items`` lists every entry in table order; ``known`` maps the id of each
-    known item a reader uses (not outside the region, not a duplicate) to it.
-    """
+    """The metadata table and every entry; ``known``: the usable known items (MS-VHDX 2.6.1)."""
 
     offset: int  # the metadata region's file offset
     region_length: int
@@ -455,15 +417,8 @@ def read_metadata_table(source: FileSource, offset: int, region_length: int) -> 
     name = "metadata table"
     table = MetadataTable(offset, region_length, None, [], {}, [])
     if region_length < VHDX_METADATA_TABLE_SIZE:
-        table.defects.append(
-            Defect(
-                "region-length",
-                "metadata region",
-                "metadata region is smaller than its 64 KiB table",
-                offset,
-                "Length",
-            )
-        )
+        message = "metadata region is smaller than its 64 KiB table"
+        table.defects.append(Defect("region-length", "metadata region", message, offset, "Length"))
         return table
     data = source.read(offset, VHDX_METADATA_TABLE_SIZE)
     if len(data) < VHDX_METADATA_TABLE_SIZE:
@@ -475,15 +430,8 @@ def read_metadata_table(source: FileSource, offset: int, region_length: int) -> 
     head = parse(METADATA_TABLE_HEADER, data[:32], structure=name, offset=offset)
     table.entry_count = head.entry_count
     if head.entry_count > VHDX_MAX_METADATA_ENTRIES:
-        table.defects.append(
-            Defect(
-                "entry-count",
-                name,
-                f"EntryCount {head.entry_count} exceeds {VHDX_MAX_METADATA_ENTRIES}",
-                offset + 10,
-                "EntryCount",
-            )
-        )
+        message = f"EntryCount {head.entry_count} exceeds {VHDX_MAX_METADATA_ENTRIES}"
+        table.defects.append(Defect("entry-count", name, message, offset + 10, "EntryCount"))
         return table
     for i in range(head.entry_count):
         pos = 32 + 32 * i
@@ -506,7 +454,12 @@ def _metadata_item(
     """One entry, its bytes and its defects (outside, overlap, duplicate, unknown required)."""
     name = f"metadata entry {index}"
     label = KNOWN_METADATA.get(e.item_id, str(e.item_id))
+    span = f"item {label} at {e.offset:#x}+{e.length:#x}"
     defects: list[Defect] = []
+
+    def bad(code: str, message: str, delta: int, field: str) -> None:
+        defects.append(Defect(code, name, message, entry_offset + delta, field))
+
     is_user = bool(e.flags & META_IS_USER)
     base = table.offset
     data = b""
@@ -514,16 +467,8 @@ def _metadata_item(
         e.length
         and (e.offset < VHDX_METADATA_TABLE_SIZE or e.offset + e.length > table.region_length)
     ):
-        defects.append(
-            Defect(
-                "outside",
-                name,
-                f"item {label} at {e.offset:#x}+{e.length:#x} lies outside the "
-                f"{table.region_length:#x}-byte metadata region (or in its table)",
-                entry_offset + 16,
-                "Offset",
-            )
-        )
+        where = f"{table.region_length:#x}-byte metadata region (or in its table)"
+        bad("outside", f"{span} lies outside the {where}", 16, "Offset")
     else:
         for other in table.items:
             if any(d.code == "outside" for d in other.defects):
@@ -533,36 +478,13 @@ def _metadata_item(
                 and e.offset < other.offset + other.length
                 and other.offset < e.offset + e.length
             ):
-                defects.append(
-                    Defect(
-                        "overlap",
-                        name,
-                        f"item {label} at {e.offset:#x}+{e.length:#x} overlaps item "
-                        f"{KNOWN_METADATA.get(other.item_id, str(other.item_id))}",
-                        entry_offset + 16,
-                        "Offset",
-                    )
-                )
+                other_label = KNOWN_METADATA.get(other.item_id, str(other.item_id))
+                bad("overlap", f"{span} overlaps item {other_label}", 16, "Offset")
         if e.item_id in table.known and not is_user:
-            defects.append(
-                Defect(
-                    "duplicate",
-                    name,
-                    f"metadata item {label} appears twice",
-                    entry_offset,
-                    "ItemId",
-                )
-            )
+            bad("duplicate", f"metadata item {label} appears twice", 0, "ItemId")
         if e.item_id not in KNOWN_METADATA and e.flags & META_IS_REQUIRED and not is_user:
-            defects.append(
-                Defect(
-                    "unknown-required",
-                    name,
-                    f"unknown metadata item {e.item_id} is marked required",
-                    entry_offset + 24,
-                    "IsRequired",
-                )
-            )
+            message = f"unknown metadata item {e.item_id} is marked required"
+            bad("unknown-required", message, 24, "IsRequired")
         data = source.read(base + e.offset, e.length) if e.length else b""
         if len(data) < e.length:
             defects.append(_truncated_defect(name, base + e.offset))
@@ -601,12 +523,7 @@ def vhdx_metadata_region(items: list[tuple[uuid.UUID, bytes, int]], length: int 
 
 @dataclasses.dataclass
 class LocatorEntry:
-    """A key/value entry of the parent locator (MS-VHDX 2.6.2.6.2).
-
-    Key and value are UTF-16LE decoded with ``surrogatepass``: an unpaired
-    surrogate is kept as it is (and shown escaped), never replaced; None when
-    the text lies outside the item or has an odd length.
-    """
+    """A key/value entry of the parent locator, UTF-16LE ``surrogatepass`` (MS-VHDX 2.6.2.6.2)."""
 
     index: int
     key_offset: int
@@ -635,12 +552,7 @@ class ParentLocator:
 
 
 def parse_parent_locator(data: bytes, offset: int) -> ParentLocator:
-    """Decode a parent locator item; key and value offsets are relative to the item.
-
-    Args:
-        data: the item's bytes.
-        offset: the item's file offset (for defects).
-    """
+    """Decode the parent locator item ``data`` at file ``offset`` (MS-VHDX 2.6.2.6)."""
     name = "parent locator"
     if len(data) < _LOCATOR_HEADER_SIZE:
         short = Defect(
@@ -654,16 +566,9 @@ def parse_parent_locator(data: bytes, offset: int) -> ParentLocator:
             Defect("type", name, f"unknown locator type {head.locator_type}", offset, "LocatorType")
         )
     if _LOCATOR_HEADER_SIZE + _LOCATOR_ENTRY_SIZE * head.key_value_count > len(data):
-        loc.defects.append(
-            Defect(
-                "key-value-count",
-                name,
-                f"{head.key_value_count} key/value entries do not fit in the "
-                f"{len(data)}-byte parent locator",
-                offset + 18,
-                "KeyValueCount",
-            )
-        )
+        message = f"{head.key_value_count} key/value entries do not fit in the {len(data)}-byte "
+        message += "parent locator"
+        loc.defects.append(Defect("key-value-count", name, message, offset + 18, "KeyValueCount"))
     for i in range(head.key_value_count):
         pos = _LOCATOR_HEADER_SIZE + _LOCATOR_ENTRY_SIZE * i
         if pos + _LOCATOR_ENTRY_SIZE > len(data):
@@ -674,14 +579,8 @@ def parse_parent_locator(data: bytes, offset: int) -> ParentLocator:
             Defect("no-linkage", name, "parent_linkage key is missing", offset, "parent_linkage")
         )
     if not any(k in loc.values for k in _PATH_KEYS):
-        loc.defects.append(
-            Defect(
-                "no-path",
-                name,
-                "no path key (relative_path, volume_path, absolute_win32_path)",
-                offset,
-            )
-        )
+        message = "no path key (relative_path, volume_path, absolute_win32_path)"
+        loc.defects.append(Defect("no-path", name, message, offset))
     return loc
 
 
@@ -694,16 +593,10 @@ def _locator_entry(loc: ParentLocator, data: bytes, i: int, at: int, pos: int) -
     ):
         if off + ln > len(data) or ln % 2:
             texts.append(None)
-            loc.defects.append(
-                Defect(
-                    "text",
-                    f"parent locator entry {i}",
-                    f"{fld.lower()} at {off:#x}+{ln:#x} lies outside the {len(data)}-byte "
-                    "parent locator (or has an odd length)",
-                    at,
-                    f"{fld}Offset",
-                )
-            )
+            message = f"{fld.lower()} at {off:#x}+{ln:#x} lies outside the {len(data)}-byte "
+            message += "parent locator (or has an odd length)"
+            where = f"parent locator entry {i}"
+            loc.defects.append(Defect("text", where, message, at, f"{fld}Offset"))
         else:
             texts.append(data[off : off + ln].decode("utf-16-le", errors="surrogatepass"))
     key, value = texts
@@ -713,12 +606,7 @@ def _locator_entry(loc: ParentLocator, data: bytes, i: int, at: int, pos: int) -
 
 
 def vhdx_parent_locator(entries: Sequence[tuple[str, str]]) -> bytes:
-    """A VHDX parent locator item (MS-VHDX 2.6.2.6): the header (locator type
-    B04AEFB7-D19E-4A81-B789-25B8E9445913, 2.6.2.6.1), one 12-byte entry per key
-    (2.6.2.6.2), then the keys and values, UTF-16LE without NUL (``surrogatepass``:
-    text read from an image round-trips). Key and value offsets are relative to
-    the start of the item.
-    """
+    """A VHDX parent locator item, UTF-16LE ``surrogatepass`` (MS-VHDX 2.6.2.6)."""
     table = _LOCATOR_HEADER_SIZE + _LOCATOR_ENTRY_SIZE * len(entries)
     blob = bytearray()
     head = bytearray(

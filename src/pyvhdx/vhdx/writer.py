@@ -55,15 +55,8 @@ _MAX_WRITABLE_SEQUENCE = _U64_MAX - (1 << 32)
 
 
 class _VHDXWriter:
-    """The write side of :class:`VHDXFile` (mixed in; state lives on the file object).
-
-    Crash consistency (DESIGN.md "Writes"; SPEC-NOTES pitfall 12): user data is
-    written in place, or into a new block at the 1 MiB-aligned end of the file,
-    and flushed; only then is the BAT changed, through a log entry that is
-    flushed before the BAT sectors are written in place and flushed again. A
-    crash anywhere leaves either the old mapping or a log whose replay gives
-    the new one.
-    """
+    """The write side of :class:`VHDXFile` (MS-VHDX 2.3, 2.5): data is flushed before the
+    BAT changes, and the BAT changes only through a flushed log entry (DESIGN.md "Writes")."""
 
     source: FileSource
     header: dict[str, Any]
@@ -126,12 +119,7 @@ class _VHDXWriter:
     # -- headers ------------------------------------------------------------
 
     def _update_headers(self, **changes: Any) -> None:
-        """Write the header twice, to the non-current slot first (MS-VHDX 2.2.2.1).
-
-        After both writes the two copies are identical and current, each step
-        flushed, so a crash leaves at least one valid header with either the
-        old or the new fields.
-        """
+        """Write the header twice, non-current slot first, each flushed (MS-VHDX 2.2.2.1)."""
         h = dict(self.header)
         h.update(changes)
         current = self.header_copy or 1
@@ -151,14 +139,8 @@ class _VHDXWriter:
         self.header = h
 
     def _begin_session(self, *, data: bool = True) -> None:
-        """First write of this open: new FileWriteGuid and DataWriteGuid (2.2.2).
-
-        ``data=False`` (a change that leaves the disk's content as it was, such
-        as a new parent locator) changes the FileWriteGuid only, so children
-        linked to this disk's DataWriteGuid stay linked. A merge chooses the new
-        DataWriteGuid in advance (:attr:`next_data_write_guid`) so that it can
-        record it before the first write (:mod:`pyvhdx.journal`).
-        """
+        """First write of this open: new FileWriteGuid, and DataWriteGuid unless ``data=False``
+        (MS-VHDX 2.2.2; a merge picks :attr:`next_data_write_guid` in advance)."""
         if self._session_started and (self._data_changed or not data):
             return
         if not self._session_started:
@@ -173,18 +155,8 @@ class _VHDXWriter:
         self._session_started = True
 
     def _check_layout_for_writing(self) -> None:
-        """Refuse to write into an image whose blocks share file space.
-
-        Reads check overlaps within each decoded chunk of the BAT; before the
-        first write every present payload block (the part inside the disk) and,
-        in a differencing disk, every present sector bitmap block is checked
-        against all the others and against the headers, regions, log and
-        metadata (SPEC-NOTES pitfall 10): a write into shared space would change
-        both owners.
-
-        Raises:
-            InvalidImageError: naming the BAT entry of the first such block.
-        """
+        """Refuse (InvalidImageError) to write where blocks share file space with each other or
+        the headers, regions, log and metadata (SPEC-NOTES pitfall 10; MS-VHDX 2.5)."""
         ratio = self.chunk_ratio
         bs = self.payload_block_size
         differencing = self.disk_type is DiskType.DIFFERENCING
@@ -313,13 +285,9 @@ class _VHDXWriter:
     # -- data --------------------------------------------------------------------
 
     def write_at(self, offset: int, data: memoryview) -> None:
-        """Write user data; allocate missing blocks at the end of the file.
+        """Write user data; allocate missing blocks at the end of the file (MS-VHDX 2.5.1).
 
-        In a differencing disk a block that is not (or only partly) stored here
-        becomes FULLY_PRESENT: the sectors the write does not cover are copied
-        from the parent first, so one BAT entry switches the whole block
-        atomically and no sector bitmap has to change (MS-VHDX 2.5.1.1 allows
-        either; this keeps every change a single logged BAT update).
+        A differencing block becomes FULLY_PRESENT, the rest copied from the parent first.
         """
         self._begin_session()
         table = self.table
@@ -377,11 +345,7 @@ class _VHDXWriter:
     def _copy_from_parent(
         self, block: int, file_offset: int, wstart: int, wend: int, keep: np.ndarray | None
     ) -> None:
-        """Copy the parent's bytes of ``block`` that the write does not cover.
-
-        ``keep`` (sectors already stored here) are left alone. All-zero runs are
-        not written: the new block area reads as zeros already.
-        """
+        """Copy the parent's bytes of ``block`` outside the write and ``keep`` (zeros skipped)."""
         reader = self.parent_reader
         if reader is None:
             raise UnsupportedFeatureError(
@@ -412,17 +376,9 @@ class _VHDXWriter:
                 self.source.pwrite(piece, file_offset + a * ss)
 
     def set_parent_locator(self, entries: list[tuple[str, str]]) -> None:
-        """Replace the parent locator item (MS-VHDX 2.6.2.6) with ``entries``.
+        """Replace the parent locator item (MS-VHDX 2.6.2.6) through one log entry (2.3).
 
-        The new item goes where the old one was if it fits, else after the last
-        item of the metadata region; the item bytes and its table entry change
-        through one log entry (2.3), so a crash leaves the old locator or the
-        new one. The disk's content is unchanged: the FileWriteGuid changes,
-        the DataWriteGuid does not (children of this disk stay linked).
-
-        Raises:
-            InvalidArgumentError: not a differencing disk, or no room left in
-                the metadata region.
+        Only the FileWriteGuid changes. Raises InvalidArgumentError: not differencing, no room.
         """
         old = self.metadata.get(META_PARENT_LOCATOR)
         if old is None or self.disk_type is not DiskType.DIFFERENCING:
