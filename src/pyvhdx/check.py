@@ -584,44 +584,7 @@ class _VHDXChecker:
                     )
                 else:
                     self.out.info(name, f"unknown optional region {r.guid} (ignored by readers)")
-            bad = False
-            if (
-                r.file_offset % K.VHDX_ALIGNMENT
-                or r.length % K.VHDX_ALIGNMENT
-                or r.length == 0
-                or r.file_offset < K.VHDX_HEADER_AREA_SIZE
-            ):
-                self.out.error(
-                    name,
-                    f"region at {r.file_offset:#x}+{r.length:#x} is not 1 MiB aligned, is "
-                    "empty, or lies in the 1 MiB header area",
-                    r.entry_offset + 16,
-                    "FileOffset",
-                    repair="move the region to a 1 MiB-aligned free area and update both "
-                    "region tables",
-                )
-                bad = True
-            elif r.file_offset + r.length > size:
-                self.out.error(
-                    name,
-                    f"region at {r.file_offset:#x}+{r.length:#x} ends beyond the end of the "
-                    f"{size:#x}-byte file",
-                    r.entry_offset + 24,
-                    "Length",
-                    repair="extend the file (the region's missing part is lost) or shrink "
-                    "the region",
-                )
-            for s, ln, what in placed:
-                if r.file_offset < s + ln and s < r.file_offset + r.length:
-                    self.out.error(
-                        name,
-                        f"region at {r.file_offset:#x}+{r.length:#x} overlaps the {what} at "
-                        f"{s:#x}+{ln:#x}",
-                        r.entry_offset + 16,
-                        "FileOffset",
-                        repair=f"move the {_region_name(r)} region to a free 1 MiB-aligned "
-                        "area and update both region tables",
-                    )
+            bad = self._check_placement(name, r, size, placed)
             regions[r.guid] = r
             if not bad:
                 placed.append((r.file_offset, r.length, f"{_region_name(r)} region"))
@@ -636,6 +599,48 @@ class _VHDXChecker:
                 repair=f"locate the {K.KNOWN_REGIONS[g]} region and add it to both region tables",
             )
         return None if missing else regions
+
+    def _check_placement(
+        self, name: str, r: RegionEntry, size: int, placed: list[tuple[int, int, str]]
+    ) -> bool:
+        """A region's alignment, extent and overlaps (MS-VHDX 2.2.3.2); True if misplaced."""
+        bad = False
+        if (
+            r.file_offset % K.VHDX_ALIGNMENT
+            or r.length % K.VHDX_ALIGNMENT
+            or r.length == 0
+            or r.file_offset < K.VHDX_HEADER_AREA_SIZE
+        ):
+            self.out.error(
+                name,
+                f"region at {r.file_offset:#x}+{r.length:#x} is not 1 MiB aligned, is "
+                "empty, or lies in the 1 MiB header area",
+                r.entry_offset + 16,
+                "FileOffset",
+                repair="move the region to a 1 MiB-aligned free area and update both region tables",
+            )
+            bad = True
+        elif r.file_offset + r.length > size:
+            self.out.error(
+                name,
+                f"region at {r.file_offset:#x}+{r.length:#x} ends beyond the end of the "
+                f"{size:#x}-byte file",
+                r.entry_offset + 24,
+                "Length",
+                repair="extend the file (the region's missing part is lost) or shrink the region",
+            )
+        for s, ln, what in placed:
+            if r.file_offset < s + ln and s < r.file_offset + r.length:
+                self.out.error(
+                    name,
+                    f"region at {r.file_offset:#x}+{r.length:#x} overlaps the {what} at "
+                    f"{s:#x}+{ln:#x}",
+                    r.entry_offset + 16,
+                    "FileOffset",
+                    repair=f"move the {_region_name(r)} region to a free 1 MiB-aligned "
+                    "area and update both region tables",
+                )
+        return bad
 
     # -- 2.6 metadata -------------------------------------------------------------------
 
