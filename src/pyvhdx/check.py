@@ -1228,9 +1228,8 @@ _VHD_STOPS: Final = {"header.cookie", "header.block-size", "header.table-offset"
 
 
 class _VHDChecker:
-    """Checks one VHD file: maps what :mod:`pyvhdx.vhd.layout` finds in the footers,
-    the dynamic header and the parent locators (and the footer decision of
-    :func:`pyvhdx.vhd.file.choose_footer`) to findings, then checks every BAT entry.
+    """Checks one VHD file (VHD spec 2006): what :mod:`pyvhdx.vhd.layout` finds and
+    :func:`~pyvhdx.vhd.file.choose_footer` decides, as findings; then every BAT entry.
     """
 
     def __init__(self, source: FileSource, out: _Findings, report: CheckReport) -> None:
@@ -1244,8 +1243,7 @@ class _VHDChecker:
         name = structure or problem.structure
         if problem.code in _VHD_INFO:
             self.out.info(name, problem.message, problem.offset)
-        elif problem.code in _VHD_REPAIRS:
-            repair = _VHD_REPAIRS[problem.code]
+        elif repair := _VHD_REPAIRS.get(problem.code):
             self.out.error(name, problem.message, problem.offset, problem.field, repair=repair)
         else:
             self.out.warning(name, problem.message, problem.offset, problem.field)
@@ -1261,8 +1259,7 @@ class _VHDChecker:
         for problem, _ in choice.failed():
             if problem.code == "footer.start-missing":
                 self._add(problem)
-        differ = choice.differ()
-        if differ is not None:
+        if (differ := choice.differ()) is not None:
             self._add(differ)
         if chosen is not footers.end or not chosen.checksum_ok:
             self.out.info(chosen.name, f"readers use the {chosen.name}", chosen.offset)
@@ -1273,8 +1270,7 @@ class _VHDChecker:
         if chosen.disk_type == VHDDiskType.FIXED:
             self.report.disk_type = "fixed"
             self.report.image_end_offset = data_end + chosen.length
-            wrong = fixed_size_problem(chosen, data_end)
-            if wrong is not None:
+            if (wrong := fixed_size_problem(chosen, data_end)) is not None:
                 self._add(wrong)
         elif chosen.sparse:
             self.report.disk_type = (
@@ -1298,8 +1294,7 @@ class _VHDChecker:
 
     def check_dynamic(self, footer: FooterCopy, data_end: int) -> None:
         """The dynamic header, the parent locators and every BAT entry."""
-        wrong = header_offset_problem(footer, data_end)
-        if wrong is not None:
+        if (wrong := header_offset_problem(footer, data_end)) is not None:
             self._add(wrong)
             return
         vsize = int(footer.fields.current_size)
@@ -1323,32 +1318,6 @@ class _VHDChecker:
         ]
         if footer.disk_type == VHDDiskType.DIFFERENCING:
             spans += self._locator_spans(hdr)
-        self.end = max(s + ln for s, ln, _ in spans)
-        self._check_bat(table, entries, needed, bs, vsize, data_end, spans)
-        self.report.image_end_offset = self.end + footer.length
-
-    def _locator_spans(self, hdr: DynamicHeader) -> list[tuple[int, int, str]]:
-        spans = []
-        for loc in hdr.locators:
-            if loc.problem is not None:
-                self._add(loc.problem, "dynamic header")
-            elif loc.data_length:
-                label = f"parent locator {loc.index} ({loc.platform_code.strip()}) data"
-                spans.append((loc.data_offset, loc.data_length, label))
-        self.out.info("dynamic header", "the parent image is not checked", hdr.offset)
-        return spans
-
-    def _check_bat(
-        self,
-        table: int,
-        entries: int,
-        needed: int,
-        bs: int,
-        vsize: int,
-        data_end: int,
-        spans: list[tuple[int, int, str]],
-    ) -> None:
-        """Every BAT entry: inside the data area, not overlapping anything else."""
         bat = _VHDBat(
             offset=table,
             needed=needed,
@@ -1365,7 +1334,19 @@ class _VHDChecker:
             bat.check_chunk(i0, raw)
         bat.finish()
         self.report.allocated_blocks = bat.allocated
-        self.end = max(self.end, bat.kept.furthest)
+        self.end = max(max(s + ln for s, ln, _ in spans), bat.kept.furthest)
+        self.report.image_end_offset = self.end + footer.length
+
+    def _locator_spans(self, hdr: DynamicHeader) -> list[tuple[int, int, str]]:
+        spans = []
+        for loc in hdr.locators:
+            if loc.problem is not None:
+                self._add(loc.problem, "dynamic header")
+            elif loc.data_length:
+                label = f"parent locator {loc.index} ({loc.platform_code.strip()}) data"
+                spans.append((loc.data_offset, loc.data_length, label))
+        self.out.info("dynamic header", "the parent image is not checked", hdr.offset)
+        return spans
 
 
 @dataclasses.dataclass

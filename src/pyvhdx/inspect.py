@@ -1144,8 +1144,7 @@ class _VHDInspector(_FileRanges):
         f = self.footer
         if f is None or not f.sparse:
             return
-        wrong = vhd_layout.header_offset_problem(f, self.data_end)
-        if wrong is not None:
+        if (wrong := vhd_layout.header_offset_problem(f, self.data_end)) is not None:
             raise InvalidImageError(wrong.message, structure="VHD footer", field=wrong.field)
         hdr = vhd_layout.read_dynamic_header(
             self.source,
@@ -1198,16 +1197,6 @@ class _VHDInspector(_FileRanges):
 
     # -- BAT ---------------------------------------------------------------------------------
 
-    def _fixed(self, current: int) -> None:
-        self.ref(0, current)
-        self.report["bat"] = None
-        self.report["fixed-data"] = {
-            "offset": 0,
-            "length": current,
-            "missing-bytes": max(0, current - self.data_end),
-            "extra-bytes": max(0, self.data_end - current),
-        }
-
     def bat(self) -> None:
         f = self.footer
         if f is None:
@@ -1215,8 +1204,15 @@ class _VHDInspector(_FileRanges):
                 "no footer to read the disk layout from", structure="VHD footer"
             )
         current = int(f.fields.current_size)
-        if f.disk_type == VHDDiskType.FIXED:
-            self._fixed(current)
+        if f.disk_type == VHDDiskType.FIXED:  # spec "Fixed Hard Disk Image"
+            self.ref(0, current)
+            self.report["bat"] = None
+            self.report["fixed-data"] = {
+                "offset": 0,
+                "length": current,
+                "missing-bytes": max(0, current - self.data_end),
+                "extra-bytes": max(0, self.data_end - current),
+            }
             self.bat_ok = True
             return
         hdr = self.hdr

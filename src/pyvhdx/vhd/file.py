@@ -1,15 +1,6 @@
 """VHD images: fixed, dynamic and differencing (Virtual Hard Disk Image Format
-Specification, 2006; SPEC-NOTES.md "VHD" and pitfalls 14-20).
-
-:class:`VHDFile` opens a VHD read-only, chooses a footer copy
-(:func:`choose_footer`: the one at the end of the file, or the copy at offset 0
-of a dynamic or differencing disk when the end copy is missing or damaged),
-decides which of the defects :mod:`pyvhdx.vhd.layout` found are fatal, and
-reduces the image to a :class:`~pyvhdx.bat.BlockTable` whose entries are read
-lazily from the BAT. Opening costs a few small reads whatever the disk size.
-
-Opened writable, fixed, dynamic and differencing disks take writes
-(:mod:`pyvhdx.vhd.writer`).
+Specification, 2006; SPEC-NOTES.md "VHD", pitfalls 14-20): the footer copy to trust,
+which defects :mod:`pyvhdx.vhd.layout` found are fatal, and a lazily read BAT.
 """
 
 from __future__ import annotations
@@ -19,7 +10,6 @@ import os
 import sys
 import uuid
 import warnings
-from collections.abc import Iterator
 from typing import Any, Final
 
 import numpy as np
@@ -103,11 +93,8 @@ class FooterChoice:
         return self.footers.start if self.chosen is self.footers.end else self.footers.end
 
     def failed(self) -> list[tuple[LayoutProblem, int | None]]:
-        """The copies not used that should be there, each with its defect and the
-        copy's offset (None when it is missing or cut off).
-
-        The footer at the end fails when the copy at offset 0 is used; a dynamic
-        or differencing disk's copy at offset 0 fails when it is missing or damaged.
+        """The copies not used that should be there: each defect and the copy's offset
+        (None when missing or cut off) (DESIGN.md "Copies").
         """
         f = self.footers
         if self.chosen is f.start:
@@ -154,12 +141,9 @@ class FooterChoice:
 
 
 def choose_footer(footers: Footers) -> FooterChoice:
-    """The footer copy to trust: the one at the end if its checksum is right, else
-    a valid copy at offset 0, else whichever copy there is.
-
-    Raises:
-        TruncatedImageError: no copy at all, and the footer at the end cut short.
-        InvalidImageError: no copy at all.
+    """The footer copy to trust: the end one if its checksum is right, else a valid copy
+    at offset 0, else either (DESIGN.md "Copies"). Raises Truncated/InvalidImageError
+    without a copy.
     """
     found = [c for c in (footers.end, footers.start) if c is not None]
     good = [c for c in found if c.checksum_ok]
@@ -269,9 +253,8 @@ class VHDFile(VHDWriter, FormatHandler):
         if warn:
             _warn(f"{self.source.name}: {problem}")
 
-    def _bad_checksum(self, structure: str, offset: int, stored: int, computed: int) -> None:
+    def _bad_checksum(self, structure: str, offset: int, message: str) -> None:
         """A structure in use has a bad checksum: fatal if strict, else reported."""
-        message = f"bad checksum: stored {stored:#010x}, computed {computed:#010x}"
         if self.strict:
             raise ChecksumError(message, structure=structure, field="Checksum", offset=offset)
         self._report(Problem(structure, message, offset, "Checksum"), warn=True)
@@ -295,16 +278,11 @@ class VHDFile(VHDWriter, FormatHandler):
             self.failed_copies.append(problem.structure)
             quiet = problem.code == "footer.start-missing"
             self._report(problem.problem(using, offset=copy_offset), warn=not quiet)
-        differ = choice.differ()
-        if differ is not None:
+        if (differ := choice.differ()) is not None:
             self._report(differ.problem(), warn=True)
         if not chosen.checksum_ok:
-            self._bad_checksum(
-                f"VHD {chosen.name}",
-                chosen.field_offset("Checksum"),
-                chosen.stored_checksum,
-                chosen.computed_checksum,
-            )
+            at = chosen.field_offset("Checksum")
+            self._bad_checksum(f"VHD {chosen.name}", at, chosen.checksum_message)
         return chosen
 
     def _check_footer_fields(self, chosen: FooterCopy) -> None:
@@ -330,8 +308,7 @@ class VHDFile(VHDWriter, FormatHandler):
     # -- dynamic and differencing disks (spec "Dynamic Disk Header Format") ------
 
     def _open_dynamic(self, chosen: FooterCopy, differencing: bool) -> None:
-        wrong = header_offset_problem(chosen, self.data_end)
-        if wrong is not None:
+        if (wrong := header_offset_problem(chosen, self.data_end)) is not None:
             raise _fatal(wrong, "VHD footer")
         hdr = read_dynamic_header(
             self.source,
@@ -369,9 +346,7 @@ class VHDFile(VHDWriter, FormatHandler):
         """What a defect of the dynamic header means to a reader."""
         if problem.code == "header.checksum":
             assert problem.offset is not None
-            self._bad_checksum(
-                problem.structure, problem.offset, hdr.stored_checksum, hdr.computed_checksum
-            )
+            self._bad_checksum(problem.structure, problem.offset, hdr.checksum_message)
         elif problem.code in _TOLERATED:
             self._report(problem.problem())
         elif problem.code not in _IGNORED:
@@ -381,8 +356,8 @@ class VHDFile(VHDWriter, FormatHandler):
 
     def _bat_entry(self, block: int) -> int:
         assert self.table_offset is not None
-        off = self.table_offset + 4 * block
-        return int.from_bytes(self.source.read_exact(off, 4, "VHD BAT"), "big")
+        raw = self.source.read_exact(self.table_offset + 4 * block, 4, "VHD BAT")
+        return int.from_bytes(raw, "big")
 
     def _block_data_offset(self, block: int) -> int:
         """File offset of an allocated block's data (after its padded bitmap)."""
@@ -418,9 +393,7 @@ class VHDFile(VHDWriter, FormatHandler):
         return False, f"Parent Unique ID {want} != parent Unique Id {have}"
 
     def _decode(self, first: int, raw: npt.NDArray[np.uint32], *, lenient: bool) -> I64:
-        """Block codes of BAT entries ``raw`` from ``first`` (``lenient``: the
-        offsets of a dynamic disk past the end of the file kept, to count them).
-        """
+        """Block codes of BAT entries ``raw`` from ``first`` (``lenient``: past-EOF kept)."""
         assert self.table_offset is not None and self.block_size is not None
         assert self.bitmap_size is not None
         return decode_vhd_bat(
@@ -444,14 +417,10 @@ class VHDFile(VHDWriter, FormatHandler):
         self._note_lost(codes, first_block, self.data_end, lambda b: table_offset + 4 * b)
         return codes
 
-    def _raw_bat(self) -> Iterator[tuple[int, npt.NDArray[np.uint32]]]:
-        """The raw BAT entries of the disk's blocks, a chunk at a time."""
-        assert self.table_offset is not None
-        return bat_chunks(self.source, self.table_offset, self.table.block_count)
-
     def _lost_totals(self, file_size: int) -> tuple[int, int]:
-        assert self.block_size is not None
-        chunks = ((first, self._decode(first, raw, lenient=True)) for first, raw in self._raw_bat())
+        assert self.block_size is not None and self.table_offset is not None
+        raws = bat_chunks(self.source, self.table_offset, self.table.block_count)
+        chunks = ((first, self._decode(first, raw, lenient=True)) for first, raw in raws)
         return lost_totals(
             chunks, block_size=self.block_size, virtual_size=self.virtual_size, file_size=file_size
         )

@@ -1,22 +1,7 @@
-"""The VHD layout model: every on-disk copy of every VHD structure, as found, and
-the builders of each (Virtual Hard Disk Image Format Specification, 2006;
-SPEC-NOTES.md "VHD" and pitfalls 14-20).
-
-This is the one module that parses VHD structures (DESIGN.md "One layout model
-per format"). It reads each copy into a dataclass holding the parsed fields, the
-stored and computed checksums and the problems found in it; it decides nothing.
-:mod:`pyvhdx.vhd.file` chooses the copy to trust and what is fatal,
-:mod:`pyvhdx.check` maps the problems to findings, :mod:`pyvhdx.inspect`
-serialises the copies.
-
-* :func:`read_footers`: the footer at the end of the file (512 bytes, or 511 for
-  files made before Virtual PC 2004; or where a cut-off one starts) and the copy
-  at offset 0 (a dynamic or differencing disk's; a fixed disk's offset 0 is
-  disk data).
-* :func:`read_dynamic_header`: the dynamic header, its fields checked against
-  the file, and its parent locator entries with their data.
-* :func:`bat_chunks`: the raw BAT entries, a bounded chunk at a time.
-* :func:`vhd_footer`, :func:`vhd_dynamic_header`: the builders.
+"""The VHD layout model: every on-disk copy of every VHD structure as found (fields,
+checksums, problems; it decides nothing), and the builders (Virtual Hard Disk Image
+Format Specification, 2006; SPEC-NOTES.md "VHD", pitfalls 14-20; DESIGN.md "One
+layout model per format").
 """
 
 from __future__ import annotations
@@ -135,17 +120,9 @@ LOCATOR_ENCODINGS: Final = {
     "MacX": "utf-8",
 }
 
-#: Creator Application written into every VHD footer: ``"win "``, the code of
-#: Hyper-V and of the Windows virtual disk API. The field only documents the
-#: creator (spec "Hard Disk Footer Format"), but QEMU also uses it to choose the
-#: size it believes: the CHS geometry for ``vpc ``, ``qemu`` and unknown codes,
-#: CurrentSize for ``win ``, ``qem2``, ``d2v ``, ``tap\0`` and ``CTXS`` (QEMU
-#: ``vpc_open``; SPEC-NOTES "Which size is authoritative"). pyvhdx's images have
-#: Hyper-V semantics (CurrentSize is the size, the geometry comes from the spec's
-#: algorithm and is smaller for most sizes), so it uses the code that says so:
-#: with a code of its own QEMU would cut every image to its CHS capacity. The
-#: Creator Version (pyvhdx's major.minor) tells pyvhdx images apart from
-#: Hyper-V's (10.0 or 6.x).
+#: Creator Application of every VHD footer: Hyper-V's ``"win "``, for which QEMU
+#: believes CurrentSize rather than the CHS geometry (QEMU ``vpc_open``; SPEC-NOTES
+#: "Which size is authoritative"); Creator Version is pyvhdx's major.minor.
 VHD_CREATOR_APPLICATION: Final = b"win "
 #: Creator Host OS: ``Wi2k`` (the spec's code for Windows; the other is ``Mac ``).
 VHD_CREATOR_HOST_OS: Final = b"Wi2k"
@@ -172,12 +149,8 @@ class CHSGeometry(NamedTuple):
 
 
 def chs_geometry(total_sectors: int) -> CHSGeometry:
-    """The CHS geometry the VHD spec appendix assigns to ``total_sectors``.
-
-    Sectors per track 17, then 31, then 63 with 4 to 16 heads; 255 sectors and
-    16 heads from 65535 x 16 x 63 sectors on; capped at 65535 x 16 x 255. This is
-    the algorithm of QEMU ``calculate_geometry``. The capacity it gives may be
-    smaller than ``total_sectors``.
+    """The CHS geometry of ``total_sectors`` (spec appendix "CHS Calculation", as QEMU
+    ``calculate_geometry``; its capacity may be smaller than ``total_sectors``).
     """
     if total_sectors < 0:
         raise ValueError(f"negative sector count {total_sectors}")
@@ -220,14 +193,11 @@ def vhd_bat_bytes(entries: int) -> int:
 
 def timestamp_text(seconds: int) -> str:
     """A VHD time stamp (seconds since 2000-01-01 00:00:00 UTC) as ISO 8601 UTC."""
-    moment = _EPOCH + datetime.timedelta(seconds=seconds)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (_EPOCH + datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def fourcc(raw: bytes) -> str:
-    """A four-character code as text, spaces kept (``"win "``), NULs and other
-    control characters dropped (``b"tap\\0"`` gives ``"tap"``).
-    """
+    """A four-character code as text, spaces kept, control characters dropped."""
     return "".join(ch for ch in raw.decode("latin-1") if ch.isprintable())
 
 
@@ -256,10 +226,8 @@ def vhd_time_stamp(unix_time: float | None = None) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class LayoutProblem:
-    """A defect of one on-disk copy, as found (the caller decides what it means).
-
-    ``code`` names the defect (``"footer.checksum"``, ``"header.block-size"``...)
-    so that the reader and ``check`` can each map it to their own policy.
+    """A defect of one on-disk copy, named by ``code`` (``"footer.checksum"``...) for
+    the reader and ``check`` to map to their own policy.
     """
 
     code: str
@@ -271,9 +239,7 @@ class LayoutProblem:
     def problem(
         self, suffix: str = "", *, offset: int | None = None, structure: str | None = None
     ) -> Problem:
-        """As an open's :class:`~pyvhdx.info.Problem` (``offset`` and ``structure``
-        replace the own, ``suffix`` is added to the message).
-        """
+        """As an open's :class:`~pyvhdx.info.Problem` (``suffix`` ends the message)."""
         return Problem(
             structure or self.structure,
             self.message + suffix,
@@ -282,8 +248,36 @@ class LayoutProblem:
         )
 
 
+class _IntField:
+    """A field of the parsed ``fields``, as an int (read-only)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> int:
+        return int(getattr(obj.fields, self.name))
+
+
+class _Checksummed:
+    """A structure read with its stored and computed checksums (spec "Checksum")."""
+
+    stored_checksum: int
+    computed_checksum: int
+
+    @property
+    def checksum_ok(self) -> bool:
+        return self.stored_checksum == self.computed_checksum
+
+    @property
+    def checksum_message(self) -> str:
+        return (
+            f"bad checksum: stored {self.stored_checksum:#010x}, "
+            f"computed {self.computed_checksum:#010x}"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
-class FooterCopy:
+class FooterCopy(_Checksummed):
     """One copy of the footer as found in the file (its cookie is intact)."""
 
     where: str  # "end" or "start"
@@ -303,13 +297,7 @@ class FooterCopy:
         fields = parse(VHDFooter, raw, structure=f"VHD {name}", offset=offset)
         return cls(where, offset, len(data), raw, fields, stored, vhd_checksum(raw, c))
 
-    @property
-    def checksum_ok(self) -> bool:
-        return self.stored_checksum == self.computed_checksum
-
-    @property
-    def disk_type(self) -> int:
-        return int(self.fields.disk_type)
+    disk_type = _IntField()
 
     @property
     def sparse(self) -> bool:
@@ -331,63 +319,39 @@ class FooterCopy:
     def checksum_problem(self) -> LayoutProblem | None:
         if self.checksum_ok:
             return None
-        return LayoutProblem(
-            "footer.checksum",
-            self.name,
-            f"bad checksum: stored {self.stored_checksum:#010x}, "
-            f"computed {self.computed_checksum:#010x}",
-            self.field_offset("Checksum"),
-            "Checksum",
-        )
+        at = self.field_offset("Checksum")
+        return LayoutProblem("footer.checksum", self.name, self.checksum_message, at, "Checksum")
 
 
 _FOOTER_NAMES: Final = {"end": "footer at end of file", "start": "footer copy at offset 0"}
 
 
 def footer_field_problems(copy: FooterCopy) -> Iterator[LayoutProblem]:
-    """Defects of a footer's fields (the copy's checksum aside)."""
-    f, name = copy.fields, copy.name
+    """Defects of a footer's fields, its checksum aside (spec "Hard Disk Footer Format")."""
+    f, size = copy.fields, int(copy.fields.current_size)
 
-    def problem(code: str, message: str, field: str) -> LayoutProblem:
-        return LayoutProblem(code, name, message, copy.field_offset(field), field)
+    def bad(code: str, message: str, field: str) -> LayoutProblem:
+        return LayoutProblem(f"footer.{code}", copy.name, message, copy.field_offset(field), field)
 
     if f.file_format_version != VERSION_1_0:
-        yield problem(
-            "footer.version",
-            f"unexpected file format version {f.file_format_version:#010x} (spec: 0x00010000)",
-            "FileFormatVersion",
-        )
+        message = f"unexpected file format version {f.file_format_version:#010x} (spec: 0x00010000)"
+        yield bad("version", message, "FileFormatVersion")
     if copy.disk_type not in (VHDDiskType.FIXED, *_SPARSE):
-        yield problem(
-            "footer.disk-type",
-            f"unknown disk type {copy.disk_type} (2 fixed, 3 dynamic, 4 differencing)",
-            "DiskType",
-        )
-    size = int(f.current_size)
+        message = f"unknown disk type {copy.disk_type} (2 fixed, 3 dynamic, 4 differencing)"
+        yield bad("disk-type", message, "DiskType")
     if size % VHD_SECTOR_SIZE:
-        yield problem(
-            "footer.size-unaligned",
-            f"CurrentSize {size} is not a multiple of {VHD_SECTOR_SIZE}",
-            "CurrentSize",
-        )
-    if size > VHD_MAX_SIZE:
-        # QEMU refuses these; fixed VHDs above 2040 GiB exist (Azure takes fixed
-        # VHDs up to 32 TiB, SPEC-NOTES pitfall 19).
-        yield problem(
-            "footer.size-above-limit",
-            f"CurrentSize {size} exceeds the spec's 2040 GiB limit (QEMU refuses it)",
-            "CurrentSize",
-        )
+        message = f"CurrentSize {size} is not a multiple of {VHD_SECTOR_SIZE}"
+        yield bad("size-unaligned", message, "CurrentSize")
+    if size > VHD_MAX_SIZE:  # fixed VHDs above it exist (Azure, SPEC-NOTES pitfall 19)
+        message = f"CurrentSize {size} exceeds the spec's 2040 GiB limit (QEMU refuses it)"
+        yield bad("size-above-limit", message, "CurrentSize")
     if copy.disk_type == VHDDiskType.FIXED and f.data_offset != VHD_FIXED_DATA_OFFSET:
-        yield problem(
-            "footer.fixed-data-offset",
-            f"DataOffset of a fixed disk is {f.data_offset:#x}, not 0xffffffffffffffff",
-            "DataOffset",
-        )
+        message = f"DataOffset of a fixed disk is {f.data_offset:#x}, not 0xffffffffffffffff"
+        yield bad("fixed-data-offset", message, "DataOffset")
 
 
 def fixed_size_problem(copy: FooterCopy, data_end: int) -> LayoutProblem | None:
-    """A fixed disk is its data then the footer: the file must be CurrentSize + 512."""
+    """A fixed disk is its data then the footer (spec "Fixed Hard Disk Image")."""
     size = int(copy.fields.current_size)
     if data_end == size:
         return None
@@ -408,23 +372,13 @@ def fixed_size_problem(copy: FooterCopy, data_end: int) -> LayoutProblem | None:
 
 @dataclasses.dataclass(frozen=True)
 class Footers:
-    """Both footer copies as found.
-
-    Attributes:
-        file_size: the size of the file.
-        end: the footer at the end of the file, if its cookie is there.
-        start: the copy at offset 0 of a dynamic or differencing disk.
-        cut_at: where a footer cut short by the end of the file starts.
-        start_note: why there is no copy at offset 0 (None when there is one).
-        problems: each copy's defects (``footer.checksum``, ``footer.truncated``,
-            ``footer.missing``, ``footer.old``).
-    """
+    """Both footer copies as found (spec "Hard Disk Footer Format")."""
 
     file_size: int
-    end: FooterCopy | None
-    start: FooterCopy | None
-    cut_at: int | None
-    start_note: str | None
+    end: FooterCopy | None  # the footer at the end of the file, if its cookie is there
+    start: FooterCopy | None  # the copy at offset 0 of a dynamic or differencing disk
+    cut_at: int | None  # where a footer cut short by the end of the file starts
+    start_note: str | None  # why there is no copy at offset 0
     problems: list[LayoutProblem]
 
     @property
@@ -473,31 +427,17 @@ def read_footers(source: FileSource) -> Footers:
     end, cut_at = _footer_at_end(source, size)
     start, start_note = _footer_at_start(source, size, end)
     problems = [p for p in (c.checksum_problem() for c in (end, start) if c) if p]
+    name = _FOOTER_NAMES["end"]
     if end is not None and end.length == VHD_OLD_FOOTER_SIZE:
-        problems.append(
-            LayoutProblem(
-                "footer.old", end.name, "511-byte footer (made before Virtual PC 2004)", end.offset
-            )
-        )
+        message = "511-byte footer (made before Virtual PC 2004)"
+        problems.append(LayoutProblem("footer.old", name, message, end.offset))
     elif cut_at is not None:
-        problems.append(
-            LayoutProblem(
-                "footer.truncated",
-                _FOOTER_NAMES["end"],
-                f"truncated: the file ends {size - cut_at} bytes into it",
-                cut_at,
-            )
-        )
+        message = f"truncated: the file ends {size - cut_at} bytes into it"
+        problems.append(LayoutProblem("footer.truncated", name, message, cut_at))
     elif end is None:
-        problems.append(
-            LayoutProblem(
-                "footer.missing",
-                _FOOTER_NAMES["end"],
-                "missing: no 'conectix' cookie in the last 512 bytes",
-                max(0, size - VHD_FOOTER_SIZE),
-                "Cookie",
-            )
-        )
+        message = "missing: no 'conectix' cookie in the last 512 bytes"
+        at = max(0, size - VHD_FOOTER_SIZE)
+        problems.append(LayoutProblem("footer.missing", name, message, at, "Cookie"))
     return Footers(size, end, start, cut_at, start_note, problems)
 
 
@@ -506,11 +446,8 @@ def read_footers(source: FileSource) -> Footers:
 
 @dataclasses.dataclass(frozen=True)
 class LocatorEntry:
-    """A parent locator entry in use (spec "Dynamic Disk Header Format"), with its data.
-
-    ``data`` is None when it lies outside the data area (below offset 512 or
-    past its end) or exceeds 64 KiB: then ``problem`` says so. ``path`` is the
-    decoded data of a platform code that holds a path.
+    """A parent locator entry in use (spec "Dynamic Disk Header Format"), with its data
+    (None, and ``problem`` set, when outside the data area or above 64 KiB).
     """
 
     index: int
@@ -531,9 +468,8 @@ class LocatorEntry:
 
     @property
     def reserved_length(self) -> int:
-        """Bytes the entry reserves, a sector multiple: Platform Data Space is in
-        sectors per the spec and in bytes as Windows writes it (libvhdi marks the
-        unit as uncertain): a value below 512 is taken as sectors.
+        """Bytes the entry reserves, a sector multiple (Platform Data Space is in sectors
+        per the spec, in bytes as Windows writes it: below 512 it is taken as sectors).
         """
         space = self.data_space
         space_bytes = space * VHD_SECTOR_SIZE if space < VHD_SECTOR_SIZE else space
@@ -541,10 +477,7 @@ class LocatorEntry:
 
     @property
     def room(self) -> int:
-        """Bytes a new path may take in place: Platform Data Space is in bytes in
-        the images seen (SPEC-NOTES 23); an older image may count sectors, then
-        only the old length is sure to be the entry's.
-        """
+        """Bytes a new path may take in place (SPEC-NOTES 23: the space, if in bytes)."""
         return self.data_space if self.data_space >= self.data_length else self.data_length
 
     def to_dict(self) -> dict[str, Any]:
@@ -554,12 +487,9 @@ class LocatorEntry:
 
 
 @dataclasses.dataclass(frozen=True)
-class DynamicHeader:
-    """The dynamic disk header as found, its locators, and the defects found.
-
-    ``problems`` are in the order a reader meets them; after a defect that makes
-    the block map unknowable (``header.cookie``, ``header.block-size``,
-    ``header.table-offset``) nothing further is checked.
+class DynamicHeader(_Checksummed):
+    """The dynamic disk header as found, its locators and its defects (spec "Dynamic
+    Disk Header Format").
     """
 
     offset: int
@@ -574,21 +504,9 @@ class DynamicHeader:
     def cookie_ok(self) -> bool:
         return self.raw[:8] == VHD_DYNAMIC_COOKIE
 
-    @property
-    def checksum_ok(self) -> bool:
-        return self.stored_checksum == self.computed_checksum
-
-    @property
-    def block_size(self) -> int:
-        return int(self.fields.block_size)
-
-    @property
-    def table_offset(self) -> int:
-        return int(self.fields.table_offset)
-
-    @property
-    def max_table_entries(self) -> int:
-        return int(self.fields.max_table_entries)
+    block_size = _IntField()
+    table_offset = _IntField()
+    max_table_entries = _IntField()
 
     @property
     def parent_name(self) -> str:
@@ -598,87 +516,61 @@ class DynamicHeader:
         return self.offset + HEADER_FIELDS[name]
 
 
-def _header_problem(offset: int, code: str, message: str, field: str) -> LayoutProblem:
-    return LayoutProblem(code, "VHD dynamic header", message, offset + HEADER_FIELDS[field], field)
-
-
-def _header_field_problems(
-    offset: int, raw: bytes, h: Any, computed: int
+def _header_problems(
+    offset: int, raw: bytes, h: Any, computed: int, virtual_size: int, data_end: int
 ) -> Iterator[LayoutProblem]:
-    """Defects of the fields that do not depend on the rest of the file."""
-    if raw[:8] != VHD_DYNAMIC_COOKIE:
-        yield _header_problem(
-            offset, "header.cookie", f"cookie is {raw[:8]!r}, not {VHD_DYNAMIC_COOKIE!r}", "Cookie"
+    """Defects of the fields, then of the block size and the BAT's place in the file;
+    nothing is checked after a cookie, block size or BAT offset that is wrong.
+    """
+
+    def bad(code: str, message: str, field: str) -> LayoutProblem:
+        return LayoutProblem(
+            f"header.{code}", "VHD dynamic header", message, offset + HEADER_FIELDS[field], field
         )
+
+    if raw[:8] != VHD_DYNAMIC_COOKIE:
+        yield bad("cookie", f"cookie is {raw[:8]!r}, not {VHD_DYNAMIC_COOKIE!r}", "Cookie")
         return
     if h.checksum != computed:
-        yield _header_problem(
-            offset,
-            "header.checksum",
-            f"bad checksum: stored {h.checksum:#010x}, computed {computed:#010x}",
-            "Checksum",
-        )
+        message = f"bad checksum: stored {h.checksum:#010x}, computed {computed:#010x}"
+        yield bad("checksum", message, "Checksum")
     if h.header_version != VERSION_1_0:
-        yield _header_problem(
-            offset,
-            "header.version",
-            f"unexpected header version {h.header_version:#010x} (spec: 0x00010000)",
-            "HeaderVersion",
-        )
+        message = f"unexpected header version {h.header_version:#010x} (spec: 0x00010000)"
+        yield bad("version", message, "HeaderVersion")
     if h.data_offset != VHD_FIXED_DATA_OFFSET:
-        yield _header_problem(
-            offset,
-            "header.data-offset",
+        message = (
             f"DataOffset is {h.data_offset:#x}; the spec and Microsoft tools expect "
-            "0xffffffffffffffff (SPEC-NOTES pitfall 20)",
-            "DataOffset",
+            "0xffffffffffffffff (SPEC-NOTES pitfall 20)"
         )
-
-
-def _bat_problems(offset: int, h: Any, virtual_size: int, data_end: int) -> Iterator[LayoutProblem]:
-    """Defects of the block size and the BAT's place (checked against the file)."""
+        yield bad("data-offset", message, "DataOffset")
     bs = int(h.block_size)
     if bs < VHD_MIN_BLOCK_SIZE or bs > VHD_MAX_BLOCK_SIZE or bs & (bs - 1):
-        yield _header_problem(
-            offset,
-            "header.block-size",
-            f"block size {bs} is not a power of two of at least {VHD_MIN_BLOCK_SIZE} bytes",
-            "BlockSize",
-        )
+        message = f"block size {bs} is not a power of two of at least {VHD_MIN_BLOCK_SIZE} bytes"
+        yield bad("block-size", message, "BlockSize")
         return
     table, entries = int(h.table_offset), int(h.max_table_entries)
     if table < VHD_FOOTER_SIZE or table >= data_end:
-        yield _header_problem(
-            offset,
-            "header.table-offset",
-            f"BAT offset {table:#x} is outside the data area [{VHD_FOOTER_SIZE:#x}, {data_end:#x})",
-            "TableOffset",
+        message = (
+            f"BAT offset {table:#x} is outside the data area [{VHD_FOOTER_SIZE:#x}, {data_end:#x})"
         )
+        yield bad("table-offset", message, "TableOffset")
         return
     needed = -(-virtual_size // bs)
     if entries < needed:
-        yield _header_problem(
-            offset,
-            "header.entries-too-few",
+        message = (
             f"BAT has {entries} entries; CurrentSize {virtual_size} needs {needed} blocks of "
-            f"{bs} bytes",
-            "MaxTableEntries",
+            f"{bs} bytes"
         )
+        yield bad("entries-too-few", message, "MaxTableEntries")
     if table + 4 * entries > data_end:
-        yield _header_problem(
-            offset,
-            "header.bat-past-end",
+        message = (
             f"BAT of {entries} entries ({4 * entries} bytes at {table:#x}) does not fit in "
-            f"the file's data area, which ends at {data_end:#x}",
-            "MaxTableEntries",
+            f"the file's data area, which ends at {data_end:#x}"
         )
+        yield bad("bat-past-end", message, "MaxTableEntries")
     if table < offset + VHD_DYNAMIC_HEADER_SIZE and table + 4 * entries > offset:
-        yield _header_problem(
-            offset,
-            "header.bat-overlaps-header",
-            f"BAT ({table:#x}+{4 * entries:#x}) overlaps the dynamic header at {offset:#x}",
-            "TableOffset",
-        )
+        message = f"BAT ({table:#x}+{4 * entries:#x}) overlaps the dynamic header at {offset:#x}"
+        yield bad("bat-overlaps-header", message, "TableOffset")
 
 
 def _read_locator(
@@ -710,8 +602,8 @@ def _read_locator(
 def read_dynamic_header(
     source: FileSource, offset: int, *, virtual_size: int, data_end: int
 ) -> DynamicHeader:
-    """The dynamic header at ``offset`` (the footer's Data Offset, checked by the
-    caller to lie in the data area), with its parent locator entries and data.
+    """The dynamic header at ``offset``, its locator entries and data (spec "Dynamic
+    Disk Header Format").
     """
     raw = source.read_exact(offset, VHD_DYNAMIC_HEADER_SIZE, "VHD dynamic header")
     # Parsed with the cookie put right, so that a damaged header still shows its fields.
@@ -722,9 +614,7 @@ def read_dynamic_header(
         offset=offset,
     )
     computed = vhd_checksum(raw, DYNAMIC_HEADER_CHECKSUM_OFFSET)
-    problems = list(_header_field_problems(offset, raw, h, computed))
-    if not any(p.code == "header.cookie" for p in problems):
-        problems += _bat_problems(offset, h, virtual_size, data_end)
+    problems = list(_header_problems(offset, raw, h, computed, virtual_size, data_end))
     locators = []
     base = offset + _LOCATOR_ENTRIES_OFFSET
     for i, entry in enumerate(h.parent_locator_entries):
@@ -752,10 +642,8 @@ def header_offset_problem(footer: FooterCopy, data_end: int) -> LayoutProblem | 
 def bat_chunks(
     source: FileSource, table_offset: int, count: int, *, strict: bool = True
 ) -> Iterator[tuple[int, npt.NDArray[np.uint32]]]:
-    """``(first entry, raw big-endian entries)`` of the BAT, a bounded chunk at a time.
-
-    With ``strict`` a BAT cut short by the end of the file raises
-    :class:`~pyvhdx.errors.TruncatedImageError`; without, it yields what there is.
+    """``(first entry, raw entries)`` of the BAT (spec "Block Allocation Table"), a chunk
+    at a time; a BAT cut short raises TruncatedImageError if ``strict``.
     """
     for first in range(0, count, _BAT_CHUNK_ENTRIES):
         n = min(_BAT_CHUNK_ENTRIES, count - first)
@@ -795,13 +683,8 @@ def vhd_footer(
     time_stamp: int | None = None,
     geometry: CHSGeometry | None = None,
 ) -> bytes:
-    """A 512-byte VHD footer with its checksum (spec "Hard Disk Footer Format").
-
-    Original Size and Current Size are both ``size``; the geometry is
-    ``geometry`` (a child copies its parent's) or else the spec appendix's for
-    ``size`` (capped at 65535 x 16 x 255, pitfall 19); Data Offset is all ones
-    for a fixed disk and 512 (the dynamic header) otherwise; Disk Type is 2, 3
-    or 4 for fixed, dynamic or differencing.
+    """A 512-byte VHD footer with its checksum (spec "Hard Disk Footer Format"; the
+    geometry defaults to the spec appendix's for ``size``, pitfall 19).
     """
     fixed = disk_type is DiskType.FIXED
     if geometry is None:
@@ -850,12 +733,8 @@ def vhd_dynamic_header(
     parent_locators: Sequence[tuple[bytes, int, int, int]] = (),
 ) -> bytes:
     """A 1024-byte dynamic disk header with its checksum (spec "Dynamic Disk Header
-    Format"): the BAT at 1536, Data Offset all ones (pitfall 20).
-
-    A dynamic disk has no parent (the defaults). A differencing disk gives its
-    parent's Unique Id, time stamp (seconds since 2000-01-01 UTC) and name
-    (stored UTF-16BE, at most 256 code units), and up to eight parent locator
-    entries ``(platform code, data space, data length, data offset)``.
+    Format"; the BAT at 1536, pitfall 20); a differencing disk's names its parent and
+    up to eight locators ``(platform code, data space, data length, data offset)``.
     """
     if len(parent_locators) > PARENT_LOCATOR_COUNT:
         raise InvalidArgumentError(f"at most {PARENT_LOCATOR_COUNT} parent locators")
@@ -895,9 +774,8 @@ def with_parent(
     name: str,
     lengths: dict[int, int],
 ) -> bytes:
-    """``header`` (a dynamic header as read) naming another parent: Parent Unique
-    ID, Time Stamp and Unicode Name, and the new Platform Data Length of the
-    locator entries ``lengths`` (by index); the checksum recomputed.
+    """``header`` naming another parent, with the new Platform Data Length of the
+    locators ``lengths`` (by index), checksum recomputed (spec "Dynamic Disk Header").
     """
     raw = bytearray(header)
     for index, length in lengths.items():

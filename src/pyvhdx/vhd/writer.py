@@ -1,12 +1,5 @@
-"""Writes to VHD images (spec "Block Allocation Table and Data Blocks"; SPEC-NOTES
-pitfalls 17 and 18).
-
-:class:`VHDWriter` is the write side of :class:`~pyvhdx.vhd.file.VHDFile`: fixed
-disks are written in place; dynamic and differencing disks in place, or into
-blocks allocated where the footer stands, in an order that leaves a valid image
-after a crash at any point (:meth:`VHDWriter.write_at`; for differencing disks,
-with per-sector bitmaps, :meth:`VHDWriter._write_differencing`). It also points a
-differencing disk at another parent (:meth:`VHDWriter.set_parent`).
+"""Writes to VHD images, crash-consistent (spec "Block Allocation Table and Data
+Blocks"; SPEC-NOTES pitfalls 17 and 18), and a differencing disk's new parent.
 """
 
 from __future__ import annotations
@@ -38,9 +31,7 @@ __all__ = ["VHDWriter"]
 
 
 class VHDWriter:
-    """The write side of a VHD handler (mixed into :class:`~pyvhdx.vhd.file.VHDFile`,
-    which sets the attributes declared here when it opens the image).
-    """
+    """The write side of :class:`~pyvhdx.vhd.file.VHDFile` (which sets these attributes)."""
 
     source: FileSource
     writable: bool
@@ -64,9 +55,7 @@ class VHDWriter:
 
     def _init_writes(self) -> None:
         """The write state of a newly opened image."""
-        #: Skip the flushes that order writes for crash consistency (for a
-        #: temporary file, as ``convert`` writes); close still flushes.
-        self.bulk = False
+        self.bulk = False  # skip the ordering flushes (a temporary file); close flushes
         self._alloc_end: int | None = None  # where the next new block goes
         self._full_bitmaps: set[int] = set()  # blocks whose sector bitmap is all ones
         self._layout_checked = False  # block layout verified for writing (first write)
@@ -74,33 +63,10 @@ class VHDWriter:
     # -- writes (spec "Block Allocation Table and Data Blocks") -----------------
 
     def write_at(self, offset: int, data: memoryview) -> None:
-        """Write ``data`` at virtual ``offset`` (checked by ``DiskImage`` to lie
-        inside the disk).
-
-        A fixed disk is written in place. In a dynamic disk, a write into an
-        allocated block goes in place, after which the written sectors' bits of
-        the block's sector bitmap are set if they were not. Unallocated blocks
-        touched by the write are allocated where the footer stands (or after the
-        last block, if that is further), in this order, so that a crash at any
-        point leaves an image every reader opens with each sector old or new:
-
-        1. the footer, unchanged, at the new end of the file; flush. The old
-           footer still stands, so the file ends with a valid footer throughout;
-        2. each new block's sector bitmap, all ones as QEMU writes it (right for
-           a dynamic disk, SPEC-NOTES pitfall 18), the first one over the old
-           footer; then the data, the rest of each new block reading as zeros
-           (it lies past the old end of the file); flush;
-        3. the BAT entries of the new blocks, one read-modify-write per BAT
-           sector. Until then the new blocks are unreferenced space that
-           readers (QEMU included) skip; the footer copy at offset 0 never
-           changes.
-
-        A write whose new blocks' BAT entries share one 512-byte BAT sector, and
-        that touches no allocated block, is all-or-nothing; others are so per
-        block.
-
-        A differencing disk keeps its sector bitmaps exact and its parent's data
-        under partial sectors: see :meth:`_write_differencing`.
+        """Write ``data`` at virtual ``offset`` (spec "Block Allocation Table and Data
+        Blocks"). New blocks go where the footer stands, so a crash leaves each
+        sector old or new: 1. the footer moved past them, flush; 2. their bitmaps
+        (all ones, pitfall 18) and the data, flush; 3. their BAT entries.
         """
         if self.disk_type is DiskType.FIXED:
             self.source.pwrite(data, offset)
@@ -145,17 +111,8 @@ class VHDWriter:
                 self._full_bitmaps.add(block)
 
     def _check_layout_for_writing(self) -> None:
-        """Refuse to write into an image whose blocks share file space.
-
-        Reading such an image is allowed (``check`` reports it), but a write into
-        a block that overlaps another block or the metadata (the footer copy at
-        offset 0, the dynamic header, the BAT, parent locator data, the footer)
-        would change that too. Run once, before the first write of a session,
-        over the raw BAT entries (block bitmap plus the part of the data inside
-        the disk).
-
-        Raises:
-            InvalidImageError: naming the BAT entry of the first such block.
+        """Refuse (InvalidImageError) to write into an image whose blocks share file
+        space with each other or the metadata (spec "Block Allocation Table").
         """
         assert self.table_offset is not None and self.block_size is not None
         assert self.bitmap_size is not None and self.dynamic_header_offset is not None
@@ -193,12 +150,8 @@ class VHDWriter:
             self.source.flush()
 
     def _place(self, blocks: list[int]) -> dict[int, int]:
-        """Choose where ``blocks`` go, move the footer past them (flushed) and
-        return each block's file offset (of its bitmap).
-
-        Raises:
-            UnsupportedFeatureError: the blocks would lie beyond the 2 TiB that
-                the BAT's u32 sector numbers address.
+        """Each new block's file offset (of its bitmap), the footer moved past them
+        (flushed); UnsupportedFeatureError past the 2 TiB u32 BAT entries address.
         """
         assert self.block_size is not None and self.bitmap_size is not None
         if self._alloc_end is None:
@@ -207,8 +160,10 @@ class VHDWriter:
             assert self.table_offset is not None and self.max_table_entries is not None
             assert self.dynamic_header_offset is not None
             last = 0
-            if self._differencing:
-                last = self._blocks_end()
+            if self._differencing:  # the end of the furthest block the BAT points at
+                starts = self._used_blocks()[1]
+                if starts.size:
+                    last = int(starts.max()) + self.bitmap_size + self.block_size
             for _first, codes in self.table.iter_chunks():
                 used = codes[codes >= 0]
                 if used.size:
@@ -250,56 +205,15 @@ class VHDWriter:
             parts_s.append(raw[idx].astype(np.int64) * VHD_SECTOR_SIZE)
         return np.concatenate(parts_i), np.concatenate(parts_s)
 
-    def _blocks_end(self) -> int:
-        """End of the furthest block the BAT points at (bitmap and data)."""
-        assert self.block_size is not None and self.bitmap_size is not None
-        starts = self._used_blocks()[1]
-        if not starts.size:
-            return 0
-        return int(starts.max()) + self.bitmap_size + self.block_size
-
     # -- differencing writes (spec "Block Allocation Table and Data Blocks",
     #    sector bitmap; SPEC-NOTES pitfalls 17 and 18) ------------------------------
 
     def _write_differencing(self, offset: int, data: memoryview) -> None:
-        """Write into a differencing disk: each sector written is stored here and its
-        bit set in its block's sector bitmap (1 = this file, 0 = the parent; MSB
-        first, spec "Block Allocation Table and Data Blocks").
-
-        * Only the sectors a write touches are marked; the rest of a block keeps
-          reading from the parent.
-        * A new block is allocated as in a dynamic disk (at the end, the footer
-          moved first), but its bitmap is all zeros except the written sectors:
-          all ones, as QEMU writes for dynamic disks, would hide the parent
-          under zeros (SPEC-NOTES pitfall 18).
-        * A write that starts or ends inside a 512-byte sector not yet stored
-          here first takes the rest of that sector from the parent
-          (read-modify-write), so the whole sector can be marked present.
-        * Zeros are stored like any data, so zeros written over the parent's
-          data read as zeros (pitfall 18, dosbox-x#4545).
-
-        Order, so that a crash at any point leaves an image that opens with each
-        sector old or new:
-
-        1. new blocks: the footer, unchanged, at the new end of the file;
-           flush (:meth:`_place`, as for dynamic disks);
-        2. the data: in place into allocated blocks (a sector already marked
-           present changes in place; one not marked is invisible until its bit
-           is set) and into the new blocks, with each new block's bitmap (which
-           nothing references yet); flush;
-        3. the new bits of the allocated blocks' bitmaps (a byte range of one
-           bitmap each): now the data they expose is durable;
-        4. the BAT entries of the new blocks (:meth:`_write_bat_entries`).
-
-        Steps 3 and 4 touch different blocks, so their order does not matter;
-        neither is reached before the data it exposes was flushed. A write
-        that stays in one allocated block, or whose new blocks' BAT entries
-        share one BAT sector and that touches no allocated block, is
-        all-or-nothing; others are so per block.
-
-        Raises:
-            UnsupportedFeatureError: a partial-sector write over a sector this
-                file does not hold, with no parent attached.
+        """Write into a differencing disk, marking exactly the sectors written in the
+        block's bitmap (spec "Block Allocation Table and Data Blocks"; pitfalls 17,
+        18); partial sectors take the rest from the parent. Order: 1. new blocks
+        placed (:meth:`_place`); 2. data and new bitmaps, flush; 3. allocated
+        blocks' new bits; 4. new BAT entries.
         """
         assert self.table_offset is not None
         shift = self.table.block_shift
@@ -334,12 +248,8 @@ class VHDWriter:
     def _write_into_block(
         self, block: int, offset: int, data: memoryview, bitmap_offset: int, new: bool
     ) -> tuple[list[tuple[int, bytes]], bool]:
-        """Step 2 of :meth:`_write_differencing` for one block: its part of ``data``
-        (at virtual ``offset``), and a new block's whole bitmap.
-
-        Returns:
-            The bitmap bytes an allocated block still needs set (step 3), and
-            whether the block's bitmap is all ones now.
+        """Step 2 of :meth:`_write_differencing` for one block; returns the bitmap bytes
+        still to set (step 3) and whether its bitmap is all ones now.
         """
         assert self.block_size is not None and self.bitmap_size is not None
         base = block << self.table.block_shift
@@ -372,9 +282,7 @@ class VHDWriter:
         data_offset: int,
         bits: npt.NDArray[np.bool_] | None,
     ) -> None:
-        """Write ``piece``, bytes ``[lo, hi)`` of ``block``, as whole sectors: the rest
-        of a boundary sector as it reads now (this file or the parent).
-        """
+        """Write ``piece``, bytes ``[lo, hi)`` of ``block``, as whole sectors."""
         s0, s1 = lo // VHD_SECTOR_SIZE, -(-hi // VHD_SECTOR_SIZE)
         head, tail = lo - s0 * VHD_SECTOR_SIZE, s1 * VHD_SECTOR_SIZE - hi
         if not (head or tail):
@@ -410,9 +318,7 @@ class VHDWriter:
         buf: bytearray,
         index: int,
     ) -> None:
-        """Read sector ``sector`` of ``block`` as the disk reads it now into sector
-        ``index`` of ``buf``: from this file if its bit is set, else from the parent.
-        """
+        """Sector ``sector`` of ``block`` as it reads now, into sector ``index`` of ``buf``."""
         out = memoryview(buf)[index * VHD_SECTOR_SIZE : (index + 1) * VHD_SECTOR_SIZE]
         if bits is None or bits[sector]:
             got = self.source.readinto(out, data_offset + sector * VHD_SECTOR_SIZE)
@@ -433,9 +339,7 @@ class VHDWriter:
         self.parent_reader((block << self.table.block_shift) + sector * VHD_SECTOR_SIZE, out)
 
     def _write_bat_entries(self, placed: dict[int, int]) -> None:
-        """Point the BAT entries of ``placed`` blocks at them: one write per 512-byte
-        BAT sector, each covering only the entries it changes.
-        """
+        """Point the BAT entries of ``placed`` blocks at them, one write per BAT sector."""
         assert self.table_offset is not None
         by_sector: dict[int, list[tuple[int, int]]] = {}
         for block, pos in sorted(placed.items()):
@@ -451,12 +355,7 @@ class VHDWriter:
             self.source.pwrite(span, lo)
 
     def _set_bitmap_bits(self, block: int, data_offset: int, lo: int, hi: int) -> None:
-        """Mark the sectors of ``[lo, hi)`` (bytes into ``block``) as holding data in
-        the block's sector bitmap (MSB first, SPEC-NOTES pitfall 17), if they were not.
-
-        Blocks pyvhdx allocated, and blocks found all ones, are remembered and not
-        read again.
-        """
+        """Mark bytes ``[lo, hi)`` of ``block`` present in its bitmap (pitfall 17)."""
         if block in self._full_bitmaps:
             return
         assert self.bitmap_size is not None
@@ -471,19 +370,9 @@ class VHDWriter:
     def set_parent(
         self, *, unique_id: uuid.UUID, time_stamp: int, name: str, paths: dict[str, str]
     ) -> None:
-        """Point this differencing VHD at another parent (spec "Dynamic Disk Header").
-
-        ``paths`` maps locator codes (``W2ru``, ``W2ku``) to the new paths; each
-        replaces the path of the existing entry with that code, in the space
-        that entry reserves (no locator is added or moved). Order: the locator
-        data first (flush), then the header in one write (flush). Until the
-        header is written it still names the old parent (Parent Unique ID and
-        Parent Unicode Name), which a reader finds by name while it exists.
-
-        Raises:
-            InvalidArgumentError: not a writable differencing disk, or a new
-                path longer than its entry's reserved space (checked before
-                anything is written).
+        """Point this differencing VHD at another parent (spec "Dynamic Disk Header"):
+        ``paths`` (by locator code) replace the paths in place, then the header is
+        rewritten in one write. InvalidArgumentError before any write if it cannot.
         """
         if not self.writable or self.disk_type is not DiskType.DIFFERENCING:
             raise InvalidArgumentError(f"{self.source.name} is not a writable differencing VHD")
@@ -517,12 +406,7 @@ class VHDWriter:
         return 0 if loc.problem is not None else min(loc.room, self.data_end - loc.data_offset)
 
     def _new_locator_data(self, loc: LocatorEntry, paths: dict[str, str]) -> bytes | None:
-        """The new path of ``loc`` as stored, or None if ``paths`` has none for its code.
-
-        Raises:
-            InvalidArgumentError: the path does not fit in the room the entry
-                reserves inside the data area (none if its data lies outside).
-        """
+        """The new path of ``loc`` as stored (None if none), checked to fit its room."""
         text = paths.get(loc.platform_code)
         encoding = LOCATOR_ENCODINGS.get(loc.platform_code)
         if text is None or encoding is None:
@@ -554,9 +438,7 @@ class VHDWriter:
 def _set_bits(
     bits: npt.NDArray[np.bool_], bitmap_offset: int, s0: int, s1: int
 ) -> list[tuple[int, bytes]]:
-    """Set sectors ``[s0, s1)`` in ``bits``, the sector bitmap at ``bitmap_offset``
-    (MSB first); return the bitmap bytes that change, with their file offset.
-    """
+    """Set sectors ``[s0, s1)`` of the bitmap at ``bitmap_offset``; the bytes to write."""
     if bits[s0:s1].all():
         return []
     bits[s0:s1] = True
