@@ -10,10 +10,9 @@ import dataclasses
 import enum
 import json
 import os
-import sys
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
@@ -174,17 +173,15 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def print_json(data: Any, file: TextIO | None = None) -> None:
+def print_json(data: Any) -> None:
     """Print ``data`` as indented JSON, keys in their given order."""
-    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default)
-    print(text, file=file if file is not None else sys.stdout)
+    print(json.dumps(data, indent=2, sort_keys=False, default=_json_default))
 
 
-def print_lines(lines: Iterable[str], file: TextIO | None = None) -> None:
+def print_lines(lines: Iterable[str]) -> None:
     """Print rendered lines (from :func:`render_fields`), one per line."""
-    out = file if file is not None else sys.stdout
     for line in lines:
-        print(line, file=out)
+        print(line)
 
 
 TABLE_ROWS = 32  # rows of a table shown by the human inspect report (JSON has them all)
@@ -245,9 +242,7 @@ def table_lines(records: Sequence[Mapping[str, Any]], indent: int = 0) -> list[s
     cells = [[cell(c, r.get(c)) if c in r else "" for c in columns] for r in shown]
     heads = [key_label(c) for c in columns]
     widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(heads)]
-    lines = [pad + "  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip()]
-    for row in cells:
-        lines.append(pad + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    lines = [pad + _aligned(row, widths).rstrip() for row in [heads, *cells]]
     if len(records) > len(shown):
         lines.append(f"{pad}... {len(records) - len(shown)} more (see --json)")
     return lines
@@ -264,36 +259,31 @@ def transposed_lines(records: Sequence[Mapping[str, Any]], indent: int = 0) -> l
     for r in records:
         first = next(iter(r.items()), ("", ""))
         columns.append(f"{key_label(first[0])} {cell(first[0], first[1])}".strip())
-    fields: list[tuple[str, str, tuple[str, ...]]] = []  # (label, key for rendering, path)
+    paths: list[tuple[str, ...]] = []  # a field, or a key of a field holding a mapping
     for r in records:
         for k, v in list(r.items())[1:]:
-            paths: list[tuple[str, ...]] = (
-                [(k, str(sub)) for sub in v] if isinstance(v, Mapping) else [(k,)]
-            )
-            for path in paths:
-                if all(f[2] != path for f in fields):
-                    fields.append((" ".join(key_label(x) for x in path), path[-1], path))
+            for path in [(k, str(sub)) for sub in v] if isinstance(v, Mapping) else [(k,)]:
+                if path not in paths:
+                    paths.append(path)
 
-    def get(r: Mapping[str, Any], path: tuple[str, ...]) -> tuple[bool, Any]:
+    def get(r: Mapping[str, Any], path: tuple[str, ...]) -> str:
         value: Any = r
         for key in path:
             if not isinstance(value, Mapping) or key not in value:
-                return False, None
+                return ""
             value = value[key]
-        return True, value
+        return cell(path[-1], value)
 
-    cells = []
-    for _, key, path in fields:
-        row: list[str] = []
-        for r in records:
-            found, value = get(r, path)
-            row.append(cell(key, value) if found else "")
-        cells.append(row)
-    width = max(len(label) for label, _, _ in fields) + 1 if fields else 0
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    heads = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
-    lines = [f"{pad}{'':<{width}} {heads}".rstrip()]
-    for (label, _, _), row in zip(fields, cells, strict=True):
-        text = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
-        lines.append(f"{pad}{label + ':':<{width}} {text}".rstrip())
-    return lines
+    labels = ["", *(" ".join(key_label(x) for x in path) + ":" for path in paths)]
+    rows = [columns, *([get(r, path) for r in records] for path in paths)]
+    width = max(map(len, labels))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    return [
+        f"{pad}{label:<{width}} {_aligned(row, widths)}".rstrip()
+        for label, row in zip(labels, rows, strict=True)
+    ]
+
+
+def _aligned(cells: Sequence[str], widths: Sequence[int]) -> str:
+    """Cells padded to their column widths, two spaces apart."""
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
