@@ -604,13 +604,13 @@ class _VHDXChecker:
         self, name: str, r: RegionEntry, size: int, placed: list[tuple[int, int, str]]
     ) -> bool:
         """A region's alignment, extent and overlaps (MS-VHDX 2.2.3.2); True if misplaced."""
-        bad = False
-        if (
+        bad = bool(
             r.file_offset % K.VHDX_ALIGNMENT
             or r.length % K.VHDX_ALIGNMENT
             or r.length == 0
             or r.file_offset < K.VHDX_HEADER_AREA_SIZE
-        ):
+        )
+        if bad:
             self.out.error(
                 name,
                 f"region at {r.file_offset:#x}+{r.length:#x} is not 1 MiB aligned, is "
@@ -619,7 +619,6 @@ class _VHDXChecker:
                 "FileOffset",
                 repair="move the region to a 1 MiB-aligned free area and update both region tables",
             )
-            bad = True
         elif r.file_offset + r.length > size:
             self.out.error(
                 name,
@@ -650,13 +649,8 @@ class _VHDXChecker:
         table = vhdx_layout.read_metadata_table(self.source, region.file_offset, region.length)
         for d in table.defects:
             offset = region.entry_offset + 24 if d.code == "region-length" else d.offset
-            self.out.error(
-                d.structure,
-                d.message,
-                offset,
-                d.field,
-                repair="rebuild the metadata table from the items found in the region",
-            )
+            repair = "rebuild the metadata table from the items found in the region"
+            self.out.error(d.structure, d.message, offset, d.field, repair=repair)
         if table.defects:
             return None
         for item in table.items:
