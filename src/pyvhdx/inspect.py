@@ -681,15 +681,8 @@ class _VHDXInspector:
         if item_id == K.META_FILE_PARAMETERS:
             need(8)
             fp = vhdx_layout.parse_file_parameters(data, offset)
-            params["block-size"] = fp.block_size
-            params["has-parent"] = fp.has_parent
-            params["leave-block-allocated"] = fp.leave_block_allocated
-            return {
-                "block-size": fp.block_size,
-                "leave-block-allocated": fp.leave_block_allocated,
-                "has-parent": fp.has_parent,
-                "flags": fp.flags,
-            }
+            params.update(kebab_fields(fp, "block_size", "has_parent", "leave_block_allocated"))
+            return kebab_fields(fp, "block_size", "leave_block_allocated", "has_parent", "flags")
         if item_id == K.META_VIRTUAL_DISK_SIZE:
             need(8)
             params["virtual-size"] = int.from_bytes(data[:8], "little")
@@ -725,14 +718,9 @@ class _VHDXInspector:
             d["error"] = f"entry {len(loc.entries)} lies past the end of the {len(data)}-byte item"
         entries = []
         for e in loc.entries:
-            entry: dict[str, Any] = {
-                "key-offset": e.key_offset,
-                "key-length": e.key_length,
-                "value-offset": e.value_offset,
-                "value-length": e.value_length,
-                "key": e.key,
-                "value": e.value,
-            }
+            entry = kebab_fields(
+                e, "key_offset", "key_length", "value_offset", "value_length", "key", "value"
+            )
             if e.key is None or e.value is None:
                 entry["error"] = "key or value lies outside the item or has an odd length"
             entries.append(entry)
