@@ -525,13 +525,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """``pyvhdx inspect``: every structure as found in the file (read-only)."""
     from ..inspect import inspect_image
 
-    options: dict[str, Any] = {}
-    if getattr(args, "parent", None):
-        options["parent"] = args.parent
-    if getattr(args, "strict", False):
-        options["strict"] = True
-    if getattr(args, "force_share", False):
-        options["force_share"] = True
+    names = ("parent", "strict", "force_share")  # only those given
+    options = {name: value for name in names if (value := getattr(args, name, None))}
     try:
         report = inspect_image(
             args.image, format=args.format, scan_unreferenced=args.scan, **options
