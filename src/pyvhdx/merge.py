@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .constants import DiskType, ImageFormat, RunKind
-from .errors import InvalidArgumentError, PyvhdxError
+from .errors import ImageLockedError, InvalidArgumentError, PyvhdxError
 from .image import DiskImage, open_image
 from .journal import MergeRecord, read_record, remove_record, write_record
 from .suffix import IMAGE_SUFFIXES
@@ -51,8 +51,8 @@ def find_children(image: DiskImage, *, exclude: tuple[Path, ...] = ()) -> list[P
 
     Only ``image``'s own folder is searched (where pyvhdx itself looks for a
     parent). A file there that is in use by a writer stops the search with
-    :class:`~pyvhdx.errors.ImageLockedError`-like errors from the open: a disk
-    being written cannot be re-parented safely.
+    :class:`~pyvhdx.errors.ImageLockedError`: a disk being written cannot be
+    re-parented safely.
     """
     from .chain import candidate_paths
 
@@ -67,9 +67,9 @@ def find_children(image: DiskImage, *, exclude: tuple[Path, ...] = ()) -> list[P
             continue
         try:
             other = open_image(path, resolve_parent=False)
-        except PyvhdxError as exc:
-            if type(exc).__name__ == "ImageLockedError":
-                raise
+        except ImageLockedError:
+            raise
+        except PyvhdxError:
             continue
         except OSError:
             continue
@@ -166,24 +166,13 @@ def merge_image(
 
 def _check_reparent(children: list[Path], parent: Path) -> None:
     """Refuse before any write if a child could not be pointed at ``parent``."""
-    from .create import parent_locator_paths
+    from .setparent import vhd_locator_paths
     from .vhd import VHDFile
 
     for path in children:
-        relative, absolute = parent_locator_paths(path, parent)
         with open_image(path, resolve_parent=False) as img:
-            h = img.handler
-            if not isinstance(h, VHDFile):
-                continue  # VHDX: the locator moves to free metadata space if needed
-            for loc in h.parent_locators:
-                text = {"W2ru": relative, "W2ku": absolute}.get(loc.platform_code)
-                room = loc.data_space if loc.data_space >= loc.data_length else loc.data_length
-                if text is not None and len(text.encode("utf-16-le", "surrogatepass")) > room:
-                    raise InvalidArgumentError(
-                        f"cannot merge: {path} (a child of the disk being merged) has no room "
-                        f"for its new parent path in locator {loc.platform_code}; nothing "
-                        "was written"
-                    )
+            if isinstance(img.handler, VHDFile):  # VHDX: the locator can move in its region
+                img.handler.check_parent_paths(vhd_locator_paths(path, parent))
 
 
 def _copy(

@@ -18,7 +18,7 @@ from .constants import DiskType, ImageFormat
 from .errors import InvalidArgumentError, ParentError
 from .image import open_image
 
-__all__ = ["set_parent"]
+__all__ = ["set_parent", "vhd_locator_paths"]
 
 _KEYS_REPLACED = (
     "parent_linkage",
@@ -92,13 +92,18 @@ def set_parent(
             h.set_parent_locator(entries + kept)
         else:
             assert isinstance(h, VHDFile)
-            paths = {"W2ku": absolute}
-            if relative is not None:
-                paths["W2ru"] = relative
             h.set_parent(
                 unique_id=uuid.UUID(identity),
                 time_stamp=_vhd_time_stamp_of(parent_path),
                 name=os.path.basename(os.path.abspath(parent_path)),
-                paths=paths,
+                paths=vhd_locator_paths(child_path, parent_path),
             )
         cimg.flush()
+
+
+def vhd_locator_paths(child: Path, parent: Path) -> dict[str, str]:
+    """The W2ku (absolute) and W2ru (relative, if any) paths of ``parent`` seen from ``child``."""
+    from .create import parent_locator_paths
+
+    relative, absolute = parent_locator_paths(child, parent)
+    return {"W2ku": absolute} if relative is None else {"W2ku": absolute, "W2ru": relative}

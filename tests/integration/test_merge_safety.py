@@ -368,3 +368,20 @@ def test_merge_refuses_special_files_at_once(tmp_path: Path, kind: str) -> None:
     mode = node.lstat().st_mode
     assert stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISCHR(mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == [node.name]
+
+
+def test_merge_refused_when_a_grandchild_has_no_room_for_the_new_path(tmp_path: Path) -> None:
+    """A VHD grandchild whose locator space cannot hold the new parent's path: the
+    merge refuses before it writes anything (it would otherwise orphan the grandchild)."""
+    base = tmp_path / ("b" * 240 + ".vhd")
+    c1, c2 = tmp_path / "c1.vhd", tmp_path / "c2.vhd"
+    pyvhdx.create(base, 8 * MiB)
+    pyvhdx.create(c1, 8 * MiB, parent=base)
+    with pyvhdx.open(c1, "r+") as img:
+        img.write_at(0, b"1" * 4096)
+    pyvhdx.create(c2, 8 * MiB, parent=c1)  # its locators reserve room for "c1.vhd" paths
+    files = {p: p.read_bytes() for p in (base, c1, c2)}
+    with pytest.raises(pyvhdx.InvalidArgumentError, match="does not fit"):
+        pyvhdx.merge(c1)
+    assert not record_path(c1).exists()
+    assert {p: p.read_bytes() for p in (base, c1, c2)} == files

@@ -401,6 +401,11 @@ class VHDWriter:
             for loc in self.parent_locators
         ]
 
+    def check_parent_paths(self, paths: dict[str, str]) -> None:
+        """Raise now, writing nothing, if :meth:`set_parent` could not store ``paths``."""
+        for loc in self.parent_locators:
+            self._new_locator_data(loc, paths)
+
     def _room(self, loc: LocatorEntry) -> int:
         """Bytes of the data area a new path for ``loc`` may take in place."""
         return 0 if loc.problem is not None else min(loc.room, self.data_end - loc.data_offset)
