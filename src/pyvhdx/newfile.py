@@ -210,11 +210,21 @@ def check_destination(
     return dest
 
 
+_NAME_MAX: Final = 255  # bytes in one file name (NAME_MAX on Linux and most systems)
+
+
+def _temp_stem(name: str) -> str:
+    """``name`` cut so that ``.<stem>.<random><suffix>`` is a legal file name."""
+    room = _NAME_MAX - 2 - _TEMP_RANDOM - len(TEMP_SUFFIX)
+    raw = os.fsencode(name)
+    return name if len(raw) <= room else os.fsdecode(raw[:room])
+
+
 def temp_pattern(name: str) -> re.Pattern[str]:
     """The names of pyvhdx's temporary files for the destination file name ``name``."""
     chars = re.escape(_TEMP_CHARS)
     return re.compile(
-        re.escape(f".{name}.") + f"[{chars}]{{{_TEMP_RANDOM}}}" + re.escape(TEMP_SUFFIX)
+        re.escape(f".{_temp_stem(name)}.") + f"[{chars}]{{{_TEMP_RANDOM}}}" + re.escape(TEMP_SUFFIX)
     )
 
 
@@ -323,7 +333,7 @@ def _open_temp(target: Path) -> tuple[Path, int]:
     """Create and lock a new temporary file beside ``target`` (mode 0666 & ~umask)."""
     while True:
         rand = "".join(secrets.choice(_TEMP_CHARS) for _ in range(_TEMP_RANDOM))
-        temp = target.parent / f".{target.name}.{rand}{TEMP_SUFFIX}"
+        temp = target.parent / f".{_temp_stem(target.name)}.{rand}{TEMP_SUFFIX}"
         try:
             fd = os.open(
                 temp,

@@ -614,3 +614,22 @@ def test_convert_raw_onto_a_block_device(tmp_path: Path, source: Path, loop_devi
     assert data[: 12 * MiB] == expected  # the written zeros too
     assert data[12 * MiB :] == untouched[12 * MiB :]  # past the virtual disk: untouched
     assert temps(dev.parent) == []
+
+
+def test_longest_file_name_can_be_created_and_its_stale_temp_found(tmp_path: Path) -> None:
+    """A destination name near NAME_MAX: the temporary name is cut to fit (it used to
+    fail with ENAMETOOLONG), and a stale one is still recognised and removed."""
+    from pyvhdx.newfile import temp_pattern
+
+    name = "n" * 250 + ".vhdx"
+    dst = tmp_path / name
+    pyvhdx.create(dst, 8 << 20)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    # NAME_MAX 255 = "." + stem + "." + 8 random + ".pyvhdx-tmp": the stem keeps 234 bytes
+    stale = tmp_path / ("." + name[:234] + ".abcdefgh.pyvhdx-tmp")
+    assert len(stale.name) == 255
+    assert temp_pattern(name).fullmatch(stale.name)
+    stale.write_bytes(b"x")
+    with pytest.warns(pyvhdx.PyvhdxWarning):
+        pyvhdx.create(dst, 8 << 20, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
