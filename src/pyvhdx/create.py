@@ -125,6 +125,7 @@ LOG_LENGTH = 1 * MiB
 METADATA_OFFSET = 2 * MiB
 METADATA_LENGTH = 1 * MiB
 BAT_OFFSET = 3 * MiB
+_WRITE_CHUNK: Final = 8 * MiB
 
 
 class VHDXLayout:
@@ -149,21 +150,32 @@ def vhdx_layout(
     return VHDXLayout(virtual_size, block_size, logical_sector_size, differencing)
 
 
+def _empty_disk_type(disk_type: DiskType | str, what: str, child_function: str) -> DiskType:
+    """``disk_type`` as a DiskType, dynamic or fixed (children are made from their parent)."""
+    try:
+        disk_type = DiskType(disk_type)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"disk type must be 'dynamic' or 'fixed', not {disk_type!r}"
+        ) from None
+    if disk_type is DiskType.DIFFERENCING:
+        raise InvalidArgumentError(
+            f"differencing {what} are created from their parent ({child_function})"
+        )
+    return disk_type
+
+
+def _is_power_of_two_in(value: int, low: int, high: int) -> bool:
+    return low <= value <= high and value & (value - 1) == 0
+
+
 def _check_vhdx_args(
     size: int, block_size: int, logical_sector_size: int, physical_sector_size: int
 ) -> None:
-    if logical_sector_size not in K.VHDX_SECTOR_SIZES:
-        raise InvalidArgumentError(
-            f"logical sector size must be 512 or 4096, not {logical_sector_size}"
-        )
-    if physical_sector_size not in K.VHDX_SECTOR_SIZES:
-        raise InvalidArgumentError(
-            f"physical sector size must be 512 or 4096, not {physical_sector_size}"
-        )
-    if not (
-        K.VHDX_MIN_BLOCK_SIZE <= block_size <= K.VHDX_MAX_BLOCK_SIZE
-        and block_size & (block_size - 1) == 0
-    ):
+    for kind, value in (("logical", logical_sector_size), ("physical", physical_sector_size)):
+        if value not in K.VHDX_SECTOR_SIZES:
+            raise InvalidArgumentError(f"{kind} sector size must be 512 or 4096, not {value}")
+    if not _is_power_of_two_in(block_size, K.VHDX_MIN_BLOCK_SIZE, K.VHDX_MAX_BLOCK_SIZE):
         raise InvalidArgumentError(
             f"block size must be a power of two from 1 MiB to 256 MiB, not {block_size}"
         )
@@ -202,11 +214,7 @@ def create_vhdx(
         InvalidArgumentError: a parameter out of the spec's limits.
         FileExistsError: the file exists and ``overwrite`` is false.
     """
-    disk_type = DiskType(disk_type)
-    if disk_type is DiskType.DIFFERENCING:
-        raise InvalidArgumentError(
-            "differencing images are created from their parent (create_vhdx_child)"
-        )
+    disk_type = _empty_disk_type(disk_type, "images", "create_vhdx_child")
     block_size = K.VHDX_DEFAULT_BLOCK_SIZE if block_size is None else block_size
     _check_vhdx_args(size, block_size, logical_sector_size, physical_sector_size)
     layout = vhdx_layout(size, block_size, logical_sector_size)
@@ -234,7 +242,6 @@ def create_vhdx(
         bat=None if bat is None else bat.tobytes(),
         end=end,
         preallocate_from=layout.data_offset if preallocate and fixed else None,
-        block_size=block_size,
     )
 
 
@@ -260,6 +267,14 @@ def _vhdx_base_items(
     ]
 
 
+def _write_fill(fd: int, byte: int, start: int, end: int) -> None:
+    """Write ``byte`` over ``[start, end)`` in bounded chunks."""
+    chunk = bytes([byte]) * min(_WRITE_CHUNK, max(0, end - start))
+    pos = start
+    while pos < end:
+        pos += os.pwrite(fd, chunk[: min(len(chunk), end - pos)], pos)
+
+
 def _write_vhdx(
     target: Path,
     layout: VHDXLayout,
@@ -268,8 +283,7 @@ def _write_vhdx(
     overwrite: bool,
     bat: bytes | None,
     end: int,
-    preallocate_from: int | None,
-    block_size: int,
+    preallocate_from: int | None = None,
 ) -> Path:
     """Write a new VHDX: header area, metadata, BAT (zeros unless ``bat``), size ``end``.
 
@@ -298,10 +312,7 @@ def _write_vhdx(
         if bat is not None:  # otherwise all zeros (NOT_PRESENT): the truncate below makes it
             os.pwrite(fd, bat, BAT_OFFSET)
         if preallocate_from is not None:
-            zeros = bytes(min(block_size, 8 * MiB))
-            pos = preallocate_from
-            while pos < end:
-                pos += os.pwrite(fd, zeros[: min(len(zeros), end - pos)], pos)
+            _write_fill(fd, 0, preallocate_from, end)
         os.ftruncate(fd, end)
     return target
 
@@ -432,11 +443,7 @@ def create_vhdx_child(
         FileExistsError: the file exists and ``overwrite`` is false.
     """
     block_size = VHDX_CHILD_BLOCK_SIZE if block_size is None else block_size
-    with _open_parent(parent, path) as (pimg, parent_path):
-        if pimg.format is not ImageFormat.VHDX:
-            raise InvalidArgumentError(
-                f"a VHDX child needs a VHDX parent; {parent_path} is {pimg.format.value.upper()}"
-            )
+    with _open_parent(parent, path, ImageFormat.VHDX) as (pimg, parent_path):
         size = pimg.virtual_size
         logical, physical = pimg.logical_sector_size, pimg.physical_sector_size
         linkage = "{" + pimg.handler.identity_as_parent() + "}"
@@ -464,8 +471,6 @@ def create_vhdx_child(
         overwrite=overwrite,
         bat=bat.tobytes(),  # payload entries NOT_PRESENT (0): read from the parent
         end=layout.data_offset + chunks * MiB,  # the bitmaps: zeros, sparse
-        preallocate_from=None,
-        block_size=block_size,
     )
 
 
@@ -484,7 +489,6 @@ AZURE_MIN_SIZE: Final = 20 * MiB
 AZURE_MAX_SIZE: Final = 32 * TiB
 
 _VHD_MAX_SECTOR_NUMBER: Final = 0xFFFFFFFE  # BAT entries are u32; all ones is "unused"
-_WRITE_CHUNK: Final = 8 * MiB
 
 
 def _check_vhd_args(size: int, disk_type: DiskType, block_size: int, max_size: int) -> None:
@@ -495,10 +499,7 @@ def _check_vhd_args(size: int, disk_type: DiskType, block_size: int, max_size: i
         )
     if disk_type is DiskType.FIXED:
         return
-    if not (
-        VHD_MIN_CREATE_BLOCK_SIZE <= block_size <= VHD_MAX_CREATE_BLOCK_SIZE
-        and block_size & (block_size - 1) == 0
-    ):
+    if not _is_power_of_two_in(block_size, VHD_MIN_CREATE_BLOCK_SIZE, VHD_MAX_CREATE_BLOCK_SIZE):
         raise InvalidArgumentError(
             f"VHD block size must be a power of two from 4 KiB to 256 MiB, not {block_size}"
         )
@@ -511,14 +512,6 @@ def _check_vhd_args(size: int, disk_type: DiskType, block_size: int, max_size: i
             f"a {size}-byte dynamic VHD with {block_size}-byte blocks would outgrow the "
             "2 TiB the BAT's sector numbers address; use a larger block size"
         )
-
-
-def _write_fill(fd: int, byte: int, start: int, end: int) -> None:
-    """Write ``byte`` over ``[start, end)`` in bounded chunks."""
-    chunk = bytes([byte]) * min(_WRITE_CHUNK, max(0, end - start))
-    pos = start
-    while pos < end:
-        pos += os.pwrite(fd, chunk[: min(len(chunk), end - pos)], pos)
 
 
 def _write_sparse_vhd(
@@ -591,16 +584,7 @@ def create_vhd(
             touched.
         FileExistsError: the file exists and ``overwrite`` is false.
     """
-    try:
-        disk_type = DiskType(disk_type)
-    except ValueError:
-        raise InvalidArgumentError(
-            f"disk type must be 'dynamic' or 'fixed', not {disk_type!r}"
-        ) from None
-    if disk_type is DiskType.DIFFERENCING:
-        raise InvalidArgumentError(
-            "differencing VHDs are created from their parent (create_vhd_child)"
-        )
+    disk_type = _empty_disk_type(disk_type, "VHDs", "create_vhd_child")
     max_size = VHD_MAX_SIZE
     if azure:
         if disk_type is not DiskType.FIXED:
