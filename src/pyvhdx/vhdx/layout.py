@@ -28,7 +28,7 @@ from ..constants import (
     MiB,
 )
 from ..errors import InvalidArgumentError, InvalidImageError, PyvhdxError
-from ..info import Problem, kebab_fields
+from ..info import kebab_fields
 from ..source import FileSource
 from ..structures import parse
 from ..structures.vhdx import (
@@ -42,6 +42,7 @@ from ..structures.vhdx import (
     REGION_TABLE_ENTRY,
     REGION_TABLE_HEADER,
 )
+from ..vhd.layout import LayoutProblem
 
 __all__ = [
     "HEADER_FIELD_OFFSETS",
@@ -82,18 +83,9 @@ _LOCATOR_ENTRY_SIZE = 12  # MS-VHDX 2.6.2.6.2
 _PATH_KEYS = ("relative_path", "volume_path", "absolute_win32_path")
 
 
-@dataclasses.dataclass(frozen=True)
-class Defect:
-    """What is wrong with one copy of a structure: ``code`` for the deciders, then where."""
-
-    code: str
-    structure: str
-    message: str
-    offset: int | None = None
-    field: str | None = None
-
-    def problem(self) -> Problem:
-        return Problem(self.structure, self.message, self.offset, self.field)
+#: What is wrong with one copy of a structure: ``code`` for the deciders, then where
+#: (the one layout-problem type of both formats).
+Defect = LayoutProblem
 
 
 #: MS-VHDX 2.2.2: where each field of a header starts in it, by its spec name.
