@@ -32,7 +32,7 @@ import hashlib
 import os
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -40,7 +40,6 @@ import numpy.typing as npt
 
 from . import constants as K
 from .bat import chunk_ratio, vhdx_bat_entry_count
-from .checksum import crc32c
 from .constants import (
     VHD_BAT_UNUSED,
     VHD_DYNAMIC_HEADER_SIZE,
@@ -54,16 +53,12 @@ from .constants import (
 from .errors import InvalidImageError, PyvhdxError, PyvhdxWarning
 from .image import detect_format
 from .info import kebab_fields
-from .log import LogEntry, LogState, load_log, parse_entry_header, replay_in_memory
+from .log import LogEntry, LogState, entry_checksum_ok, entry_headers, load_log, replay_in_memory
 from .source import FileSource, data_spans
 from .vhd import layout as vhd_layout
 from .vhd.file import choose_footer
 from .vhdx import layout as vhdx_layout
-from .vhdx.layout import (
-    HeaderCopy,
-    MetadataItem,
-    RegionTableCopy,
-)
+from .vhdx.layout import HeaderCopy, MetadataItem, RegionTableCopy
 
 __all__ = ["HEX_LIMIT", "LIST_LIMIT", "inspect_image"]
 
@@ -93,10 +88,6 @@ _VHD_DISK_TYPES = {0: "none", 1: "reserved (1)", 2: "fixed", 3: "dynamic", 4: "d
 
 
 # -- small helpers ----------------------------------------------------------------------
-
-
-def _guid(value: uuid.UUID) -> str:
-    return str(value)
 
 
 def _hex_capped(data: bytes, limit: int = HEX_LIMIT) -> dict[str, Any]:
@@ -161,11 +152,6 @@ def _ranges(starts: I64, ends: I64) -> list[dict[str, Any]]:
 # -- scanning the file for non-zero bytes ---------------------------------------------
 
 
-def _data_segments(source: FileSource, start: int, end: int) -> Iterator[tuple[int, int]]:
-    """Sub-ranges of ``[start, end)`` that may hold data: holes are skipped (SEEK_DATA)."""
-    return data_spans(source.fd, start, end)
-
-
 def scan_nonzero(
     source: FileSource, start: int, end: int, buf: bytearray | None = None
 ) -> tuple[int, int | None, int | None]:
@@ -185,7 +171,7 @@ def scan_nonzero(
     first: int | None = None
     values: set[int] = set()
     covered = 0
-    for lo, hi in _data_segments(source, start, end):
+    for lo, hi in data_spans(source.fd, start, end):  # holes are skipped
         pos = lo
         while pos < hi:
             n = min(len(mv), hi - pos)
@@ -212,17 +198,12 @@ def scan_nonzero(
 _REF_CAP = 1 << 62  # beyond any file: structure extents are capped here (int64 arrays)
 
 
-def _all_refs(refs: tuple[list[int], list[int]], blocks: list[tuple[I64, I64]]) -> tuple[I64, I64]:
-    """Structure extents and merged block extents as two arrays."""
-    starts = [np.asarray(refs[0], dtype=np.int64), *(b[0] for b in blocks)]
-    ends = [np.asarray(refs[1], dtype=np.int64), *(b[1] for b in blocks)]
-    return np.concatenate(starts), np.concatenate(ends)
-
-
 class _FileRanges:
     """The file ranges an inspector found in use: structures (:meth:`ref`) and
     merged block extents, for the unreferenced-space report.
     """
+
+    block_map = "block map"  # what must be decoded before the unreferenced space is known
 
     def __init__(self, source: FileSource, report: dict[str, Any], scan: bool) -> None:
         self.source = source
@@ -239,73 +220,65 @@ class _FileRanges:
         self.refs[1].append(min(start + length, _REF_CAP))
 
     def unreferenced(self, trailer: int | None = None) -> dict[str, Any]:
-        """The ``unreferenced`` section (``trailer``: where data before a footer ends)."""
+        """The ``unreferenced`` section: file ranges outside every referenced range,
+        with their content.
+
+        ``trailer`` is where a structure that closes the file starts (the VHD footer):
+        gaps after the last other structure are then "before the footer".
+        """
         if not self.bat_ok:
-            return {"error": "not computed: the block map could not be decoded"}
-        starts, ends = _all_refs(self.refs, self.block_refs)
-        return _unreferenced(self.source, starts, ends, self.scan, trailer)
-
-
-def _unreferenced(
-    source: FileSource,
-    starts: I64,
-    ends: I64,
-    scan: bool,
-    trailer: int | None = None,
-) -> dict[str, Any]:
-    """File ranges outside every referenced ``[start, end)``, with their content.
-
-    ``trailer`` is where a structure that closes the file starts (the VHD footer):
-    gaps after the last other structure are then "before the footer".
-    """
-    size = source.physical_size
-    s = np.clip(starts, 0, size)
-    e = np.clip(ends, 0, size)
-    ms, me = merge_intervals(s, e)
-    gap_s = np.concatenate(([0], me)).astype(np.int64)
-    gap_e = np.concatenate((ms, [size])).astype(np.int64)
-    keep = gap_e > gap_s
-    gap_s, gap_e = gap_s[keep], gap_e[keep]
-    body = me[ms < trailer] if trailer is not None else me
-    last_ref = int(body[-1]) if body.shape[0] else 0
-    tail = "after the last block, before the footer" if trailer is not None else None
-    ranges: list[dict[str, Any]] = []
-    total = int((gap_e - gap_s).sum()) if gap_s.shape[0] else 0
-    nonzero_total = 0
-    buf = bytearray(_SCAN_CHUNK) if scan else None
-    for gs, ge in zip(gap_s.tolist(), gap_e.tolist(), strict=True):
-        item: dict[str, Any] = {
-            "offset": gs,
-            "length": ge - gs,
-            "where": (tail or "after the last structure")
-            if gs >= last_ref
-            else "between structures",
+            return {"error": f"not computed: the {self.block_map} could not be decoded"}
+        blocks = self.block_refs
+        starts = [np.asarray(self.refs[0], dtype=np.int64), *(b[0] for b in blocks)]
+        ends = [np.asarray(self.refs[1], dtype=np.int64), *(b[1] for b in blocks)]
+        size, scan = self.size, self.scan
+        s = np.clip(np.concatenate(starts), 0, size)
+        e = np.clip(np.concatenate(ends), 0, size)
+        ms, me = merge_intervals(s, e)
+        gap_s = np.concatenate(([0], me)).astype(np.int64)
+        gap_e = np.concatenate((ms, [size])).astype(np.int64)
+        keep = gap_e > gap_s
+        gap_s, gap_e = gap_s[keep], gap_e[keep]
+        body = me[ms < trailer] if trailer is not None else me
+        last_ref = int(body[-1]) if body.shape[0] else 0
+        tail = "after the last block, before the footer" if trailer is not None else None
+        ranges: list[dict[str, Any]] = []
+        total = int((gap_e - gap_s).sum()) if gap_s.shape[0] else 0
+        nonzero_total = 0
+        buf = bytearray(_SCAN_CHUNK) if scan else None
+        for gs, ge in zip(gap_s.tolist(), gap_e.tolist(), strict=True):
+            item: dict[str, Any] = {
+                "offset": gs,
+                "length": ge - gs,
+                "where": (tail or "after the last structure")
+                if gs >= last_ref
+                else "between structures",
+            }
+            if scan:
+                nz, first, uniform = scan_nonzero(self.source, gs, ge, buf)
+                item["nonzero"] = nz > 0
+                item["nonzero-bytes"] = nz
+                if first is not None:
+                    item["first-nonzero-offset"] = first
+                if uniform == 0:
+                    item["content"] = "zeros"
+                elif uniform is not None:
+                    item["content"] = f"every byte {uniform:#04x}"
+                else:
+                    item["content"] = "data"
+                nonzero_total += nz
+            ranges.append(item)
+        out: dict[str, Any] = {
+            "file-size": size,
+            "referenced-bytes": int((me - ms).sum()) if ms.shape[0] else 0,
+            "unreferenced-bytes": total,
+            "scanned": scan,
         }
         if scan:
-            nz, first, uniform = scan_nonzero(source, gs, ge, buf)
-            item["nonzero"] = nz > 0
-            item["nonzero-bytes"] = nz
-            if first is not None:
-                item["first-nonzero-offset"] = first
-            if uniform == 0:
-                item["content"] = "zeros"
-            elif uniform is not None:
-                item["content"] = f"every byte {uniform:#04x}"
-            else:
-                item["content"] = "data"
-            nonzero_total += nz
-        ranges.append(item)
-    out: dict[str, Any] = {
-        "file-size": size,
-        "referenced-bytes": int((me - ms).sum()) if ms.shape[0] else 0,
-        "unreferenced-bytes": total,
-        "scanned": scan,
-    }
-    if scan:
-        out["nonzero-bytes"] = nonzero_total
-        out["nonzero-ranges"] = sum(1 for r in ranges if r["nonzero"])
-    _limited(ranges, "ranges", out)
-    return out
+            out["nonzero-bytes"] = nonzero_total
+            out["nonzero-ranges"] = sum(1 for r in ranges if r["nonzero"])
+        _limited(ranges, "ranges", out)
+        return out
 
 
 # -- VHDX -------------------------------------------------------------------------------
@@ -325,7 +298,7 @@ def _header_dict(copy: HeaderCopy) -> dict[str, Any]:
             {k.replace("_", "-"): v for k, v in h.items() if k not in ("checksum", "signature")}
         )
         for key in ("file-write-guid", "data-write-guid", "log-guid"):
-            d[key] = _guid(d[key])
+            d[key] = str(d[key])
         d["reserved"] = _reserved(bytes(h["reserved"]))
     if copy.error:
         d["error"] = copy.error
@@ -344,7 +317,7 @@ def _region_table_dict(t: RegionTableCopy) -> dict[str, Any]:
         d["reserved"] = t.reserved
     d["entries"] = [
         {
-            "guid": _guid(e.guid),
+            "guid": str(e.guid),
             "name": e.name,
             "file-offset": e.file_offset,
             "length": e.length,
@@ -358,28 +331,19 @@ def _region_table_dict(t: RegionTableCopy) -> dict[str, Any]:
     return d
 
 
-class _VHDXInspector:
+class _VHDXInspector(_FileRanges):
     """Walks a VHDX file structure by structure (MS-VHDX section 2)."""
 
+    block_map = "BAT"
+
     def __init__(self, source: FileSource, report: dict[str, Any], scan: bool) -> None:
-        self.source = source
-        self.report = report
-        self.scan = scan
-        self.size = source.physical_size
+        super().__init__(source, report, scan)
         self.header: dict[str, Any] | None = None
         self.log_state: LogState | None = None
         self.regions: list[dict[str, Any]] = []
         self.bat_region: dict[str, Any] | None = None
         self.meta_region: dict[str, Any] | None = None
         self.params: dict[str, Any] | None = None  # block size, sizes, has parent
-        self.refs: tuple[list[int], list[int]] = ([], [])
-        self.block_refs: list[tuple[I64, I64]] = []  # merged block extents
-        self.bat_ok = False
-
-    def ref(self, start: int, length: int) -> None:
-        # Clipped to the file later; capped here so hostile u64 fields fit in int64.
-        self.refs[0].append(min(start, _REF_CAP))
-        self.refs[1].append(min(start + length, _REF_CAP))
 
     def run(self) -> None:
         r = self.report
@@ -390,12 +354,7 @@ class _VHDXInspector:
         _section(r, "region tables", self.region_tables)
         _section(r, "metadata", self.metadata)
         _section(r, "bat", self.bat)
-        if self.bat_ok:
-            r["unreferenced"] = _unreferenced(
-                self.source, *_all_refs(self.refs, self.block_refs), self.scan
-            )
-        else:
-            r["unreferenced"] = {"error": "not computed: the BAT could not be decoded"}
+        r["unreferenced"] = self.unreferenced()
 
     # -- MS-VHDX 2.2.1 ------------------------------------------------------------
 
@@ -477,51 +436,29 @@ class _VHDXInspector:
         """Entry headers that are not part of the current log: earlier sessions, damage."""
         out: list[dict[str, Any]] = []
         budget = _LOG_SCAN_CRC_BUDGET
-        step = 1 << 20
-        for chunk_pos in range(0, log_length, step):
-            chunk = self.source.read(log_offset + chunk_pos, min(step, log_length - chunk_pos))
-            for i in range(0, len(chunk) - 63, K.VHDX_LOG_SECTOR_SIZE):
-                pos = chunk_pos + i
-                if chunk[i : i + 4] != b"loge" or pos in valid_at:
-                    continue
-                h = parse_entry_header(chunk[i : i + 64])
-                if h is None:
-                    continue
-                item: dict[str, Any] = {
-                    "log-offset": pos,
-                    "sequence-number": h.sequence_number,
-                    "log-guid": str(h.log_guid),
-                    "current-guid": h.log_guid == log_guid,
-                    "entry-length": h.entry_length,
-                    "descriptor-count": h.descriptor_count,
-                    "tail": h.tail,
-                }
-                length = h.entry_length
-                if 0 < length <= log_length and length % K.VHDX_LOG_SECTOR_SIZE == 0:
-                    if budget >= length:
-                        budget -= length
-                        item["checksum-valid"] = self._log_crc(log_offset, log_length, pos, h)
-                else:
-                    item["checksum-valid"] = False
-                if len(out) < LIST_LIMIT:
-                    out.append(item)
+        for pos, h in entry_headers(self.source, log_offset, log_length):
+            if pos in valid_at:
+                continue
+            if len(out) == LIST_LIMIT:
+                break
+            item: dict[str, Any] = {
+                "log-offset": pos,
+                "sequence-number": h.sequence_number,
+                "log-guid": str(h.log_guid),
+                "current-guid": h.log_guid == log_guid,
+                **kebab_fields(h, "entry_length", "descriptor_count", "tail"),
+            }
+            length = h.entry_length
+            if 0 < length <= log_length and length % K.VHDX_LOG_SECTOR_SIZE == 0:
+                if budget >= length:
+                    budget -= length
+                    item["checksum-valid"] = entry_checksum_ok(
+                        self.source, log_offset, log_length, pos, h
+                    )
+            else:
+                item["checksum-valid"] = False
+            out.append(item)
         return out
-
-    def _log_crc(self, log_offset: int, log_length: int, pos: int, h: Any) -> bool:
-        crc = 0
-        done = 0
-        length = int(h.entry_length)
-        while done < length:
-            p = (pos + done) % log_length
-            n = min(length - done, log_length - p, 1 << 20)
-            data = bytearray(self.source.read(log_offset + p, n))
-            if len(data) < n:
-                return False
-            if done == 0:
-                data[4:8] = bytes(4)
-            crc = crc32c(data, crc)
-            done += n
-        return crc == int(h.checksum)
 
     def _raw(self, offset: int, length: int) -> bytes:
         """The file's own bytes (never the replay overlay)."""
@@ -627,7 +564,7 @@ class _VHDXInspector:
         """One metadata item: known ones decoded, others as capped hex and a SHA-256."""
         known = it.known and not it.is_user
         item: dict[str, Any] = {
-            "item-id": _guid(it.item_id),
+            "item-id": str(it.item_id),
             "name": it.name if known else ("user" if it.is_user else "unknown"),
             "offset": it.offset,
             "file-offset": base + it.offset,
@@ -710,7 +647,7 @@ class _VHDXInspector:
                 loc.defects[0].message, structure="parent locator", offset=offset
             )
         d: dict[str, Any] = {
-            "locator-type": _guid(loc.locator_type),
+            "locator-type": str(loc.locator_type),
             "locator-type-known": loc.type_known,
             "key-value-count": loc.key_value_count,
         }

@@ -21,6 +21,7 @@ from __future__ import annotations
 import struct
 import uuid
 from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -37,6 +38,8 @@ __all__ = [
     "LogDescriptor",
     "LogEntry",
     "LogState",
+    "entry_checksum_ok",
+    "entry_headers",
     "load_log",
     "replay_in_memory",
 ]
@@ -197,11 +200,40 @@ def parse_entry_header(header: bytes) -> Any | None:
         return None
 
 
-def _entry_header(header: bytes, region: _LogRegion, log_guid: uuid.UUID) -> Any | None:
-    """The parsed entry header (MS-VHDX 2.3.1.1) if its fields can start a valid entry."""
-    hdr = parse_entry_header(header)
-    if hdr is None:
-        return None
+def entry_headers(
+    source: FileSource, log_offset: int, log_length: int
+) -> Iterator[tuple[int, Any]]:
+    """``(position, parsed header)`` of every 4 KiB sector of the log region that parses
+    as an entry header (MS-VHDX 2.3.1.1), valid or not; storage only."""
+    region = _LogRegion(source, log_offset, log_length)
+    step = _CHUNK_SECTORS * _SECTOR
+    for chunk_pos in range(0, log_length, step):
+        chunk = region.read(chunk_pos, min(step, log_length - chunk_pos))
+        for i in range(0, len(chunk), _SECTOR):
+            if chunk[i : i + 4] == b"loge":
+                hdr = parse_entry_header(bytes(chunk[i : i + _HEADER_SIZE]))
+                if hdr is not None:
+                    yield chunk_pos + i, hdr
+
+
+def entry_checksum_ok(
+    source: FileSource, log_offset: int, log_length: int, pos: int, hdr: Any
+) -> bool:
+    """Whether the CRC-32C of the entry at ``pos`` (at most ``log_length`` bytes, wrapping
+    around the region) matches its Checksum field (MS-VHDX 2.3.1.1)."""
+    region = _LogRegion(source, log_offset, log_length)
+    length: int = hdr.entry_length
+    crc = 0
+    for done in range(0, length, _CHUNK_SECTORS * _SECTOR):
+        buf = region.read(pos + done, min(_CHUNK_SECTORS * _SECTOR, length - done))
+        if done == 0:
+            buf[4:8] = bytes(4)  # the Checksum field reads as zero
+        crc = _crc32c_continue(buf, crc)
+    return bool(crc == hdr.checksum)
+
+
+def _entry_header(hdr: Any, region: _LogRegion, log_guid: uuid.UUID) -> Any | None:
+    """The entry header (MS-VHDX 2.3.1.1) if its fields can start a valid entry."""
     length: int = hdr.entry_length
     if hdr.log_guid != log_guid or hdr.sequence_number == 0:
         return None
@@ -259,7 +291,7 @@ def _entry_consistent(region: _LogRegion, pos: int, hdr: Any, budget: _Budget) -
 
 
 def _read_entry(
-    region: _LogRegion, pos: int, header: bytes, log_guid: uuid.UUID, budget: _Budget
+    region: _LogRegion, pos: int, header: Any, log_guid: uuid.UUID, budget: _Budget
 ) -> LogEntry | None:
     """The entry at ``pos`` if valid (MS-VHDX 2.3.1: header, descriptors, data sectors, CRC-32C);
     it may wrap around the end of the region."""
@@ -392,15 +424,10 @@ def load_log(
     region = _LogRegion(source, log_offset, log_length)
     budget = _Budget(log_offset, log_length)
     found: dict[int, LogEntry] = {}
-    for chunk_pos in range(0, log_length, _CHUNK_SECTORS * _SECTOR):
-        chunk = region.read(chunk_pos, min(_CHUNK_SECTORS * _SECTOR, log_length - chunk_pos))
-        for i in range(0, len(chunk), _SECTOR):
-            if chunk[i : i + 4] == b"loge":
-                entry = _read_entry(
-                    region, chunk_pos + i, bytes(chunk[i : i + _HEADER_SIZE]), log_guid, budget
-                )
-                if entry is not None:
-                    found[chunk_pos + i] = entry
+    for pos, hdr in entry_headers(source, log_offset, log_length):
+        entry = _read_entry(region, pos, hdr, log_guid, budget)
+        if entry is not None:
+            found[pos] = entry
     active = _active_sequence(found, log_length)
     if active:
         head = active[-1]
