@@ -13,7 +13,7 @@ from construct import Construct, ConstructError
 
 from ..errors import InvalidImageError
 
-__all__ = ["parse"]
+__all__ = ["field_offsets", "parse"]
 
 
 def parse(struct: Construct, data: bytes, *, structure: str, offset: int) -> Any:
@@ -29,3 +29,14 @@ def parse(struct: Construct, data: bytes, *, structure: str, offset: int) -> Any
             field=field or None,
             offset=offset,
         ) from None
+
+
+def field_offsets(struct: Construct) -> dict[str, int]:
+    """Where each field of the fixed-size ``struct`` starts, by its spec name
+    (``file_format_version`` is ``FileFormatVersion``).
+    """
+    offsets, pos = {}, 0
+    for sub in struct.subcons:
+        offsets["".join(word.capitalize() for word in sub.name.split("_"))] = pos
+        pos += sub.sizeof()
+    return offsets

@@ -35,13 +35,14 @@ from ..constants import (
 from ..errors import InvalidArgumentError
 from ..info import Problem
 from ..source import FileSource
-from ..structures import parse
+from ..structures import field_offsets, parse
 from ..structures.vhd import (
     DYNAMIC_HEADER_CHECKSUM_OFFSET,
     FOOTER_CHECKSUM_OFFSET,
     PARENT_LOCATOR_COUNT,
     VHDDynamicHeader,
     VHDFooter,
+    VHDParentLocatorEntry,
 )
 
 __all__ = [
@@ -82,33 +83,16 @@ FEATURE_TEMPORARY: Final = 0x1
 _FEATURES_RESERVED: Final = 0x2  # "Reserved": the spec says it is always set
 #: Where the BAT of a new image goes: after the footer copy and the dynamic header.
 VHD_BAT_OFFSET: Final = VHD_FOOTER_SIZE + VHD_DYNAMIC_HEADER_SIZE
-_LOCATOR_ENTRIES_OFFSET: Final = 576  # in the dynamic header
-_LOCATOR_ENTRY_SIZE: Final = 24
 _BAT_CHUNK_ENTRIES: Final = 1 << 16
 _EPOCH: Final = datetime.datetime.fromtimestamp(VHD_TIMESTAMP_EPOCH, datetime.timezone.utc)
 _SPARSE: Final = (VHDDiskType.DYNAMIC, VHDDiskType.DIFFERENCING)
 _NIL: Final = uuid.UUID(int=0)
+_LOCATOR_ENTRY_SIZE: Final = VHDParentLocatorEntry.sizeof()
+_LOCATOR_FIELDS: Final = field_offsets(VHDParentLocatorEntry)
 
 #: Field offsets (spec "Hard Disk Footer Format" and "Dynamic Disk Header Format").
-FOOTER_FIELDS: Final = {
-    "FileFormatVersion": 12,
-    "DataOffset": 16,
-    "CurrentSize": 48,
-    "DiskType": 60,
-    "Checksum": FOOTER_CHECKSUM_OFFSET,
-}
-HEADER_FIELDS: Final = {
-    "Cookie": 0,
-    "DataOffset": 8,
-    "TableOffset": 16,
-    "HeaderVersion": 24,
-    "MaxTableEntries": 28,
-    "BlockSize": 32,
-    "Checksum": DYNAMIC_HEADER_CHECKSUM_OFFSET,
-    "ParentUniqueId": 40,
-    "ParentTimeStamp": 56,
-    "ParentUnicodeName": 64,
-}
+FOOTER_FIELDS: Final = field_offsets(VHDFooter)
+HEADER_FIELDS: Final = field_offsets(VHDDynamicHeader)
 
 #: Locator platform codes whose data is a path, and its encoding (spec "Dynamic
 #: Disk Header Format", Platform Code; SPEC-NOTES "Parent locator entry").
@@ -591,7 +575,7 @@ def _read_locator(
             "VHD parent locator",
             f"entry {index} ({name}): {length} bytes at {offset:#x} lie outside the data area "
             f"[{VHD_FOOTER_SIZE:#x}, {data_end:#x}) or exceed 64 KiB",
-            entry_offset + 16,
+            entry_offset + _LOCATOR_FIELDS["PlatformDataOffset"],
             "PlatformDataOffset",
         )
     else:
@@ -616,7 +600,7 @@ def read_dynamic_header(
     computed = vhd_checksum(raw, DYNAMIC_HEADER_CHECKSUM_OFFSET)
     problems = list(_header_problems(offset, raw, h, computed, virtual_size, data_end))
     locators = []
-    base = offset + _LOCATOR_ENTRIES_OFFSET
+    base = offset + HEADER_FIELDS["ParentLocatorEntries"]
     for i, entry in enumerate(h.parent_locator_entries):
         loc = _read_locator(source, i, base + _LOCATOR_ENTRY_SIZE * i, entry, data_end)
         if loc is not None:
@@ -779,12 +763,13 @@ def with_parent(
     """
     raw = bytearray(header)
     for index, length in lengths.items():
-        entry = _LOCATOR_ENTRIES_OFFSET + _LOCATOR_ENTRY_SIZE * index
-        raw[entry + 8 : entry + 12] = length.to_bytes(4, "big")
-    at = HEADER_FIELDS["ParentUniqueId"]
-    raw[at : at + 16] = unique_id.bytes
-    at = HEADER_FIELDS["ParentTimeStamp"]
-    raw[at : at + 4] = time_stamp.to_bytes(4, "big")
-    at = HEADER_FIELDS["ParentUnicodeName"]
-    raw[at : at + 512] = encode_parent_name(name)
+        entry = HEADER_FIELDS["ParentLocatorEntries"] + _LOCATOR_ENTRY_SIZE * index
+        at = entry + _LOCATOR_FIELDS["PlatformDataLength"]
+        raw[at : at + 4] = length.to_bytes(4, "big")
+    for field, value in (
+        ("ParentUniqueId", unique_id.bytes),
+        ("ParentTimeStamp", time_stamp.to_bytes(4, "big")),
+        ("ParentUnicodeName", encode_parent_name(name)),
+    ):
+        raw[HEADER_FIELDS[field] : HEADER_FIELDS[field] + len(value)] = value
     return with_checksum(raw, DYNAMIC_HEADER_CHECKSUM_OFFSET)

@@ -30,7 +30,7 @@ from ..constants import (
 from ..errors import InvalidArgumentError, InvalidImageError, PyvhdxError
 from ..info import kebab_fields
 from ..source import FileSource
-from ..structures import parse
+from ..structures import field_offsets, parse
 from ..structures.vhdx import (
     FILE_IDENTIFIER,
     FILE_PARAMETERS,
@@ -78,8 +78,8 @@ META_IS_USER = 1
 META_IS_VIRTUAL_DISK = 2
 META_IS_REQUIRED = 4
 _REGION_REQUIRED = 1  # MS-VHDX 2.2.3.2 region table entry flags, bit 0
-_LOCATOR_HEADER_SIZE = 20  # MS-VHDX 2.6.2.6.1
-_LOCATOR_ENTRY_SIZE = 12  # MS-VHDX 2.6.2.6.2
+_LOCATOR_HEADER_SIZE = PARENT_LOCATOR_HEADER.sizeof()  # MS-VHDX 2.6.2.6.1
+_LOCATOR_ENTRY_SIZE = PARENT_LOCATOR_ENTRY.sizeof()  # MS-VHDX 2.6.2.6.2
 _PATH_KEYS = ("relative_path", "volume_path", "absolute_win32_path")
 
 
@@ -89,18 +89,7 @@ Defect = LayoutProblem
 
 
 #: MS-VHDX 2.2.2: where each field of a header starts in it, by its spec name.
-HEADER_FIELD_OFFSETS: Final = {
-    "Signature": 0,
-    "Checksum": 4,
-    "SequenceNumber": 8,
-    "FileWriteGuid": 16,
-    "DataWriteGuid": 32,
-    "LogGuid": 48,
-    "LogVersion": 64,
-    "Version": 66,
-    "LogLength": 68,
-    "LogOffset": 72,
-}
+HEADER_FIELD_OFFSETS: Final = field_offsets(HEADER)
 
 
 def header_field_error(
