@@ -165,15 +165,6 @@ def choose_footer(footers: Footers) -> FooterChoice:
     )
 
 
-def _fatal(problem: LayoutProblem, structure: str | None = None) -> InvalidImageError:
-    return InvalidImageError(
-        problem.message,
-        structure=structure or problem.structure,
-        field=problem.field,
-        offset=problem.offset,
-    )
-
-
 # --- the format handler -------------------------------------------------------------
 
 
@@ -289,7 +280,7 @@ class VHDFile(VHDWriter, FormatHandler):
         """An unknown disk type is fatal; other defects of the footer are reported."""
         for problem in footer_field_problems(chosen):
             if problem.code == "footer.disk-type":
-                raise _fatal(problem, "VHD footer")
+                raise problem.error(structure="VHD footer")
             if problem.code in _FOOTER_REPORTED:
                 self._report(problem.problem(structure="VHD footer"))
 
@@ -298,9 +289,7 @@ class VHDFile(VHDWriter, FormatHandler):
     def _open_fixed(self, chosen: FooterCopy) -> None:
         wrong = fixed_size_problem(chosen, self.data_end)
         if wrong is not None and wrong.code == "fixed.short":
-            raise TruncatedImageError(
-                wrong.message, structure="VHD footer", field=wrong.field, offset=wrong.offset
-            )
+            raise wrong.error(TruncatedImageError, structure="VHD footer")
         if wrong is not None:
             self._report(wrong.problem(structure="VHD footer"))
         self.table = linear_table(self.virtual_size, 0)
@@ -309,7 +298,7 @@ class VHDFile(VHDWriter, FormatHandler):
 
     def _open_dynamic(self, chosen: FooterCopy, differencing: bool) -> None:
         if (wrong := header_offset_problem(chosen, self.data_end)) is not None:
-            raise _fatal(wrong, "VHD footer")
+            raise wrong.error(structure="VHD footer")
         hdr = read_dynamic_header(
             self.source,
             int(chosen.fields.data_offset),
@@ -350,7 +339,7 @@ class VHDFile(VHDWriter, FormatHandler):
         elif problem.code in _TOLERATED:
             self._report(problem.problem())
         elif problem.code not in _IGNORED:
-            raise _fatal(problem)
+            raise problem.error()
 
     # -- differencing (spec "Block Allocation Table and Data Blocks", sector bitmap) --
 

@@ -32,7 +32,7 @@ from ..constants import (
     KiB,
     VHDDiskType,
 )
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, InvalidImageError, PyvhdxError
 from ..info import Problem
 from ..source import FileSource
 from ..structures import field_offsets, parse
@@ -229,6 +229,21 @@ class LayoutProblem:
             self.message + suffix,
             self.offset if offset is None else offset,
             self.field,
+        )
+
+    def error(
+        self,
+        cls: type[PyvhdxError] = InvalidImageError,
+        *,
+        structure: str | None = None,
+        offset: int | None = None,
+    ) -> PyvhdxError:
+        """As a fatal error of class ``cls``, naming the structure, field and offset."""
+        return cls(
+            self.message,
+            structure=structure or self.structure,
+            field=self.field,
+            offset=self.offset if offset is None else offset,
         )
 
 

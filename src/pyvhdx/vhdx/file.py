@@ -314,7 +314,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
                 offset=d.offset,
             )
         cls = UnsupportedFeatureError if d.code == "unknown-required" else InvalidImageError
-        raise cls(d.message, structure=d.structure, field=d.field, offset=offset)
+        raise d.error(cls, offset=offset)
 
     def _item(self, guid: uuid.UUID, size: int | None) -> MetadataItem:
         item = self.metadata.get(guid)
@@ -408,9 +408,7 @@ class VHDXFile(_VHDXWriter, FormatHandler):
         self.parent_locator_type = loc.locator_type
         for d in loc.defects:
             if d.code in ("too-short", "key-value-count", "text"):
-                raise InvalidImageError(
-                    d.message, structure=d.structure, field=d.field, offset=d.offset
-                )
+                raise d.error()
             if d.code in ("type", "no-linkage"):
                 self._problem("parent locator", d.message, offset)
         self.parent_locator = loc.values
