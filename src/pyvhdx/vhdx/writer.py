@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -66,13 +67,9 @@ class _VHDXWriter:
     logical_sector_size: int
     virtual_size: int
     chunk_ratio: int
-
-    def _partial_offset(self, block: int) -> int:
-        raise NotImplementedError
-
-    def _sector_bitmap(self, block: int) -> np.ndarray:
-        raise NotImplementedError
-
+    _partial_offset: Callable[[int], int]
+    _sector_bitmap: Callable[[int], np.ndarray]
+    _decode_parent_locator: Callable[[MetadataItem], None]
     bat_offset: int
     bat_entry_count: int
     reserved_spans: list[tuple[int, int, str]]
@@ -82,9 +79,6 @@ class _VHDXWriter:
     metadata: dict[uuid.UUID, MetadataItem]
     metadata_order: list[MetadataItem]
     regions: dict[uuid.UUID, RegionEntry]
-
-    def _decode_parent_locator(self, item: MetadataItem) -> None:
-        raise NotImplementedError
 
     def _init_writer(self) -> None:
         # bulk: a new image being filled by convert, deleted if anything fails;
@@ -222,12 +216,8 @@ class _VHDXWriter:
             end = min(end, physical)
             if end <= start:
                 continue
-            zeros = bytes(min(end - start, 1 << 20))
-            pos = start
-            while pos < end:
-                n = min(len(zeros), end - pos)
-                self.source.pwrite(zeros[:n], pos)
-                pos += n
+            for pos in range(start, end, MiB):
+                self.source.pwrite(bytes(min(MiB, end - pos)), pos)
         for off in overlay.sector_offsets:
             data = overlay.sector(off)
             assert data is not None
@@ -282,6 +272,19 @@ class _VHDXWriter:
                 self.source.pwrite(data, off)
             self.source.flush()
 
+    def _patch(self, sectors: dict[int, bytearray], at: int, data: bytes, what: str) -> None:
+        """Put ``data`` at file offset ``at`` into ``sectors`` (4 KiB file sectors, read
+        on first use), for :meth:`_log_and_apply`."""
+        pos = 0
+        while pos < len(data):
+            sector = (at + pos) & ~0xFFF
+            if sector not in sectors:
+                sectors[sector] = bytearray(self.source.read_exact(sector, 4096, what))
+            n = min(len(data) - pos, sector + 4096 - (at + pos))
+            lo = at + pos - sector
+            sectors[sector][lo : lo + n] = data[pos : pos + n]
+            pos += n
+
     # -- data --------------------------------------------------------------------
 
     def write_at(self, offset: int, data: memoryview) -> None:
@@ -309,10 +312,8 @@ class _VHDXWriter:
             codes[b - first] = self._partial_offset(b)
         # parent data under what this write leaves of each block
         for b in new_blocks + partial:
-            if old[b - first] == CODE_PARENT or old[b - first] == CODE_PARTIAL:
-                keep = None
-                if old[b - first] == CODE_PARTIAL:
-                    keep = self._sector_bitmap(b)
+            if old[b - first] in (CODE_PARENT, CODE_PARTIAL):
+                keep = self._sector_bitmap(b) if old[b - first] == CODE_PARTIAL else None
                 self._copy_from_parent(b, int(codes[b - first]), offset, end, keep)
         # user data, in place or into the new blocks
         pos = offset
@@ -331,13 +332,8 @@ class _VHDXWriter:
         sectors: dict[int, bytearray] = {}
         for b in changed:
             entry_off = self.bat_offset + 8 * vhdx_payload_index(b, self.chunk_ratio)
-            sector = entry_off & ~0xFFF
-            if sector not in sectors:
-                sectors[sector] = bytearray(self.source.read_exact(sector, 4096, "BAT"))
             value = int(codes[b - first]) | PayloadState.FULLY_PRESENT
-            sectors[sector][entry_off - sector : entry_off - sector + 8] = value.to_bytes(
-                8, "little"
-            )
+            self._patch(sectors, entry_off, value.to_bytes(8, "little"), "BAT")
         self._log_and_apply({k: bytes(v) for k, v in sectors.items()})
         for b in changed:
             table.set_code(b, int(codes[b - first]))
@@ -403,26 +399,12 @@ class _VHDXWriter:
                 )
         self._begin_session(data=False)
         sectors: dict[int, bytearray] = {}
-
-        def patch(at: int, data: bytes) -> None:
-            pos = 0
-            while pos < len(data):
-                sector = (at + pos) & ~0xFFF
-                if sector not in sectors:
-                    raw = self.source.read_exact(sector, 4096, "metadata region")
-                    sectors[sector] = bytearray(raw)
-                n = min(len(data) - pos, sector + 4096 - (at + pos))
-                lo = at + pos - sector
-                sectors[sector][lo : lo + n] = data[pos : pos + n]
-                pos += n
-
         base = region.file_offset
-        if offset == old.offset:
-            patch(base + old.offset, item + bytes(old.length - len(item)))
-        else:
-            patch(base + offset, item)
+        padding = bytes(old.length - len(item)) if offset == old.offset else b""
+        self._patch(sectors, base + offset, item + padding, "metadata region")
         entry = base + 32 + 32 * index
-        patch(entry + 16, offset.to_bytes(4, "little") + len(item).to_bytes(4, "little"))
+        where = offset.to_bytes(4, "little") + len(item).to_bytes(4, "little")
+        self._patch(sectors, entry + 16, where, "metadata region")
         self._log_and_apply({k: bytes(v) for k, v in sectors.items()})
         new = dataclasses.replace(old, offset=offset, length=len(item), data=item)
         self.metadata[META_PARENT_LOCATOR] = new
