@@ -110,11 +110,28 @@ def _reserved(data: bytes) -> dict[str, Any]:
     return d
 
 
-def _limited(items: list[dict[str, Any]], key: str, out: dict[str, Any]) -> None:
-    """Store ``items`` under ``key``, at most LIST_LIMIT of them, counting the rest."""
+def _checksums(copy: Any) -> dict[str, Any]:
+    """A structure's stored checksum, the one computed over it, and whether they match."""
+    stored, computed = copy.stored_checksum, copy.computed_checksum
+    return {"checksum": stored, "computed-checksum": computed, "checksum-valid": stored == computed}
+
+
+def _limited(items: list[Any], key: str, out: dict[str, Any], total: int | None = None) -> None:
+    """Store ``items`` under ``key``, at most LIST_LIMIT of them, counting the rest
+    (``total``: how many there are, when ``items`` is already cut)."""
+    total = len(items) if total is None else total
     out[key] = items[:LIST_LIMIT]
-    if len(items) > LIST_LIMIT:
-        out[f"{key}-omitted"] = len(items) - LIST_LIMIT
+    if total > LIST_LIMIT:
+        out[f"{key}-omitted"] = total - LIST_LIMIT
+
+
+def _rows(out: list[dict[str, Any]], limit: int, **columns: Any) -> None:
+    """Append rows of the equally long arrays ``columns`` (keys in kebab case) to ``out``,
+    until it holds ``limit`` rows."""
+    room = max(0, limit - len(out))
+    keys = [k.replace("_", "-") for k in columns]
+    values = [np.asarray(c)[:room].tolist() for c in columns.values()]
+    out.extend(dict(zip(keys, row, strict=True)) for row in zip(*values, strict=True))
 
 
 def _section(report: dict[str, Any], name: str, fn: Callable[[], Any]) -> Any:
@@ -291,9 +308,7 @@ def _header_dict(copy: HeaderCopy) -> dict[str, Any]:
     h = copy.fields
     if h is not None:
         d["signature"] = copy.raw[:4].decode("latin-1")
-        d["checksum"] = copy.stored_checksum
-        d["computed-checksum"] = copy.computed_checksum
-        d["checksum-valid"] = copy.stored_checksum == copy.computed_checksum
+        d.update(_checksums(copy))
         d.update(
             {k.replace("_", "-"): v for k, v in h.items() if k not in ("checksum", "signature")}
         )
@@ -310,19 +325,13 @@ def _region_table_dict(t: RegionTableCopy) -> dict[str, Any]:
     d: dict[str, Any] = {"copy": t.index, "offset": t.offset, "valid": t.valid, "current": False}
     if t.entry_count is not None:
         d["signature"] = t.signature.decode("latin-1")
-        d["checksum"] = t.stored_checksum
-        d["computed-checksum"] = t.computed_checksum
-        d["checksum-valid"] = t.stored_checksum == t.computed_checksum
+        d.update(_checksums(t))
         d["entry-count"] = t.entry_count
         d["reserved"] = t.reserved
     d["entries"] = [
         {
             "guid": str(e.guid),
-            "name": e.name,
-            "file-offset": e.file_offset,
-            "length": e.length,
-            "required": e.required,
-            "flags": e.flags,
+            **kebab_fields(e, "name", "file_offset", "length", "required", "flags"),
         }
         for e in t.entries
     ]
@@ -715,30 +724,21 @@ class _VHDXInspector(_FileRanges):
         bitmaps = _Allocation(
             bs * ratio, vsize, self.source.size, extent=K.VHDX_SECTOR_BITMAP_BLOCK_SIZE
         )
-        pstates, sstates, stale_count, stale, sb_list = self._bat_scan(
-            bat_offset, readable, ratio, payload, bitmaps
-        )
-        d["payload-states"] = {
-            _PAYLOAD_STATE_NAMES[s]: int(c) for s, c in enumerate(pstates.tolist()) if c
-        }
-        d["sector-bitmap-states"] = {
-            _SB_STATE_NAMES.get(s, f"reserved-{s}"): int(c)
-            for s, c in enumerate(sstates.tolist())
-            if c
-        }
-        payload.summary(d)
-        d["stale-offsets"] = {"count": stale_count, "examples": stale}
-        d["sector-bitmap-blocks"] = sb_list
-        if bitmaps.count > LIST_LIMIT:
-            d["sector-bitmap-blocks-omitted"] = bitmaps.count - LIST_LIMIT
+        self._bat_scan(d, bat_offset, readable, ratio, payload, bitmaps)
         if self.log_state is not None:
             d["changed-by-log-replay"] = self._bat_changes(bat_offset, readable, ratio)
         self.block_refs.extend((payload.union, bitmaps.union))
         self.bat_ok = True
 
     def _bat_scan(
-        self, bat_offset: int, readable: int, ratio: int, payload: _Allocation, bitmaps: _Allocation
-    ) -> tuple[Any, Any, int, list[dict[str, Any]], list[dict[str, int]]]:
+        self,
+        d: dict[str, Any],
+        bat_offset: int,
+        readable: int,
+        ratio: int,
+        payload: _Allocation,
+        bitmaps: _Allocation,
+    ) -> None:
         """Decode the BAT in chunks (MS-VHDX 2.5.1): state counts, allocations, examples."""
         pstates = np.zeros(8, dtype=np.int64)
         sstates = np.zeros(8, dtype=np.int64)
@@ -758,31 +758,34 @@ class _VHDXInspector(_FileRanges):
             pstate, poffs = state[pay], offs[pay]
             pblock = idx[pay] - idx[pay] // (ratio + 1)
             pstates += np.bincount(pstate, minlength=8)
-            alloc = (pstate == PayloadState.FULLY_PRESENT) | (
-                pstate == PayloadState.PARTIALLY_PRESENT
-            )
+            alloc = np.isin(pstate, (PayloadState.FULLY_PRESENT, PayloadState.PARTIALLY_PRESENT))
             payload.add(pblock[alloc], poffs[alloc])
             # Entries that are not present but keep an offset (MS-VHDX 2.5.1: it
             # must be 0): they may point at old data.
             stale_mask = ~alloc & (poffs != 0)
             stale_count += int(np.count_nonzero(stale_mask))
-            for j in np.flatnonzero(stale_mask)[: _EXAMPLES - len(stale)].tolist():
-                stale.append(
-                    {
-                        "block": int(pblock[j]),
-                        "state": _PAYLOAD_STATE_NAMES[int(pstate[j])],
-                        "file-offset": int(poffs[j]),
-                    }
-                )
+            names = [_state_name(s, False) for s in pstate[stale_mask][:_EXAMPLES].tolist()]
+            _rows(
+                stale,
+                _EXAMPLES,
+                block=pblock[stale_mask],
+                state=names,
+                file_offset=poffs[stale_mask],
+            )
             sstate, soffs = state[is_sb], offs[is_sb]
             sstates += np.bincount(sstate, minlength=8)
             spresent = sstate == SectorBitmapState.PRESENT
             chunks = idx[is_sb][spresent] // (ratio + 1)
             bitmaps.add(chunks, soffs[spresent])
-            room = LIST_LIMIT - len(sb_list)
-            for c, o in zip(chunks[:room].tolist(), soffs[spresent][:room].tolist(), strict=True):
-                sb_list.append({"chunk": c, "file-offset": o})
-        return pstates, sstates, stale_count, stale, sb_list
+            _rows(sb_list, LIST_LIMIT, chunk=chunks, file_offset=soffs[spresent])
+        for key, counts, sector_bitmap in (
+            ("payload-states", pstates, False),
+            ("sector-bitmap-states", sstates, True),
+        ):
+            d[key] = {_state_name(s, sector_bitmap): c for s, c in enumerate(counts.tolist()) if c}
+        payload.summary(d)
+        d["stale-offsets"] = {"count": stale_count, "examples": stale}
+        _limited(sb_list, "sector-bitmap-blocks", d, bitmaps.count)
 
     def _bat_changes(self, bat_offset: int, count: int, ratio: int) -> dict[str, Any]:
         """BAT entries whose value the log replay changes: old and new state and offset."""
@@ -825,14 +828,16 @@ def _bat_entry_name(index: int, ratio: int) -> dict[str, int]:
     return {"block": index - k}
 
 
+def _state_name(state: int, sector_bitmap: bool) -> str:
+    """The name of a payload or sector bitmap block state (MS-VHDX 2.5.1.1, 2.5.1.2)."""
+    names = _SB_STATE_NAMES if sector_bitmap else _PAYLOAD_STATE_NAMES
+    return names.get(state, f"reserved-{state}")
+
+
 def _bat_value(value: int, sector_bitmap: bool) -> dict[str, Any]:
     """A BAT entry's state and offset (MS-VHDX 2.5.1)."""
-    state = value & K.VHDX_BAT_STATE_MASK
-    names = _SB_STATE_NAMES if sector_bitmap else _PAYLOAD_STATE_NAMES
-    return {
-        "state": names.get(state, f"reserved-{state}"),
-        "file-offset": value & K.VHDX_BAT_OFFSET_MASK,
-    }
+    state = _state_name(value & K.VHDX_BAT_STATE_MASK, sector_bitmap)
+    return {"state": state, "file-offset": value & K.VHDX_BAT_OFFSET_MASK}
 
 
 def _log_entry_dict(e: LogEntry, active: bool) -> dict[str, Any]:
@@ -911,16 +916,15 @@ class _Allocation:
         if past.any():
             self.past_count += int(np.count_nonzero(past))
             self.past_missing += int(missing[past].sum())
-            room = _EXAMPLES - len(self.past_examples)
-            for b, o, m in zip(
-                blk[past][:room].tolist(),
-                data_start[past][:room].tolist(),
-                missing[past][:room].tolist(),
-                strict=True,
-            ):
-                self.past_examples.append(
-                    {"block": b, "virtual-offset": b * bs, "file-offset": o, "missing-bytes": m}
-                )
+            b = blk[past]
+            _rows(
+                self.past_examples,
+                _EXAMPLES,
+                block=b,
+                virtual_offset=b * bs,
+                file_offset=data_start[past],
+                missing_bytes=missing[past],
+            )
         s = np.clip(off, 0, self.file_size)
         e = np.clip(off + self.extent, 0, self.file_size)
         self.extent_bytes += int((e - s).sum())
@@ -953,9 +957,7 @@ class _Allocation:
             d["first-allocated-block"] = {"block": self.first[0], "file-offset": self.first[1]}
             d["last-allocated-block"] = {"block": self.last[0], "file-offset": self.last[1]}
         d["allocated-outside-disk"] = self.outside_disk
-        d["file-ranges"] = _ranges(ms[:LIST_LIMIT], me[:LIST_LIMIT])
-        if ms.shape[0] > LIST_LIMIT:
-            d["file-ranges-omitted"] = int(ms.shape[0] - LIST_LIMIT)
+        _limited(_ranges(ms[:LIST_LIMIT], me[:LIST_LIMIT]), "file-ranges", d, int(ms.shape[0]))
         d["overlapping-bytes"] = self.extent_bytes - int((me - ms).sum())
         d["beyond-end-of-file"] = {
             "count": self.past_count,
@@ -1022,9 +1024,7 @@ class _VHDInspector(_FileRanges):
             },
             "disk-type": _VHD_DISK_TYPES.get(f.disk_type, f"unknown ({f.disk_type})"),
             "disk-type-code": f.disk_type,
-            "checksum": copy.stored_checksum,
-            "computed-checksum": copy.computed_checksum,
-            "checksum-valid": copy.checksum_ok,
+            **_checksums(copy),
             "unique-id": str(f.unique_id),
             "saved-state": f.saved_state,
             "reserved": _reserved(bytes(f.reserved)),
@@ -1088,9 +1088,7 @@ class _VHDInspector(_FileRanges):
             "header-version": vhd_layout.version_text(h.header_version),
             "max-table-entries": h.max_table_entries,
             "block-size": h.block_size,
-            "checksum": hdr.stored_checksum,
-            "computed-checksum": hdr.computed_checksum,
-            "checksum-valid": hdr.checksum_ok,
+            **_checksums(hdr),
             "parent-unique-id": str(h.parent_unique_id),
             "parent-time-stamp": h.parent_time_stamp,
             "parent-time-stamp-utc": vhd_layout.timestamp_text(h.parent_time_stamp),
