@@ -92,22 +92,26 @@ MAX_FINDINGS_PER_KIND: Final = 16
 
 _BAT_CHUNK_ENTRIES: Final = 1 << 20  # BAT entries read and checked per step (8 MiB VHDX)
 _VHDX_RESERVED_BITS: Final = 0xFFFF8  # MS-VHDX 2.5.1: bits 3-19 of a BAT entry
-#: Metadata entry defects (pyvhdx.vhdx.layout codes): what a reader does, what a repair does.
-_ITEM_REPAIRS: Final = {
-    "outside": ("", "rebuild the metadata table"),
-    "duplicate": (": readers refuse the image", "remove the duplicate entry"),
+#: Metadata entry defects (pyvhdx.vhdx.layout codes) reported: what a repair does (a
+#: warning if None), what a reader does. Other codes are not reported.
+_ITEM_REPAIRS: Final[dict[str, tuple[str | None, str]]] = {
+    "overlap": (None, ""),
+    "outside": ("rebuild the metadata table", ""),
+    "duplicate": ("remove the duplicate entry", ": readers refuse the image"),
     "unknown-required": (
-        ": readers must refuse the image",
         "none: the image needs software that knows this item",
+        ": readers must refuse the image",
     ),
 }
-#: Parent locator defects (pyvhdx.vhdx.layout codes), as for _ITEM_REPAIRS.
-_LOCATOR_REPAIRS: Final = {
+#: Parent locator defects (pyvhdx.vhdx.layout codes), as for _ITEM_REPAIRS; any other
+#: code is an error that a rebuilt parent locator repairs.
+_LOCATOR_REPAIRS: Final[dict[str, tuple[str | None, str]]] = {
+    "type": (None, ""),
     "no-linkage": (
-        ": the parent cannot be verified",
         "set parent_linkage to the parent's DataWriteGuid",
+        ": the parent cannot be verified",
     ),
-    "no-path": ("", "add the parent's relative_path"),
+    "no-path": ("add the parent's relative_path", ""),
 }
 
 I64 = npt.NDArray[np.int64]
@@ -179,10 +183,12 @@ class CheckReport:
 
 
 class _Findings:
-    """Collects findings; per-entry findings are capped by kind."""
+    """Collects findings; findings about BAT entries are capped by kind."""
 
     def __init__(self, report: CheckReport) -> None:
         self.report = report
+        self.counts: dict[str, int] = {}  # BAT entry findings by kind
+        self.first: dict[str, Finding] = {}
 
     def add(
         self,
@@ -223,39 +229,35 @@ class _Findings:
     def info(self, structure: str, message: str, offset: int | None = None) -> None:
         self.add(Severity.INFO, structure, message, offset)
 
-
-class _EntryFindings:
-    """Findings about BAT entries, at most :data:`MAX_FINDINGS_PER_KIND` per kind."""
-
-    def __init__(self, out: _Findings) -> None:
-        self.out = out
-        self.counts: dict[str, int] = {}
-        self.first: dict[str, Finding] = {}
-
-    def add(
+    def defect(
         self,
-        kind: str,
-        indexes: npt.NDArray[Any],
-        make: Callable[[int], Finding],
+        d: Defect | LayoutProblem,
+        repair: str | None,
+        suffix: str = "",
+        structure: str | None = None,
     ) -> None:
-        """Report ``make(i)`` for the first entries of ``indexes`` (ascending)."""
-        n = int(indexes.shape[0])
-        if n == 0:
+        """A defect a layout model reports: an error with its ``repair``, else a warning."""
+        severity = Severity.WARNING if repair is None else Severity.ERROR
+        self.add(severity, structure or d.structure, d.message + suffix, d.offset, d.field, repair)
+
+    def entries(self, kind: str, indexes: npt.NDArray[Any], make: Callable[[int], Finding]) -> None:
+        """Report ``make(i)`` for the first entries of ``indexes`` (ascending), at most
+        :data:`MAX_FINDINGS_PER_KIND` of each ``kind`` in all."""
+        if not indexes.shape[0]:
             return
         seen = self.counts.get(kind, 0)
-        room = max(0, MAX_FINDINGS_PER_KIND - seen)
-        for i in indexes[:room].tolist():
+        for i in indexes[: max(0, MAX_FINDINGS_PER_KIND - seen)].tolist():
             finding = make(int(i))
             self.first.setdefault(kind, finding)
-            self.out.report.findings.append(finding)
-        self.counts[kind] = seen + n
+            self.report.findings.append(finding)
+        self.counts[kind] = seen + int(indexes.shape[0])
 
     def summarize(self) -> None:
         """One finding per kind that had more entries than were reported."""
         for kind, count in self.counts.items():
             if count > MAX_FINDINGS_PER_KIND:
                 first = self.first[kind]
-                self.out.add(
+                self.add(
                     first.severity,
                     first.structure,
                     f"{count - MAX_FINDINGS_PER_KIND} more entries like this ({kind}; "
@@ -274,18 +276,11 @@ def _overlaps(starts: I64, ends: I64) -> tuple[I64, I64]:
     starts (duplicate offsets) are overlaps too. Returns ``(hits, partners)``
     as positions in the input arrays, ``hits`` ordered by position.
     """
-    n = int(starts.shape[0])
-    if n < 2:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
     order = np.argsort(starts, kind="stable")
     s = starts[order]
     e = ends[order]
     reach = np.maximum.accumulate(e)
     bad = np.flatnonzero(s[1:] < reach[:-1]) + 1
-    if bad.shape[0] == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
     partners = np.where(s[bad] < e[bad - 1], bad - 1, -1)
     # Rare nested case: the overlapping range is not the sorted neighbour.
     for j in np.flatnonzero(partners < 0)[: MAX_FINDINGS_PER_KIND * 4].tolist():
@@ -345,7 +340,7 @@ class _VHDXChecker:
 
     def _errors(self, defects: list[Defect], repair: str) -> None:
         for d in defects:
-            self.out.error(d.structure, d.message, d.offset, d.field, repair=repair)
+            self.out.defect(d, repair)
 
     # -- 2.2.1 file type identifier -----------------------------------------------
 
@@ -648,20 +643,15 @@ class _VHDXChecker:
         region = regions[K.REGION_METADATA]
         table = vhdx_layout.read_metadata_table(self.source, region.file_offset, region.length)
         for d in table.defects:
-            offset = region.entry_offset + 24 if d.code == "region-length" else d.offset
-            repair = "rebuild the metadata table from the items found in the region"
-            self.out.error(d.structure, d.message, offset, d.field, repair=repair)
+            if d.code == "region-length":
+                d = dataclasses.replace(d, offset=region.entry_offset + 24)
+            self.out.defect(d, "rebuild the metadata table from the items found in the region")
         if table.defects:
             return None
         for item in table.items:
             for d in item.defects:
-                if d.code == "overlap":
-                    self.out.warning(d.structure, d.message, d.offset, d.field)
-                elif d.code in _ITEM_REPAIRS:
-                    suffix, repair = _ITEM_REPAIRS[d.code]
-                    self.out.error(
-                        d.structure, d.message + suffix, d.offset, d.field, repair=repair
-                    )
+                if d.code in _ITEM_REPAIRS:
+                    self.out.defect(d, *_ITEM_REPAIRS[d.code])
         return self._check_metadata_items(table)
 
     def _item(self, table: MetadataTable, guid: uuid.UUID, size: int) -> bytes | None:
@@ -805,14 +795,9 @@ class _VHDXChecker:
         at = table.offset + found.offset
         name = "metadata item parent_locator"
         for d in vhdx_layout.parse_parent_locator(found.data, at).defects:
-            if d.code == "type":
-                self.out.warning(name, d.message, d.offset, d.field)
-            else:
-                suffix, repair = _LOCATOR_REPAIRS.get(d.code, ("", "rebuild the parent locator"))
-                structure = (
-                    name if d.structure == "parent locator" else f"metadata item {d.structure}"
-                )
-                self.out.error(structure, d.message + suffix, d.offset, d.field, repair=repair)
+            repair, suffix = _LOCATOR_REPAIRS.get(d.code, ("rebuild the parent locator", ""))
+            entry = d.structure != "parent locator"  # "parent locator entry {i}"
+            self.out.defect(d, repair, suffix, f"metadata item {d.structure}" if entry else name)
         self.out.info(name, "the parent image is not checked", at)
 
     # -- 2.5 BAT -------------------------------------------------------------------------
@@ -834,7 +819,7 @@ class _VHDXChecker:
             differencing=differencing,
             file_size=self.source.size,
             spans=self.spans[1:],
-            found=_EntryFindings(self.out),
+            out=self.out,
         )
         self.report.total_blocks = bat.blocks
         if total * 8 > region.length:
@@ -853,59 +838,30 @@ class _VHDXChecker:
             bat.check_chunk(i0, np.frombuffer(data, dtype="<u8"))
         bat.finish()
         self.report.allocated_blocks = bat.allocated
-        self.report.image_end_offset = max(self.end, bat.end)
+        self.report.image_end_offset = max(self.end, bat.furthest)
 
 
-@dataclasses.dataclass
-class _Extents:
-    """Data blocks that passed the single-entry checks, kept for the overlap check."""
-
-    index: list[I64] = dataclasses.field(default_factory=list)
-    start: list[I64] = dataclasses.field(default_factory=list)
-    end: list[I64] = dataclasses.field(default_factory=list)
-    furthest: int = 0  # the end of the furthest block kept
-
-    def keep(self, index: I64, start: I64, end: I64) -> None:
-        self.index.append(index)
-        self.start.append(start)
-        self.end.append(end)
-        if end.shape[0]:
-            self.furthest = max(self.furthest, int(end.max()))
-
-    def sharing(self, name: Callable[[int], str]) -> tuple[I64, Callable[[int], str]]:
-        """The entries of the blocks that share file space with another, and the
-        message about the k-th (``name`` names an entry by its index).
-        """
-        index, start, mate, mate_start = self.overlaps()
-
-        def message(k: int) -> str:
-            how = "shares its offset with" if start[k] == mate_start[k] else "overlaps"
-            return (
-                f"{name(int(index[k]))} at {int(start[k]):#x} {how} {name(int(mate[k]))} at "
-                f"{int(mate_start[k]):#x}: the two share file space, so a write to one changes "
-                "the other"
-            )
-
-        return index, message
-
-    def overlaps(self) -> tuple[I64, I64, I64, I64]:
-        """``(index, start, mate_index, mate_start)`` of each block overlapping another."""
-        if not self.index:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty, empty, empty
-        index = np.concatenate(self.index)
-        start = np.concatenate(self.start)
-        hits, mates = _overlaps(start, np.concatenate(self.end))
-        return index[hits], start[hits], index[mates], start[mates]
-
-
+@dataclasses.dataclass(kw_only=True)
 class _BatEntries:
-    """What the VHDX and VHD BAT checks share: a finding names an entry by its index."""
+    """What the VHDX and VHD BAT checks share: a finding names an entry by its index; the
+    blocks that pass the single-entry checks are kept for the overlap check (:meth:`share`).
+    """
 
     STRUCTURE: ClassVar[str]
     ENTRY_SIZE: ClassVar[int]  # bytes per BAT entry
+    BLOCK: ClassVar[str]  # a block, in the kinds of findings
+    NEW_SPACE: ClassVar[str]  # where a repair copies a shared block
+
     offset: int  # of the BAT
-    found: _EntryFindings
+    spans: list[tuple[int, int, str]]  # the structures no block may overlap
+    out: _Findings
+    allocated: int = 0
+    furthest: int = 0  # the end of the furthest block kept
+    kept: list[tuple[I64, I64, I64]] = dataclasses.field(default_factory=list)
+
+    def name(self, i: int) -> str:
+        """Entry ``i`` (its block), in messages."""
+        raise NotImplementedError
 
     def entry_field(self, i: int) -> str:
         """The field a finding about entry ``i`` names (when the check names none)."""
@@ -928,50 +884,72 @@ class _BatEntries:
         self,
         kind: str,
         indexes: I64,
-        severity: Severity,
         message: Callable[[int], str],
         field: str | None = None,
         repair: str | None = None,
     ) -> None:
-        """Findings ``message(i)`` about the entries ``indexes`` (at most
-        :data:`MAX_FINDINGS_PER_KIND` of each ``kind``)."""
-        self.found.add(
+        """Findings ``message(i)`` about the entries ``indexes``: errors when a ``repair``
+        is known, else warnings (at most :data:`MAX_FINDINGS_PER_KIND` of each ``kind``)."""
+        severity = Severity.WARNING if repair is None else Severity.ERROR
+        self.out.entries(
             kind, indexes, lambda i: self.problem(i, message(i), severity, repair, field)
         )
 
-    def report_sharing(
-        self, kind: str, index: I64, message: Callable[[int], str], repair: Callable[[int], str]
-    ) -> None:
-        """Errors for the entries ``index`` whose blocks share file space (``message(k)``
-        tells the ``k``-th of them, ``repair(i)`` how to fix entry ``i``)."""
-        self.found.add(
-            kind,
-            np.arange(index.shape[0]),
-            lambda k: self.problem(
-                int(index[k]), message(k), Severity.ERROR, repair(int(index[k]))
-            ),
-        )
+    def keep(self, idx: I64, start: I64, end: I64, at: Callable[[int], str], repair: str) -> None:
+        """Errors for the blocks ``[start, end)`` of entries ``idx`` that overlap a span
+        (``at(i)`` places block ``i``; ``repair`` names the span ``{what}``); keep them."""
+        for s, ln, what in self.spans:
+            self.report(
+                f"{self.BLOCK} overlapping the {what}",
+                idx[_span_hits(start, end, s, s + ln)],
+                partial(self._overlap_message, at, f"the {what} at {s:#x}+{ln:#x}"),
+                repair=repair.format(what=what),
+            )
+        self.kept.append((idx, start, end))
+        if end.shape[0]:
+            self.furthest = max(self.furthest, int(end.max()))
+
+    def _overlap_message(self, at: Callable[[int], str], what: str, i: int) -> str:
+        return f"{self.name(i)} at {at(i)} overlaps {what}"
+
+    def share(self) -> None:
+        """Errors for the kept blocks that share file space with another."""
+        if not self.kept:
+            return
+        index, start, end = (np.concatenate(parts) for parts in zip(*self.kept, strict=True))
+        hits, mates = _overlaps(start, end)
+
+        def problem(k: int) -> Problem:
+            i, j = int(index[hits[k]]), int(index[mates[k]])
+            at, mate_at = int(start[hits[k]]), int(start[mates[k]])
+            how = "shares its offset with" if at == mate_at else "overlaps"
+            return self.problem(
+                i,
+                f"{self.name(i)} at {at:#x} {how} {self.name(j)} at {mate_at:#x}: the two share "
+                "file space, so a write to one changes the other",
+                Severity.ERROR,
+                f"copy the shared block to new space {self.NEW_SPACE} and point {self.name(i)} "
+                "there (which of the two owned it first is unknown)",
+            )
+
+        self.out.entries(f"{self.BLOCK}s sharing file space", np.arange(hits.shape[0]), problem)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class _VHDXBat(_BatEntries):
     """The BAT checks of MS-VHDX 2.5.1, applied chunk by chunk of entries."""
 
     STRUCTURE = "BAT"
     ENTRY_SIZE = 8
+    BLOCK = "data block"
+    NEW_SPACE = "at the end of the file"
 
-    offset: int
     block_size: int
     virtual_size: int
     ratio: int
     blocks: int
     differencing: bool
     file_size: int
-    spans: list[tuple[int, int, str]]  # the log and the regions
-    found: _EntryFindings
-    allocated: int = 0
-    end: int = 0
-    kept: _Extents = dataclasses.field(default_factory=_Extents)
     partial_chunks: list[I64] = dataclasses.field(default_factory=list)
     bitmap_chunks: list[I64] = dataclasses.field(default_factory=list)
 
@@ -987,186 +965,139 @@ class _VHDXBat(_BatEntries):
         """Check entries ``i0 .. i0 + len(raw) - 1``."""
         if not raw.any():
             return  # all NOT_PRESENT without offsets: nothing to report (sparse disks)
-        r = self.ratio
+        r, diff, P = self.ratio, self.differencing, K.PayloadState
         idx = np.arange(i0, i0 + raw.shape[0], dtype=np.int64)
         is_sb = idx % (r + 1) == r
         block = idx - idx // (r + 1)
         state = (raw & np.uint64(K.VHDX_BAT_STATE_MASK)).astype(np.int64)
         offs = (raw & np.uint64(K.VHDX_BAT_OFFSET_MASK)).astype(np.int64)
-
-        def at(i: int) -> int:
-            return int(offs[i - i0])
-
-        warn, err = Severity.WARNING, Severity.ERROR
-        self.report(
-            "reserved bits set",
-            idx[(raw & np.uint64(_VHDX_RESERVED_BITS)) != 0],
-            warn,
-            lambda i: f"entry {i}: reserved bits 3-19 are set",
-            "Reserved",
-        )
         inside = ~is_sb & (block < self.blocks)
-        # payload states (MS-VHDX 2.5.1.1)
-        self.report(
-            "reserved payload state 4",
-            idx[inside & (state == 4)],
-            err,
-            lambda i: f"{self.name(i)} has reserved state 4: readers refuse the image",
-            "State",
-            "set the entry to NOT_PRESENT (the block's content is lost)",
-        )
-        self.report(
-            "state 5 (UNMAPPED in spec v0.95)",
-            idx[inside & (state == K.PayloadState.UNMAPPED_V095)],
-            warn,
-            lambda i: (
-                f"{self.name(i)} has state 5, UNMAPPED in spec v0.95 (reserved in 1.0); "
-                "read as unmapped (SPEC-NOTES pitfall 6)"
-            ),
-            "State",
-        )
-        if not self.differencing:
-            self.report(
-                "PARTIALLY_PRESENT in a non-differencing file",
-                idx[inside & (state == K.PayloadState.PARTIALLY_PRESENT)],
-                warn,
-                lambda i: (
-                    f"{self.name(i)} is PARTIALLY_PRESENT in a file without a parent; "
-                    "read as fully present"
-                ),
-                "State",
-            )
-        self.report(
-            "ZERO entry with a file offset",
-            idx[inside & (state == K.PayloadState.ZERO) & (offs != 0)],
-            err,
-            lambda i: (
-                f"{self.name(i)} is ZERO with FileOffsetMB {at(i) >> 20}: the field is "
-                "reserved, and Hyper-V fails to read such an image (SPEC-NOTES pitfall 12)"
-            ),
-            "FileOffsetMB",
-            "set FileOffsetMB to 0, keeping the ZERO state",
-        )
-        self.report(
-            "NOT_PRESENT entry with a file offset",
-            idx[inside & (state == K.PayloadState.NOT_PRESENT) & (offs != 0)],
-            warn,
-            lambda i: (
-                f"{self.name(i)} is NOT_PRESENT with FileOffsetMB {at(i) >> 20} (the "
-                "field is reserved in this state)"
-            ),
-            "FileOffsetMB",
-        )
-        present = ~is_sb & (
-            (state == K.PayloadState.FULLY_PRESENT) | (state == K.PayloadState.PARTIALLY_PRESENT)
-        )
-        self.report(
-            "allocated payload entry past the end of the disk",
-            idx[present & ~inside],
-            warn,
-            lambda i: (
-                f"{self.name(i)} lies past the end of the disk but is marked present; "
-                "readers ignore it"
-            ),
-            "State",
-        )
-        present &= inside
-        self.allocated += int(np.count_nonzero(present))
+        present = ~is_sb & ((state == P.FULLY_PRESENT) | (state == P.PARTIALLY_PRESENT))
+        sb_present = is_sb & (state == 6) & diff
+        self.allocated += int(np.count_nonzero(present & inside))
         # Only the part of the last block inside the disk need be in the file.
         end = offs + np.minimum(self.block_size, self.virtual_size - block * self.block_size)
-        # sector bitmap states (MS-VHDX 2.5.1.2)
-        sb_present = is_sb & (state == 6)
-        if self.differencing:
-            self.partial_chunks.append(
-                np.unique(block[present & (state == K.PayloadState.PARTIALLY_PRESENT)] // r)
-            )
+        if diff:
+            partial_present = present & inside & (state == P.PARTIALLY_PRESENT)
+            self.partial_chunks.append(np.unique(block[partial_present] // r))
             self.bitmap_chunks.append(idx[sb_present] // (r + 1))
-            self.report(
-                "reserved sector bitmap state",
-                idx[is_sb & (state != 0) & (state != 6)],
-                err,
-                lambda i: f"{self.name(i)} has a reserved state: readers refuse the image",
-                "State",
-                "set the entry to NOT_PRESENT if no block of its chunk is partially present",
-            )
             end = np.where(is_sb, offs + K.VHDX_SECTOR_BITMAP_BLOCK_SIZE, end)
-            checked = present | sb_present
-        else:
-            self.report(
-                "sector bitmap entry in a non-differencing file",
-                idx[is_sb & (state != 0)],
-                warn,
-                lambda i: (
-                    f"{self.name(i)} is not NOT_PRESENT in a file without a parent; "
-                    "readers ignore it (SPEC-NOTES pitfall 6)"
-                ),
-                "State",
-            )
-            checked = present
+        checked = (present & inside) | sb_present
         low = checked & (offs < K.VHDX_HEADER_AREA_SIZE)
-        self.report(
-            "data block in the header area",
-            idx[low],
-            err,
-            lambda i: f"{self.name(i)} points at {at(i):#x}, inside the 1 MiB header area",
-            "FileOffsetMB",
-            "set the entry to NOT_PRESENT (the block's content is lost)",
-        )
         # end < offs: offset + length overflowed int64 (a block just below 2**63)
         past = checked & ~low & ((end > self.file_size) | (end < offs))
-        self.report(
-            "data block beyond the end of the file",
-            idx[past],
-            err,
-            lambda i: (
-                f"{self.name(i)} at {at(i):#x}+{int(end[i - i0]) - at(i):#x} ends beyond "
-                f"the end of the {self.file_size:#x}-byte file (truncated?)"
+
+        def say(text: str) -> Callable[[int], str]:
+            def message(i: int) -> str:
+                at = int(offs[i - i0])
+                length = int(end[i - i0]) - at
+                name, size = self.name(i), self.file_size
+                return text.format(i=i, name=name, at=at, mb=at >> 20, len=length, size=size)
+
+            return message
+
+        lost = "set the entry to NOT_PRESENT (the block's content is lost)"
+        # (kind, entries, message, field, repair): the payload states (MS-VHDX 2.5.1.1),
+        # the sector bitmap states (2.5.1.2), then where the blocks lie
+        for kind, entries, text, field, repair in (
+            (
+                "reserved bits set",
+                (raw & np.uint64(_VHDX_RESERVED_BITS)) != 0,
+                "entry {i}: reserved bits 3-19 are set",
+                "Reserved",
+                None,
             ),
-            "FileOffsetMB",
-            "extend the file with zeros to the block's end (the missing data is lost) or set "
-            "the entry to NOT_PRESENT",
-        )
-        ok = checked & ~low & ~past
-
-        def overlap(s: int, ln: int, what: str) -> Callable[[int], str]:
-            return lambda i: f"{self.name(i)} at {at(i):#x} overlaps the {what} at {s:#x}+{ln:#x}"
-
-        for s, ln, what in self.spans:
-            self.report(
-                f"data block overlapping the {what}",
-                idx[ok][_span_hits(offs[ok], end[ok], s, s + ln)],
-                err,
-                overlap(s, ln, what),
+            (
+                "reserved payload state 4",
+                inside & (state == 4),
+                "{name} has reserved state 4: readers refuse the image",
+                "State",
+                lost,
+            ),
+            (
+                "state 5 (UNMAPPED in spec v0.95)",
+                inside & (state == P.UNMAPPED_V095),
+                "{name} has state 5, UNMAPPED in spec v0.95 (reserved in 1.0); read as unmapped "
+                "(SPEC-NOTES pitfall 6)",
+                "State",
+                None,
+            ),
+            (
+                "PARTIALLY_PRESENT in a non-differencing file",
+                inside & (state == P.PARTIALLY_PRESENT) & (not diff),
+                "{name} is PARTIALLY_PRESENT in a file without a parent; read as fully present",
+                "State",
+                None,
+            ),
+            (
+                "ZERO entry with a file offset",
+                inside & (state == P.ZERO) & (offs != 0),
+                "{name} is ZERO with FileOffsetMB {mb}: the field is reserved, and Hyper-V fails "
+                "to read such an image (SPEC-NOTES pitfall 12)",
                 "FileOffsetMB",
-                f"set the entry to NOT_PRESENT (the block and the {what} share bytes; one of "
-                "them is lost)",
-            )
-        self.kept.keep(idx[ok], offs[ok], end[ok])
-        if ok.any():
-            self.end = max(self.end, int(end[ok].max()))
+                "set FileOffsetMB to 0, keeping the ZERO state",
+            ),
+            (
+                "NOT_PRESENT entry with a file offset",
+                inside & (state == P.NOT_PRESENT) & (offs != 0),
+                "{name} is NOT_PRESENT with FileOffsetMB {mb} (the field is reserved in this "
+                "state)",
+                "FileOffsetMB",
+                None,
+            ),
+            (
+                "allocated payload entry past the end of the disk",
+                present & ~inside,
+                "{name} lies past the end of the disk but is marked present; readers ignore it",
+                "State",
+                None,
+            ),
+            (
+                "reserved sector bitmap state",
+                is_sb & (state != 0) & (state != 6) & diff,
+                "{name} has a reserved state: readers refuse the image",
+                "State",
+                "set the entry to NOT_PRESENT if no block of its chunk is partially present",
+            ),
+            (
+                "sector bitmap entry in a non-differencing file",
+                is_sb & (state != 0) & (not diff),
+                "{name} is not NOT_PRESENT in a file without a parent; readers ignore it "
+                "(SPEC-NOTES pitfall 6)",
+                "State",
+                None,
+            ),
+            (
+                "data block in the header area",
+                low,
+                "{name} points at {at:#x}, inside the 1 MiB header area",
+                "FileOffsetMB",
+                lost,
+            ),
+            (
+                "data block beyond the end of the file",
+                past,
+                "{name} at {at:#x}+{len:#x} ends beyond the end of the {size:#x}-byte file "
+                "(truncated?)",
+                "FileOffsetMB",
+                "extend the file with zeros to the block's end (the missing data is lost) or set "
+                "the entry to NOT_PRESENT",
+            ),
+        ):
+            self.report(kind, idx[entries], say(text), field, repair)
+        ok = checked & ~low & ~past
+        self.keep(
+            idx[ok],
+            offs[ok],
+            end[ok],
+            lambda i: f"{int(offs[i - i0]):#x}",
+            "set the entry to NOT_PRESENT (the block and the {what} share bytes; one of them is "
+            "lost)",
+        )
 
     def finish(self) -> None:
         """The checks that need every entry: overlaps between blocks, sector bitmaps."""
-        index, start, mate, mate_start = self.kept.overlaps()
-
-        def shared(k: int) -> str:
-            i, j = int(index[k]), int(mate[k])
-            how = "shares its offset with" if start[k] == mate_start[k] else "overlaps"
-            return (
-                f"{self.name(i)} at {int(start[k]):#x} {how} {self.name(j)} at "
-                f"{int(mate_start[k]):#x}: the two share file space, so a write to one changes "
-                "the other"
-            )
-
-        self.report_sharing(
-            "data blocks sharing file space",
-            index,
-            shared,
-            lambda i: (
-                "copy the shared block to new space at the end of the file and point "
-                f"{self.name(i)} there (which of the two owned it first is unknown)"
-            ),
-        )
+        self.share()
         if self.differencing and self.partial_chunks:
             r = self.ratio
             lost = np.setdiff1d(
@@ -1175,7 +1106,6 @@ class _VHDXBat(_BatEntries):
             self.report(
                 "partially present blocks without a sector bitmap",
                 (lost + 1) * r + lost,
-                Severity.ERROR,
                 lambda i: (
                     f"chunk {i // (r + 1)} has PARTIALLY_PRESENT blocks but its sector "
                     "bitmap entry is not PRESENT: readers cannot tell which sectors are in this "
@@ -1184,7 +1114,7 @@ class _VHDXBat(_BatEntries):
                 "State",
                 "none safe: the sector bitmap is lost; review the chunk's partial blocks",
             )
-        self.found.summarize()
+        self.out.summarize()
 
 
 # -- VHD (Virtual Hard Disk Image Format Specification, 2006) ---------------------------
@@ -1321,14 +1251,14 @@ class _VHDChecker:
             virtual_size=min(vsize, 1 << 62),
             data_end=data_end,
             spans=spans,
-            found=_EntryFindings(self.out),
+            out=self.out,
         )
         n = min(entries, max(0, data_end - table) // 4)
         for i0, raw in bat_chunks(self.source, table, n, strict=False):
             bat.check_chunk(i0, raw)
         bat.finish()
         self.report.allocated_blocks = bat.allocated
-        self.end = max(max(s + ln for s, ln, _ in spans), bat.kept.furthest)
+        self.end = max(max(s + ln for s, ln, _ in spans), bat.furthest)
         self.report.image_end_offset = self.end + footer.length
 
     def _locator_spans(self, hdr: DynamicHeader) -> list[tuple[int, int, str]]:
@@ -1343,23 +1273,23 @@ class _VHDChecker:
         return spans
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class _VHDBat(_BatEntries):
     """The BAT checks of a dynamic VHD, applied chunk by chunk of entries."""
 
     STRUCTURE = "VHD BAT"
     ENTRY_SIZE = 4
+    BLOCK = "block"
+    NEW_SPACE = "before the footer"
 
-    offset: int
     needed: int
     block_size: int
     bitmap_size: int
     virtual_size: int
     data_end: int
-    spans: list[tuple[int, int, str]]
-    found: _EntryFindings
-    allocated: int = 0
-    kept: _Extents = dataclasses.field(default_factory=_Extents)
+
+    def name(self, i: int) -> str:
+        return f"block {i}"
 
     def entry_field(self, i: int) -> str:
         return f"BAT[{i}]"
@@ -1375,7 +1305,6 @@ class _VHDBat(_BatEntries):
         self.report(
             "allocated entry past the end of the disk",
             idx[beyond],
-            Severity.WARNING,
             lambda i: (
                 f"entry {i} (past the {self.needed} blocks of the disk) is allocated; "
                 "readers ignore it"
@@ -1393,7 +1322,6 @@ class _VHDBat(_BatEntries):
         self.report(
             "block beyond the end of the file",
             idx[past],
-            Severity.ERROR,
             lambda i: (
                 f"block {i} at sector {int(raw[i - i0])} ({at(i)}, bitmap included) "
                 f"ends beyond the data area, which ends at {self.data_end:#x} (truncated?)"
@@ -1402,35 +1330,18 @@ class _VHDBat(_BatEntries):
             "it (the missing data is lost), or mark the entry unused",
         )
         ok = used & ~past
-
-        for s, ln, what in self.spans:
-            hits = idx[ok][_span_hits(start[ok], end[ok], s, s + ln)]
-            self.report(
-                f"block overlapping the {what}",
-                hits,
-                Severity.ERROR,
-                partial(self._overlap_message, at, f"the {what} at {s:#x}+{ln:#x}"),
-                repair=f"mark the entry unused (the block and the {what} share bytes; the "
-                "block's data is lost)",
-            )
-        self.kept.keep(idx[ok], start[ok], end[ok])
-
-    @staticmethod
-    def _overlap_message(at: Callable[[int], str], what: str, i: int) -> str:
-        return f"block {i} at {at(i)} overlaps {what}"
+        self.keep(
+            idx[ok],
+            start[ok],
+            end[ok],
+            at,
+            "mark the entry unused (the block and the {what} share bytes; the block's data is "
+            "lost)",
+        )
 
     def finish(self) -> None:
-        index, message = self.kept.sharing(lambda i: f"block {i}")
-        self.report_sharing(
-            "blocks sharing file space",
-            index,
-            message,
-            lambda i: (
-                f"copy the shared block to new space before the footer and point block {i} "
-                "there (which of the two owned it first is unknown)"
-            ),
-        )
-        self.found.summarize()
+        self.share()
+        self.out.summarize()
 
 
 # -- entry point --------------------------------------------------------------------------
