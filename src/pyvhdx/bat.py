@@ -267,21 +267,12 @@ class BlockTable:
         virtual_size: the virtual disk size in bytes.
         block_size: bytes per block; a power of two.
         loader: ``loader(first_block, count)`` returns the codes of those blocks.
-        sector_size: the sector size of sector bitmaps (for partial blocks).
-        bitmap_reader: ``bitmap_reader(block)`` returns, for a CODE_PARTIAL block,
-            one bool per sector (True: the sector is in this file) and sets
-            ``partial_data_offset[block]``; absent, partial blocks are unsupported.
+        sector_size: the sector size of sector bitmaps (for partial blocks; their
+            readers are installed by :meth:`set_partial_reader`).
     """
 
     def __init__(
-        self,
-        virtual_size: int,
-        block_size: int,
-        loader: Loader,
-        *,
-        sector_size: int = 512,
-        bitmap_reader: BitmapReader | None = None,
-        partial_offset: Callable[[int], int] | None = None,
+        self, virtual_size: int, block_size: int, loader: Loader, *, sector_size: int = 512
     ) -> None:
         if block_size <= 0 or block_size & (block_size - 1):
             raise InvalidImageError(f"block size {block_size} is not a power of two")
@@ -292,8 +283,8 @@ class BlockTable:
         self.block_count = -(-virtual_size // block_size)
         self.sector_size = sector_size
         self._loader = loader
-        self._bitmap_reader = bitmap_reader
-        self._partial_offset = partial_offset
+        self._bitmap_reader: BitmapReader | None = None
+        self._partial_offset: Callable[[int], int] | None = None
         self._chunks: dict[int, I64] = {}  # loaded chunks, oldest load first
         # set for a table that maps block b to linear_base + b * block_size (raw, fixed VHD)
         self.linear_base: int | None = None
@@ -305,7 +296,10 @@ class BlockTable:
     def set_partial_reader(
         self, bitmap_reader: BitmapReader, partial_offset: Callable[[int], int]
     ) -> None:
-        """Install the sector bitmap reader for CODE_PARTIAL blocks (differencing)."""
+        """Install the readers of CODE_PARTIAL blocks (differencing): ``bitmap_reader(block)``
+        gives one bool per sector (True: the sector is in this file), ``partial_offset(block)``
+        the file offset of the block's data; without them partial blocks are unsupported.
+        """
         self._bitmap_reader = bitmap_reader
         self._partial_offset = partial_offset
 
@@ -396,17 +390,11 @@ class BlockTable:
             raise UnsupportedFeatureError(
                 "reading partially present blocks of a differencing disk is not supported yet"
             )
-        parts_s: list[I64] = []
-        parts_l: list[I64] = []
-        parts_k: list[U8] = []
-        parts_f: list[I64] = []
+        parts: list[tuple[I64, I64, U8, I64]] = []
         ss = self.sector_size
         for i in range(len(vstart)):
             if kinds[i] != KIND_PARTIAL:
-                parts_s.append(vstart[i : i + 1])
-                parts_l.append(lens[i : i + 1])
-                parts_k.append(kinds[i : i + 1])
-                parts_f.append(fo[i : i + 1])
+                parts.append((vstart[i : i + 1], lens[i : i + 1], kinds[i : i + 1], fo[i : i + 1]))
                 continue
             block = b0 + i
             base = block << self.block_shift
@@ -421,16 +409,10 @@ class BlockTable:
             rs = np.maximum(starts * ss + base, int(vstart[i]))
             re = np.minimum(stops * ss + base, int(vstart[i]) + int(lens[i]))
             here = sel[starts - s0]
-            parts_s.append(rs)
-            parts_l.append(re - rs)
-            parts_k.append(np.where(here, RunKind.DATA, RunKind.PARENT).astype(np.uint8))
-            parts_f.append(np.where(here, data_off + (rs - base), -1))
-        return (
-            np.concatenate(parts_s),
-            np.concatenate(parts_l),
-            np.concatenate(parts_k),
-            np.concatenate(parts_f),
-        )
+            kind = np.where(here, RunKind.DATA, RunKind.PARENT).astype(np.uint8)
+            parts.append((rs, re - rs, kind, np.where(here, data_off + (rs - base), -1)))
+        s, ln, k, f = (np.concatenate(column) for column in zip(*parts, strict=True))
+        return s, ln, k, f
 
 
 def lost_ranges(
@@ -447,16 +429,8 @@ def lost_ranges(
     need = np.minimum(block_size, virtual_size - blocks * block_size)
     first = np.maximum(codes, file_size)
     lost = data & (codes > file_size - need)  # not codes + need: that may overflow int64
-    out = []
-    for b, c, f, n in zip(
-        blocks[lost].tolist(),
-        codes[lost].tolist(),
-        first[lost].tolist(),
-        need[lost].tolist(),
-        strict=True,
-    ):
-        out.append((b * block_size + (f - c), c + n - f, f))
-    return out
+    columns = (column[lost].tolist() for column in (blocks, codes, first, need))
+    return [(b * block_size + (f - c), c + n - f, f) for b, c, f, n in zip(*columns, strict=True)]
 
 
 def shared_space(

@@ -707,14 +707,11 @@ def _open_file(
             from .raw import RawFile as handler_cls
         if writable and not handler_cls.supports_write:
             raise UnsupportedFeatureError(f"writing {fmt.value} images is not supported yet")
-        if writable:
-            handler = handler_cls(source, strict=strict, writable=True)
-        elif salvage and fmt is not ImageFormat.RAW:
-            handler = handler_cls(source, strict=strict, salvage=True)
-        else:
-            handler = handler_cls(source, strict=strict)
+        options = {"writable": True} if writable else {}
+        if salvage and fmt is not ImageFormat.RAW:  # every byte of a raw file is the disk
+            options["salvage"] = True
+        handler = handler_cls(source, strict=strict, **options)
     except BaseException:
         source.close()
         raise
-    img = DiskImage(handler, mode=mode)
-    return img
+    return DiskImage(handler, mode=mode)
