@@ -84,6 +84,14 @@ _PAYLOAD_STATE_NAMES = {
     7: "partially-present",
 }
 _SB_STATE_NAMES = {0: "not-present", 6: "present"}
+# Known metadata items other than the parent locator: (bytes needed, parameter set).
+_ITEM_LAYOUT: dict[uuid.UUID, tuple[int, str | None]] = {
+    K.META_FILE_PARAMETERS: (8, None),
+    K.META_VIRTUAL_DISK_SIZE: (8, "virtual-size"),
+    K.META_PAGE83_DATA: (16, None),
+    K.META_LOGICAL_SECTOR_SIZE: (4, "logical-sector-size"),
+    K.META_PHYSICAL_SECTOR_SIZE: (4, None),
+}
 _VHD_DISK_TYPES = {0: "none", 1: "reserved (1)", 2: "fixed", 3: "dynamic", 4: "differencing"}
 
 
@@ -393,6 +401,8 @@ class _VHDXInspector(_FileRanges):
     # -- MS-VHDX 2.3 -----------------------------------------------------------------
 
     def log(self) -> None:
+        """The log region, its entries, its active sequence and the replay it implies
+        (MS-VHDX 2.3.3)."""
         h = self.header
         if h is None:
             return
@@ -411,27 +421,20 @@ class _VHDXInspector(_FileRanges):
             if log_length:
                 d["error"] = f"log region {log_offset:#x}+{log_length:#x} is not inside the file"
             return
-        self._log_entries(d, log_offset, log_length, log_guid)
-
-    def _log_entries(
-        self, d: dict[str, Any], log_offset: int, log_length: int, log_guid: uuid.UUID
-    ) -> None:
-        """The log's entries, its active sequence and the replay it implies (MS-VHDX 2.3.3)."""
-        state: LogState | None = None
-        if log_guid != _NIL:
-            try:
-                state = load_log(
-                    self.source, log_offset=log_offset, log_length=log_length, log_guid=log_guid
-                )
-            except PyvhdxError as exc:
-                d["error"] = str(exc)
-        entries, active = (state.entries, state.active) if state else ([], [])
+        state = LogState(log_guid, log_offset, log_length, [], [])
+        try:  # an empty log (zero LogGuid) loads as no entries
+            state = load_log(
+                self.source, log_offset=log_offset, log_length=log_length, log_guid=log_guid
+            )
+        except PyvhdxError as exc:
+            d["error"] = str(exc)
+        entries, active = state.entries, state.active
         active_at = {e.log_offset for e in active}
         d["entries"] = [_log_entry_dict(e, e.log_offset in active_at) for e in entries]
         d["active-sequence"] = [e.sequence_number for e in active]
         valid_at = {e.log_offset for e in entries}
         d["other-entries"] = self._stale_entries(log_offset, log_length, log_guid, valid_at)
-        if state is not None and active:
+        if active:
             self.log_state = state
             fields = ("sequence_number", "flushed_file_offset", "last_file_offset")
             d["head"] = kebab_fields(active[-1], *fields)
@@ -577,10 +580,7 @@ class _VHDXInspector(_FileRanges):
             "name": it.name if known else ("user" if it.is_user else "unknown"),
             "offset": it.offset,
             "file-offset": base + it.offset,
-            "length": it.length,
-            "is-user": it.is_user,
-            "is-virtual-disk": it.is_virtual_disk,
-            "is-required": it.is_required,
+            **kebab_fields(it, "length", "is_user", "is_virtual_disk", "is_required"),
         }
         if (
             any(d.code == "outside" for d in it.defects)
@@ -614,39 +614,28 @@ class _VHDXInspector(_FileRanges):
         self, item_id: uuid.UUID, data: bytes, offset: int, params: dict[str, Any]
     ) -> Any:
         """Known metadata items (MS-VHDX 2.6.2)."""
-
-        def need(n: int) -> None:
-            if len(data) < n:
-                raise InvalidImageError(
-                    f"item is {len(data)} bytes, expected {n}",
-                    structure=f"metadata item {K.KNOWN_METADATA[item_id]}",
-                    field="Length",
-                    offset=offset,
-                )
-
-        if item_id == K.META_FILE_PARAMETERS:
-            need(8)
-            fp = vhdx_layout.parse_file_parameters(data, offset)
-            params.update(kebab_fields(fp, "block_size", "has_parent", "leave_block_allocated"))
-            return kebab_fields(fp, "block_size", "leave_block_allocated", "has_parent", "flags")
-        if item_id == K.META_VIRTUAL_DISK_SIZE:
-            need(8)
-            params["virtual-size"] = int.from_bytes(data[:8], "little")
-            return params["virtual-size"]
-        if item_id == K.META_PAGE83_DATA:
-            need(16)
-            return str(uuid.UUID(bytes_le=data[:16]))
-        if item_id in (K.META_LOGICAL_SECTOR_SIZE, K.META_PHYSICAL_SECTOR_SIZE):
-            need(4)
-            value = int.from_bytes(data[:4], "little")
-            if item_id == K.META_LOGICAL_SECTOR_SIZE:
-                params["logical-sector-size"] = value
-            return value
         if item_id == K.META_PARENT_LOCATOR:
             locator = self._parent_locator(data, offset)
             params["parent-locator"] = locator["values"]
             return locator
-        return _hex_capped(data)  # pragma: no cover - every known item is handled
+        size, key = _ITEM_LAYOUT[item_id]
+        if len(data) < size:
+            raise InvalidImageError(
+                f"item is {len(data)} bytes, expected {size}",
+                structure=f"metadata item {K.KNOWN_METADATA[item_id]}",
+                field="Length",
+                offset=offset,
+            )
+        if item_id == K.META_FILE_PARAMETERS:
+            fp = vhdx_layout.parse_file_parameters(data, offset)
+            params.update(kebab_fields(fp, "block_size", "has_parent", "leave_block_allocated"))
+            return kebab_fields(fp, "block_size", "leave_block_allocated", "has_parent", "flags")
+        if item_id == K.META_PAGE83_DATA:
+            return str(uuid.UUID(bytes_le=data[:16]))
+        value = int.from_bytes(data[:size], "little")
+        if key is not None:
+            params[key] = value
+        return value
 
     def _parent_locator(self, data: bytes, offset: int) -> dict[str, Any]:
         """MS-VHDX 2.6.2.6: the layout model's parent locator, serialised."""
@@ -997,17 +986,14 @@ class _VHDInspector(_FileRanges):
         current = int(f.current_size)
         expected = vhd_layout.chs_geometry(current // VHD_SECTOR_SIZE)
         return {
-            "where": copy.where,
-            "offset": copy.offset,
-            "length": copy.length,
+            **kebab_fields(copy, "where", "offset", "length"),
             "present": True,
             "in-use": False,
             "cookie": copy.raw[:8].decode("latin-1"),
             "features": f.features,
             "temporary": bool(f.features & vhd_layout.FEATURE_TEMPORARY),
             "file-format-version": vhd_layout.version_text(f.file_format_version),
-            "data-offset": f.data_offset,
-            "time-stamp": f.time_stamp,
+            **kebab_fields(f, "data_offset", "time_stamp"),
             "time-stamp-utc": vhd_layout.timestamp_text(f.time_stamp),
             "creator-application": vhd_layout.fourcc(bytes(f.creator_application)),
             "creator-version": vhd_layout.version_text(f.creator_version),
@@ -1015,10 +1001,7 @@ class _VHDInspector(_FileRanges):
             "original-size": f.original_size,
             "current-size": current,
             "disk-geometry": {
-                "cylinders": chs.cylinders,
-                "heads": chs.heads,
-                "sectors-per-track": chs.sectors_per_track,
-                "capacity": chs.capacity,
+                **kebab_fields(chs, "cylinders", "heads", "sectors_per_track", "capacity"),
                 "expected-chs": list(expected),
                 "expected-capacity": expected.capacity,
             },
@@ -1026,7 +1009,7 @@ class _VHDInspector(_FileRanges):
             "disk-type-code": f.disk_type,
             **_checksums(copy),
             "unique-id": str(f.unique_id),
-            "saved-state": f.saved_state,
+            **kebab_fields(f, "saved_state"),
             "reserved": _reserved(bytes(f.reserved)),
         }
 
@@ -1083,11 +1066,9 @@ class _VHDInspector(_FileRanges):
             "offset": hdr.offset,
             "cookie": hdr.raw[:8].decode("latin-1"),
             "cookie-valid": hdr.cookie_ok,
-            "data-offset": h.data_offset,
-            "table-offset": h.table_offset,
+            **kebab_fields(h, "data_offset", "table_offset"),
             "header-version": vhd_layout.version_text(h.header_version),
-            "max-table-entries": h.max_table_entries,
-            "block-size": h.block_size,
+            **kebab_fields(h, "max_table_entries", "block_size"),
             **_checksums(hdr),
             "parent-unique-id": str(h.parent_unique_id),
             "parent-time-stamp": h.parent_time_stamp,
@@ -1101,14 +1082,9 @@ class _VHDInspector(_FileRanges):
 
     def _locator(self, loc: vhd_layout.LocatorEntry) -> dict[str, Any]:
         """A parent locator entry and its data (VHD spec, Parent Locator Entry)."""
-        d: dict[str, Any] = {
-            "index": loc.index,
-            "entry-offset": loc.entry_offset,
-            "platform-code": loc.platform_code,
-            "platform-data-space": loc.data_space,
-            "platform-data-length": loc.data_length,
-            "platform-data-offset": loc.data_offset,
-        }
+        d = kebab_fields(loc, "index", "entry_offset", "platform_code")
+        for name in ("data_space", "data_length", "data_offset"):
+            d[f"platform-{name.replace('_', '-')}"] = getattr(loc, name)
         if loc.data is None:
             assert loc.problem is not None
             d["error"] = loc.problem.message
