@@ -27,7 +27,6 @@ from ..constants import (
 from ..errors import (
     ChecksumError,
     InvalidImageError,
-    PyvhdxError,
     PyvhdxWarning,
     TruncatedImageError,
 )
@@ -202,9 +201,7 @@ class VHDFile(VHDWriter, FormatHandler):
         self.format = ImageFormat.VHD
         self.logical_sector_size = VHD_SECTOR_SIZE
         self.physical_sector_size = VHD_SECTOR_SIZE
-        self.read_error: PyvhdxError | None = None
         self.dynamic_header: Any = None
-        self.dynamic_header_checksum_ok: bool | None = None
         self.header: DynamicHeader | None = None
         self.dynamic_header_offset: int | None = None
         self.table_offset: int | None = None
@@ -313,7 +310,6 @@ class VHDFile(VHDWriter, FormatHandler):
         self.header = hdr
         self.dynamic_header = hdr.fields
         self.dynamic_header_offset = hdr.offset
-        self.dynamic_header_checksum_ok = hdr.checksum_ok
         self.block_size = hdr.block_size
         self.table_offset = hdr.table_offset
         self.max_table_entries = hdr.max_table_entries

@@ -516,22 +516,17 @@ class VHDXFile(_VHDXWriter, FormatHandler):
             entry = self._raw_entry(index, "BAT")
             state = entry & K.VHDX_BAT_STATE_MASK
             offset = entry & K.VHDX_BAT_OFFSET_MASK
-            where = {
-                "structure": "BAT",
-                "field": f"sector bitmap entry {chunk}",
-                "offset": self.bat_offset + 8 * index,
-            }
+            wrong = None
             if state != SectorBitmapState.PRESENT:
-                raise InvalidImageError(
+                wrong = (
                     f"block {block} is partially present but its sector bitmap "
-                    f"(chunk {chunk}) is not (state {state})",
-                    **where,  # type: ignore[arg-type]
+                    f"(chunk {chunk}) is not (state {state})"
                 )
-            if offset < K.VHDX_HEADER_AREA_SIZE or offset + MiB > self.source.size:
-                raise InvalidImageError(
-                    f"sector bitmap of chunk {chunk} at {offset:#x} lies outside the file",
-                    **where,  # type: ignore[arg-type]
-                )
+            elif offset < K.VHDX_HEADER_AREA_SIZE or offset + MiB > self.source.size:
+                wrong = f"sector bitmap of chunk {chunk} at {offset:#x} lies outside the file"
+            if wrong is not None:
+                field, at = f"sector bitmap entry {chunk}", self.bat_offset + 8 * index
+                raise InvalidImageError(wrong, structure="BAT", field=field, offset=at)
             bits = np.frombuffer(self.source.read_exact(offset, MiB, "sector bitmap"), np.uint8)
             if len(self._bitmap_cache) >= 8:
                 self._bitmap_cache.pop(next(iter(self._bitmap_cache)))

@@ -154,9 +154,7 @@ class _VHDXWriter:
         ratio = self.chunk_ratio
         bs = self.payload_block_size
         differencing = self.disk_type is DiskType.DIFFERENCING
-        idx_parts: list[np.ndarray] = []
-        start_parts: list[np.ndarray] = []
-        end_parts: list[np.ndarray] = []
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # BAT index, start, end
         step = 1 << 16
         for first in range(0, self.bat_entry_count, step):
             n = min(step, self.bat_entry_count - first)
@@ -172,14 +170,11 @@ class _VHDXWriter:
             payload = ~is_sb & (state >= PayloadState.FULLY_PRESENT)
             bitmap = is_sb & (state == SectorBitmapState.PRESENT) & differencing
             keep = np.flatnonzero(payload | bitmap)
-            idx_parts.append(index[keep])
-            start_parts.append(offset[keep])
-            end_parts.append(offset[keep] + np.where(is_sb[keep], MiB, inside[keep]))
-        index = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)
-        if not index.size:
+            ends = offset[keep] + np.where(is_sb[keep], MiB, inside[keep])
+            parts.append((index[keep], offset[keep], ends))
+        if not any(len(part[0]) for part in parts):
             return
-        starts = np.concatenate(start_parts)
-        ends = np.concatenate(end_parts)
+        index, starts, ends = (np.concatenate(column) for column in zip(*parts, strict=True))
 
         spans = [(0, VHDX_HEADER_AREA_SIZE, "header area"), *self.reserved_spans]
         found = shared_space(starts, ends, spans, file_end=self.source.physical_size)
