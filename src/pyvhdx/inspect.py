@@ -98,13 +98,16 @@ _VHD_DISK_TYPES = {0: "none", 1: "reserved (1)", 2: "fixed", 3: "dynamic", 4: "d
 # -- small helpers ----------------------------------------------------------------------
 
 
-def _hex_capped(data: bytes, limit: int = HEX_LIMIT) -> dict[str, Any]:
-    """Raw bytes for the report: hex of the first ``limit`` bytes and a SHA-256."""
+def _hex_capped(
+    data: bytes, limit: int = HEX_LIMIT, length: int | None = None, sha256: Any = None
+) -> dict[str, Any]:
+    """Raw bytes for the report: hex of the first ``limit`` bytes and a SHA-256 (``length``
+    and ``sha256``: those of the whole item, when ``data`` is only its start)."""
     d: dict[str, Any] = {
         "data-hex": data[:limit].hex(),
-        "data-sha256": hashlib.sha256(data).hexdigest(),
+        "data-sha256": (sha256 or hashlib.sha256(data)).hexdigest(),
     }
-    if len(data) > limit:
+    if (len(data) if length is None else length) > limit:
         d["data-hex-truncated"] = True
     return d
 
@@ -588,7 +591,12 @@ class _VHDXInspector(_FileRanges):
         ):
             item["error"] = "lies outside the metadata region (or in its table)"
         elif not known:
-            item.update(self._hashed_hex(base + it.offset, it.length, it.data[:HEX_LIMIT]))
+            digest = hashlib.sha256()  # of all of the item, read in chunks
+            for pos in range(0, it.length, 1 << 20):
+                digest.update(
+                    self.source.read(base + it.offset + pos, min(1 << 20, it.length - pos))
+                )
+            item.update(_hex_capped(it.data, length=it.length, sha256=digest))
         else:
             try:
                 item["value"] = self._decode_item(it.item_id, it.data, base + it.offset, params)
@@ -596,19 +604,6 @@ class _VHDXInspector(_FileRanges):
                 item["error"] = str(exc)
                 item.update(_hex_capped(it.data))
         return item
-
-    def _hashed_hex(self, offset: int, length: int, head: bytes) -> dict[str, Any]:
-        """Hex of the first bytes of an item and a SHA-256 of all of it (read in chunks)."""
-        digest = hashlib.sha256()
-        pos = 0
-        while pos < length:
-            n = min(1 << 20, length - pos)
-            digest.update(self.source.read(offset + pos, n))
-            pos += n
-        d: dict[str, Any] = {"data-hex": head[:HEX_LIMIT].hex(), "data-sha256": digest.hexdigest()}
-        if length > HEX_LIMIT:
-            d["data-hex-truncated"] = True
-        return d
 
     def _decode_item(
         self, item_id: uuid.UUID, data: bytes, offset: int, params: dict[str, Any]
@@ -713,24 +708,8 @@ class _VHDXInspector(_FileRanges):
         bitmaps = _Allocation(
             bs * ratio, vsize, self.source.size, extent=K.VHDX_SECTOR_BITMAP_BLOCK_SIZE
         )
-        self._bat_scan(d, bat_offset, readable, ratio, payload, bitmaps)
-        if self.log_state is not None:
-            d["changed-by-log-replay"] = self._bat_changes(bat_offset, readable, ratio)
-        self.block_refs.extend((payload.union, bitmaps.union))
-        self.bat_ok = True
-
-    def _bat_scan(
-        self,
-        d: dict[str, Any],
-        bat_offset: int,
-        readable: int,
-        ratio: int,
-        payload: _Allocation,
-        bitmaps: _Allocation,
-    ) -> None:
-        """Decode the BAT in chunks (MS-VHDX 2.5.1): state counts, allocations, examples."""
-        pstates = np.zeros(8, dtype=np.int64)
-        sstates = np.zeros(8, dtype=np.int64)
+        # Decoded in chunks (MS-VHDX 2.5.1): state counts, allocations, examples.
+        counts = np.zeros((2, 8), dtype=np.int64)  # payload, sector bitmap entries by state
         sb_list: list[dict[str, int]] = []
         stale: list[dict[str, Any]] = []
         stale_count = 0
@@ -746,35 +725,30 @@ class _VHDXInspector(_FileRanges):
             pay = ~is_sb
             pstate, poffs = state[pay], offs[pay]
             pblock = idx[pay] - idx[pay] // (ratio + 1)
-            pstates += np.bincount(pstate, minlength=8)
+            counts[0] += np.bincount(pstate, minlength=8)
             alloc = np.isin(pstate, (PayloadState.FULLY_PRESENT, PayloadState.PARTIALLY_PRESENT))
             payload.add(pblock[alloc], poffs[alloc])
             # Entries that are not present but keep an offset (MS-VHDX 2.5.1: it
             # must be 0): they may point at old data.
-            stale_mask = ~alloc & (poffs != 0)
-            stale_count += int(np.count_nonzero(stale_mask))
-            names = [_state_name(s, False) for s in pstate[stale_mask][:_EXAMPLES].tolist()]
-            _rows(
-                stale,
-                _EXAMPLES,
-                block=pblock[stale_mask],
-                state=names,
-                file_offset=poffs[stale_mask],
-            )
+            sel = ~alloc & (poffs != 0)
+            stale_count += int(np.count_nonzero(sel))
+            names = [_state_name(s, False) for s in pstate[sel][:_EXAMPLES].tolist()]
+            _rows(stale, _EXAMPLES, block=pblock[sel], state=names, file_offset=poffs[sel])
             sstate, soffs = state[is_sb], offs[is_sb]
-            sstates += np.bincount(sstate, minlength=8)
+            counts[1] += np.bincount(sstate, minlength=8)
             spresent = sstate == SectorBitmapState.PRESENT
             chunks = idx[is_sb][spresent] // (ratio + 1)
             bitmaps.add(chunks, soffs[spresent])
             _rows(sb_list, LIST_LIMIT, chunk=chunks, file_offset=soffs[spresent])
-        for key, counts, sector_bitmap in (
-            ("payload-states", pstates, False),
-            ("sector-bitmap-states", sstates, True),
-        ):
-            d[key] = {_state_name(s, sector_bitmap): c for s, c in enumerate(counts.tolist()) if c}
+        for sb, key in enumerate(("payload-states", "sector-bitmap-states")):
+            d[key] = {_state_name(s, sb == 1): c for s, c in enumerate(counts[sb].tolist()) if c}
         payload.summary(d)
         d["stale-offsets"] = {"count": stale_count, "examples": stale}
         _limited(sb_list, "sector-bitmap-blocks", d, bitmaps.count)
+        if self.log_state is not None:
+            d["changed-by-log-replay"] = self._bat_changes(bat_offset, readable, ratio)
+        self.block_refs.extend((payload.union, bitmaps.union))
+        self.bat_ok = True
 
     def _bat_changes(self, bat_offset: int, count: int, ratio: int) -> dict[str, Any]:
         """BAT entries whose value the log replay changes: old and new state and offset."""
