@@ -391,9 +391,8 @@ class _VHDXInspector(_FileRanges):
     def headers(self) -> None:
         copies = [_header_dict(vhdx_layout.read_header(self.source, i)) for i in (1, 2)]
         valid = [c for c in copies if c["valid"]]
-        current = None
-        if valid:
-            current = max(valid, key=lambda c: (c["sequence-number"], -c["copy"]))
+        current = max(valid, key=lambda c: (c["sequence-number"], -c["copy"]), default=None)
+        if current is not None:
             current["current"] = True
             self.header = current
         self.report["headers"] = copies
@@ -509,18 +508,13 @@ class _VHDXInspector(_FileRanges):
         replay = log.get("replay")
         if not replay:
             return
-        spans: list[tuple[int, int, str]] = [(0, K.VHDX_HEADER_AREA_SIZE, "header area")]
-        spans.append((log["offset"], log["length"], "log"))
-        for r in self.regions:
-            spans.append((r["file-offset"], r["length"], f"{r['name']} region"))
+        spans = [(0, K.VHDX_HEADER_AREA_SIZE, "header area"), (log["offset"], log["length"], "log")]
+        spans += [(r["file-offset"], r["length"], f"{r['name']} region") for r in self.regions]
         for item in replay["writes"]:
             off, end = item["file-offset"], item["file-offset"] + item["length"]
             names = [name for s, ln, name in spans if off < s + ln and s < end]
-            item["target"] = (
-                ", ".join(names)
-                if names
-                else ("beyond the end of the file" if off >= self.size else "data area")
-            )
+            elsewhere = "beyond the end of the file" if off >= self.size else "data area"
+            item["target"] = ", ".join(names) or elsewhere
             if self.bat_region and "BAT region" in names:
                 b0 = self.bat_region["file-offset"]
                 first = max(0, off - b0) // 8
@@ -543,10 +537,9 @@ class _VHDXInspector(_FileRanges):
         self.regions = chosen["entries"]
         for r in self.regions:
             self.ref(r["file-offset"], r["length"])
-            if r["guid"] == str(K.REGION_BAT) and self.bat_region is None:
-                self.bat_region = r
-            elif r["guid"] == str(K.REGION_METADATA) and self.meta_region is None:
-                self.meta_region = r
+        first = {r["guid"]: r for r in reversed(self.regions)}  # the first entry of each region
+        self.bat_region = first.get(str(K.REGION_BAT))
+        self.meta_region = first.get(str(K.REGION_METADATA))
         self._classify_writes()
 
     # -- MS-VHDX 2.6 ------------------------------------------------------------------
@@ -754,13 +747,8 @@ class _VHDXInspector(_FileRanges):
         """BAT entries whose value the log replay changes: old and new state and offset."""
         assert self.log_state is not None
         end = bat_offset + 8 * count
-        sectors = sorted(
-            {
-                off
-                for off, length, _ in self.log_state.writes()
-                if off < end and bat_offset < off + length
-            }
-        )
+        writes = self.log_state.writes()
+        sectors = sorted({off for off, n, _ in writes if off < end and bat_offset < off + n})
         changes: list[dict[str, Any]] = []
         total = 0
         sector = K.VHDX_LOG_SECTOR_SIZE
@@ -772,35 +760,28 @@ class _VHDXInspector(_FileRanges):
             total += int(diff.shape[0])
             for j in diff[: max(0, LIST_LIMIT - len(changes))].tolist():
                 index = (lo - bat_offset) // 8 + j
-                changes.append(
-                    {
-                        "entry": index,
-                        **_bat_entry_name(index, ratio),
-                        "old": _bat_value(int(old[j]), index % (ratio + 1) == ratio),
-                        "new": _bat_value(int(new[j]), index % (ratio + 1) == ratio),
-                    }
-                )
+                changes.append(_bat_change(index, ratio, int(old[j]), int(new[j])))
         return {"count": total, "entries": changes}
 
 
-def _bat_entry_name(index: int, ratio: int) -> dict[str, int]:
-    """What BAT entry ``index`` describes: a payload block or a chunk's sector bitmap."""
-    k = index // (ratio + 1)
-    if index % (ratio + 1) == ratio:
-        return {"sector-bitmap-chunk": k}
-    return {"block": index - k}
+def _bat_change(index: int, ratio: int, old: int, new: int) -> dict[str, Any]:
+    """BAT entry ``index`` changed from ``old`` to ``new``: the payload block or chunk sector
+    bitmap it describes, and both states and offsets (MS-VHDX 2.5.1)."""
+    k, sb = index // (ratio + 1), index % (ratio + 1) == ratio
+    d: dict[str, Any] = {
+        "entry": index,
+        **({"sector-bitmap-chunk": k} if sb else {"block": index - k}),
+    }
+    for key, value in (("old", old), ("new", new)):
+        state = _state_name(value & K.VHDX_BAT_STATE_MASK, sb)
+        d[key] = {"state": state, "file-offset": value & K.VHDX_BAT_OFFSET_MASK}
+    return d
 
 
 def _state_name(state: int, sector_bitmap: bool) -> str:
     """The name of a payload or sector bitmap block state (MS-VHDX 2.5.1.1, 2.5.1.2)."""
     names = _SB_STATE_NAMES if sector_bitmap else _PAYLOAD_STATE_NAMES
     return names.get(state, f"reserved-{state}")
-
-
-def _bat_value(value: int, sector_bitmap: bool) -> dict[str, Any]:
-    """A BAT entry's state and offset (MS-VHDX 2.5.1)."""
-    state = _state_name(value & K.VHDX_BAT_STATE_MASK, sector_bitmap)
-    return {"state": state, "file-offset": value & K.VHDX_BAT_OFFSET_MASK}
 
 
 def _log_entry_dict(e: LogEntry, active: bool) -> dict[str, Any]:
@@ -846,8 +827,7 @@ class _Allocation:
         self.extent = extent if extent is not None else block_size
         self.data_skip = data_skip
         self.count = 0
-        self.first: tuple[int, int] | None = None  # (block, file offset)
-        self.last: tuple[int, int] | None = None
+        self.ends: list[tuple[int, int]] = []  # (block, file offset): first and last of each add
         self.outside_disk = 0
         self.past_count = 0
         self.past_missing = 0
@@ -863,11 +843,8 @@ class _Allocation:
         if not n:
             return
         self.count += n
-        lo, hi = int(np.argmin(blk)), int(np.argmax(blk))
-        if self.first is None or int(blk[lo]) < self.first[0]:
-            self.first = (int(blk[lo]), int(off[lo]))
-        if self.last is None or int(blk[hi]) > self.last[0]:
-            self.last = (int(blk[hi]), int(off[hi]))
+        for i in (int(np.argmin(blk)), int(np.argmax(blk))):
+            self.ends.append((int(blk[i]), int(off[i])))
         bs = self.block_size
         outside = blk * bs >= self.virtual_size
         self.outside_disk += int(np.count_nonzero(outside))
@@ -916,9 +893,9 @@ class _Allocation:
         """Add the summary keys to the report section ``d``."""
         ms, me = self.union
         d["allocated-blocks"] = self.count
-        if self.first is not None and self.last is not None:
-            d["first-allocated-block"] = {"block": self.first[0], "file-offset": self.first[1]}
-            d["last-allocated-block"] = {"block": self.last[0], "file-offset": self.last[1]}
+        if self.ends:
+            for key, (block, offset) in (("first", min(self.ends)), ("last", max(self.ends))):
+                d[f"{key}-allocated-block"] = {"block": block, "file-offset": offset}
         d["allocated-outside-disk"] = self.outside_disk
         _limited(_ranges(ms[:LIST_LIMIT], me[:LIST_LIMIT]), "file-ranges", d, int(ms.shape[0]))
         d["overlapping-bytes"] = self.extent_bytes - int((me - ms).sum())
@@ -1130,24 +1107,19 @@ def _probe_open(file: str | os.PathLike[str] | BinaryIO, **options: Any) -> dict
     """Whether :func:`pyvhdx.open` accepts the image (read-only), and what it reports."""
     from .image import open_image
 
-    d: dict[str, Any] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PyvhdxWarning)
         try:
             with open_image(file, "r", **options) as img:
                 info = img.info()
         except PyvhdxError as exc:
-            d["opens"] = False
-            d["error"] = str(exc)
-            d["error-type"] = type(exc).__name__
-            return d
-    d["opens"] = True
-    d["disk-type"] = info.disk_type
-    d["virtual-size"] = info.virtual_size
-    d["log-replayed"] = info.log_replayed
-    d["failed-copies"] = list(info.failed_copies)
-    d["problems"] = [p.to_dict() for p in info.problems]
-    return d
+            return {"opens": False, "error": str(exc), "error-type": type(exc).__name__}
+    return {
+        "opens": True,
+        **kebab_fields(info, "disk_type", "virtual_size", "log_replayed"),
+        "failed-copies": list(info.failed_copies),
+        "problems": [p.to_dict() for p in info.problems],
+    }
 
 
 def inspect_image(
