@@ -67,6 +67,7 @@ from .constants import (
     DiskType,
     GiB,
     ImageFormat,
+    KiB,
     MiB,
     PayloadState,
     SectorBitmapState,
@@ -117,7 +118,6 @@ __all__ = [
     "vhdx_parent_locator",
 ]
 
-KiB = 1024
 #: Why create refuses a block device as its file (pyvhdx.newfile).
 _NO_DEVICES: Final = "create makes image files; to put a disk onto a device, use convert -O raw"
 LOG_OFFSET = 1 * MiB
@@ -297,13 +297,12 @@ def _write_vhdx(
     file_write_guid, data_write_guid = uuid.uuid4(), uuid.uuid4()
     head = bytearray(1 * MiB)
     head[0:520] = vhdx_file_identifier(f"pyvhdx {_version}")
-    for i, off in enumerate((64 * KiB, 128 * KiB)):
-        head[off : off + 4 * KiB] = vhdx_header(
+    for i, off in enumerate(K.VHDX_HEADER_OFFSETS):
+        head[off : off + K.VHDX_HEADER_SIZE] = vhdx_header(
             i, file_write_guid=file_write_guid, data_write_guid=data_write_guid
         )
-    table = vhdx_region_table(regions)
-    head[192 * KiB : 256 * KiB] = table
-    head[256 * KiB : 320 * KiB] = table
+    for off in K.VHDX_REGION_TABLE_OFFSETS:
+        head[off : off + K.VHDX_REGION_TABLE_SIZE] = vhdx_region_table(regions)
 
     with new_file(target, overwrite=overwrite, block_device_hint=_NO_DEVICES) as out:
         fd = out.fd

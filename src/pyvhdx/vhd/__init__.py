@@ -14,20 +14,15 @@ from .layout import (
     VHD_MAX_CHS_SECTORS,
     VHD_MIN_BLOCK_SIZE,
     CHSGeometry,
-    LocatorEntry,
     chs_geometry,
     vhd_bitmap_size,
 )
-
-#: The former name of :class:`~pyvhdx.vhd.layout.LocatorEntry`.
-ParentLocator = LocatorEntry
 
 __all__ = [
     "VHD_MAX_BLOCK_SIZE",
     "VHD_MAX_CHS_SECTORS",
     "VHD_MIN_BLOCK_SIZE",
     "CHSGeometry",
-    "ParentLocator",
     "VHDFile",
     "chs_geometry",
     "vhd_bitmap_size",

@@ -225,14 +225,12 @@ class VHDFile(VHDWriter, FormatHandler):
         )
         geom = footer.disk_geometry
         self.geometry = CHSGeometry(geom.cylinders, geom.heads, geom.sectors_per_track)
-        if self.vhd_disk_type is VHDDiskType.FIXED:
-            self.disk_type = DiskType.FIXED
+        self.disk_type = DiskType[self.vhd_disk_type.name]
+        if self.disk_type is DiskType.FIXED:
             self.block_size = None
             self._open_fixed(chosen)
         else:
-            differencing = self.vhd_disk_type is VHDDiskType.DIFFERENCING
-            self.disk_type = DiskType.DIFFERENCING if differencing else DiskType.DYNAMIC
-            self._open_dynamic(chosen, differencing)
+            self._open_dynamic(chosen, self.disk_type is DiskType.DIFFERENCING)
 
     # -- problems ----------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from ..constants import (
     VHDDiskType,
 )
 from ..errors import InvalidArgumentError, InvalidImageError, PyvhdxError
-from ..info import Problem
+from ..info import Problem, kebab_fields
 from ..source import FileSource
 from ..structures import field_offsets, parse
 from ..structures.vhd import (
@@ -482,7 +482,7 @@ class LocatorEntry:
     def to_dict(self) -> dict[str, Any]:
         """As ``info`` shows it (kebab-case keys)."""
         keys = ("index", "platform_code", "data_space", "data_length", "data_offset", "path")
-        return {key.replace("_", "-"): getattr(self, key) for key in keys}
+        return kebab_fields(self, *keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -667,13 +667,6 @@ def with_checksum(raw: bytearray, field_offset: int) -> bytes:
     return bytes(raw)
 
 
-_DISK_TYPES: Final = {
-    DiskType.FIXED: VHDDiskType.FIXED,
-    DiskType.DYNAMIC: VHDDiskType.DYNAMIC,
-    DiskType.DIFFERENCING: VHDDiskType.DIFFERENCING,
-}
-
-
 def vhd_footer(
     size: int,
     disk_type: DiskType,
@@ -701,7 +694,7 @@ def vhd_footer(
                 original_size=size,
                 current_size=size,
                 disk_geometry=geometry._asdict(),
-                disk_type=_DISK_TYPES[disk_type],
+                disk_type=VHDDiskType[disk_type.name],
                 checksum=0,
                 unique_id=uuid.uuid4() if unique_id is None else unique_id,
                 saved_state=0,
