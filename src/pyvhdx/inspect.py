@@ -207,13 +207,11 @@ def scan_nonzero(
             arr = np.frombuffer(mv[:got], dtype=np.uint8)
             covered += got
             if got and len(values) < 2:
-                lo_v, hi_v = int(arr.min()), int(arr.max())
-                values.update((lo_v, hi_v))
+                values.update((int(arr.min()), int(arr.max())))
             nz = int(np.count_nonzero(arr))
-            if nz:
-                if first is None:
-                    first = pos + int(np.argmax(arr != 0))
-                count += nz
+            if nz and first is None:
+                first = pos + int(np.argmax(arr != 0))
+            count += nz
             if got < n:
                 break
             pos += n
@@ -267,39 +265,30 @@ class _FileRanges:
         gap_e = np.concatenate((ms, [size])).astype(np.int64)
         keep = gap_e > gap_s
         gap_s, gap_e = gap_s[keep], gap_e[keep]
-        body = me[ms < trailer] if trailer is not None else me
+        body, tail = me, "after the last structure"
+        if trailer is not None:
+            body, tail = me[ms < trailer], "after the last block, before the footer"
         last_ref = int(body[-1]) if body.shape[0] else 0
-        tail = "after the last block, before the footer" if trailer is not None else None
         ranges: list[dict[str, Any]] = []
-        total = int((gap_e - gap_s).sum()) if gap_s.shape[0] else 0
         nonzero_total = 0
         buf = bytearray(_SCAN_CHUNK) if scan else None
+        named: dict[int | None, str] = {None: "data", 0: "zeros"}  # content, by uniform byte
         for gs, ge in zip(gap_s.tolist(), gap_e.tolist(), strict=True):
-            item: dict[str, Any] = {
-                "offset": gs,
-                "length": ge - gs,
-                "where": (tail or "after the last structure")
-                if gs >= last_ref
-                else "between structures",
-            }
+            where = tail if gs >= last_ref else "between structures"
+            item: dict[str, Any] = {"offset": gs, "length": ge - gs, "where": where}
             if scan:
                 nz, first, uniform = scan_nonzero(self.source, gs, ge, buf)
                 item["nonzero"] = nz > 0
                 item["nonzero-bytes"] = nz
                 if first is not None:
                     item["first-nonzero-offset"] = first
-                if uniform == 0:
-                    item["content"] = "zeros"
-                elif uniform is not None:
-                    item["content"] = f"every byte {uniform:#04x}"
-                else:
-                    item["content"] = "data"
+                item["content"] = named.get(uniform) or f"every byte {uniform:#04x}"
                 nonzero_total += nz
             ranges.append(item)
         out: dict[str, Any] = {
             "file-size": size,
-            "referenced-bytes": int((me - ms).sum()) if ms.shape[0] else 0,
-            "unreferenced-bytes": total,
+            "referenced-bytes": int((me - ms).sum()),
+            "unreferenced-bytes": int((gap_e - gap_s).sum()),
             "scanned": scan,
         }
         if scan:
