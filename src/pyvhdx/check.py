@@ -40,12 +40,11 @@ what a repair would do (``--repair`` is not implemented).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import Any, BinaryIO, ClassVar, Final
 
@@ -64,7 +63,6 @@ from .vhd.file import choose_footer
 from .vhd.layout import (
     DynamicHeader,
     FooterCopy,
-    Footers,
     LayoutProblem,
     bat_chunks,
     fixed_size_problem,
@@ -1160,22 +1158,22 @@ class _VHDChecker:
         self.source = source
         self.out = out
         self.report = report
-        self.end = 0
 
-    def _add(self, problem: LayoutProblem, structure: str | None = None) -> None:
+    def _add(
+        self, problem: LayoutProblem, structure: str | None = None, repair: str | None = None
+    ) -> None:
         """Report a layout problem: info, error (with its repair) or warning."""
-        name = structure or problem.structure
         if problem.code in _VHD_INFO:
-            self.out.info(name, problem.message, problem.offset)
-        elif repair := _VHD_REPAIRS.get(problem.code):
-            self.out.error(name, problem.message, problem.offset, problem.field, repair=repair)
+            self.out.info(structure or problem.structure, problem.message, problem.offset)
         else:
-            self.out.warning(name, problem.message, problem.offset, problem.field)
+            self.out.defect(problem, repair or _VHD_REPAIRS.get(problem.code), "", structure)
 
     def run(self) -> None:
         self.report.file_size = self.source.physical_size
         footers = read_footers(self.source)
-        self.check_footers(footers)
+        for problem in footers.problems:  # what is wrong with each copy, as found
+            repairs = _VHD_END_REPAIRS.get(problem.code)
+            self._add(problem, repair=repairs[footers.start is None] if repairs else None)
         if footers.end is None and footers.start is None:
             return
         choice = choose_footer(footers)
@@ -1201,18 +1199,6 @@ class _VHDChecker:
                 "dynamic" if chosen.disk_type == VHDDiskType.DYNAMIC else "differencing"
             )
             self.check_dynamic(chosen, data_end)
-
-    def check_footers(self, footers: Footers) -> None:
-        """What is wrong with each copy of the footer, as found."""
-        for problem in footers.problems:
-            repairs = _VHD_END_REPAIRS.get(problem.code)
-            if repairs is None:
-                self._add(problem)
-            else:
-                repair = repairs[0] if footers.start is not None else repairs[1]
-                self.out.error(
-                    problem.structure, problem.message, problem.offset, problem.field, repair=repair
-                )
 
     # -- dynamic and differencing disks -------------------------------------------------
 
@@ -1258,8 +1244,8 @@ class _VHDChecker:
             bat.check_chunk(i0, raw)
         bat.finish()
         self.report.allocated_blocks = bat.allocated
-        self.end = max(max(s + ln for s, ln, _ in spans), bat.furthest)
-        self.report.image_end_offset = self.end + footer.length
+        end = max(max(s + ln for s, ln, _ in spans), bat.furthest)
+        self.report.image_end_offset = end + footer.length
 
     def _locator_spans(self, hdr: DynamicHeader) -> list[tuple[int, int, str]]:
         spans = []
@@ -1374,21 +1360,6 @@ def _probe_open(
     return True
 
 
-@contextlib.contextmanager
-def _source_for(
-    image: str | os.PathLike[str] | BinaryIO | DiskImage,
-) -> Iterator[tuple[FileSource, bool]]:
-    """A source to check, and whether it is ours (a DiskImage lends its own)."""
-    if isinstance(image, DiskImage):
-        yield image.handler.source, False
-        return
-    source = FileSource(image)
-    try:
-        yield source, True
-    finally:
-        source.close()
-
-
 def check_image(
     image: str | os.PathLike[str] | BinaryIO | DiskImage,
     *,
@@ -1407,36 +1378,26 @@ def check_image(
     Raises:
         OSError: the file cannot be opened or read (the check could not run).
     """
-    if isinstance(image, DiskImage):
-        name = image.name
-    elif isinstance(image, (str, os.PathLike)):
-        name = os.fspath(image)
-    else:
-        name = str(getattr(image, "name", "<file object>"))
-    report = CheckReport(filename=name)
+    source = image.handler.source if isinstance(image, DiskImage) else FileSource(image)
+    report = CheckReport(filename=source.name)
     out = _Findings(report)
-    with _source_for(image) as (source, owned):
+    try:
         if format is not None:
             fmt = K.ImageFormat(format)
-        elif isinstance(image, DiskImage):
-            fmt = image.format
         else:
-            fmt = detect_format(source)
+            fmt = image.format if isinstance(image, DiskImage) else detect_format(source)
         report.format = fmt.value
-        checker: _VHDXChecker | _VHDChecker | None
-        if fmt is K.ImageFormat.VHDX:
-            checker = _VHDXChecker(source, out, report)
-        elif fmt is K.ImageFormat.VHD:
-            checker = _VHDChecker(source, out, report)
-        else:
-            checker = None
-            report.file_size = source.physical_size
-            report.virtual_size = source.physical_size
+        checkers: dict[Any, type[_VHDXChecker | _VHDChecker]] = {
+            K.ImageFormat.VHDX: _VHDXChecker,
+            K.ImageFormat.VHD: _VHDChecker,
+        }
+        if fmt not in checkers:
+            report.file_size = report.virtual_size = source.physical_size
             report.disk_type = "fixed"
             out.info("raw image", "a raw image has no structures to check")
-        if checker is not None:
+        else:
             try:
-                checker.run()
+                checkers[fmt](source, out, report).run()
             except PyvhdxError as exc:
                 out.error(
                     exc.structure or "image",
@@ -1445,13 +1406,14 @@ def check_image(
                     exc.field,
                     repair="fix this first; the structures after it were not checked",
                 )
-        if owned and not isinstance(image, DiskImage):
-            report.opened = _probe_open(image, fmt, out)
-        else:
-            report.opened = True
+        # an open DiskImage is checked as opened: readers accept it
+        report.opened = isinstance(image, DiskImage) or _probe_open(image, fmt, out)
         if isinstance(image, (str, os.PathLike, DiskImage)):
             from .journal import merge_notes
 
-            for note in merge_notes(name):
+            for note in merge_notes(source.name):
                 out.warning("merge", note)
+    finally:
+        if not isinstance(image, DiskImage):
+            source.close()
     return report
