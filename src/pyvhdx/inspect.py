@@ -352,7 +352,7 @@ class _VHDXInspector(_FileRanges):
         self.regions: list[dict[str, Any]] = []
         self.bat_region: dict[str, Any] | None = None
         self.meta_region: dict[str, Any] | None = None
-        self.params: dict[str, Any] | None = None  # block size, sizes, has parent
+        self.params: dict[str, Any] = {}  # of the metadata: block size, sizes, has parent
 
     def run(self) -> None:
         r = self.report
@@ -542,29 +542,26 @@ class _VHDXInspector(_FileRanges):
         base = region["file-offset"]
         table = vhdx_layout.read_metadata_table(self.source, base, region["length"])
         for defect in table.defects:
-            raise InvalidImageError(
-                defect.message, structure=defect.structure, field=defect.field, offset=defect.offset
-            )
+            raise defect.error()
         d: dict[str, Any] = {
             "offset": base,
             "length": region["length"],
             "entry-count": table.entry_count,
         }
         self.report["metadata"] = d
-        params: dict[str, Any] = {}
-        d["items"] = [self._item(base, item, params) for item in table.items]
-        self.params = params
-        if "parent-locator" in params:
-            self.report["parent-locator"] = params["parent-locator"]
+        d["items"] = [self._item(base, item) for item in table.items]
+        if "parent-locator" in self.params:
+            self.report["parent-locator"] = self.params["parent-locator"]
 
-    def _item(self, base: int, it: MetadataItem, params: dict[str, Any]) -> dict[str, Any]:
+    def _item(self, base: int, it: MetadataItem) -> dict[str, Any]:
         """One metadata item: known ones decoded, others as capped hex and a SHA-256."""
         known = it.known and not it.is_user
+        at = base + it.offset
         item: dict[str, Any] = {
             "item-id": str(it.item_id),
             "name": it.name if known else ("user" if it.is_user else "unknown"),
             "offset": it.offset,
-            "file-offset": base + it.offset,
+            "file-offset": at,
             **kebab_fields(it, "length", "is_user", "is_virtual_disk", "is_required"),
         }
         if (
@@ -575,22 +572,19 @@ class _VHDXInspector(_FileRanges):
         elif not known:
             digest = hashlib.sha256()  # of all of the item, read in chunks
             for pos in range(0, it.length, 1 << 20):
-                digest.update(
-                    self.source.read(base + it.offset + pos, min(1 << 20, it.length - pos))
-                )
+                digest.update(self.source.read(at + pos, min(1 << 20, it.length - pos)))
             item.update(_hex_capped(it.data, length=it.length, sha256=digest))
         else:
             try:
-                item["value"] = self._decode_item(it.item_id, it.data, base + it.offset, params)
+                item["value"] = self._decode_item(it.item_id, it.data, at)
             except PyvhdxError as exc:
                 item["error"] = str(exc)
                 item.update(_hex_capped(it.data))
         return item
 
-    def _decode_item(
-        self, item_id: uuid.UUID, data: bytes, offset: int, params: dict[str, Any]
-    ) -> Any:
-        """Known metadata items (MS-VHDX 2.6.2)."""
+    def _decode_item(self, item_id: uuid.UUID, data: bytes, offset: int) -> Any:
+        """Known metadata items (MS-VHDX 2.6.2); what the BAT needs goes to ``params``."""
+        params = self.params
         if item_id == K.META_PARENT_LOCATOR:
             locator = self._parent_locator(data, offset)
             params["parent-locator"] = locator["values"]
@@ -645,8 +639,7 @@ class _VHDXInspector(_FileRanges):
     def _bat_geometry(self) -> tuple[int, int, int, int, bool]:
         """Block size, virtual size, sector size and chunk ratio the BAT needs (MS-VHDX 2.5)."""
         p = self.params
-        needed = ("block-size", "virtual-size", "logical-sector-size")
-        if p is None or any(k not in p for k in needed):
+        if any(k not in p for k in ("block-size", "virtual-size", "logical-sector-size")):
             raise InvalidImageError(
                 "the BAT cannot be decoded without file parameters, virtual size and "
                 "logical sector size",
@@ -669,7 +662,7 @@ class _VHDXInspector(_FileRanges):
         bs, vsize, lss, ratio, differencing = self._bat_geometry()
         count = vhdx_bat_entry_count(vsize, bs, lss, differencing)
         bat_offset = region["file-offset"]
-        fixed = self.params is not None and self.params.get("leave-block-allocated")
+        fixed = self.params.get("leave-block-allocated")
         d: dict[str, Any] = {
             "offset": bat_offset,
             "region-length": region["length"],
