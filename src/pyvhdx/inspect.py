@@ -171,6 +171,12 @@ def merge_intervals(starts: I64, ends: I64) -> tuple[I64, I64]:
     return s[idx], reach[last]
 
 
+def _merge_parts(parts: list[tuple[I64, I64]], size: int) -> tuple[I64, I64]:
+    """Merge several ``(starts, ends)`` interval arrays, clipped to ``[0, size]``, into one."""
+    starts, ends = (np.clip(np.concatenate(c), 0, size) for c in zip(*parts, strict=True))
+    return merge_intervals(starts, ends)
+
+
 def _ranges(starts: I64, ends: I64) -> list[dict[str, Any]]:
     return [
         {"offset": s, "length": e - s} for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
@@ -193,8 +199,7 @@ def scan_nonzero(
         None when all bytes are zero; ``uniform_byte`` is the value every byte
         has (0 for all zeros, 0xFF for the padding Windows writes), else None.
     """
-    buf = buf if buf is not None else bytearray(_SCAN_CHUNK)
-    mv = memoryview(buf)
+    mv = memoryview(buf if buf is not None else bytearray(_SCAN_CHUNK))
     count = 0
     first: int | None = None
     values: set[int] = set()
@@ -254,13 +259,9 @@ class _FileRanges:
         """
         if not self.bat_ok:
             return {"error": f"not computed: the {self.block_map} could not be decoded"}
-        blocks = self.block_refs
-        starts = [np.asarray(self.refs[0], dtype=np.int64), *(b[0] for b in blocks)]
-        ends = [np.asarray(self.refs[1], dtype=np.int64), *(b[1] for b in blocks)]
         size, scan = self.size, self.scan
-        s = np.clip(np.concatenate(starts), 0, size)
-        e = np.clip(np.concatenate(ends), 0, size)
-        ms, me = merge_intervals(s, e)
+        structures = (np.asarray(self.refs[0], np.int64), np.asarray(self.refs[1], np.int64))
+        ms, me = _merge_parts([structures, *self.block_refs], size)
         gap_s = np.concatenate(([0], me)).astype(np.int64)
         gap_e = np.concatenate((ms, [size])).astype(np.int64)
         keep = gap_e > gap_s
@@ -406,11 +407,11 @@ class _VHDXInspector(_FileRanges):
             "pending": log_guid != _NIL,
         }
         self.report["log"] = d
-        if log_length:
-            self.ref(log_offset, log_length)
-        if log_length == 0 or log_offset + log_length > self.size or log_length % 4096:
-            if log_length:
-                d["error"] = f"log region {log_offset:#x}+{log_length:#x} is not inside the file"
+        if not log_length:
+            return
+        self.ref(log_offset, log_length)
+        if log_offset + log_length > self.size or log_length % 4096:
+            d["error"] = f"log region {log_offset:#x}+{log_length:#x} is not inside the file"
             return
         state = LogState(log_guid, log_offset, log_length, [], [])
         try:  # an empty log (zero LogGuid) loads as no entries
@@ -452,14 +453,12 @@ class _VHDXInspector(_FileRanges):
                 **kebab_fields(h, "entry_length", "descriptor_count", "tail"),
             }
             length = h.entry_length
-            if 0 < length <= log_length and length % K.VHDX_LOG_SECTOR_SIZE == 0:
-                if budget >= length:
-                    budget -= length
-                    item["checksum-valid"] = entry_checksum_ok(
-                        self.source, log_offset, log_length, pos, h
-                    )
-            else:
+            if not (0 < length <= log_length and length % K.VHDX_LOG_SECTOR_SIZE == 0):
                 item["checksum-valid"] = False
+            elif budget >= length:  # else not checked
+                budget -= length
+                ok = entry_checksum_ok(self.source, log_offset, log_length, pos, h)
+                item["checksum-valid"] = ok
             out.append(item)
         return out
 
@@ -858,10 +857,7 @@ class _Allocation:
 
     def _merge(self) -> None:
         if self._pending:
-            parts = [self._union, *self._pending]
-            self._union = merge_intervals(
-                np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-            )
+            self._union = _merge_parts([self._union, *self._pending], self.file_size)
             self._pending = []
             self._pending_n = 0
 
