@@ -310,9 +310,8 @@ def _header_dict(copy: HeaderCopy) -> dict[str, Any]:
     if h is not None:
         d["signature"] = copy.raw[:4].decode("latin-1")
         d.update(_checksums(copy))
-        d.update(
-            {k.replace("_", "-"): v for k, v in h.items() if k not in ("checksum", "signature")}
-        )
+        skip = ("checksum", "signature")  # shown above
+        d.update({k.replace("_", "-"): v for k, v in h.items() if k not in skip})
         for key in ("file-write-guid", "data-write-guid", "log-guid"):
             d[key] = str(d[key])
         d["reserved"] = _reserved(bytes(h["reserved"]))
@@ -329,13 +328,7 @@ def _region_table_dict(t: RegionTableCopy) -> dict[str, Any]:
         d.update(_checksums(t))
         d["entry-count"] = t.entry_count
         d["reserved"] = t.reserved
-    d["entries"] = [
-        {
-            "guid": str(e.guid),
-            **kebab_fields(e, "name", "file_offset", "length", "required", "flags"),
-        }
-        for e in t.entries
-    ]
+    d["entries"] = [{**e.to_dict(), "flags": e.flags} for e in t.entries]
     if t.error:
         d["error"] = t.error
     return d
