@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["PartitionTable", "read_partition_table"]
+__all__ = ["PartitionTable", "partition_ranges", "read_partition_table"]
 
 _MBR_ENTRIES = 446
 _GPT_SIGNATURE = b"EFI PART"
@@ -23,7 +23,7 @@ class PartitionTable:
     """A partition table as found: its kind (``"mbr"``, ``"gpt"``) and its extent."""
 
     kind: str
-    partitions: int
+    ranges: tuple[tuple[int, int], ...]  # (offset, length) of each partition, in bytes
     end: int  # byte after the last partition, and the backup GPT header for a GPT
 
 
@@ -37,7 +37,7 @@ def read_partition_table(
     mbr = read(0, 512)
     if mbr[510:512] != b"\x55\xaa":
         return None
-    ends: list[int] = []
+    ranges: list[tuple[int, int]] = []
     gpt = False
     for i in range(4):
         entry = mbr[_MBR_ENTRIES + 16 * i : _MBR_ENTRIES + 16 * (i + 1)]
@@ -49,14 +49,15 @@ def read_partition_table(
         if kind == _PROTECTIVE:
             gpt = True
             continue
-        ends.append((first + count) * sector_size)  # an extended partition holds its logicals
+        # an extended partition holds its logical ones (not listed apart)
+        ranges.append((first * sector_size, count * sector_size))
     if gpt:
         table = _gpt(read, size, sector_size)
         if table is not None:
             return table
-    if not ends:
+    if not ranges:
         return None
-    return PartitionTable("mbr", len(ends), max(ends))
+    return PartitionTable("mbr", tuple(ranges), max(s + n for s, n in ranges))
 
 
 def _gpt(read: Callable[[int, int], bytes], size: int, ss: int) -> PartitionTable | None:
@@ -69,12 +70,26 @@ def _gpt(read: Callable[[int, int], bytes], size: int, ss: int) -> PartitionTabl
     count = min(int.from_bytes(header[80:84], "little"), _MAX_GPT_ENTRIES)
     entry_size = int.from_bytes(header[84:88], "little")
     end = (alternate + 1) * ss if (alternate + 1) * ss <= size else 2 * ss
-    found = 0
+    found: list[tuple[int, int]] = []
     if 128 <= entry_size <= 4096 and (entries_lba * ss + count * entry_size) <= size:
         raw = read(entries_lba * ss, count * entry_size)
         for i in range(count):
             e = raw[i * entry_size : (i + 1) * entry_size]
             if any(e[:16]):  # a used entry: its partition type GUID is not zero
-                found += 1
-                end = max(end, (int.from_bytes(e[40:48], "little") + 1) * ss)
-    return PartitionTable("gpt", found, min(end, size))
+                first = int.from_bytes(e[32:40], "little")
+                last = int.from_bytes(e[40:48], "little")
+                if first <= last:
+                    found.append((first * ss, (last + 1 - first) * ss))
+                    end = max(end, (last + 1) * ss)
+    return PartitionTable("gpt", tuple(found), min(end, size))
+
+
+def partition_ranges(
+    read: Callable[[int, int], bytes], size: int, sector_size: int = 512
+) -> list[tuple[int, int]]:
+    """``(offset, length)`` of each partition inside the disk, or of the whole disk
+    when it has no partition table."""
+    table = read_partition_table(read, size, sector_size)
+    if table is None:
+        return [(0, size)]
+    return [(s, min(n, size - s)) for s, n in table.ranges if s < size]

@@ -74,6 +74,30 @@ def data_spans(fd: int | None, start: int, end: int) -> Iterator[tuple[int, int]
         pos = stop
 
 
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def punch_hole(fd: int | None, offset: int, length: int) -> bool:
+    """Give the file system back the blocks of ``[offset, offset + length)``, which then
+    read as zeros (fallocate(2) PUNCH_HOLE, size kept). False where it cannot (no
+    descriptor, not Linux, a file system without it); the bytes are then unchanged.
+    """
+    if fd is None or length <= 0 or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        fallocate = libc.fallocate
+    except (OSError, AttributeError):
+        return False
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    return bool(fallocate(fd, mode, offset, length) == 0)
+
+
 def _file_kind(mode: int) -> str | None:
     """What a file that is neither a regular file nor a block device is, else None."""
     if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
