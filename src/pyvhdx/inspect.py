@@ -271,7 +271,6 @@ class _FileRanges:
             body, tail = me[ms < trailer], "after the last block, before the footer"
         last_ref = int(body[-1]) if body.shape[0] else 0
         ranges: list[dict[str, Any]] = []
-        nonzero_total = 0
         buf = bytearray(_SCAN_CHUNK) if scan else None
         named: dict[int | None, str] = {None: "data", 0: "zeros"}  # content, by uniform byte
         for gs, ge in zip(gap_s.tolist(), gap_e.tolist(), strict=True):
@@ -284,7 +283,6 @@ class _FileRanges:
                 if first is not None:
                     item["first-nonzero-offset"] = first
                 item["content"] = named.get(uniform) or f"every byte {uniform:#04x}"
-                nonzero_total += nz
             ranges.append(item)
         out: dict[str, Any] = {
             "file-size": size,
@@ -293,7 +291,7 @@ class _FileRanges:
             "scanned": scan,
         }
         if scan:
-            out["nonzero-bytes"] = nonzero_total
+            out["nonzero-bytes"] = sum(r["nonzero-bytes"] for r in ranges)
             out["nonzero-ranges"] = sum(1 for r in ranges if r["nonzero"])
         _limited(ranges, "ranges", out)
         return out
@@ -940,8 +938,7 @@ class _VHDInspector(_FileRanges):
         self.data_end = found.data_end
         copies = self._footer_copies(found)
         self.report["footer-in-use"] = None
-        chosen = choose_footer(found).chosen  # the reader's choice (DESIGN.md "Copies")
-        self.footer = chosen
+        self.footer = chosen = choose_footer(found).chosen  # the reader's (DESIGN.md "Copies")
         used = copies[0 if chosen is found.end else 1]
         used["in-use"] = True
         self.report["footer-in-use"] = chosen.where
@@ -976,13 +973,12 @@ class _VHDInspector(_FileRanges):
             return
         if (wrong := vhd_layout.header_offset_problem(f, self.data_end)) is not None:
             raise InvalidImageError(wrong.message, structure="VHD footer", field=wrong.field)
-        hdr = vhd_layout.read_dynamic_header(
+        self.hdr = hdr = vhd_layout.read_dynamic_header(
             self.source,
             int(f.fields.data_offset),
             virtual_size=int(f.fields.current_size),
             data_end=self.data_end,
         )
-        self.hdr = hdr
         h = hdr.fields
         self.report["dynamic-header"] = {
             "offset": hdr.offset,
@@ -1060,10 +1056,9 @@ class _VHDInspector(_FileRanges):
         zero_pointers = 0
         for i0, raw in vhd_layout.bat_chunks(self.source, table, readable, strict=False):
             used = raw != np.uint32(VHD_BAT_UNUSED)
-            idx = np.arange(i0, i0 + raw.shape[0], dtype=np.int64)
             offsets = raw[used].astype(np.int64) * VHD_SECTOR_SIZE
             zero_pointers += int(np.count_nonzero(offsets == 0))
-            alloc.add(idx[used], offsets)
+            alloc.add(np.flatnonzero(used) + i0, offsets)
         d["unused-entries"] = readable - alloc.count
         alloc.summary(d)
         d["zero-sector-pointers"] = zero_pointers
