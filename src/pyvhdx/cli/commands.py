@@ -9,28 +9,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from functools import partial
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
 from ..constants import DiskType, ImageFormat, RunKind
 from ..errors import PyvhdxError
 from ..image import open_image
+from ..info import kebab_fields
 from ..progress import stderr_bar
 from ..suffix import format_from_suffix
 from .common import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
-    PROG,
     CommandError,
-    add_format_option,
-    add_image_options,
-    add_progress_option,
     cannot_run,
     error,
+    naming,
     open_image_for,
     parse_size,
     want_progress,
@@ -62,9 +60,38 @@ def _flag(*flags_and_help: str) -> _Option:
     return _arg(*flags, action="store_true", help=help)
 
 
-def _size_arg(*flags: str, **spec: Any) -> _Option:
-    """An option taking a size with binary suffixes (``4K``, ``10M``, ``1T``)."""
-    return _arg(*flags, type=parse_size, **spec)
+_FORMATS: Final = [f.value for f in ImageFormat]
+
+
+def _format_option(help: str) -> _Option:
+    """``-f``/``--format`` of an image that is read (any format pyvhdx reads)."""
+    return _arg("-f", "--format", choices=_FORMATS, help=help)
+
+
+#: ``--progress``/``--no-progress`` (see :func:`~pyvhdx.cli.common.want_progress`).
+_PROGRESS: Final = _arg(
+    "--progress",
+    action=argparse.BooleanOptionalAction,
+    help="progress bar on stderr (default: when stderr is a terminal)",
+)
+
+#: The options every command that opens an image shares.
+_IMAGE_OPTIONS: Final = [
+    _arg("image", metavar="IMAGE", help="the image file (VHDX, VHD or raw)"),
+    _format_option("image format (default: detected from the content, never the name)"),
+    _flag("--strict", "refuse images with non-fatal defects (e.g. a bad VHD checksum)"),
+    _arg(
+        "--parent",
+        metavar="PATH",
+        help="a differencing disk's parent (tried before the paths the image records)",
+    ),
+    _flag(
+        "-U",
+        "--force-share",
+        "read an image another process (pyvhdx or qemu) has locked, taking no lock "
+        "(as qemu-img -U; its data may be inconsistent while it is written)",
+    ),
+]
 
 
 def _layout_options(
@@ -83,26 +110,19 @@ def _layout_options(
             default=disk_type,
             help="dynamic (blocks allocated on write; the default) or fixed",
         ),
-        _size_arg("--block-size", metavar="SIZE", help=block_size_help),
-        _arg(
-            "--logical-sector-size",
-            type=int,
-            choices=[512, 4096],
-            default=logical_sector_size,
-            help="VHDX logical sector size (default 512; VHD: 512 only)",
-        ),
-        _arg(
-            "--physical-sector-size",
-            type=int,
-            choices=[512, 4096],
-            default=physical_sector_size,
-            help="VHDX physical sector size (default 4096)",
+        _arg("--block-size", type=parse_size, metavar="SIZE", help=block_size_help),
+        *(
+            _arg(f"--{kind}-sector-size", type=int, choices=[512, 4096], default=default, help=help)
+            for kind, default, help in (
+                (
+                    "logical",
+                    logical_sector_size,
+                    "VHDX logical sector size (default 512; VHD: 512 only)",
+                ),
+                ("physical", physical_sector_size, "VHDX physical sector size (default 4096)"),
+            )
         ),
     ]
-
-
-#: The destinations (library argument names) of :func:`_layout_options`.
-_LAYOUT_DESTS: Final = ("disk_type", "block_size", "logical_sector_size", "physical_sector_size")
 
 
 def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
@@ -110,8 +130,21 @@ def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names}
 
 
+def _report(args: argparse.Namespace, data: Any, lines: Callable[[], Iterable[str]]) -> int:
+    """Print ``data`` as JSON with ``--json``, else the human ``lines``; exit 0."""
+    if args.json:
+        print_json(data)
+    else:
+        print_lines(lines())
+    return EXIT_OK
+
+
+def _result_json(result: Any) -> dict[str, Any]:
+    """A library result dataclass as JSON: its fields, in order, keys in kebab case."""
+    return kebab_fields(result, *(field.name for field in dataclasses.fields(result)))
+
+
 _Command = Callable[[argparse.Namespace], int]
-_FORMATS: Final = [f.value for f in ImageFormat]
 _ADDERS: dict[str, Callable[[Any, argparse.ArgumentParser], None]] = {}
 
 
@@ -142,7 +175,7 @@ def _subcommand(
     description="Show the format, sizes, identity, header and region table copies, "
     "problems, allocation and parent locator of an image.",
     options=[
-        add_image_options,
+        *_IMAGE_OPTIONS,
         _flag("--json", "print JSON (keys as qemu-img info --output=json where they exist)"),
     ],
 )
@@ -151,11 +184,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     args.allow_missing_parent = True  # describe the child even when its parent is gone
     with open_image_for(args.image, args) as img:
         info = img.info()
-    if args.json:
-        print_json(info.to_dict())
-    else:
-        print_lines(render_fields(info_rows(info)))
-    return EXIT_OK
+    return _report(args, info.to_dict(), lambda: render_fields(info_rows(info)))
 
 
 def _name_format(path: str) -> str | None:
@@ -220,25 +249,18 @@ def cmd_create(args: argparse.Namespace) -> int:
     if args.parent is not None:
         _note_parent_elsewhere(args.file, args.parent)
     elif size != args.size:
-        with contextlib.suppress(OSError):
-            print(
-                f"{PROG}: note: size rounded up from {args.size} to {size} bytes "
-                "(Azure takes whole MiB)",
-                file=sys.stderr,
-            )
+        error(f"size rounded up from {args.size} to {size} bytes (Azure takes whole MiB)", "note")
     how = argparse.Namespace(format=options.get("format"), parent=args.parent)
     with open_image_for(args.file, how) as img:
         info = img.info()
-    if args.json:
-        data = info.to_dict()
-        if args.parent is None:
-            data["requested-size"] = args.size
-        else:
-            data["backing-filename"] = args.parent
-        print_json(data)
+    data = info.to_dict()
+    if args.parent is None:
+        data["requested-size"] = args.size
     else:
-        print_lines(render_fields(created_rows(info, size, args.size, args.parent)))
-    return EXIT_OK
+        data["backing-filename"] = args.parent
+    return _report(
+        args, data, lambda: render_fields(created_rows(info, size, args.size, args.parent))
+    )
 
 
 def _create_options(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -295,12 +317,11 @@ def _note_parent_elsewhere(child: str, parent: str) -> None:
     """A child is opened with its parent looked up beside it only: say so if it is not."""
     child_dir = os.path.dirname(os.path.abspath(child))
     if os.path.dirname(os.path.abspath(parent)) != child_dir:
-        with contextlib.suppress(OSError):
-            print(
-                f"{PROG}: note: the parent is not in the child's directory; pyvhdx opens "
-                f"the child only with --parent {parent}",
-                file=sys.stderr,
-            )
+        error(
+            "the parent is not in the child's directory; pyvhdx opens "
+            f"the child only with --parent {parent}",
+            "note",
+        )
 
 
 @_subcommand(
@@ -336,20 +357,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         result = merge_image(
             args.child, parent=args.parent, keep_child=args.keep_child, progress=update
         )
-    if args.json:
-        print_json(
-            {
-                "child": str(result.child),
-                "parent": str(result.parent),
-                "bytes-merged": result.bytes_merged,
-                "child-deleted": result.child_deleted,
-                "reparented": [str(p) for p in result.reparented],
-                "resumed": result.resumed,
-            }
-        )
-    else:
-        print_lines(render_fields(merge_rows(result)))
-    return EXIT_OK
+    return _report(args, _result_json(result), lambda: render_fields(merge_rows(result)))
 
 
 @contextlib.contextmanager
@@ -389,7 +397,7 @@ def _merge_progress(child: str) -> Iterator[Callable[[int], None] | None]:
     "could not run.",
     options=[
         _arg("image", metavar="IMAGE", help="the image file (VHDX, VHD or raw)"),
-        partial(add_format_option, help="image format (default: detected from the content)"),
+        _format_option("image format (default: detected from the content)"),
         _flag("--json", "print the report as JSON"),
     ],
 )
@@ -401,10 +409,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         report = check_image(args.image, format=args.format)
     except (OSError, PyvhdxError) as exc:
         return cannot_run(exc, args)
-    if args.json:
-        print_json(report.to_dict())
-    else:
-        print_lines(check_lines(report))
+    _report(args, report.to_dict(), lambda: check_lines(report))
     return report.exit_code
 
 
@@ -415,17 +420,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     "as (data, zero, unallocated) and, for data, where it is stored in the file. "
     "Streams: a 64 TiB disk maps in seconds.",
     options=[
-        add_image_options,
-        _size_arg(
+        *_IMAGE_OPTIONS,
+        _arg(
             "--offset",
             "--start-offset",
+            type=parse_size,
             default=0,
             metavar="N",
             help="first byte to map (suffixes K, M, G, T allowed)",
         ),
-        _size_arg(
+        _arg(
             "--length",
             "--max-length",
+            type=parse_size,
             metavar="N",
             help="bytes to map (default: to the end of the disk)",
         ),
@@ -511,7 +518,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     "Lists the file ranges no structure references and whether they hold non-zero "
     "bytes. Never writes; works on images that cannot be opened.",
     options=[
-        add_image_options,
+        *_IMAGE_OPTIONS,
         _arg(
             "--no-scan",
             dest="scan",
@@ -527,19 +534,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     names = ("parent", "strict", "force_share")  # only those given
     options = {name: value for name in names if (value := getattr(args, name, None))}
-    try:
+    with naming(args.image):
         report = inspect_image(
             args.image, format=args.format, scan_unreferenced=args.scan, **options
         )
-    except PyvhdxError as exc:
-        raise CommandError(f"{args.image}: {exc}") from exc
-    except OSError as exc:
-        raise CommandError(f"{args.image}: {exc.strerror or exc}") from exc
-    if args.json:
-        print_json(report)
-    else:
-        print_lines(inspect_lines(report))
-    return EXIT_OK
+    return _report(args, report, lambda: inspect_lines(report))
 
 
 def _hash_algorithm(text: str) -> str:
@@ -560,7 +559,7 @@ def _hash_algorithm(text: str) -> str:
     epilog="Output: '<hex>  IMAGE' as sha256sum prints it, or 'ALGORITHM (IMAGE) = <hex>' "
     "lines with --tag or several algorithms.",
     options=[
-        add_image_options,
+        *_IMAGE_OPTIONS,
         _arg(
             "-a",
             "--algorithm",
@@ -572,7 +571,7 @@ def _hash_algorithm(text: str) -> str:
             "(default: sha256)",
         ),
         _flag("--tag", "name the algorithm on each line (BSD style)"),
-        add_progress_option,
+        _PROGRESS,
         _flag("--json", "print the digests as JSON"),
     ],
 )
@@ -587,19 +586,16 @@ def cmd_hash(args: argparse.Namespace) -> int:
         except PyvhdxError as exc:
             raise CommandError(f"{args.image}: {exc}") from exc
         size = img.virtual_size
-    if args.json:
-        print_json({"filename": args.image, "virtual-size": size, "digests": digests})
-        return EXIT_OK
     # Untagged lines (as sha256sum prints them) cannot say which digest is which:
     # with several algorithms the tagged form (sha256sum --tag) is used.
     tagged = args.tag or len(digests) > 1
     name = printable(args.image)
-    for algorithm, digest in digests.items():
-        if tagged:
-            print(f"{algorithm.upper()} ({name}) = {digest}")
-        else:
-            print(f"{digest}  {name}")
-    return EXIT_OK
+    lines = [
+        f"{alg.upper()} ({name}) = {hexdigest}" if tagged else f"{hexdigest}  {name}"
+        for alg, hexdigest in digests.items()
+    ]
+    data = {"filename": args.image, "virtual-size": size, "digests": digests}
+    return _report(args, data, lambda: lines)
 
 
 @_subcommand(
@@ -614,10 +610,10 @@ def cmd_hash(args: argparse.Namespace) -> int:
         _arg(
             "-O",
             "--output-format",
-            choices=[f.value for f in ImageFormat],
+            choices=_FORMATS,
             help="destination format (default: from its extension: .vhdx, .vhd, else raw)",
         ),
-        partial(add_format_option, help="source format (default: detected from the content)"),
+        _format_option("source format (default: detected from the content)"),
         *_layout_options(
             disk_type="dynamic",
             block_size_help="block size of a dynamic image (default VHDX 32M, VHD 2M)",
@@ -625,7 +621,7 @@ def cmd_hash(args: argparse.Namespace) -> int:
             physical_sector_size=4096,
         ),
         _flag("--force", "replace an existing destination"),
-        add_progress_option,
+        _PROGRESS,
         _arg(
             "--sync",
             action=argparse.BooleanOptionalAction,
@@ -647,7 +643,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
             format=args.output_format,
             src_format=args.format,
             progress=want_progress(args.progress),
-            **_given(args, *_LAYOUT_DESTS, "force", "sync"),
+            **_given(args, "disk_type", "block_size", "force", "sync"),
+            **_given(args, "logical_sector_size", "physical_sector_size"),
         )
     except FileExistsError as exc:
         raise CommandError(f"{args.destination}: exists (use --force to replace it)") from exc
@@ -655,18 +652,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
     except PyvhdxError as exc:
         raise CommandError(f"{args.source}: {exc}") from exc
-    if args.json:
-        print_json(
-            {
-                "destination": str(result.destination),
-                "format": result.format.value,
-                "disk-type": result.disk_type.value,
-                "virtual-size": result.virtual_size,
-                "bytes-read": result.bytes_read,
-                "bytes-written": result.bytes_written,
-            }
-        )
-    return EXIT_OK
+    return _report(args, _result_json(result), lambda: ())
 
 
 #: The subcommands' parser builders, in the order ``pyvhdx --help`` lists them.

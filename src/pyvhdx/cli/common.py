@@ -8,9 +8,9 @@ import contextlib
 import re
 import sys
 import traceback
+from collections.abc import Iterator
 from decimal import Decimal
 
-from ..constants import ImageFormat
 from ..errors import PyvhdxError
 from ..image import DiskImage, open_image
 
@@ -27,9 +27,20 @@ class CommandError(Exception):
     """A failure a subcommand reports as one ``pyvhdx: error:`` line (exit 1)."""
 
 
+@contextlib.contextmanager
+def naming(path: str) -> Iterator[None]:
+    """Library and OS failures inside as one ``path: message`` line (a CommandError)."""
+    try:
+        yield
+    except PyvhdxError as exc:
+        raise CommandError(f"{path}: {exc}") from exc
+    except OSError as exc:
+        raise CommandError(f"{path}: {exc.strerror or exc}") from exc
+
+
 def open_image_for(path: str, args: argparse.Namespace) -> DiskImage:
     """Open an image read-only with the common options; failures become one line."""
-    try:
+    with naming(path):
         return open_image(
             path,
             "r",
@@ -40,63 +51,10 @@ def open_image_for(path: str, args: argparse.Namespace) -> DiskImage:
             allow_missing_parent=bool(getattr(args, "allow_missing_parent", False)),
             force_share=bool(getattr(args, "force_share", False)),
         )
-    except PyvhdxError as exc:
-        raise CommandError(f"{path}: {exc}") from exc
-    except OSError as exc:
-        raise CommandError(f"{path}: {exc.strerror or exc}") from exc
 
 
-def add_format_option(parser: argparse.ArgumentParser, help: str) -> None:
-    """``-f``/``--format`` of an image that is read (any format pyvhdx reads)."""
-    parser.add_argument(
-        "-f", "--format", choices=[f.value for f in ImageFormat], default=None, help=help
-    )
-
-
-def add_progress_option(parser: argparse.ArgumentParser) -> None:
-    """``--progress``/``--no-progress`` (see :func:`want_progress`)."""
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar on stderr (default: when stderr is a terminal)",
-    )
-
-
-def add_image_options(parser: argparse.ArgumentParser) -> None:
-    """The options every command that opens an image shares."""
-    parser.add_argument("image", metavar="IMAGE", help="the image file (VHDX, VHD or raw)")
-    add_format_option(parser, "image format (default: detected from the content, never the name)")
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help="refuse images with non-fatal defects (e.g. a bad VHD checksum)",
-    )
-    parser.add_argument(
-        "--parent",
-        metavar="PATH",
-        default=None,
-        help="a differencing disk's parent (tried before the paths the image records)",
-    )
-    parser.add_argument(
-        "-U",
-        "--force-share",
-        action="store_true",
-        help="read an image another process (pyvhdx or qemu) has locked, taking no lock "
-        "(as qemu-img -U; its data may be inconsistent while it is written)",
-    )
-
-
-_SIZE_SUFFIXES = {
-    "": 1,
-    "b": 1,
-    "k": 1 << 10,
-    "m": 1 << 20,
-    "g": 1 << 30,
-    "t": 1 << 40,
-    "p": 1 << 50,
-}
-_SIZE_PATTERN = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]?)(?:ib)?", re.IGNORECASE)
+_SIZE_SUFFIXES = {"": 1, **{unit: 1 << 10 * power for power, unit in enumerate("kmgtp", 1)}}
+_SIZE_PATTERN = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgtp])(?:ib)?|b)?", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
@@ -110,17 +68,12 @@ def parse_size(text: str) -> int:
         argparse.ArgumentTypeError: not a size (argparse turns it into a usage error).
     """
     match = _SIZE_PATTERN.fullmatch(text.strip())
-    suffix = match.group(2).lower() if match else ""
-    if (
-        match is None
-        or suffix not in _SIZE_SUFFIXES
-        or (suffix == "b" and text.strip().lower().endswith("ib"))
-    ):
+    if match is None:
         raise argparse.ArgumentTypeError(
             f"invalid size {text!r}: use a number with an optional binary suffix "
             "K, M, G, T or P (KiB, MiB, ...)"
         )
-    value = Decimal(match.group(1)) * _SIZE_SUFFIXES[suffix]
+    value = Decimal(match.group(1)) * _SIZE_SUFFIXES[(match.group(2) or "").lower()]
     if value != value.to_integral_value():
         raise argparse.ArgumentTypeError(f"invalid size {text!r}: not a whole number of bytes")
     return int(value)
