@@ -63,8 +63,8 @@ __all__ = [  # what tests and the ``pyvhdx`` script import
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pyvhdx`` argument parser with every subcommand."""
-    # --debug is accepted before and after the subcommand. On the subparsers its
-    # default is SUPPRESS, so an absent one does not overwrite the main parser's value.
+    # --debug is accepted before and after the subcommand. Its default is SUPPRESS,
+    # so an absent one does not overwrite one given before (main reads it with getattr).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--debug",
@@ -74,13 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(
         prog=PROG,
+        parents=[common],
         description="Read, check and inspect VHDX and VHD virtual disk images.",
         epilog="Exit status: 0 success, 1 image problem, 2 usage error.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--debug", action="store_true", help="show tracebacks instead of one-line errors"
-    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(sub, common)
@@ -113,15 +111,6 @@ def _silence_stdout() -> None:
         os.dup2(devnull, fd)
     finally:
         os.close(devnull)
-
-
-def _exit_status(code: object) -> int:
-    """The int status of a ``SystemExit`` code (argparse: 0 for help, 2 for usage)."""
-    if code is None:
-        return EXIT_OK
-    if isinstance(code, int):
-        return code
-    return EXIT_USAGE
 
 
 class _Terminated(KeyboardInterrupt):
@@ -182,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # usage error, --help, --version
-        return _exit_status(exc.code)
+    except SystemExit as exc:  # usage error (2), --help, --version (0)
+        code = EXIT_OK if exc.code is None else exc.code
+        return code if isinstance(code, int) else EXIT_USAGE
     debug = bool(getattr(args, "debug", False))
     func: Callable[[argparse.Namespace], int] = args.func
     with warnings.catch_warnings():
