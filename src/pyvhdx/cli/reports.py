@@ -57,6 +57,10 @@ def info_rows(info: ImageInfo) -> list[Row]:
     )
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
 def check_lines(report: Any) -> list[str]:
     """The human ``pyvhdx check`` report: one line per finding, then a summary."""
     lines = [f"{report.filename}: {report.format} {report.disk_type or ''}".rstrip()]
@@ -67,13 +71,9 @@ def check_lines(report: Any) -> list[str]:
         if f.repair:
             lines.append(f"{INDENT}repair: {f.repair}")
     errors, warns = len(report.errors), len(report.warnings)
-    if errors:
-        summary = f"{errors} error{'s' if errors != 1 else ''}"
-    else:
-        summary = "No errors were found on the image."
+    summary = _count(errors, "error") if errors else "No errors were found on the image."
     if warns:
-        summary += f"{'' if errors else ' '}{', ' if errors else ''}{warns} warning"
-        summary += "s" if warns != 1 else ""
+        summary += (", " if errors else " ") + _count(warns, "warning")
     if report.total_blocks is not None and report.allocated_blocks is not None:
         unit = "" if report.block_size is None else f" of {report.block_size} bytes"
         summary += f"\n{report.allocated_blocks}/{report.total_blocks} blocks{unit} allocated"
@@ -100,22 +100,14 @@ def map_entry(run: Any) -> dict[str, Any]:
     Ranges a missing parent should supply are ``depth`` one further down and
     neither present, zero nor data.
     """
-    if run.kind is RunKind.PARENT:
-        return {
-            "start": run.start,
-            "length": run.length,
-            "depth": run.depth + 1,
-            "present": False,
-            "zero": False,
-            "data": False,
-        }
+    missing = run.kind is RunKind.PARENT
     data = run.kind is RunKind.DATA
     entry = {
         "start": run.start,
         "length": run.length,
-        "depth": run.depth,
-        "present": True,
-        "zero": run.reads_zero,
+        "depth": run.depth + 1 if missing else run.depth,
+        "present": not missing,
+        "zero": run.reads_zero and not missing,
         "data": data,
     }
     if data:
@@ -241,9 +233,8 @@ def inspect_lines(report: Mapping[str, Any]) -> list[str]:
     view = dict(_human_view(report))
     metadata = view.get("metadata")
     if isinstance(metadata, dict) and "items" in metadata:
-        items = metadata.pop("items")
         metadata["item flags"] = "U user, V virtual disk, R required"
-        metadata["items"] = items
+        metadata["items"] = metadata.pop("items")  # after the flags legend
     probe = view.pop("open", {})
     if probe.get("opens"):
         opens = "yes" + (", log replayed in memory" if probe.get("log-replayed") else "")
