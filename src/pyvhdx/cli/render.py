@@ -79,19 +79,14 @@ def scalar(key: str, value: Any) -> str:
     return printable(str(value)) or '""'
 
 
-def _is_scalar_row(value: Any) -> bool:
+def _one_line(key: str, value: Any) -> str | None:
+    """The value of a ``key: value`` line, or None for a nested section."""
     if isinstance(value, Mapping):
-        return not value
+        return None if value else "none"
     if isinstance(value, (list, tuple)):
-        return not value or all(not isinstance(v, (Mapping, list, tuple, str)) for v in value)
-    return True
-
-
-def _scalar_row(key: str, value: Any) -> str:
-    if isinstance(value, (Mapping, list, tuple)):
-        if not value:
-            return "none"
-        return ", ".join(scalar(key, v) for v in value)
+        if any(isinstance(v, (Mapping, list, tuple, str)) for v in value):
+            return None
+        return ", ".join(scalar(key, v) for v in value) or "none"
     return scalar(key, value)
 
 
@@ -112,19 +107,18 @@ def render_fields(rows: Iterable[Row], indent: int = 0, *, tables: bool = False)
     Values of one level are aligned on the longest key of that level. With
     ``tables``, a list of flat records that fits the width is a table instead.
     """
-    rows = list(rows)
+    texts = [(key_label(k), v, _one_line(k, v)) for k, v in rows]
     pad = INDENT * indent
-    width = max((len(key_label(k)) + 1 for k, v in rows if _is_scalar_row(v)), default=0)
+    width = max((len(label) + 1 for label, _, text in texts if text is not None), default=0)
     lines: list[str] = []
-    for key, value in rows:
-        label = key_label(key)
-        if _is_scalar_row(value):
-            lines.append(f"{pad}{label + ':':<{width}} {_scalar_row(key, value)}".rstrip())
-        elif isinstance(value, Mapping):
-            lines.append(f"{pad}{label}:")
+    for label, value, text in texts:
+        if text is not None:
+            lines.append(f"{pad}{label + ':':<{width}} {text}".rstrip())
+            continue
+        lines.append(f"{pad}{label}:")
+        if isinstance(value, Mapping):
             lines.extend(render_fields(value.items(), indent + 1, tables=tables))
         elif all(isinstance(v, str) for v in value):
-            lines.append(f"{pad}{label}:")
             lines.extend(f"{pad}{INDENT}{printable(v)}" for v in value)
         elif (
             tables
@@ -137,10 +131,8 @@ def render_fields(rows: Iterable[Row], indent: int = 0, *, tables: bool = False)
                 )
             )
         ):
-            lines.append(f"{pad}{label}:")
             lines.extend(table)
         else:
-            lines.append(f"{pad}{label}:")
             items = [
                 (f"[{i}]", v if isinstance(v, Mapping) else {"value": v})
                 for i, v in enumerate(value)
@@ -235,9 +227,7 @@ def _is_table(value: Any) -> bool:
 def table_lines(records: Sequence[Mapping[str, Any]], indent: int = 0) -> list[str]:
     """Render records as an aligned table (columns in first-seen key order)."""
     pad = INDENT * indent
-    columns: list[str] = []
-    for r in records:
-        columns.extend(k for k in r if k not in columns)
+    columns = list(dict.fromkeys(k for r in records for k in r))
     shown = records[:TABLE_ROWS]
     cells = [[cell(c, r.get(c)) if c in r else "" for c in columns] for r in shown]
     heads = [key_label(c) for c in columns]
@@ -255,10 +245,8 @@ def transposed_lines(records: Sequence[Mapping[str, Any]], indent: int = 0) -> l
     a field holding a mapping becomes one row per key.
     """
     pad = INDENT * indent
-    columns = []
-    for r in records:
-        first = next(iter(r.items()), ("", ""))
-        columns.append(f"{key_label(first[0])} {cell(first[0], first[1])}".strip())
+    firsts = [next(iter(r.items()), ("", "")) for r in records]
+    columns = [f"{key_label(k)} {cell(k, v)}".strip() for k, v in firsts]
     paths: list[tuple[str, ...]] = []  # a field, or a key of a field holding a mapping
     for r in records:
         for k, v in list(r.items())[1:]:
