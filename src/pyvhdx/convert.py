@@ -110,8 +110,8 @@ def convert_image(
     format: ImageFormat | str | None = None,
     disk_type: DiskType | str = DiskType.DYNAMIC,
     block_size: int | None = None,
-    logical_sector_size: int = 512,
-    physical_sector_size: int = 4096,
+    logical_sector_size: int | None = None,
+    physical_sector_size: int | None = None,
     src_format: ImageFormat | str | None = None,
     force: bool = False,
     progress: Progress = None,
@@ -125,7 +125,10 @@ def convert_image(
             (``.vhdx``, ``.vhd``, else raw).
         disk_type: ``"dynamic"`` or ``"fixed"`` (ignored for raw).
         block_size: destination block size (VHDX default 32 MiB, VHD 2 MiB).
-        logical_sector_size, physical_sector_size: VHDX sector sizes.
+        logical_sector_size, physical_sector_size: VHDX sector sizes; default: the
+            source's (a VHD or raw source: 512 and 4096). A VHD holds 512-byte
+            sectors only: a source with 4096-byte logical sectors gives a warning
+            (its partition table counts 4096-byte sectors).
         src_format: force the source format.
         force: replace an existing destination (a regular file; with raw
             output also a block device, written in place, which must hold
@@ -166,6 +169,9 @@ def convert_image(
 
     with open_image(src, format=src_format) as img:
         size = img.virtual_size
+        logical_sector_size, physical_sector_size = _sector_sizes(
+            img, fmt, logical_sector_size, physical_sector_size
+        )
         # VHD and VHDX sizes are whole sectors: round up, the tail reads as zeros.
         sector = logical_sector_size if fmt is ImageFormat.VHDX else 512
         out_size = size if fmt is ImageFormat.RAW else -(-size // sector) * sector
@@ -197,6 +203,30 @@ def convert_image(
                     opener,
                 )
     return ConvertResult(dst_path, fmt, disk_type, out_size, *counts)
+
+
+def _sector_sizes(
+    img: DiskImage, fmt: ImageFormat, logical: int | None, physical: int | None
+) -> tuple[int, int]:
+    """The destination's sector sizes: as given, else the source's (VHDX), else 512/4096."""
+    vhdx_source = img.format is ImageFormat.VHDX
+    if fmt is ImageFormat.VHD:
+        if logical not in (None, 512):
+            raise InvalidArgumentError(f"a VHD has 512-byte sectors, not {logical}")
+        if vhdx_source and img.logical_sector_size != 512:
+            warnings.warn(
+                f"{img.name} has {img.logical_sector_size}-byte logical sectors and a VHD "
+                "has 512-byte ones: a partition table or file system that counts "
+                f"{img.logical_sector_size}-byte sectors will not read right; keep VHDX",
+                PyvhdxWarning,
+                stacklevel=3,
+            )
+        return 512, 512
+    if logical is None:
+        logical = img.logical_sector_size if vhdx_source else 512
+    if physical is None:
+        physical = img.physical_sector_size if vhdx_source else 4096
+    return logical, physical
 
 
 def _chunks(img: DiskImage, step: int) -> Iterator[tuple[int, int]]:
