@@ -55,10 +55,6 @@ if TYPE_CHECKING:
 __all__ = ["HeaderCopy", "MetadataItem", "RegionEntry", "RegionTableCopy", "VHDXFile"]
 
 
-def _is_power_of_two(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
-
-
 class VHDXFile(_VHDXWriter, FormatHandler):
     """A VHDX image (MS-VHDX); ``strict`` refuses any defect, even one a good copy hides.
 
@@ -154,22 +150,18 @@ class VHDXFile(_VHDXWriter, FormatHandler):
                 "LogVersion",
                 UnsupportedFeatureError,
             )
-        log_offset, log_length = h["log_offset"], h["log_length"]
-        where = {"structure": f"header {self.header_copy}", "offset": offset}
-        if log_length % K.VHDX_ALIGNMENT or log_offset % K.VHDX_ALIGNMENT:
+        start, length, size = h["log_offset"], h["log_length"], self.source.size
+        wrong = None
+        if length % K.VHDX_ALIGNMENT or start % K.VHDX_ALIGNMENT:
+            wrong = "is not 1 MiB aligned"
+        elif length and (start < K.VHDX_HEADER_AREA_SIZE or start + length > size):
+            wrong = f"lies outside the {size:#x}-byte file"
+        if wrong is not None:
             raise InvalidImageError(
-                f"log at {log_offset:#x}+{log_length:#x} is not 1 MiB aligned",
+                f"log at {start:#x}+{length:#x} {wrong}",
+                structure=f"header {self.header_copy}",
                 field="LogOffset",
-                **where,  # type: ignore[arg-type]
-            )
-        if log_length and (
-            log_offset < K.VHDX_HEADER_AREA_SIZE or log_offset + log_length > self.source.size
-        ):
-            raise InvalidImageError(
-                f"log at {log_offset:#x}+{log_length:#x} lies outside the "
-                f"{self.source.size:#x}-byte file",
-                field="LogOffset",
-                **where,  # type: ignore[arg-type]
+                offset=offset,
             )
 
     # -- 2.3 log ---------------------------------------------------------------------
@@ -262,33 +254,20 @@ class VHDXFile(_VHDXWriter, FormatHandler):
                     f"unknown required region {e.guid}", field="Required", **where
                 )
             self._problem(where["structure"], f"unknown optional region {e.guid} ignored")
-        if (
-            e.file_offset % K.VHDX_ALIGNMENT
-            or e.length % K.VHDX_ALIGNMENT
-            or e.length == 0
-            or e.file_offset < K.VHDX_HEADER_AREA_SIZE
-        ):
-            raise InvalidImageError(
-                f"region at {e.file_offset:#x}+{e.length:#x} is not 1 MiB aligned "
-                "or lies in the header area",
-                field="FileOffset",
-                **where,
-            )
-        # Not source.size: a log replay may extend the file with zeros far out.
-        if e.file_offset + e.length > self.source.data_size:
-            raise InvalidImageError(
-                f"region at {e.file_offset:#x}+{e.length:#x} lies beyond the end of the "
-                f"{self.source.data_size:#x} bytes of the file (and its log)",
-                field="Length",
-                **where,
-            )
-        for s, ln, what in spans:
-            if e.file_offset < s + ln and s < e.file_offset + e.length:
-                raise InvalidImageError(
-                    f"region at {e.file_offset:#x}+{e.length:#x} overlaps the {what}",
-                    field="FileOffset",
-                    **where,
-                )
+        start, end, size = e.file_offset, e.file_offset + e.length, self.source.data_size
+        overlap = next((what for s, ln, what in spans if start < s + ln and s < end), None)
+        wrong, field = None, "FileOffset"
+        aligned = not (start % K.VHDX_ALIGNMENT or e.length % K.VHDX_ALIGNMENT)
+        if not aligned or e.length == 0 or start < K.VHDX_HEADER_AREA_SIZE:
+            wrong = "is not 1 MiB aligned or lies in the header area"
+        elif end > size:  # not source.size: a log replay may extend the file with zeros far out
+            wrong = f"lies beyond the end of the {size:#x} bytes of the file (and its log)"
+            field = "Length"
+        elif overlap is not None:
+            wrong = f"overlaps the {overlap}"
+        if wrong is not None:
+            message = f"region at {start:#x}+{e.length:#x} {wrong}"
+            raise InvalidImageError(message, field=field, **where)
 
     # -- 2.6 metadata -------------------------------------------------------------------
 
@@ -348,10 +327,8 @@ class VHDXFile(_VHDXWriter, FormatHandler):
                 "offset": base + item.offset,
             }
 
-        if not (
-            _is_power_of_two(fp.block_size)
-            and K.VHDX_MIN_BLOCK_SIZE <= fp.block_size <= K.VHDX_MAX_BLOCK_SIZE
-        ):
+        bs = fp.block_size
+        if not (K.VHDX_MIN_BLOCK_SIZE <= bs <= K.VHDX_MAX_BLOCK_SIZE and bs.bit_count() == 1):
             raise InvalidImageError(
                 f"block size {fp.block_size} is not a power of two from 1 to 256 MiB",
                 **where(fp_item, "BlockSize"),

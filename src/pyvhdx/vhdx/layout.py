@@ -123,43 +123,8 @@ def _truncated_defect(structure: str, offset: int) -> Defect:
 # -- 2.2.1 file type identifier ------------------------------------------------------
 
 
-@dataclasses.dataclass
-class FileIdentifier:
-    """The file type identifier at offset 0 (MS-VHDX 2.2.1)."""
-
-    signature: bytes
-    creator: str | None
-    defects: list[Defect]
-
-    @property
-    def valid(self) -> bool:
-        return not self.defects
-
-
-def read_file_identifier(source: FileSource) -> FileIdentifier:
-    size = FILE_IDENTIFIER.sizeof()
-    data = source.read(0, size)
-    ident = FileIdentifier(data[:8], None, [])
-    if len(data) < size:
-        ident.defects.append(_truncated_defect("file identifier", 0))
-    if data[:8] != VHDX_SIGNATURE:
-        ident.defects.append(_signature_defect("file identifier", 0, data[:8], VHDX_SIGNATURE))
-    if ident.defects:
-        return ident
-    creator = parse(FILE_IDENTIFIER, data, structure="file identifier", offset=0).creator
-    return FileIdentifier(data[:8], creator, [])
-
-
-def vhdx_file_identifier(creator: str) -> bytes:
-    """The 520 bytes of a file type identifier naming ``creator`` (MS-VHDX 2.2.1)."""
-    return bytes(FILE_IDENTIFIER.build(dict(creator=creator)))
-
-
-# -- 2.2.2 headers -------------------------------------------------------------------
-
-
 class _Copy:
-    """What a copy of a redundant structure (a header, a region table) tells of its defects."""
+    """What a structure read (file identifier, header, region table) tells of its defects."""
 
     defects: list[Defect]
 
@@ -171,6 +136,36 @@ class _Copy:
     def error(self) -> str | None:
         """The first defect's message (the reason a reader skips this copy)."""
         return self.defects[0].message if self.defects else None
+
+
+@dataclasses.dataclass
+class FileIdentifier(_Copy):
+    """The file type identifier at offset 0 (MS-VHDX 2.2.1)."""
+
+    signature: bytes
+    creator: str | None
+    defects: list[Defect]
+
+
+def read_file_identifier(source: FileSource) -> FileIdentifier:
+    size = FILE_IDENTIFIER.sizeof()
+    data = source.read(0, size)
+    ident = FileIdentifier(data[:8], None, [])
+    if len(data) < size:
+        ident.defects.append(_truncated_defect("file identifier", 0))
+    if data[:8] != VHDX_SIGNATURE:
+        ident.defects.append(_signature_defect("file identifier", 0, data[:8], VHDX_SIGNATURE))
+    if not ident.defects:
+        ident.creator = parse(FILE_IDENTIFIER, data, structure="file identifier", offset=0).creator
+    return ident
+
+
+def vhdx_file_identifier(creator: str) -> bytes:
+    """The 520 bytes of a file type identifier naming ``creator`` (MS-VHDX 2.2.1)."""
+    return bytes(FILE_IDENTIFIER.build(dict(creator=creator)))
+
+
+# -- 2.2.2 headers -------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -319,16 +314,9 @@ def read_region_table(source: FileSource, index: int) -> RegionTableCopy:
     for i in range(min(head.entry_count, VHDX_MAX_REGION_ENTRIES)):
         pos = 16 + 32 * i
         e = parse(REGION_TABLE_ENTRY, data[pos : pos + 32], structure=name, offset=offset + pos)
-        table.entries.append(
-            RegionEntry(
-                e.guid,
-                e.file_offset,
-                e.length,
-                bool(e.flags & _REGION_REQUIRED),
-                e.flags,
-                offset + pos,
-            )
-        )
+        required = bool(e.flags & _REGION_REQUIRED)
+        entry = RegionEntry(e.guid, e.file_offset, e.length, required, e.flags, offset + pos)
+        table.entries.append(entry)
     return table
 
 
@@ -387,10 +375,6 @@ class MetadataTable:
     items: list[MetadataItem]
     known: dict[uuid.UUID, MetadataItem]
     defects: list[Defect]
-
-    @property
-    def parsed(self) -> bool:
-        return not self.defects
 
 
 def read_metadata_table(source: FileSource, offset: int, region_length: int) -> MetadataTable:

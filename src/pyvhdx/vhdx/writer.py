@@ -137,10 +137,9 @@ class _VHDXWriter:
         (MS-VHDX 2.2.2; a merge picks :attr:`next_data_write_guid` in advance)."""
         if self._session_started and (self._data_changed or not data):
             return
-        if not self._session_started:
-            self._check_layout_for_writing()
         changes: dict[str, Any] = {}
         if not self._session_started:
+            self._check_layout_for_writing()
             changes["file_write_guid"] = uuid.uuid4()
         if data:
             changes["data_write_guid"] = self.next_data_write_guid or uuid.uuid4()
@@ -405,9 +404,6 @@ class _VHDXWriter:
         self.metadata[META_PARENT_LOCATOR] = new
         self.metadata_order[index] = new
         self._decode_parent_locator(new)
-
-    def flush(self) -> None:
-        self.source.flush()
 
     def close_writer(self) -> None:
         """Leave a clean image: no pending log (LogGuid cleared), everything flushed."""
