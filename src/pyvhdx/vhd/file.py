@@ -87,10 +87,6 @@ class FooterChoice:
     footers: Footers
     chosen: FooterCopy
 
-    @property
-    def other(self) -> FooterCopy | None:
-        return self.footers.start if self.chosen is self.footers.end else self.footers.end
-
     def failed(self) -> list[tuple[LayoutProblem, int | None]]:
         """The copies not used that should be there: each defect and the copy's offset
         (None when missing or cut off) (DESIGN.md "Copies").
@@ -216,7 +212,6 @@ class VHDFile(VHDWriter, FormatHandler):
         chosen = self._open_footer()
         self._check_footer_fields(chosen)
         footer = chosen.fields
-        self.vhd_disk_type = VHDDiskType(chosen.disk_type)
         self.virtual_size = int(footer.current_size)
         self.identifier = footer.unique_id
         self.creator = (
@@ -225,7 +220,7 @@ class VHDFile(VHDWriter, FormatHandler):
         )
         geom = footer.disk_geometry
         self.geometry = CHSGeometry(geom.cylinders, geom.heads, geom.sectors_per_track)
-        self.disk_type = DiskType[self.vhd_disk_type.name]
+        self.disk_type = DiskType[VHDDiskType(chosen.disk_type).name]
         if self.disk_type is DiskType.FIXED:
             self.block_size = None
             self._open_fixed(chosen)

@@ -191,12 +191,8 @@ def version_text(value: int) -> str:
 
 def utf16be_name(raw: bytes) -> str:
     """Parent Unicode Name: UTF-16BE up to the first NUL code unit."""
-    end = len(raw) - len(raw) % 2
-    for i in range(0, end, 2):
-        if raw[i] == 0 and raw[i + 1] == 0:
-            end = i
-            break
-    return raw[:end].decode("utf-16-be", errors="replace")
+    text = raw[: len(raw) - len(raw) % 2].decode("utf-16-be", errors="replace")
+    return text.split("\0", 1)[0]
 
 
 def vhd_time_stamp(unix_time: float | None = None) -> int:
@@ -290,11 +286,9 @@ class FooterCopy(_Checksummed):
     @classmethod
     def from_bytes(cls, where: str, offset: int, data: bytes) -> FooterCopy:
         raw = data + bytes(VHD_FOOTER_SIZE - len(data))
-        c = FOOTER_CHECKSUM_OFFSET
-        stored = int.from_bytes(raw[c : c + 4], "big")
-        name = _FOOTER_NAMES[where]
-        fields = parse(VHDFooter, raw, structure=f"VHD {name}", offset=offset)
-        return cls(where, offset, len(data), raw, fields, stored, vhd_checksum(raw, c))
+        fields = parse(VHDFooter, raw, structure=f"VHD {_FOOTER_NAMES[where]}", offset=offset)
+        computed = vhd_checksum(raw, FOOTER_CHECKSUM_OFFSET)
+        return cls(where, offset, len(data), raw, fields, int(fields.checksum), computed)
 
     disk_type = _IntField()
 

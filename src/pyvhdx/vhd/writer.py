@@ -427,10 +427,6 @@ class VHDWriter:
             )
         return raw
 
-    def flush(self) -> None:
-        """Make every write so far durable."""
-        self.source.flush()
-
     def close(self) -> None:
         """Flush (when writable) and release the file."""
         try:
