@@ -14,7 +14,6 @@ from typing import Any
 from construct import Adapter, Bytes, Const, Int16ul, Int32ul, Int64ul, Struct
 
 __all__ = [
-    "BAT_ENTRY",
     "DATA_DESCRIPTOR",
     "DATA_SECTOR",
     "FILE_IDENTIFIER",
@@ -128,11 +127,6 @@ PARENT_LOCATOR_ENTRY = Struct(
     "value_offset" / Int32ul,
     "key_length" / Int16ul,
     "value_length" / Int16ul,
-)
-
-# MS-VHDX 2.5.1 BAT entry (for display; the hot path decodes with numpy masks).
-BAT_ENTRY = Struct(
-    "value" / Int64ul,
 )
 
 # MS-VHDX 2.3.1.1 Log Entry Header (64 bytes).
