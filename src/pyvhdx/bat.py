@@ -234,9 +234,8 @@ def decode_vhd_bat(
         InvalidImageError: a block whose bitmap or data lies outside the file.
     """
     sectors = raw.astype(np.int64)
-    unused = raw == np.uint32(VHD_BAT_UNUSED)
     codes = np.full(raw.shape, CODE_PARENT if differencing else CODE_UNMAPPED, dtype=np.int64)
-    used = ~unused
+    used = raw != np.uint32(VHD_BAT_UNUSED)
     if used.any():
         blocks = np.arange(first_block, first_block + raw.shape[0], dtype=np.int64)
         data = sectors * 512 + bitmap_size
@@ -336,10 +335,7 @@ class BlockTable:
 
     def code(self, block: int) -> int:
         """The code of one block (scalar path)."""
-        arr = self._chunks.get(block >> LOAD_CHUNK_SHIFT)
-        if arr is None:
-            arr = self._chunk(block >> LOAD_CHUNK_SHIFT)
-        return int(arr[block & LOAD_CHUNK_MASK])
+        return int(self._chunk(block >> LOAD_CHUNK_SHIFT)[block & LOAD_CHUNK_MASK])
 
     def codes(self, first: int, stop: int) -> I64:
         """Codes of blocks ``first`` up to ``stop`` (exclusive); do not modify."""

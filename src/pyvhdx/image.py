@@ -580,15 +580,12 @@ def detect_format(source: FileSource) -> ImageFormat:
         VHDX_SIGNATURE,
     )
 
-    size = source.size
-    if source.read(0, 8) == VHDX_SIGNATURE:
+    if source.read(0, 8) == VHDX_SIGNATURE or any(
+        source.read(off, 4) == VHDX_HEADER_SIGNATURE for off in VHDX_HEADER_OFFSETS
+    ):
         return ImageFormat.VHDX
-    if any(source.read(off, 4) == VHDX_HEADER_SIGNATURE for off in VHDX_HEADER_OFFSETS):
-        return ImageFormat.VHDX
-    for tail in (512, 511):
-        if size >= tail and source.read(size - tail, 8) == VHD_FOOTER_COOKIE:
-            return ImageFormat.VHD
-    if source.read(0, 8) == VHD_FOOTER_COOKIE:
+    footers = [source.size - tail for tail in (512, 511) if source.size >= tail]
+    if any(source.read(at, 8) == VHD_FOOTER_COOKIE for at in (*footers, 0)):
         return ImageFormat.VHD
     return ImageFormat.RAW
 
