@@ -332,7 +332,7 @@ VHD_CHILD_BLOCK_SIZE: Final = VHD_DEFAULT_BLOCK_SIZE
 def _open_parent(
     parent: str | os.PathLike[str] | DiskImage,
     child: str | os.PathLike[str],
-    fmt: ImageFormat | None = None,
+    fmt: ImageFormat,
 ) -> Iterator[tuple[DiskImage, Path]]:
     """The parent image (opened read-only with its own chain, if given as a path).
 
@@ -346,24 +346,21 @@ def _open_parent(
             img, parent_path = parent, Path(parent.name)
         else:
             img, parent_path = stack.enter_context(open_image(parent)), Path(parent)
-        _refuse_chain_member(img, child)
-        if fmt is not None and img.format is not fmt:
+        target = Path(child).resolve()
+        ancestor: DiskImage | None = img
+        while ancestor is not None:
+            if Path(ancestor.name).resolve() == target:
+                raise InvalidArgumentError(
+                    f"cannot create {child}: it is the parent or one of its ancestors "
+                    f"({ancestor.name})"
+                )
+            ancestor = ancestor.parent
+        if img.format is not fmt:
             kind = fmt.value.upper()
             raise InvalidArgumentError(
                 f"a {kind} child needs a {kind} parent; {parent_path} is {img.format.value.upper()}"
             )
         yield img, parent_path
-
-
-def _refuse_chain_member(parent: DiskImage, child: str | os.PathLike[str]) -> None:
-    target = Path(child).resolve()
-    img: DiskImage | None = parent
-    while img is not None:
-        if Path(img.name).resolve() == target:
-            raise InvalidArgumentError(
-                f"cannot create {child}: it is the parent or one of its ancestors ({img.name})"
-            )
-        img = img.parent
 
 
 def parent_locator_paths(
@@ -388,9 +385,7 @@ def parent_locator_paths(
         relative = os.path.relpath(parent_abs, child_dir)
     except ValueError:  # another drive (Windows)
         relative = None
-    absolute = parent_abs
-    if os.sep != "\\":
-        absolute = absolute.replace(os.sep, "\\")
+    absolute = parent_abs.replace(os.sep, "\\")
     if relative is not None:
         relative = relative.replace(os.sep, "\\")
         if os.altsep:
@@ -448,10 +443,8 @@ def create_vhdx_child(
         linkage = "{" + pimg.handler.identity_as_parent() + "}"
     _check_vhdx_args(size, block_size, logical, physical)
     relative, absolute = parent_locator_paths(path, parent_path)
-    keys = [("parent_linkage", linkage)]
-    if relative is not None:
-        keys.append(("relative_path", relative))
-    keys.append(("absolute_win32_path", absolute))
+    paths = {"relative_path": relative, "absolute_win32_path": absolute}
+    keys = [("parent_linkage", linkage), *((k, v) for k, v in paths.items() if v is not None)]
     items = _vhdx_base_items(size, block_size, logical, physical, 2)  # HasParent
     items.append((K.META_PARENT_LOCATOR, vhdx_parent_locator(keys), 4))  # IsRequired
     layout = vhdx_layout(size, block_size, logical, differencing=True)
