@@ -373,13 +373,12 @@ class _VHDXInspector(_FileRanges):
         copies = [_header_dict(vhdx_layout.read_header(self.source, i)) for i in (1, 2)]
         valid = [c for c in copies if c["valid"]]
         current = max(valid, key=lambda c: (c["sequence-number"], -c["copy"]), default=None)
-        if current is not None:
-            current["current"] = True
-            self.header = current
         self.report["headers"] = copies
         self.report["current-header"] = current["copy"] if current else None
         if current is None:
             raise InvalidImageError("no valid header", structure="header")
+        current["current"] = True
+        self.header = current
 
     # -- MS-VHDX 2.3 -----------------------------------------------------------------
 
@@ -668,19 +667,17 @@ class _VHDXInspector(_FileRanges):
         readable = min(count, region["length"] // 8, max(0, (end - bat_offset) // 8))
         if readable < count:
             d["error"] = f"only {readable} of {count} entries lie inside the BAT region and file"
-        payload = _Allocation(bs, vsize, self.source.size)
+        size = self.source.size  # with a replayed log: the replayed size
+        payload = _Allocation(bs, vsize, size)
         # A chunk's sector bitmap block covers ratio payload blocks of data.
-        bitmaps = _Allocation(
-            bs * ratio, vsize, self.source.size, extent=K.VHDX_SECTOR_BITMAP_BLOCK_SIZE
-        )
+        bitmaps = _Allocation(bs * ratio, vsize, size, extent=K.VHDX_SECTOR_BITMAP_BLOCK_SIZE)
         # Decoded in chunks (MS-VHDX 2.5.1): state counts, allocations, examples.
         counts = np.zeros((2, 8), dtype=np.int64)  # payload, sector bitmap entries by state
         sb_list: list[dict[str, int]] = []
         stale: list[dict[str, Any]] = []
         stale_count = 0
         for i0 in range(0, readable, _BAT_CHUNK):
-            n = min(_BAT_CHUNK, readable - i0)
-            raw = self.source.read(bat_offset + 8 * i0, 8 * n)
+            raw = self.source.read(bat_offset + 8 * i0, 8 * min(_BAT_CHUNK, readable - i0))
             entries = np.frombuffer(raw, dtype="<u8", count=len(raw) // 8)
             idx = np.arange(i0, i0 + entries.shape[0], dtype=np.int64)
             is_sb = idx % (ratio + 1) == ratio
