@@ -18,7 +18,7 @@ from .constants import DiskType, ImageFormat
 from .errors import InvalidArgumentError, ParentError
 from .image import open_image
 
-__all__ = ["set_parent", "vhd_locator_paths"]
+__all__ = ["set_disk_properties", "set_parent", "vhd_locator_paths"]
 
 _KEYS_REPLACED = (
     "parent_linkage",
@@ -107,3 +107,39 @@ def vhd_locator_paths(child: Path, parent: Path) -> dict[str, str]:
 
     relative, absolute = parent_locator_paths(child, parent)
     return {"W2ku": absolute} if relative is None else {"W2ku": absolute, "W2ru": relative}
+
+
+def set_disk_properties(
+    image: str | os.PathLike[str],
+    *,
+    reset_identifier: bool = False,
+    physical_sector_size: int | None = None,
+) -> uuid.UUID | None:
+    """Set-VHD's other edits of a VHDX, each through one log entry (MS-VHDX 2.6.2):
+    a new disk identifier (Page 83 Data, 2.6.2.5) and the physical sector size
+    (2.6.2.4). The data and the DataWriteGuid do not change, so children stay
+    linked. Returns the new identifier when ``reset_identifier``.
+
+    Raises:
+        InvalidArgumentError: not a VHDX, or a sector size other than 512 or 4096.
+    """
+    from .constants import META_PAGE83_DATA, META_PHYSICAL_SECTOR_SIZE
+    from .vhdx import VHDXFile
+    from .vhdx.edit import set_item
+
+    if physical_sector_size not in (None, 512, 4096):
+        raise InvalidArgumentError(
+            f"physical sector size must be 512 or 4096, not {physical_sector_size}"
+        )
+    new_id = uuid.uuid4() if reset_identifier else None
+    with open_image(image, "r+", resolve_parent=False) as img:
+        h = img.handler
+        if not isinstance(h, VHDXFile):
+            raise InvalidArgumentError(
+                f"{image} is {img.format.value.upper()}: only a VHDX has these properties"
+            )
+        if new_id is not None:
+            set_item(h, META_PAGE83_DATA, new_id.bytes_le)
+        if physical_sector_size is not None:
+            set_item(h, META_PHYSICAL_SECTOR_SIZE, physical_sector_size.to_bytes(4, "little"))
+    return new_id

@@ -23,7 +23,7 @@ from ..bat import CODE_UNMAPPED, vhdx_payload_index
 from ..constants import NIL_GUID, DiskType, MiB, PayloadState
 from ..errors import UnsupportedFeatureError
 from ..packing import plan_moves
-from .resize import SectorPatch
+from .edit import SectorPatch
 
 if TYPE_CHECKING:
     from .file import VHDXFile

@@ -23,42 +23,19 @@ from .. import constants as K
 from ..bat import vhdx_bat_entry_count, vhdx_payload_index
 from ..constants import NIL_GUID, DiskType, MiB, PayloadState
 from ..errors import InvalidArgumentError, UnsupportedFeatureError
+from .edit import SectorPatch
 from .layout import vhdx_region_table
 
 if TYPE_CHECKING:
     from .file import VHDXFile
 
-__all__ = ["SectorPatch", "resize"]
+__all__ = ["check_new_size", "resize"]
 
 _COPY_STEP = 8 * MiB  # BAT bytes copied per step when the BAT moves
 
 
 def _align(n: int, to: int = MiB) -> int:
     return -(-n // to) * to
-
-
-class SectorPatch:
-    """Byte changes gathered into whole 4 KiB sectors, as a log entry carries them
-    (MS-VHDX 2.3.1.3: data descriptors name 4 KiB sectors)."""
-
-    def __init__(self, f: VHDXFile) -> None:
-        self.f = f
-        self.sectors: dict[int, bytearray] = {}
-
-    def patch(self, at: int, data: bytes, what: str) -> None:
-        pos = 0
-        while pos < len(data):
-            sector = (at + pos) & ~0xFFF
-            if sector not in self.sectors:
-                self.sectors[sector] = bytearray(self.f.source.read_exact(sector, 4096, what))
-            n = min(len(data) - pos, sector + 4096 - (at + pos))
-            lo = at + pos - sector
-            self.sectors[sector][lo : lo + n] = data[pos : pos + n]
-            pos += n
-
-    def apply(self) -> None:
-        """Write the sectors through one log entry, then in place (2.3)."""
-        self.f._log_and_apply({k: bytes(v) for k, v in self.sectors.items()})
 
 
 def check_new_size(f: VHDXFile, size: int) -> None:
