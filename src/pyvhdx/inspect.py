@@ -1005,8 +1005,7 @@ class _VHDInspector(_FileRanges):
             d["error"] = loc.problem.message
             return d
         self.ref(loc.data_offset, min(loc.reserved_length, self.data_end - loc.data_offset))
-        path = loc.path
-        d.update(_hex_capped(loc.data) if path is None else {"path": path})
+        d.update(_hex_capped(loc.data) if loc.path is None else {"path": loc.path})
         return d
 
     # -- BAT ---------------------------------------------------------------------------------
