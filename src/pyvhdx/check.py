@@ -74,13 +74,7 @@ from .vhd.layout import (
     vhd_bitmap_size,
 )
 from .vhdx import layout as vhdx_layout
-from .vhdx.layout import (
-    Defect,
-    HeaderCopy,
-    MetadataTable,
-    RegionEntry,
-    RegionTableCopy,
-)
+from .vhdx.layout import Defect, MetadataTable, RegionEntry, RegionTableCopy
 
 __all__ = ["MAX_FINDINGS_PER_KIND", "CheckReport", "Finding", "Severity", "check_image"]
 
@@ -213,11 +207,18 @@ class _Findings:
         self.add(Severity.ERROR, structure, message, offset, field, repair)
 
     def error_from(
-        self, exc: PyvhdxError, structure: str, what: str, offset: int, *, repair: str
+        self,
+        exc: PyvhdxError,
+        what: str,
+        repair: str,
+        structure: str | None = None,
+        offset: int | None = None,
     ) -> None:
-        """An error ``what: exc``, at the offset and field ``exc`` names (else ``offset``)."""
+        """An error ``what: exc`` about ``structure`` (else the one ``exc`` names), at the
+        offset ``exc`` names (else ``offset``) and its field."""
         at = exc.offset if exc.offset is not None else offset
-        self.error(structure, f"{what}: {exc}", at, exc.field, repair=repair)
+        name = structure or exc.structure or "image"
+        self.error(name, f"{what}: {exc}", at, exc.field, repair=repair)
 
     def warning(
         self, structure: str, message: str, offset: int | None = None, field: str | None = None
@@ -290,23 +291,11 @@ def _overlaps(starts: I64, ends: I64) -> tuple[I64, I64]:
     return hits[by_position].astype(np.int64), mates[by_position].astype(np.int64)
 
 
-def _span_hits(starts: I64, ends: I64, span_start: int, span_end: int) -> I64:
-    """Positions of the ranges ``[starts, ends)`` that intersect ``[span_start, span_end)``."""
-    return np.flatnonzero((starts < span_end) & (ends > span_start)).astype(np.int64)
-
-
 # -- VHDX (MS-VHDX section 2) -----------------------------------------------------------
 
 
 def _region_name(r: RegionEntry) -> str:
     return K.KNOWN_REGIONS.get(r.guid, f"region {r.guid}")
-
-
-#: What a repair of a damaged copy would do, by copy (header or region table).
-_COPY_REPAIRS: Final = {
-    "header": "rewrite header {index} from the current header (MS-VHDX 2.2.2.1)",
-    "region table": "rewrite region table {index} from the other copy",
-}
 
 
 class _VHDXChecker:
@@ -350,26 +339,16 @@ class _VHDXChecker:
     # -- 2.2.2 headers ----------------------------------------------------------------
 
     def check_headers(self) -> None:
-        """Both headers; the current one is the valid one with the larger SequenceNumber."""
+        """Both headers; the current one is the valid one with the larger SequenceNumber
+        (header 1 on a tie, SPEC-NOTES pitfall 2)."""
         copies = [vhdx_layout.read_header(self.source, i) for i in (1, 2)]
         for c in copies:
-            self._errors(c.defects, _COPY_REPAIRS["header"].format(index=c.index))
-        parsed = {c.index: c for c in copies if c.signature_valid}
-        valid = [c for c in copies if c.valid]
-
-        def newest(candidates: list[HeaderCopy]) -> HeaderCopy:
-            return max(candidates, key=lambda c: (c.fields["sequence_number"], -c.index))  # type: ignore[index]
-
-        if valid:
-            best = newest(valid)
-            seqs = ", ".join(f"header {c.index}: {c.fields['sequence_number']}" for c in valid)  # type: ignore[index]
-            self.out.info(
-                f"header {best.index}",
-                f"header {best.index} is current (sequence numbers {seqs})",
-                best.offset,
+            self._errors(
+                c.defects, f"rewrite header {c.index} from the current header (MS-VHDX 2.2.2.1)"
             )
-            self._check_twins(valid)
-        else:
+        seq = {c.index: c.fields["sequence_number"] for c in copies if c.signature_valid}  # type: ignore[index]
+        valid = [c for c in copies if c.valid]
+        if not valid:
             self.out.error(
                 "header",
                 "no valid header: readers cannot open the image",
@@ -377,75 +356,72 @@ class _VHDXChecker:
                 repair="rebuild both headers with new checksums, keeping the log offset and "
                 "length of a damaged copy if they are sound",
             )
-            if not parsed:
-                return
-            best = newest(list(parsed.values()))
+        candidates = valid or [c for c in copies if c.index in seq]
+        if not candidates:
+            return
+        best = max(candidates, key=lambda c: (seq[c.index], -c.index))
+        if not valid:
             self.out.info(
                 "header",
                 f"checking on with the fields of damaged header {best.index} (its checksum or "
                 "version is wrong)",
             )
+        else:
+            listed = ", ".join(f"header {c.index}: {seq[c.index]}" for c in valid)
+            self.out.info(
+                f"header {best.index}",
+                f"header {best.index} is current (sequence numbers {listed})",
+                best.offset,
+            )
+            if len(valid) == 2 and seq[1] == seq[2] and valid[0].raw != valid[1].raw:
+                self.out.warning(
+                    "header",
+                    f"both headers have sequence number {seq[1]} but differ; pyvhdx uses header "
+                    "1, QEMU refuses such a file (SPEC-NOTES pitfall 2)",
+                    K.VHDX_HEADER_OFFSETS[1],
+                    "SequenceNumber",
+                )
         assert best.fields is not None
         self.header = best.fields
         self.header_offset = best.offset
         self._check_header_fields(best.index, best.fields)
 
-    def _check_twins(self, valid: list[HeaderCopy]) -> None:
-        """Two valid headers with one sequence number must be identical (pitfall 2)."""
-        if len(valid) < 2:
-            return
-        one, two = valid
-        seq = one.fields["sequence_number"]  # type: ignore[index]
-        if seq == two.fields["sequence_number"] and one.raw != two.raw:  # type: ignore[index]
-            self.out.warning(
-                "header",
-                f"both headers have sequence number {seq} but differ; pyvhdx uses header 1, "
-                "QEMU refuses such a file (SPEC-NOTES pitfall 2)",
-                K.VHDX_HEADER_OFFSETS[1],
-                "SequenceNumber",
-            )
-
     def _check_header_fields(self, index: int, h: dict[str, Any]) -> None:
-        offset = K.VHDX_HEADER_OFFSETS[index - 1]
+        """The log fields of the header readers use (MS-VHDX 2.2.2)."""
         name = f"header {index}"
+        offset = K.VHDX_HEADER_OFFSETS[index - 1]
+
+        def error(field: str, message: str, repair: str) -> None:
+            at = offset + vhdx_layout.HEADER_FIELD_OFFSETS[field]
+            self.out.error(name, message, at, field, repair=repair)
+
         if h["log_version"] != 0:
-            self.out.error(
-                name,
-                f"log version {h['log_version']} is not 0: readers refuse the image",
-                offset + 64,
+            error(
                 "LogVersion",
-                repair="set LogVersion to 0 if the log is empty",
+                f"log version {h['log_version']} is not 0: readers refuse the image",
+                "set LogVersion to 0 if the log is empty",
             )
         log_offset, log_length = h["log_offset"], h["log_length"]
-        bad_log = False
+        log, size = f"log at {log_offset:#x}+{log_length:#x}", self.source.physical_size
         if log_offset % K.VHDX_ALIGNMENT or log_length % K.VHDX_ALIGNMENT:
-            self.out.error(
-                name,
-                f"log at {log_offset:#x}+{log_length:#x} is not 1 MiB aligned",
-                offset + 72,
+            error(
                 "LogOffset",
-                repair="move the log to a free 1 MiB-aligned area and update both headers",
+                f"{log} is not 1 MiB aligned",
+                "move the log to a free 1 MiB-aligned area and update both headers",
             )
-            bad_log = True
         elif log_length and (
-            log_offset < K.VHDX_HEADER_AREA_SIZE
-            or log_offset + log_length > self.source.physical_size
+            log_offset < K.VHDX_HEADER_AREA_SIZE or log_offset + log_length > size
         ):
-            self.out.error(
-                name,
-                f"log at {log_offset:#x}+{log_length:#x} lies outside the data area of the "
-                f"{self.source.physical_size:#x}-byte file",
-                offset + 72,
+            error(
                 "LogOffset",
-                repair="move the log to a free 1 MiB-aligned area inside the file and update "
-                "both headers",
+                f"{log} lies outside the data area of the {size:#x}-byte file",
+                "move the log to a free 1 MiB-aligned area inside the file and update both headers",
             )
-            bad_log = True
-        if log_length == 0:
-            self.out.warning(name, "the header declares no log (LogLength 0)", offset + 68)
-        if log_length and not bad_log:
+        elif log_length:
             self.spans.append((log_offset, log_length, "log"))
             self.end = max(self.end, log_offset + log_length)
+        if log_length == 0:
+            self.out.warning(name, "the header declares no log (LogLength 0)", offset + 68)
 
     # -- 2.3 log ------------------------------------------------------------------------
 
@@ -474,11 +450,11 @@ class _VHDXChecker:
         except PyvhdxError as exc:
             self.out.error_from(
                 exc,
-                name,
                 "the pending log cannot be read",
+                "none safe: the log the headers name is damaged; data written just before the "
+                "crash may be lost",
+                name,
                 log_offset,
-                repair="none safe: the log the headers name is damaged; data written just "
-                "before the crash may be lost",
             )
             return
         if not state.active:
@@ -504,10 +480,10 @@ class _VHDXChecker:
             except PyvhdxError as exc:
                 self.out.error_from(
                     exc,
-                    name,
                     "the pending log cannot be replayed",
+                    "none safe: the log's descriptors are inconsistent",
+                    name,
                     log_offset,
-                    repair="none safe: the log's descriptors are inconsistent",
                 )
 
     # -- 2.2.3 region tables -----------------------------------------------------------
@@ -516,7 +492,7 @@ class _VHDXChecker:
         """Both copies, their agreement, and the entries of the one readers use."""
         tables = [vhdx_layout.read_region_table(self.source, i) for i in (1, 2)]
         for t in tables:
-            self._errors(t.defects, _COPY_REPAIRS["region table"].format(index=t.index))
+            self._errors(t.defects, f"rewrite region table {t.index} from the other copy")
         valid = [t for t in tables if t.valid]
         if len(valid) == 2:
             listed = [
@@ -652,8 +628,9 @@ class _VHDXChecker:
                     self.out.defect(d, *_ITEM_REPAIRS[d.code])
         return self._check_metadata_items(table)
 
-    def _item(self, table: MetadataTable, guid: uuid.UUID, size: int) -> bytes | None:
-        """The bytes of required item ``guid``, if present and at least ``size`` long."""
+    def _item(self, table: MetadataTable, guid: uuid.UUID, size: int) -> tuple[bytes, int] | None:
+        """The bytes and file offset of required item ``guid``, if present and at least
+        ``size`` long."""
         label = K.KNOWN_METADATA[guid]
         found = table.known.get(guid)
         if found is None:
@@ -665,23 +642,28 @@ class _VHDXChecker:
                 repair=f"add the {label} item (its value must be recovered by hand)",
             )
             return None
+        at = table.offset + found.offset
         if found.length < size or len(found.data) < size:
             self.out.error(
                 f"metadata item {label}",
                 f"is {found.length} bytes, expected {size}",
-                table.offset + found.offset,
+                at,
                 "Length",
                 repair=f"rewrite the {label} item with its {size}-byte value",
             )
             return None
-        return found.data
+        return found.data, at
 
     def _check_metadata_items(self, table: MetadataTable) -> dict[str, Any] | None:
         """The system items (MS-VHDX 2.6.2): the disk's parameters, or None if unusable."""
         meta: dict[str, Any] = {}
         ok = self._check_file_parameters(table, meta)
-        ok = self._check_sector_sizes(table, meta) and ok
-        ok = self._check_virtual_size(table, meta) and ok
+        for guid, size, field in (
+            (K.META_LOGICAL_SECTOR_SIZE, 4, "LogicalSectorSize"),
+            (K.META_PHYSICAL_SECTOR_SIZE, 4, "PhysicalSectorSize"),
+            (K.META_VIRTUAL_DISK_SIZE, 8, "VirtualDiskSize"),
+        ):
+            ok = self._check_value(table, guid, size, field, meta) and ok
         p83 = table.known.get(K.META_PAGE83_DATA)
         if p83 is None:
             self.out.warning(
@@ -698,7 +680,7 @@ class _VHDXChecker:
             self._check_parent_locator(table)
         if not ok:
             return None
-        self.report.virtual_size = meta["virtual_size"]
+        self.report.virtual_size = meta["virtual_disk_size"]
         self.report.block_size = meta["block_size"]
         if meta["has_parent"]:
             self.report.disk_type = "differencing"
@@ -707,12 +689,13 @@ class _VHDXChecker:
         return meta
 
     def _check_file_parameters(self, table: MetadataTable, meta: dict[str, Any]) -> bool:
-        data = self._item(table, K.META_FILE_PARAMETERS, 8)
-        if data is None:
+        """MS-VHDX 2.6.2.1: a power-of-two block size from 1 to 256 MiB; False if not."""
+        item = self._item(table, K.META_FILE_PARAMETERS, 8)
+        if item is None:
             return False
-        at = table.offset + table.known[K.META_FILE_PARAMETERS].offset
+        data, at = item
         params = vhdx_layout.parse_file_parameters(data, at)
-        bs = int(params.block_size)
+        bs = params.block_size
         ok = bs > 0 and bs & (bs - 1) == 0 and K.VHDX_MIN_BLOCK_SIZE <= bs <= K.VHDX_MAX_BLOCK_SIZE
         if not ok:
             self.out.error(
@@ -730,53 +713,39 @@ class _VHDXChecker:
                 "Reserved",
             )
         meta["block_size"] = bs
-        meta["leave_block_allocated"] = bool(params.flags & 1)
-        meta["has_parent"] = bool(params.flags & 2)
+        meta["leave_block_allocated"] = params.leave_block_allocated
+        meta["has_parent"] = params.has_parent
         return ok
 
-    def _check_sector_sizes(self, table: MetadataTable, meta: dict[str, Any]) -> bool:
-        ok = True
-        for guid, key, fld in (
-            (K.META_LOGICAL_SECTOR_SIZE, "logical_sector_size", "LogicalSectorSize"),
-            (K.META_PHYSICAL_SECTOR_SIZE, "physical_sector_size", "PhysicalSectorSize"),
-        ):
-            data = self._item(table, guid, 4)
-            if data is None:
-                ok = False
-                continue
-            value = int.from_bytes(data[:4], "little")
-            if value not in K.VHDX_SECTOR_SIZES:
-                self.out.error(
-                    f"metadata item {K.KNOWN_METADATA[guid]}",
-                    f"sector size {value} is not 512 or 4096",
-                    table.offset + table.known[guid].offset,
-                    fld,
-                    repair="set the sector size to 512 or 4096 (as the guest formatted it)",
-                )
-                ok = ok and key != "logical_sector_size"
-            meta[key] = value
-        return ok
-
-    def _check_virtual_size(self, table: MetadataTable, meta: dict[str, Any]) -> bool:
-        data = self._item(table, K.META_VIRTUAL_DISK_SIZE, 8)
-        if data is None:
+    def _check_value(
+        self, table: MetadataTable, guid: uuid.UUID, size: int, field: str, meta: dict[str, Any]
+    ) -> bool:
+        """A sector size, 512 or 4096 (MS-VHDX 2.6.2.4, 2.6.2.5), or the virtual size, a
+        multiple of the logical sector up to 64 TiB (2.6.2.2), kept in ``meta`` by item name;
+        False if the disk cannot be read (a bad physical sector size does not matter)."""
+        item = self._item(table, guid, size)
+        if item is None:
             return False
-        size = int.from_bytes(data[:8], "little")
-        meta["virtual_size"] = size
-        lss = meta.get("logical_sector_size", 512)
-        if lss not in K.VHDX_SECTOR_SIZES:
-            lss = 512  # reported above; still check the size against a sector
-        if size == 0 or size > K.VHDX_MAX_VIRTUAL_SIZE or size % lss:
-            self.out.error(
-                "metadata item virtual_disk_size",
-                f"virtual size {size} is not a multiple of the {lss}-byte sector from one "
-                "sector to 64 TiB",
-                table.offset + table.known[K.META_VIRTUAL_DISK_SIZE].offset,
-                "VirtualDiskSize",
-                repair="none safe: the size cannot be inferred reliably",
+        name = K.KNOWN_METADATA[guid]
+        value = meta[name] = int.from_bytes(item[0][:size], "little")
+        if guid != K.META_VIRTUAL_DISK_SIZE:
+            if value in K.VHDX_SECTOR_SIZES:
+                return True
+            message = f"sector size {value} is not 512 or 4096"
+            repair = "set the sector size to 512 or 4096 (as the guest formatted it)"
+        else:
+            lss = meta.get("logical_sector_size", 512)
+            if lss not in K.VHDX_SECTOR_SIZES:
+                lss = 512  # reported above; still check the size against a sector
+            if 0 < value <= K.VHDX_MAX_VIRTUAL_SIZE and not value % lss:
+                return True
+            message = (
+                f"virtual size {value} is not a multiple of the {lss}-byte sector from one "
+                "sector to 64 TiB"
             )
-            return False
-        return True
+            repair = "none safe: the size cannot be inferred reliably"
+        self.out.error(f"metadata item {name}", message, item[1], field, repair=repair)
+        return guid == K.META_PHYSICAL_SECTOR_SIZE
 
     def _check_parent_locator(self, table: MetadataTable) -> None:
         """MS-VHDX 2.6.2.6: the locator's defects, as the layout model reports them."""
@@ -805,7 +774,7 @@ class _VHDXChecker:
         region = regions[K.REGION_BAT]
         bs: int = meta["block_size"]
         lss: int = meta["logical_sector_size"]
-        vsize: int = meta["virtual_size"]
+        vsize: int = meta["virtual_disk_size"]
         differencing: bool = meta["has_parent"]
         total = vhdx_bat_entry_count(vsize, bs, lss, differencing)
         bat = _VHDXBat(
@@ -899,7 +868,7 @@ class _BatEntries:
         for s, ln, what in self.spans:
             self.report(
                 f"{self.BLOCK} overlapping the {what}",
-                idx[_span_hits(start, end, s, s + ln)],
+                idx[(start < s + ln) & (end > s)],
                 partial(self._overlap_message, at, f"the {what} at {s:#x}+{ln:#x}"),
                 repair=repair.format(what=what),
             )
@@ -1348,12 +1317,8 @@ def _probe_open(
         out.warning(exc.structure or "parent", f"cannot open without the parent: {exc}")
         return False
     except PyvhdxError as exc:
-        out.error(
-            exc.structure or "image",
-            f"cannot open: {exc}",
-            exc.offset,
-            exc.field,
-            repair="fix the errors above; readers refuse the image until then",
+        out.error_from(
+            exc, "cannot open", "fix the errors above; readers refuse the image until then"
         )
         return False
     img.close()
@@ -1399,12 +1364,10 @@ def check_image(
             try:
                 checkers[fmt](source, out, report).run()
             except PyvhdxError as exc:
-                out.error(
-                    exc.structure or "image",
-                    f"the check stopped: {exc}",
-                    exc.offset,
-                    exc.field,
-                    repair="fix this first; the structures after it were not checked",
+                out.error_from(
+                    exc,
+                    "the check stopped",
+                    "fix this first; the structures after it were not checked",
                 )
         # an open DiskImage is checked as opened: readers accept it
         report.opened = isinstance(image, DiskImage) or _probe_open(image, fmt, out)
