@@ -53,7 +53,7 @@ from .constants import (
 from .errors import InvalidImageError, PyvhdxError, PyvhdxWarning
 from .image import detect_format
 from .info import kebab_fields
-from .log import LogEntry, LogState, entry_checksum_ok, entry_headers, load_log, replay_in_memory
+from .log import LogState, entry_checksum_ok, entry_headers, load_log, replay_in_memory
 from .source import FileSource, data_spans
 from .vhd import layout as vhd_layout
 from .vhd.file import choose_footer
@@ -412,7 +412,17 @@ class _VHDXInspector(_FileRanges):
             d["error"] = str(exc)
         entries, active = state.entries, state.active
         active_at = {e.log_offset for e in active}
-        d["entries"] = [_log_entry_dict(e, e.log_offset in active_at) for e in entries]
+        d["entries"] = [  # MS-VHDX 2.3.1
+            {
+                **kebab_fields(e, "log_offset", "file_offset", "sequence_number", "tail"),
+                **kebab_fields(e, "entry_length", "descriptor_count"),
+                "zero-descriptors": len(e.zero_descriptors),
+                "data-descriptors": len(e.data_descriptors),
+                **kebab_fields(e, "flushed_file_offset", "last_file_offset"),
+                "active": e.log_offset in active_at,
+            }
+            for e in entries
+        ]
         d["active-sequence"] = [e.sequence_number for e in active]
         valid_at = {e.log_offset for e in entries}
         d["other-entries"] = self._stale_entries(log_offset, log_length, log_guid, valid_at)
@@ -751,18 +761,6 @@ def _state_name(state: int, sector_bitmap: bool) -> str:
     """The name of a payload or sector bitmap block state (MS-VHDX 2.5.1.1, 2.5.1.2)."""
     names = _SB_STATE_NAMES if sector_bitmap else _PAYLOAD_STATE_NAMES
     return names.get(state, f"reserved-{state}")
-
-
-def _log_entry_dict(e: LogEntry, active: bool) -> dict[str, Any]:
-    """One log entry of the loaded log (MS-VHDX 2.3.1)."""
-    return {
-        **kebab_fields(e, "log_offset", "file_offset", "sequence_number", "tail"),
-        **kebab_fields(e, "entry_length", "descriptor_count"),
-        "zero-descriptors": len(e.zero_descriptors),
-        "data-descriptors": len(e.data_descriptors),
-        **kebab_fields(e, "flushed_file_offset", "last_file_offset"),
-        "active": active,
-    }
 
 
 class _Allocation:
