@@ -79,6 +79,14 @@ def _warn(message: str) -> None:
 
 # --- the footer decision (DESIGN.md "Copies") -------------------------------------------
 
+_START_MISSING: Final = LayoutProblem(
+    "footer.start-missing",
+    "footer copy at offset 0",
+    "missing: a dynamic disk keeps a copy of the footer at offset 0",
+    0,
+    "Cookie",
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class FooterChoice:
@@ -104,19 +112,9 @@ class FooterChoice:
         if not self.chosen.sparse:
             return []
         if f.start is None:
-            return [(self.start_missing, None)]
+            return [(_START_MISSING, None)]
         bad = f.start.checksum_problem()
         return [] if bad is None else [(bad, 0)]
-
-    @property
-    def start_missing(self) -> LayoutProblem:
-        return LayoutProblem(
-            "footer.start-missing",
-            "footer copy at offset 0",
-            "missing: a dynamic disk keeps a copy of the footer at offset 0",
-            0,
-            "Cookie",
-        )
 
     def differ(self) -> LayoutProblem | None:
         """Both copies valid but different (then the footer at the end is used)."""

@@ -186,10 +186,8 @@ class VHDWriter:
             )
         self.source.pwrite(self.footer_raw, new_end)
         self._sync()
-        self.data_end = new_end
-        self.footer_offset = new_end
+        self.data_end = self.footer_offset = self._alloc_end = new_end
         self.footer_copy = "end"
-        self._alloc_end = new_end
         return {block: start + k * stride for k, block in enumerate(blocks)}
 
     def _used_blocks(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:

@@ -35,7 +35,6 @@ from ..errors import (
 from ..info import Problem
 from .layout import (
     Defect,
-    HeaderCopy,
     MetadataItem,
     RegionEntry,
     RegionTableCopy,
@@ -52,7 +51,7 @@ from .writer import _VHDXWriter
 if TYPE_CHECKING:
     from ..log import LogState
 
-__all__ = ["HeaderCopy", "MetadataItem", "RegionEntry", "RegionTableCopy", "VHDXFile"]
+__all__ = ["VHDXFile"]
 
 
 class VHDXFile(_VHDXWriter, FormatHandler):

@@ -585,13 +585,11 @@ def vhdx_parent_locator(entries: Sequence[tuple[str, str]]) -> bytes:
         if len(k) > 0xFFFF or len(v) > 0xFFFF:
             raise InvalidArgumentError(f"parent locator {key} is too long ({len(v)} bytes)")
         key_offset = table + len(blob)
-        blob += k
-        value_offset = table + len(blob)
-        blob += v
+        blob += k + v
         head += PARENT_LOCATOR_ENTRY.build(
             dict(
                 key_offset=key_offset,
-                value_offset=value_offset,
+                value_offset=key_offset + len(k),
                 key_length=len(k),
                 value_length=len(v),
             )

@@ -84,11 +84,9 @@ class _VHDXWriter:
         # bulk: a new image being filled by convert, deleted if anything fails;
         # BAT changes go straight to the file and only close() flushes.
         self.bulk = False
-        self._session_started = False
-        self._data_changed = False
+        self._session_started = self._data_changed = False
         self.next_data_write_guid: uuid.UUID | None = None
-        self._log_seq = 0
-        self._log_pos = 0
+        self._log_seq = self._log_pos = 0  # last log entry's sequence number; next entry's place
         self._log_guid = NIL_GUID
         current = self.header_copy or 1
         if self.header["sequence_number"] > _MAX_WRITABLE_SEQUENCE:
