@@ -29,7 +29,7 @@ from .image import DiskImage, open_image
 from .journal import MergeRecord, read_record, remove_record, write_record
 from .suffix import IMAGE_SUFFIXES
 
-__all__ = ["MergeResult", "find_children", "merge_image"]
+__all__ = ["MergeResult", "find_children", "merge_chain", "merge_image"]
 
 CHUNK = 4 << 20
 
@@ -162,6 +162,60 @@ def merge_image(
         deleted = True
     remove_record(real)
     return MergeResult(child_path, parent_path, merged, deleted, tuple(reparented), resumed)
+
+
+def merge_chain(
+    child: str | os.PathLike[str],
+    into: str | os.PathLike[str],
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> list[MergeResult]:
+    """Merge ``child`` and every disk between it and its ancestor ``into`` into ``into``
+    (as ``Merge-VHD -DestinationPath``), or finish such a merge that was interrupted.
+
+    The disk just above ``into`` is merged first, its child re-parented onto
+    ``into`` (:func:`merge_image`), and so on up to ``child``: after each step the
+    chain is whole and one disk shorter, so calling this again resumes it. The
+    merged disks are deleted, ``child`` last.
+
+    Raises:
+        InvalidArgumentError: ``into`` is not an ancestor of ``child``, or a disk of
+            the chain is not beside its parent (its child could not be re-parented).
+        ParentError: the chain is broken.
+    """
+    target = Path(into).resolve()
+    results: list[MergeResult] = []
+    record = read_record(Path(child).resolve())
+    if record is not None:  # the last step (the child itself) was interrupted
+        results.append(merge_image(child, progress=progress))
+        return results
+    while True:
+        chain = _chain_paths(Path(child))
+        if target not in chain[1:]:
+            if results:
+                return results
+            raise InvalidArgumentError(f"{into} is not an ancestor of {child}")
+        k = chain.index(target)
+        top = chain[k - 1]  # the disk just above the ancestor
+        if k > 1 and chain[k - 2].parent != top.parent:
+            raise InvalidArgumentError(
+                f"{chain[k - 2]} is not in the folder of its parent {top.name}: it could not "
+                "be re-parented when that is merged"
+            )
+        results.append(merge_image(top, progress=progress))
+        if top == chain[0]:
+            return results
+
+
+def _chain_paths(child: Path) -> list[Path]:
+    """The resolved paths of ``child`` and its ancestors, nearest first."""
+    with open_image(child) as img:
+        paths = [Path(img.name).resolve()]
+        cur = img.parent
+        while cur is not None:
+            paths.append(Path(cur.name).resolve())
+            cur = cur.parent
+    return paths
 
 
 def _check_reparent(children: list[Path], parent: Path) -> None:
