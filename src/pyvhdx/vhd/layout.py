@@ -598,14 +598,10 @@ def read_dynamic_header(
     """The dynamic header at ``offset``, its locator entries and data (spec "Dynamic
     Disk Header Format").
     """
-    raw = source.read_exact(offset, VHD_DYNAMIC_HEADER_SIZE, "VHD dynamic header")
+    name = "VHD dynamic header"
+    raw = source.read_exact(offset, VHD_DYNAMIC_HEADER_SIZE, name)
     # Parsed with the cookie put right, so that a damaged header still shows its fields.
-    h = parse(
-        VHDDynamicHeader,
-        VHD_DYNAMIC_COOKIE + raw[8:],
-        structure="VHD dynamic header",
-        offset=offset,
-    )
+    h = parse(VHDDynamicHeader, VHD_DYNAMIC_COOKIE + raw[8:], structure=name, offset=offset)
     computed = vhd_checksum(raw, DYNAMIC_HEADER_CHECKSUM_OFFSET)
     problems = list(_header_problems(offset, raw, h, computed, virtual_size, data_end))
     locators = []
@@ -655,10 +651,11 @@ def _creator_version() -> int:
     return (major & 0xFFFF) << 16 | (minor & 0xFFFF)
 
 
-def with_checksum(raw: bytearray, field_offset: int) -> bytes:
+def with_checksum(raw: bytes | bytearray, field_offset: int) -> bytes:
     """``raw`` with its one's-complement checksum stored at ``field_offset``."""
-    raw[field_offset : field_offset + 4] = vhd_checksum(raw, field_offset).to_bytes(4, "big")
-    return bytes(raw)
+    out = bytearray(raw)
+    out[field_offset : field_offset + 4] = vhd_checksum(out, field_offset).to_bytes(4, "big")
+    return bytes(out)
 
 
 def vhd_footer(
@@ -675,25 +672,23 @@ def vhd_footer(
     fixed = disk_type is DiskType.FIXED
     if geometry is None:
         geometry = chs_geometry(size // VHD_SECTOR_SIZE)
-    raw = bytearray(
-        VHDFooter.build(
-            dict(
-                features=_FEATURES_RESERVED,
-                file_format_version=VERSION_1_0,
-                data_offset=VHD_FIXED_DATA_OFFSET if fixed else VHD_FOOTER_SIZE,
-                time_stamp=vhd_time_stamp() if time_stamp is None else time_stamp,
-                creator_application=VHD_CREATOR_APPLICATION,
-                creator_version=_creator_version(),
-                creator_host_os=VHD_CREATOR_HOST_OS,
-                original_size=size,
-                current_size=size,
-                disk_geometry=geometry._asdict(),
-                disk_type=VHDDiskType[disk_type.name],
-                checksum=0,
-                unique_id=uuid.uuid4() if unique_id is None else unique_id,
-                saved_state=0,
-                reserved=bytes(427),
-            )
+    raw = VHDFooter.build(
+        dict(
+            features=_FEATURES_RESERVED,
+            file_format_version=VERSION_1_0,
+            data_offset=VHD_FIXED_DATA_OFFSET if fixed else VHD_FOOTER_SIZE,
+            time_stamp=vhd_time_stamp() if time_stamp is None else time_stamp,
+            creator_application=VHD_CREATOR_APPLICATION,
+            creator_version=_creator_version(),
+            creator_host_os=VHD_CREATOR_HOST_OS,
+            original_size=size,
+            current_size=size,
+            disk_geometry=geometry._asdict(),
+            disk_type=VHDDiskType[disk_type.name],
+            checksum=0,
+            unique_id=uuid.uuid4() if unique_id is None else unique_id,
+            saved_state=0,
+            reserved=bytes(427),
         )
     )
     return with_checksum(raw, FOOTER_CHECKSUM_OFFSET)
@@ -726,22 +721,20 @@ def vhd_dynamic_header(
         raise InvalidArgumentError(f"at most {PARENT_LOCATOR_COUNT} parent locators")
     locators = [_locator_entry(*entry) for entry in parent_locators]
     locators += [_locator_entry(bytes(4), 0, 0, 0)] * (PARENT_LOCATOR_COUNT - len(locators))
-    raw = bytearray(
-        VHDDynamicHeader.build(
-            dict(
-                data_offset=VHD_FIXED_DATA_OFFSET,
-                table_offset=VHD_BAT_OFFSET,
-                header_version=VERSION_1_0,
-                max_table_entries=max_table_entries,
-                block_size=block_size,
-                checksum=0,
-                parent_unique_id=parent_unique_id,
-                parent_time_stamp=parent_time_stamp,
-                reserved1=bytes(4),
-                parent_unicode_name=encode_parent_name(parent_unicode_name),
-                parent_locator_entries=locators,
-                reserved2=bytes(256),
-            )
+    raw = VHDDynamicHeader.build(
+        dict(
+            data_offset=VHD_FIXED_DATA_OFFSET,
+            table_offset=VHD_BAT_OFFSET,
+            header_version=VERSION_1_0,
+            max_table_entries=max_table_entries,
+            block_size=block_size,
+            checksum=0,
+            parent_unique_id=parent_unique_id,
+            parent_time_stamp=parent_time_stamp,
+            reserved1=bytes(4),
+            parent_unicode_name=encode_parent_name(parent_unicode_name),
+            parent_locator_entries=locators,
+            reserved2=bytes(256),
         )
     )
     return with_checksum(raw, DYNAMIC_HEADER_CHECKSUM_OFFSET)

@@ -225,28 +225,27 @@ def vhdx_header(
     log_version: int = 0,
 ) -> bytes:
     """A 4 KiB header with its CRC-32C (MS-VHDX 2.2.2)."""
-    raw = bytearray(
-        HEADER.build(
-            dict(
-                checksum=0,
-                sequence_number=sequence_number,
-                file_write_guid=file_write_guid,
-                data_write_guid=data_write_guid,
-                log_guid=log_guid,
-                log_version=log_version,
-                version=version,
-                log_length=log_length,
-                log_offset=log_offset,
-                reserved=bytes(4016),
-            )
+    raw = HEADER.build(
+        dict(
+            checksum=0,
+            sequence_number=sequence_number,
+            file_write_guid=file_write_guid,
+            data_write_guid=data_write_guid,
+            log_guid=log_guid,
+            log_version=log_version,
+            version=version,
+            log_length=log_length,
+            log_offset=log_offset,
+            reserved=bytes(4016),
         )
     )
     return _with_crc(raw)
 
 
-def _with_crc(raw: bytearray) -> bytes:
-    raw[4:8] = crc32c_with_zeroed_field(raw, 4).to_bytes(4, "little")
-    return bytes(raw)
+def _with_crc(raw: bytes | bytearray) -> bytes:
+    out = bytearray(raw)
+    out[4:8] = crc32c_with_zeroed_field(out, 4).to_bytes(4, "little")
+    return bytes(out)
 
 
 # -- 2.2.3 region tables -------------------------------------------------------------
