@@ -489,42 +489,40 @@ class _VHDXChecker:
     # -- 2.2.3 region tables -----------------------------------------------------------
 
     def check_region_tables(self) -> dict[uuid.UUID, RegionEntry] | None:
-        """Both copies, their agreement, and the entries of the one readers use."""
+        """Both copies, their agreement, and the entries of the one readers use (the first
+        valid one)."""
         tables = [vhdx_layout.read_region_table(self.source, i) for i in (1, 2)]
         for t in tables:
             self._errors(t.defects, f"rewrite region table {t.index} from the other copy")
         valid = [t for t in tables if t.valid]
-        if len(valid) == 2:
-            listed = [
-                sorted((r.guid.int, r.file_offset, r.length, r.required) for r in t.entries)
-                for t in valid
-            ]
-            if listed[0] != listed[1]:
-                self.out.error(
-                    "region table 2",
-                    "the two region tables list different regions; readers use table 1",
-                    K.VHDX_REGION_TABLE_OFFSETS[1],
-                    repair="rewrite region table 2 from region table 1",
-                )
-        if valid:
-            table = valid[0]
-        else:
-            parsed = [t for t in tables if t.parsed]
+        listed = [
+            sorted((r.guid.int, r.file_offset, r.length, r.required) for r in t.entries)
+            for t in valid
+        ]
+        if len(listed) == 2 and listed[0] != listed[1]:
             self.out.error(
-                "region table",
-                "no valid region table: readers cannot open the image",
-                K.VHDX_REGION_TABLE_OFFSETS[0],
-                repair="rebuild the region table from the BAT and metadata regions (found by "
-                "their signatures and the metadata)",
+                "region table 2",
+                "the two region tables list different regions; readers use table 1",
+                K.VHDX_REGION_TABLE_OFFSETS[1],
+                repair="rewrite region table 2 from region table 1",
             )
-            if not parsed:
-                return None
-            table = parsed[0]
-            self.out.info(
-                f"region table {table.index}",
-                f"checking on with the entries of damaged region table {table.index}",
-            )
-        return self._check_regions(table)
+        if valid:
+            return self._check_regions(valid[0])
+        self.out.error(
+            "region table",
+            "no valid region table: readers cannot open the image",
+            K.VHDX_REGION_TABLE_OFFSETS[0],
+            repair="rebuild the region table from the BAT and metadata regions (found by their "
+            "signatures and the metadata)",
+        )
+        for t in tables:
+            if t.parsed:
+                self.out.info(
+                    f"region table {t.index}",
+                    f"checking on with the entries of damaged region table {t.index}",
+                )
+                return self._check_regions(t)
+        return None
 
     def _check_regions(self, table: RegionTableCopy) -> dict[uuid.UUID, RegionEntry] | None:
         regions: dict[uuid.UUID, RegionEntry] = {}
@@ -816,6 +814,7 @@ class _BatEntries:
 
     STRUCTURE: ClassVar[str]
     ENTRY_SIZE: ClassVar[int]  # bytes per BAT entry
+    FIELD: ClassVar[str]  # the field a finding about entry {i} names (when its check names none)
     BLOCK: ClassVar[str]  # a block, in the kinds of findings
     NEW_SPACE: ClassVar[str]  # where a repair copies a shared block
 
@@ -830,10 +829,6 @@ class _BatEntries:
         """Entry ``i`` (its block), in messages."""
         raise NotImplementedError
 
-    def entry_field(self, i: int) -> str:
-        """The field a finding about entry ``i`` names (when the check names none)."""
-        raise NotImplementedError
-
     def problem(
         self,
         i: int,
@@ -844,7 +839,7 @@ class _BatEntries:
     ) -> Problem:
         """A finding about entry ``i``, at its file offset."""
         where = self.offset + self.ENTRY_SIZE * i
-        field = self.entry_field(i) if field is None else field
+        field = self.FIELD.format(i=i) if field is None else field
         return Problem(self.STRUCTURE, message, where, field, severity=severity, repair=repair)
 
     def report(
@@ -908,6 +903,7 @@ class _VHDXBat(_BatEntries):
 
     STRUCTURE = "BAT"
     ENTRY_SIZE = 8
+    FIELD = "FileOffsetMB"
     BLOCK = "data block"
     NEW_SPACE = "at the end of the file"
 
@@ -919,9 +915,6 @@ class _VHDXBat(_BatEntries):
     file_size: int
     partial_chunks: list[I64] = dataclasses.field(default_factory=list)
     bitmap_chunks: list[I64] = dataclasses.field(default_factory=list)
-
-    def entry_field(self, i: int) -> str:
-        return "FileOffsetMB"
 
     def name(self, i: int) -> str:
         if i % (self.ratio + 1) == self.ratio:
@@ -1118,15 +1111,15 @@ _VHD_INFO: Final = {"footer.old"}
 _VHD_STOPS: Final = {"header.cookie", "header.block-size", "header.table-offset"}
 
 
+@dataclasses.dataclass
 class _VHDChecker:
     """Checks one VHD file (VHD spec 2006): what :mod:`pyvhdx.vhd.layout` finds and
     :func:`~pyvhdx.vhd.file.choose_footer` decides, as findings; then every BAT entry.
     """
 
-    def __init__(self, source: FileSource, out: _Findings, report: CheckReport) -> None:
-        self.source = source
-        self.out = out
-        self.report = report
+    source: FileSource
+    out: _Findings
+    report: CheckReport
 
     def _add(
         self, problem: LayoutProblem, structure: str | None = None, repair: str | None = None
@@ -1234,6 +1227,7 @@ class _VHDBat(_BatEntries):
 
     STRUCTURE = "VHD BAT"
     ENTRY_SIZE = 4
+    FIELD = "BAT[{i}]"
     BLOCK = "block"
     NEW_SPACE = "before the footer"
 
@@ -1245,9 +1239,6 @@ class _VHDBat(_BatEntries):
 
     def name(self, i: int) -> str:
         return f"block {i}"
-
-    def entry_field(self, i: int) -> str:
-        return f"BAT[{i}]"
 
     def check_chunk(self, i0: int, raw: npt.NDArray[np.uint32]) -> None:
         """Check entries ``i0 .. i0 + len(raw) - 1``."""
