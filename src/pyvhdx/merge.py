@@ -27,6 +27,7 @@ from .constants import DiskType, ImageFormat, RunKind
 from .errors import ImageLockedError, InvalidArgumentError, PyvhdxError
 from .image import DiskImage, open_image
 from .journal import MergeRecord, read_record, remove_record, write_record
+from .progress import Progress, reporting
 from .suffix import IMAGE_SUFFIXES
 
 __all__ = ["MergeResult", "find_children", "merge_chain", "merge_image"]
@@ -89,7 +90,7 @@ def merge_image(
     *,
     parent: str | os.PathLike[str] | None = None,
     keep_child: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress = None,
 ) -> MergeResult:
     """Merge ``child`` into its parent, or finish an interrupted merge of it.
 
@@ -98,7 +99,8 @@ def merge_image(
         parent: the parent, if not where the child's locators say.
         keep_child: do not delete the child afterwards (it then no longer
             matches a VHDX parent, whose DataWriteGuid changed).
-        progress: called with the number of bytes merged so far.
+        progress: called with the bytes merged since its last call; True for a bar
+            on stderr (:mod:`pyvhdx.progress`).
 
     Returns:
         What was merged; ``reparented`` lists the child's children (in its
@@ -168,7 +170,7 @@ def merge_chain(
     child: str | os.PathLike[str],
     into: str | os.PathLike[str],
     *,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress = None,
 ) -> list[MergeResult]:
     """Merge ``child`` and every disk between it and its ancestor ``into`` into ``into``
     (as ``Merge-VHD -DestinationPath``), or finish such a merge that was interrupted.
@@ -234,13 +236,15 @@ def _copy(
     parent: Path,
     record: MergeRecord,
     start: Callable[[], None],
-    progress: Callable[[int], None] | None,
+    progress: Progress,
 ) -> int:
     merged = 0
     with (
         open_image(child, resolve_parent=False) as src,
         open_image(parent, "r+") as dst,
     ):
+        runs = [e for e in src.extents() if e.kind != RunKind.PARENT]
+        total = sum(e.length for e in runs)
         start()
         if record.format == ImageFormat.VHDX.value:
             dst.handler.next_data_write_guid = uuid.UUID(record.parent_after)  # type: ignore[attr-defined]
@@ -248,21 +252,19 @@ def _copy(
         mv = memoryview(buf)
         zeros = bytes(CHUNK)
         try:
-            for ext in src.extents():
-                if ext.kind == RunKind.PARENT:
-                    continue
-                pos, end = ext.start, ext.start + ext.length
-                while pos < end:
-                    n = min(CHUNK, end - pos)
-                    if ext.kind == RunKind.DATA:
-                        src.readinto_at(pos, mv[:n])
-                        dst.write_at(pos, mv[:n])
-                    else:  # ZERO/UNMAPPED in a child hide the parent's data: store zeros
-                        dst.write_at(pos, zeros[:n])
-                    pos += n
-                    merged += n
-                    if progress is not None:
-                        progress(merged)
+            with reporting(progress, total) as update:
+                for ext in runs:
+                    pos, end = ext.start, ext.start + ext.length
+                    while pos < end:
+                        n = min(CHUNK, end - pos)
+                        if ext.kind == RunKind.DATA:
+                            src.readinto_at(pos, mv[:n])
+                            dst.write_at(pos, mv[:n])
+                        else:  # ZERO/UNMAPPED in a child hide the parent's data: store zeros
+                            dst.write_at(pos, zeros[:n])
+                        pos += n
+                        merged += n
+                        update(n)
             dst.flush()
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):

@@ -56,7 +56,11 @@ class Interrupt(Exception):
 
 
 def interrupt_after(nbytes: int) -> Any:
-    def progress(done: int) -> None:
+    done = 0
+
+    def progress(n: int) -> None:  # called with the bytes merged since the last call
+        nonlocal done
+        done += n
         if done >= nbytes:
             raise Interrupt
 

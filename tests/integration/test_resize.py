@@ -11,6 +11,7 @@ and hold the disk of before or after.
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ import pyvhdx
 from pyvhdx.check import check_image
 from pyvhdx.errors import InvalidArgumentError, UnsupportedFeatureError
 from pyvhdx.resize import minimum_size, resize_image
+from tests import resizekill
 from tests.conftest import import_pyvhdi, qemu_info, qemu_to_raw, require
 from tests.crashfile import CrashFile, SimulatedCrash
 
@@ -317,3 +319,30 @@ def test_fixed_vhd_grow_window_is_the_old_footer_sector(tmp_path: Path) -> None:
     # the write of zeros over the old one
     assert outcomes[-1] == "new"
     assert set(outcomes) <= {"old", "window", "new"}
+
+
+@pytest.mark.parametrize("case", resizekill.CASES, ids=lambda c: c.name)
+def test_sigkill_through_the_cli_leaves_old_or_new(tmp_path: Path, case: resizekill.Case) -> None:
+    """A bounded run of tools/resize_kill.py: one SIGKILL a case at a random point of
+    ``pyvhdx resize``; the image is old or new, checks clean, and resizing again
+    finishes it (the campaign runs 30 points a case)."""
+    outcomes = resizekill.campaign(case, tmp_path, points=1, seed=len(case.name))
+    assert all(o.ok for o in outcomes), [(o.delay, o.state, o.detail) for o in outcomes]
+
+
+def test_cli_resize_reports_and_refuses(tmp_path: Path) -> None:
+    path = tmp_path / "d.vhdx"
+    pyvhdx.create(path, 64 * MiB)
+    r = resizekill.cli("resize", path.name, "128M", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {
+        "old-size": 64 * MiB,
+        "new-size": 128 * MiB,
+        "minimum-size": None,
+    }
+    r = resizekill.cli("resize", path.name, "32M", cwd=tmp_path)
+    assert r.returncode == 2 and "--shrink" in r.stderr
+    r = resizekill.cli("resize", path.name, "--to-minimum", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with pyvhdx.open(path) as img:
+        assert img.get_size() == 512  # nothing written: one sector is the minimum

@@ -8,18 +8,15 @@ are built in :mod:`pyvhdx.cli.reports`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
-from ..constants import DiskType, ImageFormat, RunKind
+from ..constants import DiskType, ImageFormat
 from ..errors import PyvhdxError
-from ..image import open_image
 from ..info import kebab_fields
-from ..progress import stderr_bar
 from ..suffix import format_from_suffix
 from .common import (
     EXIT_FAILURE,
@@ -33,7 +30,7 @@ from .common import (
     parse_size,
     want_progress,
 )
-from .render import print_json, print_lines, printable, render_fields
+from .render import format_size, print_json, print_lines, printable, render_fields
 from .reports import (
     check_lines,
     created_rows,
@@ -100,6 +97,7 @@ def _layout_options(
     block_size_help: str,
     logical_sector_size: int | None,
     physical_sector_size: int | None,
+    sector_help: str | None = None,
 ) -> list[_Option]:
     """The layout of a new image (create, convert), with the command's defaults."""
     return [
@@ -117,9 +115,13 @@ def _layout_options(
                 (
                     "logical",
                     logical_sector_size,
-                    "VHDX logical sector size (default 512; VHD: 512 only)",
+                    f"VHDX logical sector size ({sector_help or 'default 512'}; VHD: 512 only)",
                 ),
-                ("physical", physical_sector_size, "VHDX physical sector size (default 4096)"),
+                (
+                    "physical",
+                    physical_sector_size,
+                    f"VHDX physical sector size ({sector_help or 'default 4096'})",
+                ),
             )
         ),
     ]
@@ -346,44 +348,35 @@ def _note_parent_elsewhere(child: str, parent: str) -> None:
             help="CHILD's parent (tried before the paths CHILD records)",
         ),
         _flag("--keep-child", "keep CHILD afterwards (it opens only with linkage checks off)"),
+        _arg(
+            "--into",
+            metavar="ANCESTOR",
+            help="merge the whole chain from CHILD down to ANCESTOR into ANCESTOR (as "
+            "Merge-VHD -DestinationPath); the disks between are merged and deleted, the one "
+            "above ANCESTOR first, so running it again resumes it",
+        ),
+        _PROGRESS,
         _flag("--json", "print what was merged as JSON"),
     ],
 )
 def cmd_merge(args: argparse.Namespace) -> int:
     """``pyvhdx merge``: merge a differencing disk into its parent, as Merge-VHD does."""
-    from ..merge import merge_image
+    from ..merge import merge_chain, merge_image
 
-    with _merge_progress(args.child) as update:
-        result = merge_image(
-            args.child, parent=args.parent, keep_child=args.keep_child, progress=update
-        )
+    if args.into is not None:
+        if args.parent is not None or args.keep_child:
+            error("merge: --into cannot be used with --parent or --keep-child")
+            return EXIT_USAGE
+        results = merge_chain(args.child, args.into, progress=want_progress(args.progress))
+        data = [_result_json(r) for r in results]
+        return _report(args, data, lambda: [line for r in results for line in _merged(r)])
+    result = merge_image(
+        args.child,
+        parent=args.parent,
+        keep_child=args.keep_child,
+        progress=want_progress(args.progress),
+    )
     return _report(args, _result_json(result), lambda: render_fields(merge_rows(result)))
-
-
-@contextlib.contextmanager
-def _merge_progress(child: str) -> Iterator[Callable[[int], None] | None]:
-    """A progress bar on stderr when it is a terminal: the total is what the child holds.
-
-    ``merge_image`` reports the bytes merged so far; the bar takes increments.
-    """
-    if not sys.stderr.isatty():
-        yield None
-        return
-    try:
-        with open_image(child, resolve_parent=False) as img:
-            total = sum(e.length for e in img.extents() if e.kind is not RunKind.PARENT)
-    except (OSError, PyvhdxError):
-        yield None  # merge_image reports what is wrong
-        return
-    last = 0
-    with stderr_bar(total) as advance:
-
-        def update(done: int) -> None:
-            nonlocal last
-            advance(done - last)
-            last = done
-
-        yield update
 
 
 @_subcommand(
@@ -617,8 +610,9 @@ def cmd_hash(args: argparse.Namespace) -> int:
         *_layout_options(
             disk_type="dynamic",
             block_size_help="block size of a dynamic image (default VHDX 32M, VHD 2M)",
-            logical_sector_size=512,
-            physical_sector_size=4096,
+            logical_sector_size=None,
+            physical_sector_size=None,
+            sector_help="default: the source's (a VHD or raw source: 512 and 4096)",
         ),
         _flag("--force", "replace an existing destination"),
         _PROGRESS,
@@ -655,8 +649,182 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return _report(args, _result_json(result), lambda: ())
 
 
+def _merged(result: Any) -> list[str]:
+    return list(render_fields(merge_rows(result)))
+
+
+@_subcommand(
+    "resize",
+    help="grow or shrink a VHDX, grow a VHD (Resize-VHD)",
+    description="Give IMAGE the virtual size SIZE, in place and crash-safe (a VHDX "
+    "through its log; a VHD in an order of flushed writes). Growing adds zeros; "
+    "partition tables are not changed (a GPT's backup header stays where it was, for the "
+    "guest's tools to move). Shrinking needs --shrink, works on VHDX only (as with "
+    "Hyper-V) and never goes below the minimum size: the end of the last partition "
+    "(the GPT backup header included) or, without a partition table, the last non-zero "
+    "byte. An image with differencing children beside it is refused unless --force.",
+    epilog="Exit status: 0 resized, 1 image problem, 2 usage error (a size the image "
+    "cannot have, below its minimum, or a shrink without --shrink).",
+    options=[
+        _arg("image", metavar="IMAGE", help="the VHDX or VHD"),
+        _arg("size", metavar="SIZE", type=parse_size, nargs="?", help="the new virtual size"),
+        _flag("--shrink", "allow a smaller size (VHDX)"),
+        _flag("--to-minimum", "shrink to the minimum size (VHDX)"),
+        _flag("--force", "resize although differencing disks beside IMAGE have it as parent"),
+        _flag("--json", "print the sizes as JSON"),
+    ],
+)
+def cmd_resize(args: argparse.Namespace) -> int:
+    """``pyvhdx resize``: Resize-VHD."""
+    from ..errors import InvalidArgumentError
+    from ..resize import resize_image
+
+    if (args.size is None) == (not args.to_minimum):
+        error("resize: give SIZE or --to-minimum (not both)")
+        return EXIT_USAGE
+    try:
+        result = resize_image(
+            args.image, args.size, **_given(args, "shrink", "to_minimum", "force")
+        )
+    except InvalidArgumentError as exc:
+        error(f"resize: {exc}")
+        return EXIT_USAGE
+    rows = [
+        ("resized", args.image),
+        ("from", format_size(result.old_size)),
+        ("to", format_size(result.new_size)),
+    ]
+    if result.minimum_size is not None:
+        rows.append(("minimum size", format_size(result.minimum_size)))
+    return _report(args, _result_json(result), lambda: render_fields(rows))
+
+
+@_subcommand(
+    "compact",
+    help="give back the space of blocks a dynamic disk no longer needs (Optimize-VHD)",
+    description="Compact a dynamic VHDX or VHD in place, crash-safe. --mode zero releases "
+    "stored blocks that read as zeros and punches holes for them; quick also moves the "
+    "last blocks into the holes and cuts the file; full (the default) also releases "
+    "blocks that only hold space the guest's ext2/3/4 file system marks free (they read "
+    "as zeros afterwards, as after a TRIM).",
+    options=[
+        _arg("image", metavar="IMAGE", help="the dynamic VHDX or VHD"),
+        _arg("--mode", choices=["full", "quick", "zero"], default="full"),
+        _flag("--dry-run", "only tell what would be reclaimed (opens read-only)"),
+        _PROGRESS,
+        _flag("--json", "print what was done as JSON"),
+    ],
+)
+def cmd_compact(args: argparse.Namespace) -> int:
+    """``pyvhdx compact``: Optimize-VHD."""
+    from ..compact import compact_image
+
+    result = compact_image(args.image, mode=args.mode, dry_run=args.dry_run)
+    data = {**_result_json(result), "bytes-reclaimed": result.bytes_reclaimed}
+    verb = "would reclaim" if result.dry_run else "reclaimed"
+    rows = [
+        ("compacted" if not result.dry_run else "dry run", args.image),
+        ("mode", result.mode),
+        ("blocks released", str(result.blocks_released)),
+        ("blocks moved", str(result.blocks_moved)),
+        (
+            "file size",
+            f"{format_size(result.file_size_before)} -> {format_size(result.file_size_after)}",
+        ),
+        (verb, format_size(result.bytes_reclaimed)),
+    ]
+    return _report(args, data, lambda: render_fields(rows))
+
+
+@_subcommand(
+    "set-parent",
+    help="point a differencing disk at its (moved) parent (Set-VHD -ParentPath)",
+    description="Rewrite CHILD's parent locator to name PARENT (relative and absolute "
+    "paths, as Hyper-V writes them), after checking that PARENT is the disk CHILD was "
+    "made over (VHDX: its DataWriteGuid; VHD: its unique id). CHILD's data does not "
+    "change. Crash-safe: a VHDX through its log, a VHD in an order of flushed writes.",
+    options=[
+        _arg("child", metavar="CHILD"),
+        _arg("parent", metavar="PARENT"),
+        _flag(
+            "--ignore-id-mismatch",
+            "link even when PARENT is not the disk CHILD records (you vouch for its content)",
+        ),
+    ],
+)
+def cmd_set_parent(args: argparse.Namespace) -> int:
+    """``pyvhdx set-parent``: Set-VHD -ParentPath."""
+    from ..setparent import set_parent
+
+    set_parent(args.child, args.parent, ignore_id_mismatch=args.ignore_id_mismatch)
+    return EXIT_OK
+
+
+@_subcommand(
+    "set",
+    help="change a VHDX's disk identifier or physical sector size (Set-VHD)",
+    description="Edit IMAGE's metadata in place through its log: a new disk identifier "
+    "(Page 83 Data, as Set-VHD -ResetDiskIdentifier), or the physical sector size. The "
+    "data and the DataWriteGuid stay, so differencing children stay linked.",
+    options=[
+        _arg("image", metavar="IMAGE", help="the VHDX"),
+        _flag("--reset-identifier", "give the disk a new identifier"),
+        _arg("--physical-sector-size", type=int, choices=[512, 4096]),
+    ],
+)
+def cmd_set(args: argparse.Namespace) -> int:
+    """``pyvhdx set``: Set-VHD's other edits."""
+    from ..setparent import set_disk_properties
+
+    if not args.reset_identifier and args.physical_sector_size is None:
+        error("set: nothing to change (--reset-identifier, --physical-sector-size)")
+        return EXIT_USAGE
+    new_id = set_disk_properties(
+        args.image, **_given(args, "reset_identifier", "physical_sector_size")
+    )
+    if new_id is not None:
+        print(new_id)
+    return EXIT_OK
+
+
+@_subcommand(
+    "measure",
+    help="tell the file size a convert would produce (as qemu-img measure)",
+    description="The size of the dynamic image (required: every block SOURCE stores) "
+    "and of the fixed one (fully allocated) that convert would write, without writing.",
+    options=[
+        _arg("source", metavar="SOURCE"),
+        _arg("-O", "--output-format", choices=["vhdx", "vhd", "raw"], default="vhdx"),
+        _arg("--block-size", type=parse_size, metavar="SIZE"),
+        _flag("--json", "print qemu-img measure's JSON keys"),
+    ],
+)
+def cmd_measure(args: argparse.Namespace) -> int:
+    """``pyvhdx measure``: qemu-img measure."""
+    from ..measure import measure_image
+
+    m = measure_image(args.source, format=args.output_format, block_size=args.block_size)
+    lines = [f"required size: {m.required}", f"fully allocated size: {m.fully_allocated}"]
+    return _report(args, m.to_dict(), lambda: lines)
+
+
 #: The subcommands' parser builders, in the order ``pyvhdx --help`` lists them.
 SUBCOMMANDS: Final = [
     _ADDERS[name]
-    for name in ("info", "convert", "create", "merge", "check", "map", "compare", "inspect", "hash")
+    for name in (
+        "info",
+        "convert",
+        "create",
+        "merge",
+        "check",
+        "map",
+        "compare",
+        "inspect",
+        "hash",
+        "resize",
+        "compact",
+        "set-parent",
+        "set",
+        "measure",
+    )
 ]
