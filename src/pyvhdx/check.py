@@ -59,20 +59,8 @@ from .image import DiskImage, detect_format, open_image
 from .info import kebab_fields
 from .problems import Problem, Severity
 from .source import FileSource
+from .vhd import layout as vhd_layout
 from .vhd.file import choose_footer
-from .vhd.layout import (
-    DynamicHeader,
-    FooterCopy,
-    LayoutProblem,
-    bat_chunks,
-    fixed_size_problem,
-    footer_field_problems,
-    header_offset_problem,
-    read_dynamic_header,
-    read_footers,
-    vhd_bat_bytes,
-    vhd_bitmap_size,
-)
 from .vhdx import layout as vhdx_layout
 from .vhdx.layout import Defect, MetadataTable, RegionEntry, RegionTableCopy
 
@@ -230,7 +218,7 @@ class _Findings:
 
     def defect(
         self,
-        d: Defect | LayoutProblem,
+        d: Defect | vhd_layout.LayoutProblem,
         repair: str | None,
         suffix: str = "",
         structure: str | None = None,
@@ -256,15 +244,11 @@ class _Findings:
         for kind, count in self.counts.items():
             if count > MAX_FINDINGS_PER_KIND:
                 first = self.first[kind]
-                self.add(
-                    first.severity,
-                    first.structure,
-                    f"{count - MAX_FINDINGS_PER_KIND} more entries like this ({kind}; "
-                    f"{count} in all)",
-                    None,
-                    first.field,
-                    None if first.repair is None else "as for the entries above",
-                )
+                more = f"{count - MAX_FINDINGS_PER_KIND} more entries like this ({kind}; "
+                more += f"{count} in all)"
+                repair = None if first.repair is None else "as for the entries above"
+                summary = dataclasses.replace(first, message=more, offset=None, repair=repair)
+                self.report.findings.append(summary)
 
 
 def _overlaps(starts: I64, ends: I64) -> tuple[I64, I64]:
@@ -829,33 +813,26 @@ class _BatEntries:
         """Entry ``i`` (its block), in messages."""
         raise NotImplementedError
 
-    def problem(
-        self,
-        i: int,
-        message: str,
-        severity: Severity,
-        repair: str | None,
-        field: str | None = None,
-    ) -> Problem:
-        """A finding about entry ``i``, at its file offset."""
-        where = self.offset + self.ENTRY_SIZE * i
-        field = self.FIELD.format(i=i) if field is None else field
-        return Problem(self.STRUCTURE, message, where, field, severity=severity, repair=repair)
-
     def report(
         self,
         kind: str,
         indexes: I64,
         message: Callable[[int], str],
         field: str | None = None,
-        repair: str | None = None,
+        repair: str | Callable[[int], str] | None = None,
     ) -> None:
-        """Findings ``message(i)`` about the entries ``indexes``: errors when a ``repair``
-        is known, else warnings (at most :data:`MAX_FINDINGS_PER_KIND` of each ``kind``)."""
+        """Findings ``message(i)`` about the entries ``indexes`` (ascending), at their file
+        offsets: errors when a ``repair`` (of entry ``i``) is known, else warnings (at most
+        :data:`MAX_FINDINGS_PER_KIND` of each ``kind``)."""
         severity = Severity.WARNING if repair is None else Severity.ERROR
-        self.out.entries(
-            kind, indexes, lambda i: self.problem(i, message(i), severity, repair, field)
-        )
+
+        def problem(i: int) -> Problem:
+            where = self.offset + self.ENTRY_SIZE * i
+            fix = repair(i) if callable(repair) else repair
+            name = field or self.FIELD.format(i=i)
+            return Problem(self.STRUCTURE, message(i), where, name, severity=severity, repair=fix)
+
+        self.out.entries(kind, indexes, problem)
 
     def keep(self, idx: I64, start: I64, end: I64, at: Callable[[int], str], repair: str) -> None:
         """Errors for the blocks ``[start, end)`` of entries ``idx`` that overlap a span
@@ -880,21 +857,26 @@ class _BatEntries:
             return
         index, start, end = (np.concatenate(parts) for parts in zip(*self.kept, strict=True))
         hits, mates = _overlaps(start, end)
+        entries = index[hits]
 
-        def problem(k: int) -> Problem:
-            i, j = int(index[hits[k]]), int(index[mates[k]])
+        def message(i: int) -> str:
+            k = int(np.searchsorted(entries, i))  # entries are ascending and distinct
             at, mate_at = int(start[hits[k]]), int(start[mates[k]])
             how = "shares its offset with" if at == mate_at else "overlaps"
-            return self.problem(
-                i,
-                f"{self.name(i)} at {at:#x} {how} {self.name(j)} at {mate_at:#x}: the two share "
-                "file space, so a write to one changes the other",
-                Severity.ERROR,
-                f"copy the shared block to new space {self.NEW_SPACE} and point {self.name(i)} "
-                "there (which of the two owned it first is unknown)",
+            return (
+                f"{self.name(i)} at {at:#x} {how} {self.name(int(index[mates[k]]))} at "
+                f"{mate_at:#x}: the two share file space, so a write to one changes the other"
             )
 
-        self.out.entries(f"{self.BLOCK}s sharing file space", np.arange(hits.shape[0]), problem)
+        self.report(
+            f"{self.BLOCK}s sharing file space",
+            entries,
+            message,
+            repair=lambda i: (
+                f"copy the shared block to new space {self.NEW_SPACE} and point {self.name(i)} "
+                "there (which of the two owned it first is unknown)"
+            ),
+        )
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -1122,7 +1104,10 @@ class _VHDChecker:
     report: CheckReport
 
     def _add(
-        self, problem: LayoutProblem, structure: str | None = None, repair: str | None = None
+        self,
+        problem: vhd_layout.LayoutProblem,
+        structure: str | None = None,
+        repair: str | None = None,
     ) -> None:
         """Report a layout problem: info, error (with its repair) or warning."""
         if problem.code in _VHD_INFO:
@@ -1132,7 +1117,7 @@ class _VHDChecker:
 
     def run(self) -> None:
         self.report.file_size = self.source.physical_size
-        footers = read_footers(self.source)
+        footers = vhd_layout.read_footers(self.source)
         for problem in footers.problems:  # what is wrong with each copy, as found
             repairs = _VHD_END_REPAIRS.get(problem.code)
             self._add(problem, repair=repairs[footers.start is None] if repairs else None)
@@ -1148,13 +1133,13 @@ class _VHDChecker:
         if chosen is not footers.end or not chosen.checksum_ok:
             self.out.info(chosen.name, f"readers use the {chosen.name}", chosen.offset)
         self.report.virtual_size = int(chosen.fields.current_size)
-        for problem in footer_field_problems(chosen):
+        for problem in vhd_layout.footer_field_problems(chosen):
             self._add(problem)
         data_end = footers.data_end
         if chosen.disk_type == VHDDiskType.FIXED:
             self.report.disk_type = "fixed"
             self.report.image_end_offset = data_end + chosen.length
-            if (wrong := fixed_size_problem(chosen, data_end)) is not None:
+            if (wrong := vhd_layout.fixed_size_problem(chosen, data_end)) is not None:
                 self._add(wrong)
         elif chosen.sparse:
             self.report.disk_type = (
@@ -1164,13 +1149,13 @@ class _VHDChecker:
 
     # -- dynamic and differencing disks -------------------------------------------------
 
-    def check_dynamic(self, footer: FooterCopy, data_end: int) -> None:
+    def check_dynamic(self, footer: vhd_layout.FooterCopy, data_end: int) -> None:
         """The dynamic header, the parent locators and every BAT entry."""
-        if (wrong := header_offset_problem(footer, data_end)) is not None:
+        if (wrong := vhd_layout.header_offset_problem(footer, data_end)) is not None:
             self._add(wrong)
             return
         vsize = int(footer.fields.current_size)
-        hdr = read_dynamic_header(
+        hdr = vhd_layout.read_dynamic_header(
             self.source, int(footer.fields.data_offset), virtual_size=vsize, data_end=data_end
         )
         codes = {p.code for p in hdr.problems}
@@ -1186,7 +1171,7 @@ class _VHDChecker:
         spans: list[tuple[int, int, str]] = [
             (0, VHD_FOOTER_SIZE, "footer copy at offset 0"),
             (hdr.offset, VHD_DYNAMIC_HEADER_SIZE, "dynamic header"),
-            (table, vhd_bat_bytes(entries), "BAT"),
+            (table, vhd_layout.vhd_bat_bytes(entries), "BAT"),
         ]
         if footer.disk_type == VHDDiskType.DIFFERENCING:
             spans += self._locator_spans(hdr)
@@ -1194,7 +1179,7 @@ class _VHDChecker:
             offset=table,
             needed=needed,
             block_size=bs,
-            bitmap_size=vhd_bitmap_size(bs),
+            bitmap_size=vhd_layout.vhd_bitmap_size(bs),
             # CurrentSize is a u64: cap it so int64 arithmetic holds (no block reaches 2**62)
             virtual_size=min(vsize, 1 << 62),
             data_end=data_end,
@@ -1202,14 +1187,14 @@ class _VHDChecker:
             out=self.out,
         )
         n = min(entries, max(0, data_end - table) // 4)
-        for i0, raw in bat_chunks(self.source, table, n, strict=False):
+        for i0, raw in vhd_layout.bat_chunks(self.source, table, n, strict=False):
             bat.check_chunk(i0, raw)
         bat.finish()
         self.report.allocated_blocks = bat.allocated
         end = max(max(s + ln for s, ln, _ in spans), bat.furthest)
         self.report.image_end_offset = end + footer.length
 
-    def _locator_spans(self, hdr: DynamicHeader) -> list[tuple[int, int, str]]:
+    def _locator_spans(self, hdr: vhd_layout.DynamicHeader) -> list[tuple[int, int, str]]:
         spans = []
         for loc in hdr.locators:
             if loc.problem is not None:
