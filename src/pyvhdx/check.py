@@ -416,7 +416,6 @@ class _VHDXChecker:
             return
         from .log import load_log, replay_in_memory
 
-        name = "log"
         log_offset, log_length = h["log_offset"], h["log_length"]
         if log_length == 0:
             self.out.error(
@@ -437,13 +436,13 @@ class _VHDXChecker:
                 "the pending log cannot be read",
                 "none safe: the log the headers name is damaged; data written just before the "
                 "crash may be lost",
-                name,
+                "log",
                 log_offset,
             )
             return
         if not state.active:
             self.out.warning(
-                name,
+                "log",
                 f"LogGuid {h['log_guid']} is set but the log holds no valid sequence "
                 f"({len(state.entries)} valid entries): readers ignore it",
                 log_offset,
@@ -451,7 +450,7 @@ class _VHDXChecker:
             return
         first, last = state.active[0], state.active[-1]
         self.out.warning(
-            name,
+            "log",
             f"log replay pending: {len(state.active)} entries in the active sequence "
             f"(sequence numbers {first.sequence_number}..{last.sequence_number}, "
             f"{sum(e.descriptor_count for e in state.active)} descriptors); readers replay it "
@@ -466,7 +465,7 @@ class _VHDXChecker:
                     exc,
                     "the pending log cannot be replayed",
                     "none safe: the log's descriptors are inconsistent",
-                    name,
+                    "log",
                     log_offset,
                 )
 
@@ -509,9 +508,9 @@ class _VHDXChecker:
         return None
 
     def _check_regions(self, table: RegionTableCopy) -> dict[uuid.UUID, RegionEntry] | None:
+        """Each entry once, known or optional, and placed; the BAT and metadata regions."""
         regions: dict[uuid.UUID, RegionEntry] = {}
         size = self.source.data_size  # not size: a log replay may add zeros far out
-        placed: list[tuple[int, int, str]] = list(self.spans)
         for i, r in enumerate(table.entries):
             name = f"region table {table.index} entry {i} ({_region_name(r)})"
             if r.guid in regions:
@@ -535,12 +534,10 @@ class _VHDXChecker:
                     )
                 else:
                     self.out.info(name, f"unknown optional region {r.guid} (ignored by readers)")
-            bad = self._check_placement(name, r, size, placed)
             regions[r.guid] = r
-            if not bad:
-                placed.append((r.file_offset, r.length, f"{_region_name(r)} region"))
+            if not self._check_placement(name, r, size):
+                self.spans.append((r.file_offset, r.length, f"{_region_name(r)} region"))
                 self.end = max(self.end, r.file_offset + r.length)
-        self.spans = placed
         missing = [g for g in (K.REGION_BAT, K.REGION_METADATA) if g not in regions]
         for g in missing:
             self.out.error(
@@ -551,10 +548,9 @@ class _VHDXChecker:
             )
         return None if missing else regions
 
-    def _check_placement(
-        self, name: str, r: RegionEntry, size: int, placed: list[tuple[int, int, str]]
-    ) -> bool:
-        """A region's alignment, extent and overlaps (MS-VHDX 2.2.3.2); True if misplaced."""
+    def _check_placement(self, name: str, r: RegionEntry, size: int) -> bool:
+        """A region's alignment, extent and overlaps with the structures placed before it
+        (MS-VHDX 2.2.3.2); True if misplaced."""
         bad = bool(
             r.file_offset % K.VHDX_ALIGNMENT
             or r.length % K.VHDX_ALIGNMENT
@@ -579,7 +575,7 @@ class _VHDXChecker:
                 "Length",
                 repair="extend the file (the region's missing part is lost) or shrink the region",
             )
-        for s, ln, what in placed:
+        for s, ln, what in self.spans:
             if r.file_offset < s + ln and s < r.file_offset + r.length:
                 self.out.error(
                     name,
