@@ -3,10 +3,12 @@
 if the guest had TRIMmed them).
 
 ext2/3/4 (the ext4 disk layout: superblock at byte 1024, group descriptors in
-the block after it, one block bitmap a group). Only what the file system says
-for sure counts: a group whose bitmap is not initialised (BLOCK_UNINIT), or a
-file system that was not cleanly unmounted or has a journal to recover, gives
-nothing back.
+the block after it, one block bitmap a group) and NTFS (boot sector, the MFT
+record of ``$Bitmap``, its data runs: one bit a cluster). Only what the file
+system says for sure counts: an ext4 group whose bitmap is not initialised
+(BLOCK_UNINIT), a file system that was not cleanly unmounted (ext4 state, NTFS
+dirty flag) or has a journal to recover, or any structure that does not parse,
+gives nothing back.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 from .partitions import partition_ranges
 
-__all__ = ["ext4_free_ranges", "free_ranges"]
+__all__ = ["ext4_free_ranges", "free_ranges", "ntfs_free_ranges"]
 
 Reader = Callable[[int, int], bytes]
 
@@ -30,7 +32,7 @@ _BG_BLOCK_UNINIT = 0x2
 _MAX_GROUPS = 1 << 24
 
 
-def _u(raw: bytes, at: int, n: int) -> int:
+def _u(raw: bytes | bytearray, at: int, n: int) -> int:
     return int.from_bytes(raw[at : at + n], "little")
 
 
@@ -105,10 +107,110 @@ def _merge(runs: Iterator[tuple[int, int]]) -> Iterator[tuple[int, int]]:
         yield cur
 
 
+# -- NTFS -------------------------------------------------------------------------------
+
+_NTFS_OEM = b"NTFS    "
+_MFT_BITMAP = 6  # MFT record number of $Bitmap
+_MFT_VOLUME = 3  # ... and of $Volume
+_ATTR_DATA = 0x80
+_ATTR_VOLUME_INFORMATION = 0x70
+_ATTR_END = 0xFFFFFFFF
+_VOLUME_DIRTY = 0x0001
+
+
+def _ntfs_record(read: Reader, at: int, size: int, sector: int) -> bytes | None:
+    """An MFT record with its update sequence fixups applied, or None if damaged."""
+    rec = bytearray(read(at, size))
+    if rec[:4] != b"FILE":
+        return None
+    usa, count = _u(rec, 4, 2), _u(rec, 6, 2)
+    if count < 1 or usa + 2 * count > size or (count - 1) * sector > size:
+        return None
+    check = rec[usa : usa + 2]
+    for i in range(1, count):
+        end = i * sector
+        if rec[end - 2 : end] != check:
+            return None
+        rec[end - 2 : end] = rec[usa + 2 * i : usa + 2 * i + 2]
+    return bytes(rec)
+
+
+def _attribute(rec: bytes, kind: int) -> bytes | None:
+    """The first unnamed attribute of type ``kind`` of an MFT record."""
+    pos = _u(rec, 20, 2)
+    while pos + 16 <= len(rec):
+        atype, length = _u(rec, pos, 4), _u(rec, pos + 4, 4)
+        if atype == _ATTR_END or length < 16 or pos + length > len(rec):
+            return None
+        if atype == kind and rec[pos + 9] == 0:  # name length 0
+            return rec[pos : pos + length]
+        pos += length
+    return None
+
+
+def _data_runs(attr: bytes) -> list[tuple[int, int]] | None:
+    """``(first cluster, cluster count)`` of a non-resident attribute's runs."""
+    if attr[8] != 1:
+        return None
+    pos = _u(attr, 32, 2)
+    runs: list[tuple[int, int]] = []
+    lcn = 0
+    while pos < len(attr) and attr[pos]:
+        head = attr[pos]
+        nlen, noff = head & 0xF, head >> 4
+        if not 1 <= nlen <= 8 or noff > 8 or pos + 1 + nlen + noff > len(attr):
+            return None
+        count = _u(attr, pos + 1, nlen)
+        if noff == 0:
+            return None  # a sparse run: $Bitmap never has one
+        lcn += int.from_bytes(attr[pos + 1 + nlen : pos + 1 + nlen + noff], "little", signed=True)
+        runs.append((lcn, count))
+        pos += 1 + nlen + noff
+    return runs
+
+
+def ntfs_free_ranges(read: Reader, start: int, length: int) -> list[tuple[int, int]]:
+    """Free ``(offset, length)`` byte ranges of the NTFS volume at ``start``; empty
+    when there is none, it is marked dirty, or its structures do not parse."""
+    if length < 4096:
+        return []
+    boot = read(start, 512)
+    if boot[3:11] != _NTFS_OEM:
+        return []
+    sector, spc = _u(boot, 11, 2), boot[13]
+    spc = 1 << (256 - spc) if spc > 0x80 else spc
+    if sector not in (512, 1024, 2048, 4096) or spc == 0:
+        return []
+    cluster = sector * spc
+    clusters = _u(boot, 40, 8) // spc
+    raw_rec = int.from_bytes(boot[64:65], "little", signed=True)
+    rec_size = 1 << -raw_rec if raw_rec < 0 else raw_rec * cluster
+    mft = start + _u(boot, 48, 8) * cluster
+    if clusters * cluster > length or not 512 <= rec_size <= 65536:
+        return []
+    volume = _ntfs_record(read, mft + _MFT_VOLUME * rec_size, rec_size, sector)
+    info = None if volume is None else _attribute(volume, _ATTR_VOLUME_INFORMATION)
+    if info is None or info[8] != 0 or _u(info, _u(info, 20, 2) + 10, 2) & _VOLUME_DIRTY:
+        return []
+    record = _ntfs_record(read, mft + _MFT_BITMAP * rec_size, rec_size, sector)
+    data = None if record is None else _attribute(record, _ATTR_DATA)
+    runs = None if data is None else _data_runs(data)
+    if not runs or sum(n for _, n in runs) * cluster * 8 < clusters:
+        return []
+    bitmap = b"".join(read(start + lcn * cluster, n * cluster) for lcn, n in runs)
+    bits = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")[:clusters]
+    free = np.concatenate(([0], (bits == 0).view(np.int8), [0]))
+    edges = np.flatnonzero(np.diff(free))
+    return [
+        (start + a * cluster, (z - a) * cluster)
+        for a, z in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True)
+    ]
+
+
 def free_ranges(read: Reader, size: int, sector_size: int = 512) -> list[tuple[int, int]]:
     """Free byte ranges of every file system pyvhdx knows, in each partition (or the
     whole disk without a partition table), sorted."""
     out: list[tuple[int, int]] = []
     for start, length in partition_ranges(read, size, sector_size):
-        out += ext4_free_ranges(read, start, length)
+        out += ext4_free_ranges(read, start, length) or ntfs_free_ranges(read, start, length)
     return sorted(out)

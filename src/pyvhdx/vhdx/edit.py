@@ -25,15 +25,8 @@ class SectorPatch:
         self.sectors: dict[int, bytearray] = {}
 
     def patch(self, at: int, data: bytes, what: str) -> None:
-        pos = 0
-        while pos < len(data):
-            sector = (at + pos) & ~0xFFF
-            if sector not in self.sectors:
-                self.sectors[sector] = bytearray(self.f.source.read_exact(sector, 4096, what))
-            n = min(len(data) - pos, sector + 4096 - (at + pos))
-            lo = at + pos - sector
-            self.sectors[sector][lo : lo + n] = data[pos : pos + n]
-            pos += n
+        """``data`` at file offset ``at`` (``what`` names the structure in errors)."""
+        self.f._patch(self.sectors, at, data, what)
 
     def apply(self) -> None:
         """Write the sectors through one log entry, then in place (2.3)."""
