@@ -410,8 +410,15 @@ class DiskImage:
         self._check_open()
         t = self._table
         counts = np.zeros(5, dtype=np.int64)  # data, unmapped, zero, parent, partial
+        back = unaligned = 0  # stored blocks before their predecessor; off 4 KiB
+        last = -1
         for _first, codes in t.iter_chunks():
             counts += np.bincount(np.where(codes >= 0, 0, -codes), minlength=5)[:5]
+            stored = codes[codes >= 0]
+            if stored.size:
+                back += int(np.count_nonzero(np.diff(stored) < 0)) + int(stored[0] < last)
+                unaligned += int(np.count_nonzero(stored % 4096))
+                last = int(stored[-1])
         return AllocationSummary(
             block_count=t.block_count,
             data_blocks=int(counts[0]),
@@ -419,6 +426,8 @@ class DiskImage:
             unmapped_blocks=int(counts[-CODE_UNMAPPED]),
             parent_blocks=int(counts[3]),
             partial_blocks=int(counts[4]),
+            fragmentation_percentage=round(100 * back / max(1, int(counts[0]))),
+            alignment=int(unaligned == 0),
         )
 
     # -- writes ----------------------------------------------------------------
@@ -486,6 +495,7 @@ class DiskImage:
             virtual_size=h.virtual_size,
             file_size=self._source.physical_size,
             allocated_size=_allocated_size(self._source),
+            minimum_size=self._partitions_end(),
             block_size=h.block_size,
             logical_sector_size=h.logical_sector_size,
             physical_sector_size=h.physical_sector_size,
@@ -500,6 +510,16 @@ class DiskImage:
             problems=list(h.problems) + merge_problems(self),
             format_specific=h.format_specific(),
         )
+
+    def _partitions_end(self) -> int | None:
+        """Where the partitions end (Get-VHD's MinimumSize), if there is a table."""
+        from .partitions import read_partition_table
+
+        try:
+            table = read_partition_table(self.read_at, self._size, self._h.logical_sector_size)
+        except (PyvhdxError, OSError):
+            return None
+        return None if table is None else table.end
 
     # -- lifetime --------------------------------------------------------------
 

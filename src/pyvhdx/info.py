@@ -26,16 +26,16 @@ class AllocationSummary:
     unmapped_blocks: int
     parent_blocks: int
     partial_blocks: int
+    #: Get-VHD's FragmentationPercentage: stored blocks that lie in the file before
+    #: the block stored before them in disk order, in percent of the stored blocks.
+    fragmentation_percentage: int = 0
+    #: Get-VHD's Alignment: 1 when every stored block starts on a 4 KiB boundary of
+    #: the file (a VHD's blocks follow their 512-byte sector bitmaps), else 0.
+    alignment: int = 1
 
     def to_dict(self) -> dict[str, int]:
-        return {
-            "block-count": self.block_count,
-            "data-blocks": self.data_blocks,
-            "zero-blocks": self.zero_blocks,
-            "unmapped-blocks": self.unmapped_blocks,
-            "parent-blocks": self.parent_blocks,
-            "partial-blocks": self.partial_blocks,
-        }
+        names = [f.name for f in dataclasses.fields(self)]
+        return kebab_fields(self, *names)
 
 
 def kebab_fields(obj: object, *names: str) -> dict[str, Any]:
@@ -82,6 +82,10 @@ class ImageInfo:
     parent: dict[str, Any] | None = None
     problems: list[Problem] = dataclasses.field(default_factory=list)
     allocated_size: int | None = None  # bytes the file occupies on storage (st_blocks)
+    #: Get-VHD's MinimumSize: the end of the last partition (the GPT backup header
+    #: included), None without a partition table (pyvhdx.resize.minimum_size then
+    #: looks for the last non-zero byte).
+    minimum_size: int | None = None
     format_specific: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -100,6 +104,7 @@ class ImageInfo:
         d: dict[str, Any] = {
             **kebab_fields(self, "filename", "format", "disk_type", "virtual_size", "file_size"),
             "actual-size": self.allocated_size,
+            "minimum-size": self.minimum_size,
             "cluster-size": self.block_size,
             **kebab_fields(self, "logical_sector_size", "physical_sector_size", "creator"),
             "identifier": _jsonable(self.identifier),

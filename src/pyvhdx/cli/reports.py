@@ -40,6 +40,8 @@ def info_rows(info: ImageInfo) -> list[Row]:
             ("disk type", info.disk_type),
             ("virtual size", format_size(info.virtual_size)),
             ("file size", format_size(info.file_size)),
+            ("allocated on storage", _size(info.allocated_size)),
+            ("minimum size", _size(info.minimum_size)),
             ("block size", _size(info.block_size)),
             ("logical sector size", format_size(info.logical_sector_size)),
             ("physical sector size", format_size(info.physical_sector_size)),
