@@ -7,12 +7,16 @@ used byte. Pure arithmetic over file ranges; :mod:`pyvhdx.vhdx.compact` and
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["plan_moves"]
+__all__ = ["move_blocks", "plan_moves"]
+
+_BATCH = 256 << 20  # bytes copied before the entries of the copies are written
+_STEP = 8 << 20  # bytes copied per read
 
 I64 = npt.NDArray[np.int64]
 
@@ -66,3 +70,34 @@ def plan_moves(
     fixed_end = max((s + n for s, n in fixed), default=0)
     block_end = int(new_offsets.max()) + length if new_offsets.size else 0
     return moves, max(fixed_end, block_end)
+
+
+def move_blocks(
+    source: Any,
+    moves: Sequence[tuple[int, int, int, int]],
+    commit: Callable[[list[tuple[int, int]]], None],
+    progress: Callable[[int], None] | None,
+    what: str,
+) -> None:
+    """Copy each ``(block, old offset, new offset, length)`` of ``moves`` in
+    ``source`` (a :class:`~pyvhdx.source.FileSource`); after every 256 MiB copied
+    and at the end, flush, then ``commit`` the ``(block, new offset)`` pairs copied
+    since (the format writes their entries): a crash leaves each block where its
+    entry says, at its old place or its new one."""
+    pending: list[tuple[int, int]] = []
+    copied = 0
+    last = len(moves) - 1
+    for k, (block, old, new, length) in enumerate(moves):
+        pos = 0
+        while pos < length:
+            n = min(_STEP, length - pos)
+            source.pwrite(source.read_exact(old + pos, n, what), new + pos)
+            pos += n
+        pending.append((block, new))
+        copied += length
+        if progress is not None:
+            progress(length)
+        if copied >= _BATCH or k == last:
+            source.flush()
+            commit(pending)
+            pending, copied = [], 0

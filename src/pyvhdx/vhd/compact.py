@@ -22,14 +22,12 @@ import numpy as np
 from ..bat import CODE_UNMAPPED
 from ..constants import VHD_BAT_UNUSED, VHD_DYNAMIC_HEADER_SIZE, VHD_SECTOR_SIZE, DiskType
 from ..errors import UnsupportedFeatureError
-from ..packing import plan_moves
+from ..packing import move_blocks, plan_moves
 
 if TYPE_CHECKING:
     from .file import VHDFile
 
 __all__ = ["check_compactable", "pack", "plan", "release"]
-
-_MOVE_BATCH = 256 << 20  # block bytes copied before their entries are written
 
 
 def check_compactable(f: VHDFile) -> None:
@@ -96,31 +94,13 @@ def pack(f: VHDFile, progress: Callable[[int], None] | None = None, move: bool =
     assert f.block_size is not None and f.bitmap_size is not None
     stride = f.bitmap_size + f.block_size
     blocks, offsets, moves, end = plan(f, move=move)
-    pending: list[tuple[int, int]] = []
-    copied = 0
-    for i, new in moves:
-        old = int(offsets[i])
-        pos = 0
-        while pos < stride:
-            n = min(8 << 20, stride - pos)
-            f.source.pwrite(f.source.read_exact(old + pos, n, "VHD block"), new + pos)
-            pos += n
-        pending.append((int(blocks[i]), new))
-        copied += stride
-        if progress is not None:
-            progress(stride)
-        if copied >= _MOVE_BATCH:
-            _commit_moves(f, pending)
-            pending, copied = [], 0
-    _commit_moves(f, pending)
+    moving = [(int(blocks[i]), int(offsets[i]), new, stride) for i, new in moves]
+    move_blocks(f.source, moving, lambda moved: _commit_moves(f, moved), progress, "VHD block")
     return _cut(f, end)
 
 
 def _commit_moves(f: VHDFile, moved: list[tuple[int, int]]) -> None:
-    if not moved:
-        return
     assert f.bitmap_size is not None
-    f.source.flush()
     _write_entries(f, [(b, new // VHD_SECTOR_SIZE) for b, new in moved])
     for b, new in moved:
         f.table.set_code(b, new + f.bitmap_size)

@@ -22,7 +22,7 @@ from .. import constants as K
 from ..bat import CODE_UNMAPPED, vhdx_payload_index
 from ..constants import NIL_GUID, DiskType, MiB, PayloadState
 from ..errors import UnsupportedFeatureError
-from ..packing import plan_moves
+from ..packing import move_blocks, plan_moves
 from .edit import SectorPatch
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["check_compactable", "pack", "plan", "release"]
 
 _SECTORS_PER_ENTRY = 128  # BAT sectors a log entry carries (512 KiB of a 1 MiB log)
-_MOVE_BATCH = 256 * MiB  # block data copied before its entries are logged
 
 
 def check_compactable(f: VHDXFile) -> None:
@@ -97,36 +96,16 @@ def pack(f: VHDXFile, progress: Callable[[int], None] | None = None, move: bool 
     blocks, offsets, moves, end = plan(f, move=move)
     if moves:
         f._begin_session(data=False)
-    pending: list[tuple[int, int]] = []
-    copied = 0
+    moving = []
     for i, new in moves:
         block, old = int(blocks[i]), int(offsets[i])
-        inside = min(bs, f.virtual_size - block * bs)
-        _copy(f, old, new, inside)
-        pending.append((block, new))
-        copied += inside
-        if progress is not None:
-            progress(inside)
-        if copied >= _MOVE_BATCH:
-            _commit_moves(f, pending)
-            pending, copied = [], 0
-    _commit_moves(f, pending)
+        moving.append((block, old, new, min(bs, f.virtual_size - block * bs)))
+    move_blocks(f.source, moving, lambda moved: _commit_moves(f, moved), progress, "data block")
     return _cut(f, end)
 
 
-def _copy(f: VHDXFile, old: int, new: int, length: int) -> None:
-    pos = 0
-    while pos < length:
-        n = min(8 * MiB, length - pos)
-        f.source.pwrite(f.source.read_exact(old + pos, n, "payload block"), new + pos)
-        pos += n
-
-
 def _commit_moves(f: VHDXFile, moved: list[tuple[int, int]]) -> None:
-    """Flush the copies, then point their entries at them (through the log)."""
-    if not moved:
-        return
-    f.source.flush()
+    """Point the entries of the flushed copies at them (through the log)."""
     _set_entries(f, [(b, new | PayloadState.FULLY_PRESENT) for b, new in moved])
     for b, new in moved:
         f.table.set_code(b, new)
