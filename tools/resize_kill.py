@@ -1,9 +1,12 @@
-"""Kill campaign for ``pyvhdx resize``: SIGKILL at random points of each case.
+"""Kill campaign for ``pyvhdx resize`` and ``pyvhdx compact``: SIGKILL at random
+points of each case.
 
-The cases (tests/resizekill.py ``CASES``): a VHDX grown to 16 TiB (its BAT moves
-to the end of the file), a fixed VHDX grown, a VHDX shrunk, a VHD grown to
-64 GiB (its BAT moves past the footer). ``--points`` kills a case (default 30),
-delays spread over the time one undisturbed resize takes. After each kill the
+The cases (tests/resizekill.py ``CASES`` and ``COMPACT_CASES``): a VHDX grown to
+16 TiB (its BAT moves to the end of the file), a fixed VHDX grown, a VHDX shrunk,
+a VHD grown to 64 GiB (its BAT moves past the footer); a 256 MiB VHDX and VHD
+compacted (``--mode quick``: zero blocks released, the rest packed down).
+``--points`` kills a case (default 30), delays spread over the time one
+undisturbed run takes. After each kill the
 image must open with the old or new size and content, pass ``pyvhdx check``
 (but for the VHD footer-copy window) and finish when resized again. Prints one
 line per kill and a summary; exits 1 on any failure.
@@ -26,18 +29,19 @@ if str(REPO) not in sys.path:  # tests/resizekill.py holds the harness (shared w
 
 
 def main() -> int:
-    from tests.resizekill import CASES, campaign
+    from tests.resizekill import CASES, COMPACT_CASES, campaign
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=30, help="kills a case")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--cases", default=",".join(c.name for c in CASES))
+    every = CASES + COMPACT_CASES
+    ap.add_argument("--cases", default=",".join(c.name for c in every))
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp one)")
     args = ap.parse_args()
     failures = 0
     wanted = set(args.cases.split(","))
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        for case in (c for c in CASES if c.name in wanted):
+        for case in (c for c in every if c.name in wanted):
             t0 = time.monotonic()
             outcomes = campaign(case, Path(tmp), args.points, args.seed)
             for o in outcomes:
