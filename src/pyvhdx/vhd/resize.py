@@ -12,10 +12,11 @@ footer copy at offset 0. A crash between (3) and (4) leaves copies that differ
 in their sizes and geometry; readers use the one at the end (the new size),
 ``pyvhdx check`` reports the copy at 0, and running the resize again rewrites it.
 
-Fixed: the new footer is written at the new end, then the old footer's sector,
-now inside the disk, is zeroed. A crash between the two leaves the new size with
-the old footer's 512 bytes at the old size (``pyvhdx check`` cannot tell them
-from data): the one window of this operation that is neither old nor new.
+Fixed: (1) a copy of the current footer at the new end of the file: readers
+take the old size from it and the bytes before it are not part of the disk
+(``pyvhdx check`` warns of them); (2) zeros over the old footer's sector, which
+no reader looks at now; (3) the new footer over the copy: from here on the disk
+has its new size, zeros after the old end.
 """
 
 from __future__ import annotations
@@ -111,9 +112,11 @@ def _grow_fixed(f: VHDFile, size: int, footer: bytes) -> None:
             f"{f.source.name}: the footer is at {f.data_end:#x}, not after the "
             f"{old}-byte disk (pyvhdx check reports it); repair the image first"
         )
-    f.source.pwrite(footer, size)
+    f.source.pwrite(f.footer_raw[: f.footer_size], size)  # (1)
     f.source.flush()
-    f.source.pwrite(bytes(VHD_SECTOR_SIZE), old)
+    f.source.pwrite(bytes(VHD_SECTOR_SIZE), old)  # (2)
+    f.source.flush()
+    f.source.pwrite(footer, size)  # (3)
     f.source.flush()
     f.virtual_size = size
 
