@@ -1111,6 +1111,14 @@ class _VHDChecker:
         else:
             self.out.defect(problem, repair or _VHD_REPAIRS.get(problem.code), "", structure)
 
+    def _resize_explains(self, size: int) -> bool:
+        """An interrupted resize to ``size`` (its record beside the file) left the copy
+        at offset 0 behind; ``pyvhdx resize`` run again rewrites it."""
+        from .journal import read_resize_record
+
+        sizes = read_resize_record(self.source.name) if self.source.fd is not None else None
+        return sizes is not None and sizes[1] == size
+
     def run(self) -> None:
         self.report.file_size = self.source.physical_size
         footers = vhd_layout.read_footers(self.source)
@@ -1125,7 +1133,10 @@ class _VHDChecker:
             if problem.code == "footer.start-missing":
                 self._add(problem)
         if (differ := choice.differ()) is not None:
-            self._add(differ)
+            if self._resize_explains(int(chosen.fields.current_size)):
+                self.out.warning(differ.structure, differ.message, differ.offset)
+            else:
+                self._add(differ)
         if chosen is not footers.end or not chosen.checksum_ok:
             self.out.info(chosen.name, f"readers use the {chosen.name}", chosen.offset)
         self.report.virtual_size = int(chosen.fields.current_size)
@@ -1344,10 +1355,12 @@ def check_image(
         # an open DiskImage is checked as opened: readers accept it
         report.opened = isinstance(image, DiskImage) or _probe_open(image, fmt, out)
         if isinstance(image, (str, os.PathLike, DiskImage)):
-            from .journal import merge_notes
+            from .journal import merge_notes, resize_notes
 
             for note in merge_notes(source.name):
                 out.warning("merge", note)
+            for note in resize_notes(source.name):
+                out.warning("resize", note)
     finally:
         if not isinstance(image, DiskImage):
             source.close()

@@ -34,6 +34,7 @@ from .newfile import fsync_dir, new_file
 
 __all__ = [
     "RECORD_SUFFIX",
+    "RESIZE_SUFFIX",
     "MergeRecord",
     "merge_notes",
     "read_record",
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 RECORD_SUFFIX = ".pyvhdx-merge"
+RESIZE_SUFFIX = ".pyvhdx-resize"
 _VERSION = 1
 _MAX_RECORD = 1 << 20  # a record is a few hundred bytes; refuse to parse anything huge
 
@@ -199,3 +201,51 @@ def merge_notes(image: str | os.PathLike[str]) -> list[str]:
             f"'pyvhdx merge {child.name}' finishes it"
         )
     return notes
+
+
+# -- resize records: a VHD's two footer copies cannot change at once ----------------------
+
+
+def _resize_path(image: str | os.PathLike[str]) -> Path:
+    p = Path(image).resolve()
+    return p.with_name(p.name + RESIZE_SUFFIX)
+
+
+def write_resize_record(image: str | os.PathLike[str], old_size: int, new_size: int) -> None:
+    """Record, durably, that ``image`` is being resized (``IMAGE.pyvhdx-resize``)."""
+    text = json.dumps({"version": _VERSION, "old_size": old_size, "new_size": new_size})
+    with new_file(_resize_path(image), overwrite=True) as out:
+        os.write(out.fd, text.encode("utf-8"))
+
+
+def read_resize_record(image: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``(old size, new size)`` of a resize of ``image`` in progress, if recorded."""
+    try:
+        with open(_resize_path(image), "rb") as f:
+            d = json.loads(f.read(_MAX_RECORD).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    sizes = (d.get("old_size"), d.get("new_size")) if isinstance(d, dict) else (None, None)
+    if not all(isinstance(v, int) and v > 0 for v in sizes):
+        return None
+    return sizes  # type: ignore[return-value]
+
+
+def remove_resize_record(image: str | os.PathLike[str]) -> None:
+    path = _resize_path(image)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    fsync_dir(path.parent)
+
+
+def resize_notes(image: str | os.PathLike[str]) -> list[str]:
+    """What ``check`` says about a resize of ``image`` in progress."""
+    sizes = read_resize_record(image)
+    if sizes is None:
+        return []
+    return [
+        f"a resize of {Path(image).name} from {sizes[0]} to {sizes[1]} bytes is in progress "
+        f"(interrupted?): 'pyvhdx resize {Path(image).name} {sizes[1]}' finishes it"
+    ]

@@ -9,7 +9,9 @@ keeps its GPT backup header where it was, for the guest's tools to move.
 
 An image with differencing children beside it is refused unless ``force``: a
 child made over the old disk no longer matches it (a documented Hyper-V
-pitfall).
+pitfall). A dynamic VHD's resize is recorded beside it (``IMAGE.pyvhdx-resize``,
+:mod:`pyvhdx.journal`) while it runs: its two footer copies change one after the
+other, and the record tells ``check`` why they may differ after a crash.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .constants import ImageFormat, RunKind
+from .constants import DiskType, ImageFormat, RunKind
 from .errors import InvalidArgumentError
 from .image import DiskImage, open_image
+from .journal import remove_resize_record, write_resize_record
 from .partitions import read_partition_table
 
 __all__ = ["ResizeResult", "minimum_size", "resize_image"]
@@ -117,9 +120,17 @@ def resize_image(
                     f"{size} is below the minimum size {floor} of {img.name} (the end of its "
                     "partitions or of its data)"
                 )
-        if not force and isinstance(file, (str, os.PathLike)):
+        by_path = isinstance(file, (str, os.PathLike))
+        if not force and by_path:
             _refuse_children(img)
+        # A dynamic VHD's footer copies change one after the other: the record
+        # tells check (and the next resize) why they may differ.
+        record = by_path and fmt is vhd_resize and h.disk_type is DiskType.DYNAMIC
+        if record and size != old:
+            write_resize_record(img.name, old, size)
         fmt.resize(h, size)
+    if record:
+        remove_resize_record(img.name)
     return ResizeResult(old, size, floor)
 
 

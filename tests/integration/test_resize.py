@@ -285,6 +285,42 @@ def test_crash_at_every_step_leaves_old_or_new(
     assert windows <= 2  # the write of the copy at 0, lost or not yet made
 
 
+def test_interrupted_vhd_resize_is_recorded_and_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill between the footer at the end and its copy at offset 0 (the one pair of
+    writes a VHD cannot make at once): the record beside the image makes check warn
+    instead of fail, and the same resize again rewrites the copy and drops the record."""
+    from pyvhdx.source import FileSource
+
+    path, before = _make(tmp_path, ".vhd", "dynamic", 8 * MiB)
+    real = FileSource.pwrite
+
+    def stop_at_the_copy(self: FileSource, data: bytes, offset: int) -> None:
+        if offset == 0 and len(data) == 512:
+            raise KeyboardInterrupt
+        real(self, data, offset)
+
+    monkeypatch.setattr(FileSource, "pwrite", stop_at_the_copy)
+    with pytest.raises(KeyboardInterrupt):
+        resize_image(path, 16 * MiB)
+    monkeypatch.setattr(FileSource, "pwrite", real)
+    record = path.with_name(path.name + ".pyvhdx-resize")
+    assert record.exists()
+    report = check_image(path)
+    assert report.ok, [str(e) for e in report.errors]
+    assert any("resize" in str(w) and "finishes it" in str(w) for w in report.warnings)
+    with pytest.warns(pyvhdx.PyvhdxWarning, match="differs"):
+        img = pyvhdx.open(path)
+    with img:
+        assert img.get_size() == 16 * MiB
+    resize_image(path, 16 * MiB)  # the way forward
+    assert not record.exists()
+    report = check_image(path)
+    assert report.ok and not report.warnings
+    _assert_content(path, before + bytes(8 * MiB), tmp_path)
+
+
 @pytest.mark.parametrize("case", resizekill.CASES, ids=lambda c: c.name)
 def test_sigkill_through_the_cli_leaves_old_or_new(tmp_path: Path, case: resizekill.Case) -> None:
     """A bounded run of tools/resize_kill.py: one SIGKILL a case at a random point of

@@ -9,8 +9,10 @@ stale tail of the last block; (2) the dynamic header naming the larger BAT (the
 old size still reads the same through it); (3) the footer at the end with the new
 Current Size, which readers use: from here on the disk has its new size; (4) the
 footer copy at offset 0. A crash between (3) and (4) leaves copies that differ
-in their sizes and geometry; readers use the one at the end (the new size),
-``pyvhdx check`` reports the copy at 0, and running the resize again rewrites it.
+in their sizes and geometry; readers use the one at the end (the new size).
+:func:`pyvhdx.resize.resize_image` records the resize beside the image first
+(``IMAGE.pyvhdx-resize``), so ``pyvhdx check`` warns of the interrupted resize
+instead of failing, and running it again rewrites the copy.
 
 Fixed: (1) a copy of the current footer at the new end of the file: readers
 take the old size from it and the bytes before it are not part of the disk
