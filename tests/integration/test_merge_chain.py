@@ -1,7 +1,7 @@
 """Merge a chain down to an ancestor (issue 15, Merge-VHD -DestinationPath).
 
 The ancestor ends up holding what the child showed; every disk between them is
-gone; qemu-img (which reads the standalone result) agrees, and an interrupted
+gone; qemu-img and libvhdi (reading the standalone result) agree, and an interrupted
 chain merge resumes when called again.
 """
 
@@ -17,7 +17,7 @@ import pytest
 import pyvhdx
 from pyvhdx.errors import InvalidArgumentError
 from pyvhdx.merge import MergeResult, merge_chain
-from tests.conftest import qemu_to_raw
+from tests.conftest import import_pyvhdi, qemu_to_raw
 
 MiB = 1 << 20
 merge_mod = importlib.import_module("pyvhdx.merge")  # pyvhdx.merge is the function
@@ -50,6 +50,12 @@ def test_chain_merges_into_the_ancestor(tmp_path: Path, ext: str) -> None:
         assert img.read_at(0, 24 * MiB) == content
     fmt = "vhdx" if ext == ".vhdx" else "vpc"
     assert qemu_to_raw(paths[0], tmp_path / "base.raw", fmt).read_bytes() == content
+    h = import_pyvhdi().file()
+    h.open(str(paths[0]))
+    try:
+        assert h.read_buffer_at_offset(len(content), 0) == content
+    finally:
+        h.close()
 
 
 @pytest.mark.parametrize("ext", [".vhdx", ".vhd"])
