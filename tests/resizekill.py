@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyvhdx
+from tests.killlib import _default_signals
+from tests.killlib import cli as cli
 
 MiB = 1 << 20
-PYVHDX = [sys.executable, "-m", "pyvhdx"]
+PYVHDX = [sys.executable, "-m", "pyvhdx"]  # as tests.killlib runs it
 
 
 @dataclass(frozen=True)
@@ -72,18 +74,6 @@ class Outcome:
     state: str  # "old", "new", "same content" (compact), and ", recorded as interrupted"
     ok: bool
     detail: str = ""
-
-
-def _default_signals() -> None:
-    """In the child: default signal actions (a background shell job ignores SIGINT)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*PYVHDX, *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False
-    )
 
 
 def make(case: Case, folder: Path) -> bytes:

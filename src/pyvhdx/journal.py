@@ -155,7 +155,11 @@ def write_record(child: str | os.PathLike[str], record: MergeRecord) -> Path:
 
 def remove_record(child: str | os.PathLike[str]) -> None:
     """Remove the merge record of ``child`` (if any), durably."""
-    path = record_path(child)
+    _remove(record_path(child))
+
+
+def _remove(path: Path) -> None:
+    """Unlink ``path`` if it is there, and make that durable (fsync of the folder)."""
     try:
         path.unlink()
     except FileNotFoundError:
@@ -232,12 +236,8 @@ def read_resize_record(image: str | os.PathLike[str]) -> tuple[int, int] | None:
 
 
 def remove_resize_record(image: str | os.PathLike[str]) -> None:
-    path = _resize_path(image)
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return
-    fsync_dir(path.parent)
+    """Remove the resize record of ``image`` (if any), durably."""
+    _remove(_resize_path(image))
 
 
 def resize_notes(image: str | os.PathLike[str]) -> list[str]:
