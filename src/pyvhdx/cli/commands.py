@@ -744,8 +744,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
     "made over (VHDX: its DataWriteGuid; VHD: its unique id). CHILD's data does not "
     "change. Crash-safe: a VHDX through its log, a VHD in an order of flushed writes.",
     options=[
-        _arg("child", metavar="CHILD"),
-        _arg("parent", metavar="PARENT"),
+        _arg("child", metavar="CHILD", help="the differencing disk (VHDX or VHD)"),
+        _arg("parent", metavar="PARENT", help="its parent, where it is now"),
         _flag(
             "--ignore-id-mismatch",
             "link even when PARENT is not the disk CHILD records (you vouch for its content)",
@@ -793,7 +793,7 @@ def cmd_set(args: argparse.Namespace) -> int:
     description="The size of the dynamic image (required: every block SOURCE stores) "
     "and of the fixed one (fully allocated) that convert would write, without writing.",
     options=[
-        _arg("source", metavar="SOURCE"),
+        _arg("source", metavar="SOURCE", help="the image (or raw disk) to measure"),
         _arg("-O", "--output-format", choices=["vhdx", "vhd", "raw"], default="vhdx"),
         _arg("--block-size", type=parse_size, metavar="SIZE"),
         _flag("--json", "print qemu-img measure's JSON keys"),
