@@ -46,7 +46,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 from functools import partial
-from typing import Any, BinaryIO, ClassVar, Final
+from typing import Any, BinaryIO, ClassVar, Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -786,17 +786,23 @@ class _VHDXChecker:
         self.report.image_end_offset = max(self.end, bat.furthest)
 
 
+class _BatWords(NamedTuple):
+    """How the findings of one format's BAT check name things."""
+
+    structure: str
+    entry_size: int  # bytes per BAT entry
+    field: str  # the field a finding about entry {i} names (when its check names none)
+    block: str  # a block, in the kinds of findings
+    new_space: str  # where a repair copies a shared block
+
+
 @dataclasses.dataclass(kw_only=True)
 class _BatEntries:
     """What the VHDX and VHD BAT checks share: a finding names an entry by its index; the
     blocks that pass the single-entry checks are kept for the overlap check (:meth:`share`).
     """
 
-    STRUCTURE: ClassVar[str]
-    ENTRY_SIZE: ClassVar[int]  # bytes per BAT entry
-    FIELD: ClassVar[str]  # the field a finding about entry {i} names (when its check names none)
-    BLOCK: ClassVar[str]  # a block, in the kinds of findings
-    NEW_SPACE: ClassVar[str]  # where a repair copies a shared block
+    WORDS: ClassVar[_BatWords]
 
     offset: int  # of the BAT
     spans: list[tuple[int, int, str]]  # the structures no block may overlap
@@ -823,10 +829,12 @@ class _BatEntries:
         severity = Severity.WARNING if repair is None else Severity.ERROR
 
         def problem(i: int) -> Problem:
-            where = self.offset + self.ENTRY_SIZE * i
+            where = self.offset + self.WORDS.entry_size * i
             fix = repair(i) if callable(repair) else repair
-            name = field or self.FIELD.format(i=i)
-            return Problem(self.STRUCTURE, message(i), where, name, severity=severity, repair=fix)
+            name = field or self.WORDS.field.format(i=i)
+            return Problem(
+                self.WORDS.structure, message(i), where, name, severity=severity, repair=fix
+            )
 
         self.out.entries(kind, indexes, problem)
 
@@ -835,7 +843,7 @@ class _BatEntries:
         (``at(i)`` places block ``i``; ``repair`` names the span ``{what}``); keep them."""
         for s, ln, what in self.spans:
             self.report(
-                f"{self.BLOCK} overlapping the {what}",
+                f"{self.WORDS.block} overlapping the {what}",
                 idx[(start < s + ln) & (end > s)],
                 partial(self._overlap_message, at, f"the {what} at {s:#x}+{ln:#x}"),
                 repair=repair.format(what=what),
@@ -865,12 +873,12 @@ class _BatEntries:
             )
 
         self.report(
-            f"{self.BLOCK}s sharing file space",
+            f"{self.WORDS.block}s sharing file space",
             entries,
             message,
             repair=lambda i: (
-                f"copy the shared block to new space {self.NEW_SPACE} and point {self.name(i)} "
-                "there (which of the two owned it first is unknown)"
+                f"copy the shared block to new space {self.WORDS.new_space} and point "
+                f"{self.name(i)} there (which of the two owned it first is unknown)"
             ),
         )
 
@@ -879,11 +887,7 @@ class _BatEntries:
 class _VHDXBat(_BatEntries):
     """The BAT checks of MS-VHDX 2.5.1, applied chunk by chunk of entries."""
 
-    STRUCTURE = "BAT"
-    ENTRY_SIZE = 8
-    FIELD = "FileOffsetMB"
-    BLOCK = "data block"
-    NEW_SPACE = "at the end of the file"
+    WORDS = _BatWords("BAT", 8, "FileOffsetMB", "data block", "at the end of the file")
 
     block_size: int
     virtual_size: int
@@ -1217,11 +1221,7 @@ class _VHDChecker:
 class _VHDBat(_BatEntries):
     """The BAT checks of a dynamic VHD, applied chunk by chunk of entries."""
 
-    STRUCTURE = "VHD BAT"
-    ENTRY_SIZE = 4
-    FIELD = "BAT[{i}]"
-    BLOCK = "block"
-    NEW_SPACE = "before the footer"
+    WORDS = _BatWords("VHD BAT", 4, "BAT[{i}]", "block", "before the footer")
 
     needed: int
     block_size: int
