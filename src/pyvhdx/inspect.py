@@ -1033,6 +1033,13 @@ class _VHDInspector(_FileRanges):
         if bad is not None:
             raise InvalidImageError(bad.message, structure=bad.structure, field=bad.field)
         bs, entries, table = hdr.block_size, hdr.max_table_entries, hdr.table_offset
+        if bs <= 0 or bs & (bs - 1):  # a damaged cookie stops the layout's own checks
+            raise InvalidImageError(
+                f"block size {bs} is not a power of two",
+                structure="VHD dynamic header",
+                field="BlockSize",
+                offset=hdr.field_offset("BlockSize"),
+            )
         bitmap = vhd_layout.vhd_bitmap_size(bs)
         d: dict[str, Any] = {
             "offset": table,

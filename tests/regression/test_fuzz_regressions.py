@@ -361,3 +361,14 @@ def test_write_into_block_past_end_of_file_refused(
     assert target.read_bytes() == before
     result = run_case(target.parent, seed, pristine=tmp_path / "pristine" / seed.target, write=True)
     assert result.status == "ok", [e["traceback"] for e in result.escapes]
+
+
+def test_inspect_vhd_block_size_zero_behind_a_bad_cookie(tmp_path: Path) -> None:
+    """inspect.py: a dynamic header whose cookie is damaged is not checked further by
+    the layout model, and a block size of 0 then divided the disk size
+    (ZeroDivisionError; found by test_fuzz_vhd)."""
+    changes = {"dynamic_header.cookie": b"notcxspr", "dynamic_header.block_size": 0}
+    seed, target = case(tmp_path, "vhd-dynamic", changes)
+    report = inspect_image(target)
+    assert "block size 0" in json.dumps(report)
+    harness_is_clean(seed, target, tmp_path)
