@@ -150,7 +150,8 @@ def kill_once(case: Case, template: Path, work: Path, data: bytes, delay: float)
         return Outcome(case.name, delay, state, False, why)
     check = cli("check", path.name, cwd=work)
     if check.returncode != 0:
-        return Outcome(case.name, delay, state, False, f"check: {check.stdout[-400:]}")
+        why = f"check {check.returncode}: {check.stdout[-300:]} {check.stderr[-300:]}"
+        return Outcome(case.name, delay, state, False, why)
     if "is in progress (interrupted?)" in check.stdout:
         state += ", recorded as interrupted"
     again = cli(*case.args, cwd=work)
