@@ -805,6 +805,8 @@ class _BatEntries:
     WORDS: ClassVar[_BatWords]
 
     offset: int  # of the BAT
+    block_size: int
+    virtual_size: int
     spans: list[tuple[int, int, str]]  # the structures no block may overlap
     out: _Findings
     allocated: int = 0
@@ -889,8 +891,6 @@ class _VHDXBat(_BatEntries):
 
     WORDS = _BatWords("BAT", 8, "FileOffsetMB", "data block", "at the end of the file")
 
-    block_size: int
-    virtual_size: int
     ratio: int
     blocks: int
     differencing: bool
@@ -1224,9 +1224,7 @@ class _VHDBat(_BatEntries):
     WORDS = _BatWords("VHD BAT", 4, "BAT[{i}]", "block", "before the footer")
 
     needed: int
-    block_size: int
     bitmap_size: int
-    virtual_size: int
     data_end: int
 
     def name(self, i: int) -> str:
