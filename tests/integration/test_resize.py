@@ -346,3 +346,41 @@ def test_cli_resize_reports_and_refuses(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     with pyvhdx.open(path) as img:
         assert img.get_size() == 512  # nothing written: one sector is the minimum
+
+
+def test_interrupted_log_apply_stays_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or an I/O error) between the in-place writes of a logged change, here the
+    second region table of a grow that moves the BAT: closing the image must leave the
+    log named in the headers, so that the next open replays the whole change, instead
+    of clearing it over half-applied tables (MS-VHDX 2.3.3)."""
+    from pyvhdx.source import FileSource
+
+    path, before = _make(tmp_path, ".vhdx", "dynamic", 8 * MiB, block_size=MiB)
+    real = FileSource.pwrite
+    table_2 = 256 * 1024
+
+    def stop_at_table_2(self: FileSource, data: bytes, offset: int) -> None:
+        if offset == table_2 and len(data) == 4096:
+            raise KeyboardInterrupt
+        real(self, data, offset)
+
+    monkeypatch.setattr(FileSource, "pwrite", stop_at_table_2)
+    with pytest.raises(KeyboardInterrupt):
+        resize_image(path, 3 << 40)
+    monkeypatch.setattr(FileSource, "pwrite", real)
+    report = check_image(path)
+    assert report.ok, [str(e) for e in report.errors]
+    assert any("log replay pending" in str(w) for w in report.warnings)
+    with pyvhdx.open(path) as img:  # the replay finishes the change
+        assert img.get_size() == 3 << 40
+        assert img.read_at(0, len(before)) == before
+    copy = tmp_path / "copy.vhdx"
+    shutil.copyfile(path, copy)
+    r = subprocess.run(["qemu-img", "check", "-r", "all", str(copy)], capture_output=True)
+    assert r.returncode == 0, r.stdout + r.stderr  # qemu replays the log too
+    assert qemu_info(copy)["virtual-size"] == 3 << 40
+    with pyvhdx.open(path, "r+"):  # a pyvhdx writer replays it onto the file
+        pass
+    assert not check_image(path).warnings

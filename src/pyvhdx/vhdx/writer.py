@@ -88,6 +88,9 @@ class _VHDXWriter:
         self.next_data_write_guid: uuid.UUID | None = None
         self._log_seq = self._log_pos = 0  # last log entry's sequence number; next entry's place
         self._log_guid = NIL_GUID
+        # A logged change not (known to be) applied in place: an error or Ctrl-C stopped
+        # it. The log then stays named in the headers, so the next open replays it.
+        self._log_unapplied = False
         current = self.header_copy or 1
         if self.header["sequence_number"] > _MAX_WRITABLE_SEQUENCE:
             # each header update adds 2: a session could wrap the u64 (MS-VHDX 2.2.2)
@@ -260,9 +263,11 @@ class _VHDXWriter:
                 self._update_headers(log_guid=self._log_guid)
                 announce = False
             self._log_pos += length
+            self._log_unapplied = True
             for off, data in chunk:
                 self.source.pwrite(data, off)
             self.source.flush()
+            self._log_unapplied = False
 
     def _patch(self, sectors: dict[int, bytearray], at: int, data: bytes, what: str) -> None:
         """Put ``data`` at file offset ``at`` into ``sectors`` (4 KiB file sectors, read
@@ -404,8 +409,10 @@ class _VHDXWriter:
         self._decode_parent_locator(new)
 
     def close_writer(self) -> None:
-        """Leave a clean image: no pending log (LogGuid cleared), everything flushed."""
-        if self._log_guid != NIL_GUID:
+        """Leave a clean image: no pending log (LogGuid cleared), everything flushed; but
+        a log entry whose in-place writes were interrupted stays pending, to be replayed
+        by the next open (MS-VHDX 2.3.3), as after a crash."""
+        if self._log_guid != NIL_GUID and not self._log_unapplied:
             self._update_headers(log_guid=NIL_GUID)
             self._log_guid = NIL_GUID
         self.source.flush()
