@@ -91,6 +91,7 @@ def merge_image(
     parent: str | os.PathLike[str] | None = None,
     keep_child: bool = False,
     progress: Progress = None,
+    reparent: bool = True,
 ) -> MergeResult:
     """Merge ``child`` into its parent, or finish an interrupted merge of it.
 
@@ -99,6 +100,8 @@ def merge_image(
         parent: the parent, if not where the child's locators say.
         keep_child: do not delete the child afterwards (it then no longer
             matches a VHDX parent, whose DataWriteGuid changed).
+        reparent: point the child's own children at the parent (False: leave
+            them alone, as :func:`pyvhdx.diff` deltas applied to a copy want).
         progress: called with the bytes merged since its last call; True for a bar
             on stderr (:mod:`pyvhdx.progress`).
 
@@ -127,7 +130,7 @@ def merge_image(
         parent_path = Path(chained.parent.name)
         parent_now = chained.parent.handler.identity_as_parent()
         fmt = chained.format
-        children = find_children(chained, exclude=(parent_path,))
+        children = find_children(chained, exclude=(parent_path,)) if reparent else []
     resumed = record is not None and record.parent_path(real) == parent_path.resolve()
     if record is None or not resumed:
         after = str(uuid.uuid4()) if fmt is ImageFormat.VHDX else parent_now

@@ -808,6 +808,74 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return _report(args, m.to_dict(), lambda: lines)
 
 
+@_subcommand(
+    "diff",
+    help="what changed between two disks or checkpoints, as runs or a delta image",
+    description="List the runs of 512-byte sectors whose content differs between BASE and "
+    "NEW. When NEW is a differencing disk over BASE (any depth), the runs are what the "
+    "levels above BASE store, without reading data (--exact compares them too); else "
+    "both are read where either stores data. -o DELTA writes a differencing child of "
+    "BASE holding NEW's changed runs (BASE + DELTA reads as NEW; pyvhdx apply merges "
+    "it); with --raw-delta, a sparse raw file and DELTA.json instead.",
+    epilog="Exit status: 0 equal, 1 different, 2 error (as pyvhdx compare).",
+    options=[
+        _arg("base", metavar="BASE", help="the older disk"),
+        _arg("new", metavar="NEW", help="the newer disk"),
+        _arg("-o", "--output", metavar="DELTA", help="write the changes as a delta"),
+        _flag("--raw-delta", "write DELTA as a sparse raw file with DELTA.json beside it"),
+        _flag("--exact", "on a chain, compare the stored ranges and keep what differs"),
+        _flag("--compare", "read and compare both even when NEW is a child of BASE"),
+        _flag("--force", "replace an existing DELTA"),
+        _flag("--json", "print the runs as JSON"),
+    ],
+)
+def cmd_diff(args: argparse.Namespace) -> int:
+    """``pyvhdx diff``: changed runs, and a delta."""
+    from ..diff import diff_images, write_delta, write_raw_delta
+
+    result = diff_images(
+        args.base, args.new, exact=args.exact, method="compare" if args.compare else None
+    )
+    if args.output is not None:
+        if args.raw_delta:
+            write_raw_delta(args.new, args.output, result)
+        else:
+            write_delta(args.base, args.new, args.output, result, overwrite=args.force)
+    lines = [
+        f"{result.method}: {len(result.runs)} runs, {result.changed_bytes} bytes changed",
+        *(f"{start:#x} +{length:#x}" for start, length in result.runs),
+    ]
+    _report(args, result.to_dict(), lambda: lines)
+    return EXIT_FAILURE if result.runs else EXIT_OK
+
+
+@_subcommand(
+    "apply",
+    help="apply a delta made by pyvhdx diff -o onto its base (or a copy of it)",
+    description="Merge DELTA (a differencing disk made over BASE, or over the disk BASE "
+    "is a copy of) into BASE, through BASE's crash-consistent write path; resumable as "
+    "pyvhdx merge. DELTA is kept and other deltas are not touched.",
+    options=[
+        _arg("base", metavar="BASE", help="the disk to update"),
+        _arg("delta", metavar="DELTA", help="the delta (a differencing VHDX or VHD)"),
+        _PROGRESS,
+        _flag("--json", "print what was merged as JSON"),
+    ],
+)
+def cmd_apply(args: argparse.Namespace) -> int:
+    """``pyvhdx apply``: merge a delta into its base, keeping the delta."""
+    from ..merge import merge_image
+
+    result = merge_image(
+        args.delta,
+        parent=args.base,
+        keep_child=True,
+        reparent=False,
+        progress=want_progress(args.progress),
+    )
+    return _report(args, _result_json(result), lambda: render_fields(merge_rows(result)))
+
+
 #: The subcommands' parser builders, in the order ``pyvhdx --help`` lists them.
 SUBCOMMANDS: Final = [
     _ADDERS[name]
@@ -826,5 +894,7 @@ SUBCOMMANDS: Final = [
         "set-parent",
         "set",
         "measure",
+        "diff",
+        "apply",
     )
 ]

@@ -1,0 +1,273 @@
+"""What changed between two disks, as runs of sectors and as a delta image
+(changed-block backups: a full backup, then deltas that hold only what changed).
+
+Two ways to find the changes, chosen by :func:`diff_images` and reported:
+
+- ``"chain"``: NEW is a differencing disk whose chain reaches BASE (any depth).
+  The changes are the ranges the levels above BASE store (their allocation and
+  sector bitmaps, :func:`pyvhdx.compare.allocation_map`); no data is read. A
+  range written with the bytes BASE already had still counts, unless ``exact``,
+  which compares those ranges and keeps the sectors that differ.
+- ``"compare"``: any two images. Ranges that read as zeros without being stored
+  in both are skipped; the rest is read in chunks of both and compared sector by
+  sector with numpy, in bounded memory.
+
+A delta (:func:`write_delta`) is a differencing image whose parent is BASE
+holding NEW's bytes over every changed run, so that BASE + DELTA reads as NEW;
+:func:`pyvhdx.merge.merge_image` applies it. A raw delta is a sparse raw file
+with the changed runs at their offsets, plus the runs as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from .compare import CHUNK_SIZE, Allocation, allocation_map
+from .errors import InvalidArgumentError
+from .image import DiskImage, open_image
+
+__all__ = ["SECTOR", "DiffResult", "diff_images", "write_delta", "write_raw_delta"]
+
+#: The granularity of the runs.
+SECTOR: Final = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffResult:
+    """The changed runs ``(start, length)`` of NEW against BASE, sorted and coalesced."""
+
+    method: str  # "chain" or "compare"
+    base_size: int
+    new_size: int
+    runs: list[tuple[int, int]]
+
+    @property
+    def changed_bytes(self) -> int:
+        return sum(n for _, n in self.runs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "base-size": self.base_size,
+            "new-size": self.new_size,
+            "changed-bytes": self.changed_bytes,
+            "runs": [{"start": s, "length": n} for s, n in self.runs],
+        }
+
+
+class _Runs:
+    """Runs appended in ascending order, touching ones joined."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, int]] = []
+
+    def add(self, start: int, length: int) -> None:
+        if length <= 0:
+            return
+        if self.runs and self.runs[-1][0] + self.runs[-1][1] == start:
+            self.runs[-1] = (self.runs[-1][0], self.runs[-1][1] + length)
+        else:
+            self.runs.append((start, length))
+
+    def add_mask(self, start: int, mask: np.ndarray) -> None:
+        """Sectors ``start + i * SECTOR`` where ``mask[i]`` (the last one may be short)."""
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.view(np.int8), [0]))))
+        for a, z in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+            self.add(start + a * SECTOR, (z - a) * SECTOR)
+
+
+def _sectors(a: np.ndarray) -> np.ndarray:
+    """``a`` (bytes) as rows of one sector, the last row zero-padded."""
+    pad = -len(a) % SECTOR
+    if pad:
+        a = np.concatenate((a, np.zeros(pad, np.uint8)))
+    return a.reshape(-1, SECTOR)
+
+
+class _Reader:
+    def __init__(self, img: DiskImage) -> None:
+        self.img = img
+        self.buf = bytearray(CHUNK_SIZE)
+
+    def read(self, offset: int, length: int) -> np.ndarray:
+        mv = memoryview(self.buf)[:length]
+        self.img.readinto_at(offset, mv)
+        return np.frombuffer(mv, np.uint8)
+
+
+def _compare_range(
+    out: _Runs, ra: _Reader | None, rb: _Reader | None, start: int, end: int
+) -> None:
+    """Differing sectors of ``[start, end)``; a missing reader reads as zeros."""
+    pos = start
+    while pos < end:
+        n = min(CHUNK_SIZE, end - pos)
+        a = _sectors(ra.read(pos, n)) if ra is not None else None
+        b = _sectors(rb.read(pos, n)) if rb is not None else None
+        if a is None:
+            assert b is not None
+            mask = b.any(axis=1)
+        elif b is None:
+            mask = a.any(axis=1)
+        else:
+            mask = (a != b).any(axis=1)
+        out.add_mask(pos, np.asarray(mask, dtype=bool))
+        pos += n
+
+
+def _walk(base: DiskImage, new: DiskImage, end: int, out: _Runs) -> None:
+    """The compare path over ``[0, end)``: both allocation maps in step."""
+    ita: Iterator[Allocation] = allocation_map(base, 0, end)
+    itb: Iterator[Allocation] = allocation_map(new, 0, end)
+    ra, rb = _Reader(base), _Reader(new)
+    ea, eb = next(ita, None), next(itb, None)
+    pos = 0
+    while pos < end and ea is not None and eb is not None:
+        stop = min(ea.start + ea.length, eb.start + eb.length)
+        za, zb = ea.reads_zero, eb.reads_zero
+        if not (za and zb):
+            _compare_range(out, None if za else ra, None if zb else rb, pos, stop)
+        pos = stop
+        if ea.start + ea.length == stop:
+            ea = next(ita, None)
+        if eb.start + eb.length == stop:
+            eb = next(itb, None)
+
+
+def _depth_of(new: DiskImage, base_path: Path) -> int | None:
+    """How many levels above BASE ``new`` is in its own chain, if BASE is in it."""
+    depth, cur = 0, new
+    while cur is not None:
+        if depth and Path(cur.name).resolve() == base_path:
+            return depth
+        cur = cur.parent  # type: ignore[assignment]
+        depth += 1
+    return None
+
+
+def _chain_runs(new: DiskImage, depth: int, out: _Runs) -> None:
+    """The ranges the levels above BASE store (allocation and sector bitmaps)."""
+    for run in allocation_map(new):
+        if run.depth < depth:
+            out.add(run.start, run.length)
+
+
+def _exact(base: DiskImage, new: DiskImage, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Of ``runs``, the sectors whose bytes differ."""
+    out = _Runs()
+    ra, rb = _Reader(base), _Reader(new)
+    for start, length in runs:
+        _compare_range(out, ra, rb, start, start + length)
+    return out.runs
+
+
+def diff_images(
+    base: str | os.PathLike[str],
+    new: str | os.PathLike[str],
+    *,
+    exact: bool = False,
+    method: str | None = None,
+) -> DiffResult:
+    """The runs of sectors in which NEW's content differs from BASE's.
+
+    Args:
+        base, new: the two images (any formats pyvhdx reads).
+        exact: on the chain path, compare the stored ranges too and keep only
+            the sectors that differ.
+        method: force ``"compare"`` (``"chain"`` is taken whenever it applies).
+
+    Raises:
+        InvalidArgumentError: an unknown method.
+        PyvhdxError, OSError: an image cannot be opened or read.
+    """
+    if method not in (None, "compare"):
+        raise InvalidArgumentError(f"method must be 'compare' or left out, not {method!r}")
+    out = _Runs()
+    with open_image(base) as b, open_image(new) as n:
+        bsize, nsize = b.get_size(), n.get_size()
+        depth = None if method else _depth_of(n, Path(b.name).resolve())
+        if depth is not None and bsize == nsize:
+            _chain_runs(n, depth, out)
+            runs = _exact(b, n, out.runs) if exact else out.runs
+            return DiffResult("chain", bsize, nsize, runs)
+        common = min(bsize, nsize)
+        _walk(b, n, common, out)
+        if nsize > common:  # NEW's tail against nothing: what is not zero
+            for run in allocation_map(n, common):
+                if not run.reads_zero:
+                    _compare_range(out, None, _Reader(n), run.start, run.start + run.length)
+        return DiffResult("compare", bsize, nsize, out.runs)
+
+
+def _copy_runs(new: DiskImage, runs: list[tuple[int, int]], write: Any) -> None:
+    buf = bytearray(CHUNK_SIZE)
+    for start, length in runs:
+        pos, end = start, start + length
+        while pos < end:
+            k = min(CHUNK_SIZE, end - pos)
+            mv = memoryview(buf)[:k]
+            new.readinto_at(pos, mv)
+            write(pos, mv)
+            pos += k
+
+
+def write_delta(
+    base: str | os.PathLike[str],
+    new: str | os.PathLike[str],
+    delta: str | os.PathLike[str],
+    result: DiffResult | None = None,
+    *,
+    overwrite: bool = False,
+) -> DiffResult:
+    """Write the delta image ``delta``: a differencing child of BASE (VHDX or VHD by
+    its name, as BASE) holding NEW's bytes over every changed run.
+
+    Raises:
+        InvalidArgumentError: BASE and NEW differ in size (a child has its parent's).
+    """
+    from .constants import ImageFormat
+    from .create import create_vhd_child, create_vhdx_child
+
+    result = diff_images(base, new) if result is None else result
+    if result.base_size != result.new_size:
+        raise InvalidArgumentError(
+            f"a delta is a child of BASE and has its size ({result.base_size} bytes); "
+            f"NEW has {result.new_size}: resize BASE first"
+        )
+    with open_image(base) as b:
+        fmt = b.format
+    make = create_vhdx_child if fmt is ImageFormat.VHDX else create_vhd_child
+    if fmt is ImageFormat.RAW:
+        raise InvalidArgumentError(f"{base} is a raw disk: a delta needs a VHDX or VHD base")
+    make(delta, base, overwrite=overwrite)
+    with open_image(new) as n, open_image(delta, "r+", parent=base) as d:
+        _copy_runs(n, result.runs, d.write_at)
+    return result
+
+
+def write_raw_delta(
+    new: str | os.PathLike[str], delta: str | os.PathLike[str], result: DiffResult
+) -> Path:
+    """A sparse raw file of NEW's size with NEW's bytes over the changed runs (holes
+    elsewhere), and the runs beside it as ``DELTA.json``; returns the JSON's path."""
+    target = Path(delta)
+    with open_image(new) as n, open(target, "wb") as f:
+        f.truncate(result.new_size)
+        fd = f.fileno()
+
+        def write(pos: int, data: memoryview) -> None:
+            done = 0
+            while done < len(data):
+                done += os.pwrite(fd, data[done:], pos + done)
+
+        _copy_runs(n, result.runs, write)
+    runs_file = target.with_name(target.name + ".json")
+    runs_file.write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+    return runs_file
