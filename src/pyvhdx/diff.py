@@ -47,6 +47,9 @@ class DiffResult:
     base_size: int
     new_size: int
     runs: list[tuple[int, int]]
+    #: Per run, where NEW's bytes at its start are: the file holding them and the
+    #: offset there (None where they read as zeros without being stored).
+    sources: list[tuple[str | None, int | None]] = dataclasses.field(default_factory=list)
 
     @property
     def changed_bytes(self) -> int:
@@ -58,8 +61,14 @@ class DiffResult:
             "base-size": self.base_size,
             "new-size": self.new_size,
             "changed-bytes": self.changed_bytes,
-            "runs": [{"start": s, "length": n} for s, n in self.runs],
+            "runs": [
+                {"start": s, "length": n, "image": src[0], "file-offset": src[1]}
+                for (s, n), src in zip(self.runs, self.sources or self._unknown(), strict=True)
+            ],
         }
+
+    def _unknown(self) -> list[tuple[str | None, int | None]]:
+        return [(None, None)] * len(self.runs)
 
 
 class _Runs:
@@ -241,14 +250,27 @@ def diff_images(
         if depth is not None and bsize == nsize:
             _chain_runs(n, depth, out)
             runs = _exact(b, n, out.runs) if exact else out.runs
-            return DiffResult("chain", bsize, nsize, runs)
+            return DiffResult("chain", bsize, nsize, runs, _sources(n, runs))
         common = min(bsize, nsize)
         _walk(b, n, common, out)
         if nsize > common:  # NEW's tail against nothing: what is not zero
             for run in allocation_map(n, common):
                 if not run.reads_zero:
                     _compare_range(out, None, _Reader(n), run.start, run.start + run.length)
-        return DiffResult("compare", bsize, nsize, out.runs)
+        return DiffResult("compare", bsize, nsize, out.runs, _sources(n, out.runs))
+
+
+def _sources(new: DiskImage, runs: list[tuple[int, int]]) -> list[tuple[str | None, int | None]]:
+    """Where NEW stores the first byte of each run (the image of the chain, its offset)."""
+    out: list[tuple[str | None, int | None]] = []
+    for start, _length in runs:
+        first = next(allocation_map(new, start, SECTOR), None)
+        if first is None or first.reads_zero:
+            out.append((None, None))
+        else:
+            offset = None if first.file_offset is None else first.file_offset
+            out.append((first.filename, offset))
+    return out
 
 
 def _copy_runs(new: DiskImage, runs: list[tuple[int, int]], write: Any) -> None:

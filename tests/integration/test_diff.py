@@ -176,6 +176,12 @@ def test_raw_delta_and_json(tmp_path: Path) -> None:
     raw = (tmp_path / "delta.raw").read_bytes()
     with pyvhdx.open(new) as img:
         assert raw[7 * MiB : 7 * MiB + 3584] == img.read_at(7 * MiB, 3584)
+        first = img.read_at(7 * MiB, 512)
+    where = data["runs"][0]  # where NEW holds the run's first sector, in its own file
+    assert Path(where["image"]).name == "new.vhdx"
+    with open(new, "rb") as f:
+        f.seek(where["file-offset"])
+        assert f.read(512) == first
     assert (tmp_path / "delta.raw").stat().st_blocks * 512 < 1 * MiB  # sparse
 
 
