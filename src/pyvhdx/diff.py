@@ -20,6 +20,7 @@ with the changed runs at their offsets, plus the runs as JSON.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -122,17 +123,35 @@ def _same(a: memoryview, b: memoryview) -> bool:
 def _compare_range(
     out: _Runs, ra: _Reader | None, rb: _Reader | None, start: int, end: int
 ) -> None:
-    """Differing sectors of ``[start, end)``; a missing reader reads as zeros."""
+    """Differing sectors of ``[start, end)``; a missing reader reads as zeros. With two
+    readers, NEW's chunk is read in a worker thread while BASE's is read here (positional
+    reads release the GIL)."""
     pos = start
     zeros = memoryview(_ZEROS)
+    pool = _pool() if ra is not None and rb is not None else None
     while pos < end:
         n = min(CHUNK_SIZE, end - pos)
-        a = ra.read(pos, n) if ra is not None else zeros[:n]
-        b = rb.read(pos, n) if rb is not None else zeros[:n]
+        if pool is not None and ra is not None and rb is not None:
+            pending = pool.submit(rb.read, pos, n)
+            a = ra.read(pos, n)
+            b = pending.result()
+        else:
+            a = ra.read(pos, n) if ra is not None else zeros[:n]
+            b = rb.read(pos, n) if rb is not None else zeros[:n]
         if not _same(a, b):  # the sectors only where something differs
             x, y = _sectors(np.frombuffer(a, np.uint8)), _sectors(np.frombuffer(b, np.uint8))
             out.add_mask(pos, np.asarray((x != y).any(axis=1), dtype=bool))
         pos += n
+
+
+_POOL: list[concurrent.futures.ThreadPoolExecutor] = []
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    """One reader thread for the process (made on first use)."""
+    if not _POOL:
+        _POOL.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pyvhdx-diff"))
+    return _POOL[0]
 
 
 def _walk(base: DiskImage, new: DiskImage, end: int, out: _Runs) -> None:
