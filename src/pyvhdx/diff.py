@@ -14,7 +14,7 @@ Two ways to find the changes, chosen by :func:`diff_images` and reported:
 
 A delta (:func:`write_delta`) is a differencing image whose parent is BASE
 holding NEW's bytes over every changed run, so that BASE + DELTA reads as NEW;
-:func:`pyvhdx.merge.merge_image` applies it. A raw delta is a sparse raw file
+``merge_image`` of the ``pyvhdx.merge`` module applies it. A raw delta is a sparse raw file
 with the changed runs at their offsets, plus the runs as JSON.
 """
 
