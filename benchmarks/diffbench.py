@@ -17,7 +17,6 @@ Each runs in a child process: wall time and its peak RSS (os.wait4).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import subprocess
@@ -29,14 +28,12 @@ from pathlib import Path
 MiB = 1 << 20
 GiB = 1 << 30
 PYVHDX = [sys.executable, "-m", "pyvhdx"]
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: benchmarks.childproc beside it
+    sys.path.insert(0, str(REPO))
 
 
-def _run(*args: str) -> tuple[float, int, int]:
-    """(seconds, peak RSS in MiB, exit status) of one child process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(list(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    return time.perf_counter() - t0, usage.ru_maxrss // 1024, os.waitstatus_to_exitcode(status)
+from benchmarks.childproc import run_child  # noqa: E402
 
 
 def _make(work: Path, size: int) -> int:
@@ -87,8 +84,12 @@ def main() -> int:
         )
         changed = int(made.stdout)
         base, new, copy = work / "base.vhdx", work / "new.vhdx", work / "copy.vhdx"
-        q_seconds, q_rss, q_status = _run("qemu-img", "compare", str(base), str(copy))
-        seconds, rss, status = _run(*PYVHDX, "diff", str(base), str(new), "--json")
+        q_seconds, q_rss, q_status = run_child(
+            "qemu-img", "compare", str(base), str(copy), check=False
+        )
+        seconds, rss, status = run_child(
+            *PYVHDX, "diff", str(base), str(new), "--json", check=False
+        )
         print(
             f"diff of two {size / GiB:.1f} GiB VHDX differing in {changed} MiB "
             f"(1%): {seconds:.2f} s, peak RSS {rss} MiB (exit {status}); qemu-img compare "
@@ -96,7 +97,9 @@ def main() -> int:
             f"ratio {seconds / q_seconds:.2f}"
         )
         big, child = work / "big.vhdx", work / "big-child.avhdx"
-        seconds, rss, status = _run(*PYVHDX, "diff", str(big), str(child), "--json")
+        seconds, rss, status = run_child(
+            *PYVHDX, "diff", str(big), str(child), "--json", check=False
+        )
         t0 = time.perf_counter()
         subprocess.run([*PYVHDX, "--version"], check=True, capture_output=True)
         start = time.perf_counter() - t0

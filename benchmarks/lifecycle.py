@@ -32,18 +32,12 @@ from pathlib import Path
 MiB = 1 << 20
 GiB = 1 << 30
 PYVHDX = [sys.executable, "-m", "pyvhdx"]
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: benchmarks.childproc beside it
+    sys.path.insert(0, str(REPO))
 
 
-def _run(*args: str) -> tuple[float, int]:
-    """(seconds, peak RSS in MiB) of one child process (its own rusage, os.wait4)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(list(args), stdout=subprocess.DEVNULL)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise subprocess.CalledProcessError(proc.returncode, args)
-    return elapsed, usage.ru_maxrss // 1024
+from benchmarks.childproc import run_child  # noqa: E402
 
 
 def _compact_image(path: Path, size: int) -> None:
@@ -65,12 +59,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gib", type=float, default=4)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--make", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     size = int(args.size_gib * GiB) // (32 * MiB) * (32 * MiB)
+    if args.make is not None:  # in a process of its own: the measured children would
+        _compact_image(args.make, size)  # count this one's pages in their peak RSS
+        return 0
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         image = work / "half.vhdx"
-        _compact_image(image, size)
+        subprocess.run(
+            [sys.executable, __file__, "--make", str(image), "--size-gib", str(args.size_gib)],
+            check=True,
+        )
         file_size = image.stat().st_size
         copy = work / "copy.bin"
         t0 = time.perf_counter()
@@ -79,7 +80,7 @@ def main() -> int:
             os.fsync(f.fileno())
         copy_rate = file_size / (time.perf_counter() - t0)
         copy.unlink()
-        seconds, rss = _run(*PYVHDX, "compact", str(image), "--mode", "quick")
+        seconds, rss, _ = run_child(*PYVHDX, "compact", str(image), "--mode", "quick")
         rate = file_size / seconds
         print(
             f"compact --mode quick of a {size / GiB:.1f} GiB disk ({file_size / MiB:.0f} MiB "
@@ -90,7 +91,7 @@ def main() -> int:
         for ext, first, target in ((".vhdx", "64T", "64T"), (".vhd", "2040G", None)):
             path = work / f"grow{ext}"
             subprocess.run([*PYVHDX, "create", str(path), "1G"], check=True, capture_output=True)
-            seconds, rss = _run(*PYVHDX, "resize", str(path), first)
+            seconds, rss, _ = run_child(*PYVHDX, "resize", str(path), first)
             print(
                 f"resize {ext} 1 GiB -> {first} (its BAT moves): {seconds * 1000:.0f} ms, "
                 f"peak RSS {rss} MiB"
@@ -102,7 +103,7 @@ def main() -> int:
                     check=True,
                     stdout=subprocess.DEVNULL,
                 )
-                seconds, rss = _run(*PYVHDX, "resize", str(path), target)
+                seconds, rss, _ = run_child(*PYVHDX, "resize", str(path), target)
                 print(
                     f"resize {ext} 63 TiB -> {target} (nothing moves): "
                     f"{seconds * 1000:.0f} ms, peak RSS {rss} MiB"
