@@ -930,6 +930,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@_subcommand(
+    "mount",
+    help="mount an image or chain as one file, DIR/disk (FUSE)",
+    description="Expose IMAGE's virtual disk as the file DIR/disk until Ctrl-C or "
+    "fusermount -u DIR. Read-only by default; --writable writes through pyvhdx's "
+    "crash-consistent write path. Needs the 'mount' extra (pip install 'pyvhdx[mount]') "
+    "and a system that lets you mount FUSE file systems.",
+    options=[
+        *_IMAGE_OPTIONS,
+        _arg("mountpoint", metavar="DIR", help="an empty directory"),
+        _flag("--writable", "let programs write into IMAGE through DIR/disk"),
+    ],
+)
+def cmd_mount(args: argparse.Namespace) -> int:
+    """``pyvhdx mount``: FUSE."""
+    from ..mount import mount
+
+    if args.force_share and args.writable:
+        error("mount: -U is for read-only mounts")
+        return EXIT_USAGE
+    opts = {k: v for k, v in _given(args, "format", "strict", "parent").items() if v}
+    if args.force_share:
+        opts["force_share"] = True
+    try:
+        mount(args.image, args.mountpoint, writable=args.writable, **opts)
+    except ImportError as exc:
+        raise CommandError(
+            f"mount needs the 'mount' extra (pip install 'pyvhdx[mount]'): {exc}"
+        ) from exc
+    except RuntimeError as exc:
+        raise CommandError(f"{args.mountpoint}: FUSE refused the mount: {exc}") from exc
+    return EXIT_OK
+
+
 #: The subcommands' parser builders, in the order ``pyvhdx --help`` lists them.
 SUBCOMMANDS: Final = [
     _ADDERS[name]
@@ -951,5 +985,6 @@ SUBCOMMANDS: Final = [
         "diff",
         "apply",
         "serve",
+        "mount",
     )
 ]
