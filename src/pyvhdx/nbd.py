@@ -316,7 +316,9 @@ class _Client:
             with export.lock:
                 if kind == _CMD_WRITE:
                     export.writer.write_at(offset, data)
-                elif kind in (_CMD_WRITE_ZEROES, _CMD_TRIM):
+                elif kind == _CMD_TRIM:
+                    _trim(export.writer, offset, length)
+                elif kind == _CMD_WRITE_ZEROES:
                     _write_zeros(export.writer, offset, length)
                 if kind == _CMD_FLUSH or flags & 1:  # FUA
                     export.writer.flush()
@@ -405,7 +407,35 @@ def _status(img: DiskImage, offset: int, length: int, one: bool) -> list[tuple[i
     return out or [(length, 0)]
 
 
+def _trim(img: DiskImage, offset: int, length: int) -> None:
+    """TRIM: the blocks wholly inside the range are unmapped (read as zeros, their space
+    given back by the next compact), as :mod:`pyvhdx.compact` releases them; the edges,
+    and every byte of a fixed or differencing disk, are written as zeros."""
+    from .constants import DiskType
+    from .vhd import compact as vhd_compact
+    from .vhdx import compact as vhdx_compact
+    from .vhdx.file import VHDXFile
+
+    h: Any = img.handler
+    bs = img.block_size
+    if img.disk_type is not DiskType.DYNAMIC or not bs:
+        _write_zeros(img, offset, length)
+        return
+    first, stop = -(-offset // bs), (offset + length) // bs
+    blocks = [b for b in range(first, stop) if h.table.code(b) >= 0]
+    if blocks:
+        fmt: Any = vhdx_compact if isinstance(h, VHDXFile) else vhd_compact
+        fmt.release(h, blocks)
+    if first >= stop:
+        _write_zeros(img, offset, length)
+        return
+    _write_zeros(img, offset, first * bs - offset)
+    _write_zeros(img, stop * bs, offset + length - stop * bs)
+
+
 def _write_zeros(img: DiskImage, offset: int, length: int) -> None:
+    if length <= 0:
+        return
     zeros = bytes(min(length, 4 << 20))
     pos = offset
     while pos < offset + length:

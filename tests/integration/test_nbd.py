@@ -269,3 +269,20 @@ def test_cli_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     time.sleep(0.1)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # nothing writes on
+
+
+def test_trim_unmaps_whole_blocks_of_a_writable_export(
+    tmp_path: Path, running: list[Running]
+) -> None:
+    path = _image(tmp_path, "t.vhdx", "dynamic", block_size=MiB)
+    with pyvhdx.open(path) as img:
+        stored = img.allocation_summary().data_blocks
+    r = _serve(running, path, writable=True)
+    out = _qemu("qemu-io", "-f", "raw", "-c", "discard 512 10M", r.url)
+    assert out.returncode == 0, out.stdout + out.stderr
+    r.stop()
+    running.remove(r)
+    with pyvhdx.open(path) as img:
+        assert img.read_at(512, 10 * MiB) == bytes(10 * MiB)
+        assert img.allocation_summary().data_blocks < stored  # unmapped, not zero-filled
+    assert check_image(path).ok

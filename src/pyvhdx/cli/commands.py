@@ -892,6 +892,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         _arg("--name", default="", help="the export name (default: empty)"),
         _flag("--writable", "let clients write into IMAGE"),
         _arg("--overlay", metavar="FILE", help="keep writes in this new differencing child"),
+        _flag("--salvage", "serve a truncated image, its lost blocks as zeros (read-only)"),
+        _flag("--allow-missing-parent", "serve a child whose parent is gone, as zeros there"),
     ],
 )
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -906,9 +908,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.force_share and (args.writable or args.overlay):
         error("serve: -U is for read-only exports")
         return EXIT_USAGE
-    opts = {k: v for k, v in _given(args, "format", "strict", "parent").items() if v}
-    if args.force_share:
-        opts["force_share"] = True
+    names = ("format", "strict", "parent", "salvage", "allow_missing_parent", "force_share")
+    opts = {k: v for k, v in _given(args, *names).items() if v}
     options = ServeOptions(
         Path(args.image),
         name=args.name,
