@@ -368,15 +368,23 @@ def cmd_merge(args: argparse.Namespace) -> int:
             error("merge: --into cannot be used with --parent or --keep-child")
             return EXIT_USAGE
         results = merge_chain(args.child, args.into, progress=want_progress(args.progress))
-        data = [_result_json(r) for r in results]
-        return _report(args, data, lambda: [line for r in results for line in _merged(r)])
+        return _merge_report(args, *results)
     result = merge_image(
         args.child,
         parent=args.parent,
         keep_child=args.keep_child,
         progress=want_progress(args.progress),
     )
-    return _report(args, _result_json(result), lambda: render_fields(merge_rows(result)))
+    return _merge_report(args, result)
+
+
+def _merge_report(args: argparse.Namespace, *results: Any) -> int:
+    """What merge, merge --into and apply print: one report a merge (JSON: a list for
+    --into)."""
+    data = [_result_json(r) for r in results]
+    lines = [line for r in results for line in render_fields(merge_rows(r))]
+    many = getattr(args, "into", None) is not None
+    return _report(args, data if many else data[0], lambda: lines)
 
 
 @_subcommand(
@@ -649,10 +657,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return _report(args, _result_json(result), lambda: ())
 
 
-def _merged(result: Any) -> list[str]:
-    return list(render_fields(merge_rows(result)))
-
-
 @_subcommand(
     "resize",
     help="grow or shrink a VHDX, grow a VHD (Resize-VHD)",
@@ -873,7 +877,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         reparent=False,
         progress=want_progress(args.progress),
     )
-    return _report(args, _result_json(result), lambda: render_fields(merge_rows(result)))
+    return _merge_report(args, result)
 
 
 @_subcommand(
