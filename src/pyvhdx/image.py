@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Generic, NamedTuple, TypeVar, overload
 
@@ -622,11 +622,14 @@ def open_image(
     verify_parent: bool = True,
     salvage: bool = False,
     force_share: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> DiskImage:
     """Open a virtual disk image.
 
     Args:
-        file: a path, or a seekable binary file object with ``readinto``.
+        file: a path, a seekable binary file object with ``readinto``, or an fsspec
+            URL (``s3://``, ``az://``, ``http(s)://``...: read-only, the ``remote``
+            extra; :mod:`pyvhdx.remote`).
         mode: ``"r"`` (default; never writes to the file) or ``"r+"``.
         format: ``"vhdx"``, ``"vhd"`` or ``"raw"``; detected by content if None.
         strict: refuse images with non-fatal defects (a bad VHD checksum).
@@ -641,6 +644,7 @@ def open_image(
             file read as zeros and are listed in ``info().problems``.
         force_share: take and check no lock (qemu's ``force-share``, ``-U``), to
             read an image another process is writing; read-only opens only.
+        storage_options: for a URL, fsspec's options (credentials, endpoint).
 
     A path (not a file object, which is the caller's to lock) is locked as qemu
     locks images, until the image is closed: ``"r+"`` excludes every other
@@ -656,6 +660,12 @@ def open_image(
         InvalidArgumentError: a bad mode or option (``force_share`` with ``"r+"``),
             or the path is not a regular file or block device (a FIFO, a directory).
     """
+    from .remote import is_url, open_remote
+
+    if is_url(file):
+        if mode != "r":
+            raise InvalidArgumentError(f"{file}: a remote image opens read-only (mode 'r')")
+        file = open_remote(str(file), storage_options)  # type: ignore[assignment]
     img = _open_file(
         file, mode, format=format, strict=strict, salvage=salvage, force_share=force_share
     )
