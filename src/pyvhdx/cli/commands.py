@@ -969,6 +969,47 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@_subcommand(
+    "scan",
+    help="hash and describe many images at once, on Dask (the 'fleet' extra)",
+    description="One row per image: path, format, disk type, virtual size, the digests, "
+    "the problems found, and the error of an image that cannot be read (a bad image is a "
+    "row, never a failed run). Paths may be fsspec URLs. Runs on Dask's threads.",
+    options=[
+        _arg("paths", metavar="PATH", nargs="+", help="images (files or URLs)"),
+        _arg(
+            "-a",
+            "--algorithm",
+            dest="algorithms",
+            action="append",
+            type=_hash_algorithm,
+            metavar="NAME",
+            help="hashlib algorithm; repeat for several (default: sha256)",
+        ),
+        _arg("--jobs", type=int, default=None, help="images read at once (default: the CPUs)"),
+        _flag("--json", "print the rows as JSON"),
+    ],
+)
+def cmd_scan(args: argparse.Namespace) -> int:
+    """``pyvhdx scan``: a fleet of images."""
+    from ..dask import scan
+
+    algorithms = args.algorithms or ["sha256"]
+    rows = scan(args.paths, algorithms=algorithms).compute(
+        scheduler="threads", num_workers=args.jobs
+    )
+    lines = [
+        "\t".join(
+            [printable(r["path"]), str(r["format"]), str(r["virtual-size"])]
+            + [str(r[a]) for a in algorithms]
+            + ([printable(r["error"])] if r["error"] else [])
+        )
+        for r in rows
+    ]
+    _report(args, rows, lambda: lines)
+    return EXIT_FAILURE if any(r["error"] for r in rows) else EXIT_OK
+
+
 #: The subcommands' parser builders, in the order ``pyvhdx --help`` lists them.
 SUBCOMMANDS: Final = [
     _ADDERS[name]
@@ -991,5 +1032,6 @@ SUBCOMMANDS: Final = [
         "apply",
         "serve",
         "mount",
+        "scan",
     )
 ]
