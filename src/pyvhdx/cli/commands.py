@@ -551,6 +551,18 @@ def _hash_algorithm(text: str) -> str:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
+#: ``-a``/``--algorithm`` of hash and scan.
+_ALGORITHMS: Final = _arg(
+    "-a",
+    "--algorithm",
+    dest="algorithms",
+    action="append",
+    type=_hash_algorithm,
+    metavar="NAME",
+    help="hashlib algorithm (md5, sha1, sha256, sha512, ...); repeat for several (default: sha256)",
+)
+
+
 @_subcommand(
     "hash",
     help="hash the virtual disk content (md5, sha1, sha256, ... in one pass)",
@@ -561,16 +573,7 @@ def _hash_algorithm(text: str) -> str:
     "lines with --tag or several algorithms.",
     options=[
         *_IMAGE_OPTIONS,
-        _arg(
-            "-a",
-            "--algorithm",
-            dest="algorithms",
-            action="append",
-            type=_hash_algorithm,
-            metavar="NAME",
-            help="hashlib algorithm (md5, sha1, sha256, sha512, ...); repeat for several "
-            "(default: sha256)",
-        ),
+        _ALGORITHMS,
         _flag("--tag", "name the algorithm on each line (BSD style)"),
         _PROGRESS,
         _flag("--json", "print the digests as JSON"),
@@ -977,15 +980,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     "row, never a failed run). Paths may be fsspec URLs. Runs on Dask's threads.",
     options=[
         _arg("paths", metavar="PATH", nargs="+", help="images (files or URLs)"),
-        _arg(
-            "-a",
-            "--algorithm",
-            dest="algorithms",
-            action="append",
-            type=_hash_algorithm,
-            metavar="NAME",
-            help="hashlib algorithm; repeat for several (default: sha256)",
-        ),
+        _ALGORITHMS,
         _arg("--jobs", type=int, default=None, help="images read at once (default: the CPUs)"),
         _flag("--json", "print the rows as JSON"),
     ],
