@@ -33,6 +33,7 @@ import numpy as np
 from .compare import CHUNK_SIZE, Allocation, allocation_map
 from .errors import InvalidArgumentError
 from .image import DiskImage, open_image
+from .newfile import new_file
 
 __all__ = ["SECTOR", "DiffResult", "diff_images", "write_delta", "write_raw_delta"]
 
@@ -313,7 +314,9 @@ def write_delta(
     overwrite: bool = False,
 ) -> DiffResult:
     """Write the delta image ``delta``: a differencing child of BASE (VHDX or VHD by
-    its name, as BASE) holding NEW's bytes over every changed run.
+    its name, as BASE) holding NEW's bytes over every changed run. It is built under
+    a temporary name and renamed into place when complete (:mod:`pyvhdx.newfile`):
+    an error, Ctrl-C or a kill never leaves a partial delta under ``delta``.
 
     Raises:
         InvalidArgumentError: BASE and NEW differ in size (a child has its parent's).
@@ -332,9 +335,10 @@ def write_delta(
     make = create_vhdx_child if fmt is ImageFormat.VHDX else create_vhd_child
     if fmt is ImageFormat.RAW:
         raise InvalidArgumentError(f"{base} is a raw disk: a delta needs a VHDX or VHD base")
-    make(delta, base, overwrite=overwrite)
-    with open_image(new) as n, open_image(delta, "r+", parent=base) as d:
-        _copy_runs(n, result.runs, d.write_at)
+    with new_file(delta, overwrite=overwrite) as out:
+        make(out.path, base, overwrite=True)
+        with open_image(new) as n, open_image(out.path, "r+", parent=base) as d:
+            _copy_runs(n, result.runs, d.write_at)
     return result
 
 
@@ -344,14 +348,13 @@ def write_raw_delta(
     """A sparse raw file of NEW's size with NEW's bytes over the changed runs (holes
     elsewhere), and the runs beside it as ``DELTA.json``; returns the JSON's path."""
     target = Path(delta)
-    with open_image(new) as n, open(target, "wb") as f:
-        f.truncate(result.new_size)
-        fd = f.fileno()
+    with open_image(new) as n, new_file(target, overwrite=True, size=result.new_size) as out:
+        os.ftruncate(out.fd, result.new_size)
 
         def write(pos: int, data: memoryview) -> None:
             done = 0
             while done < len(data):
-                done += os.pwrite(fd, data[done:], pos + done)
+                done += os.pwrite(out.fd, data[done:], pos + done)
 
         _copy_runs(n, result.runs, write)
     runs_file = target.with_name(target.name + ".json")

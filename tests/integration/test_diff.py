@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,7 @@ from pyvhdx.compare import compare_images
 from pyvhdx.diff import SECTOR, diff_images, write_delta, write_raw_delta
 from pyvhdx.merge import merge_image
 from tests.conftest import import_pyvhdi, qemu_to_raw
+from tests.killlib import _default_signals
 
 MiB = 1 << 20
 SIZE = 48 * MiB
@@ -211,3 +215,41 @@ def test_runs_equal_brute_force(tmp_path: Path, writes: list[tuple[int, int, int
     with pyvhdx.open(base) as b, pyvhdx.open(new) as n:
         expected = _runs_of(b.read_at(0, 4 * MiB), n.read_at(0, 4 * MiB))
     assert diff_images(base, new).runs == expected
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_diff_leaves_no_partial_delta(tmp_path: Path, sig: signal.Signals) -> None:
+    """``pyvhdx diff -o DELTA`` stopped at random points: DELTA is absent or whole (BASE
+    + DELTA reads as NEW), and the next run finishes it and removes a killed run's
+    temporary file."""
+    base = _base(tmp_path, ".vhdx")
+    new = tmp_path / "new.vhdx"
+    shutil.copyfile(base, new)
+    rng = random.Random(6)
+    with pyvhdx.open(new, "r+") as img:
+        for k in range(0, SIZE, 2 * MiB):
+            img.write_at(k, rng.randbytes(MiB))
+    cmd = [sys.executable, "-m", "pyvhdx", "diff", str(base), str(new), "-o"]
+    t0 = time.monotonic()
+    subprocess.run([*cmd, str(tmp_path / "timing.avhdx")], capture_output=True, check=False)
+    total = time.monotonic() - t0
+    delta = tmp_path / "delta.avhdx"
+    for k in range(4):
+        proc = subprocess.Popen(
+            [*cmd, str(delta)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_default_signals,
+        )
+        time.sleep(total * (0.3 + 0.15 * k))
+        proc.send_signal(sig)
+        proc.wait(60)
+        if delta.exists():  # finished before the signal: whole
+            assert compare_images(delta, new) is None
+            delta.unlink()
+        if sig == signal.SIGINT:  # an interrupted run cleans up after itself
+            assert not [p for p in tmp_path.iterdir() if "pyvhdx-tmp" in p.name]
+    r = subprocess.run([*cmd, str(delta)], capture_output=True, text=True, check=False)
+    assert r.returncode == 1, r.stderr  # 1: the disks differ; the delta is written
+    assert compare_images(delta, new) is None
+    assert not [p for p in tmp_path.iterdir() if "pyvhdx-tmp" in p.name]
