@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
+
+MiB = 1 << 20
+GiB = 1 << 30
+#: ``pyvhdx`` run by this interpreter.
+PYVHDX = [sys.executable, "-m", "pyvhdx"]
 
 
 def run_child(*args: str, check: bool = True) -> tuple[float, int, int]:

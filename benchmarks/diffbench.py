@@ -25,15 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-MiB = 1 << 20
-GiB = 1 << 30
-PYVHDX = [sys.executable, "-m", "pyvhdx"]
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script: benchmarks.childproc beside it
-    sys.path.insert(0, str(REPO))
-
-
-from benchmarks.childproc import run_child  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+from benchmarks.childproc import PYVHDX, GiB, MiB, run_child
 
 
 def _make(work: Path, size: int) -> int:
