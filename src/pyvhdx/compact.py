@@ -149,16 +149,16 @@ def compact_image(
         ranges = free_ranges(img.read_at, size, h.logical_sector_size) if mode == "full" else []
         released = _releasable(img, _Free(ranges), progress)
         move = mode != "zero"
-        end = fmt.plan(h, released, move=move)[3]
+        # the plan once: released blocks left out read as they will once released
+        planned = fmt.plan(h, released, move=move)
+        moves, end = planned[2], planned[3]
         spans = [(s, n) for s, n in _spans(h, released) if s < end] if not move else []
         if dry_run:
-            moves = fmt.plan(h, released, move=move)[2]
             after = min(before, end + (0 if isinstance(h, VHDXFile) else h.footer_size))
             punched = sum(n for _, n in spans)
             return CompactResult(mode, True, before, after, len(released), len(moves), punched)
         fmt.release(h, released)
-        moves = fmt.plan(h, move=move)[2]
-        after = fmt.pack(h, progress, move=move)
+        after = fmt.pack(h, planned, progress)
         punched = sum(n for s, n in spans if punch_hole(h.source.fd, s, n))
     return CompactResult(mode, False, before, after, len(released), len(moves), punched)
 

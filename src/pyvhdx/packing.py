@@ -13,12 +13,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["move_blocks", "plan_moves"]
+__all__ = ["Plan", "move_blocks", "plan_moves"]
 
 _BATCH = 256 << 20  # bytes copied before the entries of the copies are written
 _STEP = 8 << 20  # bytes copied per read
 
 I64 = npt.NDArray[np.int64]
+#: A format's compaction plan: (stored blocks, their file offsets, the moves
+#: ``(index, new offset)``, the file end after them).
+Plan = tuple[I64, I64, list[tuple[int, int]], int]
 
 
 def _merged(starts: I64, ends: I64) -> list[tuple[int, int]]:

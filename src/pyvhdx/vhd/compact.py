@@ -22,7 +22,7 @@ import numpy as np
 from ..bat import CODE_UNMAPPED
 from ..constants import VHD_BAT_UNUSED, VHD_DYNAMIC_HEADER_SIZE, VHD_SECTOR_SIZE, DiskType
 from ..errors import UnsupportedFeatureError
-from ..packing import move_blocks, plan_moves
+from ..packing import Plan, move_blocks, plan_moves
 
 if TYPE_CHECKING:
     from .file import VHDFile
@@ -67,9 +67,7 @@ def _fixed_spans(f: VHDFile) -> list[tuple[int, int]]:
     return spans
 
 
-def plan(
-    f: VHDFile, skip: Sequence[int] = (), move: bool = True
-) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], int]:
+def plan(f: VHDFile, skip: Sequence[int] = (), move: bool = True) -> Plan:
     """``(blocks, bitmap offsets, moves, end)``: the stored blocks but ``skip``, where
     :func:`pyvhdx.packing.plan_moves` sends them (none unless ``move``), the file end
     (the footer follows)."""
@@ -89,11 +87,12 @@ def plan(
     return blocks, offsets, moves, -(-end // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE
 
 
-def pack(f: VHDFile, progress: Callable[[int], None] | None = None, move: bool = True) -> int:
-    """Steps 2 and 3 (step 3 only unless ``move``); returns the new file size."""
+def pack(f: VHDFile, planned: Plan, progress: Callable[[int], None] | None = None) -> int:
+    """Steps 2 and 3, as :func:`plan` planned them (no moves: step 3 only); returns the
+    new file size."""
     assert f.block_size is not None and f.bitmap_size is not None
     stride = f.bitmap_size + f.block_size
-    blocks, offsets, moves, end = plan(f, move=move)
+    blocks, offsets, moves, end = planned
     moving = [(int(blocks[i]), int(offsets[i]), new, stride) for i, new in moves]
     move_blocks(f.source, moving, lambda moved: _commit_moves(f, moved), progress, "VHD block")
     return _cut(f, end)

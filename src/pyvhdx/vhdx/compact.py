@@ -22,7 +22,7 @@ from .. import constants as K
 from ..bat import CODE_UNMAPPED, vhdx_payload_index
 from ..constants import NIL_GUID, DiskType, MiB, PayloadState
 from ..errors import UnsupportedFeatureError
-from ..packing import move_blocks, plan_moves
+from ..packing import Plan, move_blocks, plan_moves
 from .edit import SectorPatch
 
 if TYPE_CHECKING:
@@ -76,9 +76,7 @@ def _payload_blocks(f: VHDXFile) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(ids).astype(np.int64), np.concatenate(offs).astype(np.int64)
 
 
-def plan(
-    f: VHDXFile, skip: Sequence[int] = (), move: bool = True
-) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], int]:
+def plan(f: VHDXFile, skip: Sequence[int] = (), move: bool = True) -> Plan:
     """``(blocks, offsets, moves, end)``: the stored blocks but ``skip``, where
     :func:`pyvhdx.packing.plan_moves` sends them (none unless ``move``), the file end."""
     blocks, offsets = _payload_blocks(f)
@@ -90,10 +88,11 @@ def plan(
     return blocks, offsets, moves, -(-end // MiB) * MiB
 
 
-def pack(f: VHDXFile, progress: Callable[[int], None] | None = None, move: bool = True) -> int:
-    """Steps 2 and 3 (step 3 only unless ``move``); returns the new file size."""
+def pack(f: VHDXFile, planned: Plan, progress: Callable[[int], None] | None = None) -> int:
+    """Steps 2 and 3, as :func:`plan` planned them (no moves: step 3 only); returns the
+    new file size."""
     bs = f.payload_block_size
-    blocks, offsets, moves, end = plan(f, move=move)
+    blocks, offsets, moves, end = planned
     if moves:
         f._begin_session(data=False)
     moving = []
