@@ -113,24 +113,16 @@ class _Export:
             self.writer = open_image(path, "r+", **opts)
             self.size = self.writer.get_size()
         else:
-            with self.open_reader() as img:
+            with self.open() as img:  # each client opens its own view (_Client._image)
                 self.size = img.get_size()
 
     @property
     def read_only(self) -> bool:
         return self.writer is None
 
-    @contextlib.contextmanager
-    def open_reader(self) -> Iterator[DiskImage]:
-        if self.writer is not None:
-            with self.lock:
-                yield self.writer
-            return
-        img = open_image(self.path, **self.options.open_options)
-        try:
-            yield img
-        finally:
-            img.close()
+    def open(self) -> DiskImage:
+        """A new read-only view of the export's image."""
+        return open_image(self.path, **self.options.open_options)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -331,7 +323,7 @@ class _Client:
                 yield self.export.writer
             return
         if self.reader is None:
-            self.reader = open_image(self.export.path, **self.export.options.open_options)
+            self.reader = self.export.open()
         yield self.reader
 
     # -- replies --------------------------------------------------------------------
