@@ -34,6 +34,7 @@ from typing import Any, TextIO
 
 from .._version import __version__
 from ..errors import PyvhdxError
+from ..sizes import format_size
 from .commands import SUBCOMMANDS
 from .common import (
     EXIT_FAILURE,
@@ -46,7 +47,7 @@ from .common import (
     parse_size,
     report_error,
 )
-from .render import format_size, render_fields, table_lines, transposed_lines
+from .render import render_fields, table_lines, transposed_lines
 from .reports import inspect_lines
 
 __all__ = [  # what tests and the ``pyvhdx`` script import

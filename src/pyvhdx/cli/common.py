@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import sys
 import traceback
 from collections.abc import Iterator
-from decimal import Decimal
 
-from ..errors import PyvhdxError
+from .. import sizes
+from ..errors import InvalidArgumentError, PyvhdxError
 from ..image import DiskImage, open_image
 
 PROG = "pyvhdx"
@@ -53,30 +52,16 @@ def open_image_for(path: str, args: argparse.Namespace) -> DiskImage:
         )
 
 
-_SIZE_SUFFIXES = {"": 1, **{unit: 1 << 10 * power for power, unit in enumerate("kmgtp", 1)}}
-_SIZE_PATTERN = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgtp])(?:ib)?|b)?", re.IGNORECASE)
-
-
 def parse_size(text: str) -> int:
-    """A byte count from the command line: ``512``, ``4K``, ``10M``, ``1.5G``, ``64GiB``.
-
-    Suffixes are binary and case-insensitive: K = KiB, M = MiB, G = GiB, T = TiB,
-    P = PiB (``B`` alone means bytes), as qemu-img reads them. The result must be
-    a whole number of bytes.
+    """:func:`pyvhdx.sizes.parse_size` as an argparse ``type`` (a bad size is a usage error).
 
     Raises:
         argparse.ArgumentTypeError: not a size (argparse turns it into a usage error).
     """
-    match = _SIZE_PATTERN.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(
-            f"invalid size {text!r}: use a number with an optional binary suffix "
-            "K, M, G, T or P (KiB, MiB, ...)"
-        )
-    value = Decimal(match.group(1)) * _SIZE_SUFFIXES[(match.group(2) or "").lower()]
-    if value != value.to_integral_value():
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}: not a whole number of bytes")
-    return int(value)
+    try:
+        return sizes.parse_size(text)
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def report_error(exc: BaseException, debug: bool) -> None:

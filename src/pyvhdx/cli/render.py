@@ -16,30 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from ..sizes import format_size as format_size  # the renderers' size text (re-exported)
+
 INDENT = "    "
-_SIZE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
 Row = tuple[str, Any]
 """One ``key: value`` line (or a nested section when the value is a mapping or list)."""
-
-
-def format_size(size: int) -> str:
-    """A byte count with a binary unit: ``10 MiB (10485760 bytes)``, ``512 bytes``."""
-    if size < 1024:
-        return "1 byte" if size == 1 else f"{size} bytes"
-    value = size / 1024
-    index = 0
-    while value >= 1024 and index < len(_SIZE_UNITS) - 1:
-        value /= 1024
-        index += 1
-    unit = _SIZE_UNITS[index]
-    if value == int(value):
-        text = str(int(value))
-    else:
-        # Three significant digits, as qemu-img prints sizes ("9.77 MiB").
-        decimals = 0 if value >= 100 else 1 if value >= 10 else 2
-        text = f"{value:.{decimals}f}".rstrip("0").rstrip(".")
-    return f"{text} {unit} ({size} bytes)"
 
 
 def printable(text: str) -> str:
