@@ -170,18 +170,8 @@ class _Findings:
         self.counts: dict[str, int] = {}  # BAT entry findings by kind
         self.first: dict[str, Finding] = {}
 
-    def add(
-        self,
-        severity: Severity,
-        structure: str,
-        message: str,
-        offset: int | None = None,
-        field: str | None = None,
-        repair: str | None = None,
-    ) -> None:
-        self.report.findings.append(
-            Problem(structure, message, offset, field, severity=severity, repair=repair)
-        )
+    def add(self, finding: Finding) -> None:
+        self.report.findings.append(finding)
 
     def error(
         self,
@@ -192,7 +182,7 @@ class _Findings:
         *,
         repair: str,
     ) -> None:
-        self.add(Severity.ERROR, structure, message, offset, field, repair)
+        self.add(Problem(structure, message, offset, field, severity=Severity.ERROR, repair=repair))
 
     def error_from(
         self,
@@ -211,10 +201,10 @@ class _Findings:
     def warning(
         self, structure: str, message: str, offset: int | None = None, field: str | None = None
     ) -> None:
-        self.add(Severity.WARNING, structure, message, offset, field)
+        self.add(Problem(structure, message, offset, field))
 
     def info(self, structure: str, message: str, offset: int | None = None) -> None:
-        self.add(Severity.INFO, structure, message, offset)
+        self.add(Problem(structure, message, offset, severity=Severity.INFO))
 
     def defect(
         self,
@@ -225,7 +215,16 @@ class _Findings:
     ) -> None:
         """A defect a layout model reports: an error with its ``repair``, else a warning."""
         severity = Severity.WARNING if repair is None else Severity.ERROR
-        self.add(severity, structure or d.structure, d.message + suffix, d.offset, d.field, repair)
+        self.add(
+            Problem(
+                structure or d.structure,
+                d.message + suffix,
+                d.offset,
+                d.field,
+                severity=severity,
+                repair=repair,
+            )
+        )
 
     def entries(self, kind: str, indexes: npt.NDArray[Any], make: Callable[[int], Finding]) -> None:
         """Report ``make(i)`` for the first entries of ``indexes`` (ascending), at most
@@ -236,7 +235,7 @@ class _Findings:
         for i in indexes[: max(0, MAX_FINDINGS_PER_KIND - seen)].tolist():
             finding = make(int(i))
             self.first.setdefault(kind, finding)
-            self.report.findings.append(finding)
+            self.add(finding)
         self.counts[kind] = seen + int(indexes.shape[0])
 
     def summarize(self) -> None:
@@ -248,7 +247,7 @@ class _Findings:
                 more += f"{count} in all)"
                 repair = None if first.repair is None else "as for the entries above"
                 summary = dataclasses.replace(first, message=more, offset=None, repair=repair)
-                self.report.findings.append(summary)
+                self.add(summary)
 
 
 def _overlaps(starts: I64, ends: I64) -> tuple[I64, I64]:
@@ -760,9 +759,8 @@ class _VHDXChecker:
             block_size=bs,
             virtual_size=vsize,
             ratio=chunk_ratio(lss, bs),
-            blocks=-(-vsize // bs),
             differencing=differencing,
-            file_size=self.source.size,
+            data_end=self.source.size,
             spans=self.spans[1:],
             out=self.out,
         )
@@ -807,11 +805,22 @@ class _BatEntries:
     offset: int  # of the BAT
     block_size: int
     virtual_size: int
+    data_end: int  # where the space blocks may lie in ends (the file's end, the VHD footer)
     spans: list[tuple[int, int, str]]  # the structures no block may overlap
     out: _Findings
     allocated: int = 0
     furthest: int = 0  # the end of the furthest block kept
     kept: list[tuple[I64, I64, I64]] = dataclasses.field(default_factory=list)
+
+    @property
+    def blocks(self) -> int:
+        """The disk's blocks; the entries past them map nothing."""
+        return -(-self.virtual_size // self.block_size)
+
+    def block_end(self, start: I64, block: I64) -> I64:
+        """Where the blocks ``block`` whose data starts at ``start`` end in the file: only
+        the part of the last block inside the disk need be stored."""
+        return start + np.minimum(self.block_size, self.virtual_size - block * self.block_size)
 
     def name(self, i: int) -> str:
         """Entry ``i`` (its block), in messages."""
@@ -892,9 +901,7 @@ class _VHDXBat(_BatEntries):
     WORDS = _BatWords("BAT", 8, "FileOffsetMB", "data block", "at the end of the file")
 
     ratio: int
-    blocks: int
     differencing: bool
-    file_size: int
     partial_chunks: list[I64] = dataclasses.field(default_factory=list)
     bitmap_chunks: list[I64] = dataclasses.field(default_factory=list)
 
@@ -917,8 +924,7 @@ class _VHDXBat(_BatEntries):
         present = ~is_sb & ((state == P.FULLY_PRESENT) | (state == P.PARTIALLY_PRESENT))
         sb_present = is_sb & (state == 6) & diff
         self.allocated += int(np.count_nonzero(present & inside))
-        # Only the part of the last block inside the disk need be in the file.
-        end = offs + np.minimum(self.block_size, self.virtual_size - block * self.block_size)
+        end = self.block_end(offs, block)
         if diff:
             partial_present = present & inside & (state == P.PARTIALLY_PRESENT)
             self.partial_chunks.append(np.unique(block[partial_present] // r))
@@ -927,13 +933,13 @@ class _VHDXBat(_BatEntries):
         checked = (present & inside) | sb_present
         low = checked & (offs < K.VHDX_HEADER_AREA_SIZE)
         # end < offs: offset + length overflowed int64 (a block just below 2**63)
-        past = checked & ~low & ((end > self.file_size) | (end < offs))
+        past = checked & ~low & ((end > self.data_end) | (end < offs))
 
         def say(text: str) -> Callable[[int], str]:
             def message(i: int) -> str:
                 at = int(offs[i - i0])
                 length = int(end[i - i0]) - at
-                name, size = self.name(i), self.file_size
+                name, size = self.name(i), self.data_end
                 return text.format(i=i, name=name, at=at, mb=at >> 20, len=length, size=size)
 
             return message
@@ -1175,7 +1181,7 @@ class _VHDChecker:
         if codes & {"header.cookie", "header.block-size"}:
             return
         self.report.block_size = bs = hdr.block_size
-        self.report.total_blocks = needed = -(-vsize // bs)
+        self.report.total_blocks = -(-vsize // bs)
         if codes & _VHD_STOPS:
             return
         table, entries = hdr.table_offset, hdr.max_table_entries
@@ -1188,7 +1194,6 @@ class _VHDChecker:
             spans += self._locator_spans(hdr)
         bat = _VHDBat(
             offset=table,
-            needed=needed,
             block_size=bs,
             bitmap_size=vhd_layout.vhd_bitmap_size(bs),
             # CurrentSize is a u64: cap it so int64 arithmetic holds (no block reaches 2**62)
@@ -1223,9 +1228,7 @@ class _VHDBat(_BatEntries):
 
     WORDS = _BatWords("VHD BAT", 4, "BAT[{i}]", "block", "before the footer")
 
-    needed: int
     bitmap_size: int
-    data_end: int
 
     def name(self, i: int) -> str:
         return f"block {i}"
@@ -1237,19 +1240,18 @@ class _VHDBat(_BatEntries):
             return  # all unallocated: nothing to report (sparse disks)
         idx = np.arange(i0, i0 + raw.shape[0], dtype=np.int64)
         start = raw.astype(np.int64) * K.VHD_SECTOR_SIZE
-        beyond = used & (idx >= self.needed)
+        beyond = used & (idx >= self.blocks)
         self.report(
             "allocated entry past the end of the disk",
             idx[beyond],
             lambda i: (
-                f"entry {i} (past the {self.needed} blocks of the disk) is allocated; "
+                f"entry {i} (past the {self.blocks} blocks of the disk) is allocated; "
                 "readers ignore it"
             ),
         )
         used &= ~beyond
         self.allocated += int(np.count_nonzero(used))
-        bs = self.block_size
-        end = start + self.bitmap_size + np.minimum(bs, self.virtual_size - idx * bs)
+        end = self.block_end(start + self.bitmap_size, idx)
 
         def at(i: int) -> str:
             return f"{int(start[i - i0]):#x}+{int(end[i - i0] - start[i - i0]):#x}"
