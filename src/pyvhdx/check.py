@@ -55,7 +55,7 @@ from . import constants as K
 from .bat import chunk_ratio, vhdx_bat_entry_count
 from .constants import VHD_DYNAMIC_HEADER_SIZE, VHD_FOOTER_SIZE, VHDDiskType
 from .errors import ParentError, PyvhdxError
-from .image import DiskImage, detect_format, open_image
+from .image import NO_SIGNATURE, DiskImage, detect_format, no_signature_problem, open_image
 from .info import kebab_fields
 from .problems import Problem, Severity
 from .source import FileSource
@@ -1343,6 +1343,12 @@ def check_image(
             report.file_size = report.virtual_size = source.physical_size
             report.disk_type = "fixed"
             out.info("raw image", "a raw image has no structures to check")
+            if format is None:  # detected, not given: no VHD or VHDX signature was found
+                report.findings += (
+                    [p for p in image.handler.problems if p.code == NO_SIGNATURE]
+                    if isinstance(image, DiskImage)
+                    else [no_signature_problem(source)]
+                )
         else:
             try:
                 checkers[fmt](source, out, report).run()

@@ -29,6 +29,7 @@ from .errors import (
     UnsupportedFeatureError,
 )
 from .info import AllocationSummary, ImageInfo
+from .problems import Problem, Severity
 from .source import FileSource
 
 if TYPE_CHECKING:
@@ -36,7 +37,15 @@ if TYPE_CHECKING:
 
 _HAS_PREADV = hasattr(os, "preadv")
 
-__all__ = ["ChainExtent", "DiskImage", "Extent", "detect_format", "open_image"]
+__all__ = [
+    "NO_SIGNATURE",
+    "ChainExtent",
+    "DiskImage",
+    "Extent",
+    "detect_format",
+    "no_signature_problem",
+    "open_image",
+]
 
 
 class Extent(NamedTuple):
@@ -586,6 +595,28 @@ def _extent(p: list[Any]) -> Extent:
 # -- opening -----------------------------------------------------------------------
 
 
+#: The code of the problem an image detected as raw carries (``info().problems``,
+#: ``check``): no VHD or VHDX signature was found, so the format is a guess.
+NO_SIGNATURE = "format.no-signature"
+
+
+def no_signature_problem(source: FileSource) -> Problem:
+    """The problem of a file read as raw because no VHD or VHDX signature was found
+    in it (:func:`detect_format`): random bytes or an empty file look the same.
+
+    An error, so ``check`` fails; ``format="raw"`` says the file is raw and
+    leaves it out.
+    """
+    what = "the file is empty" if source.size == 0 else "it reads as a raw disk image"
+    return Problem(
+        "format",
+        f"no VHD or VHDX signature was found ('vhdxfile' at 0, 'head' at 64 or 128 KiB, "
+        f"'conectix' at the end or at 0): {what}; give the format 'raw' if it is one",
+        severity=Severity.ERROR,
+        code=NO_SIGNATURE,
+    )
+
+
 def detect_format(source: FileSource) -> ImageFormat:
     """Tell the format of an image by its content, never by its name.
 
@@ -610,13 +641,60 @@ def detect_format(source: FileSource) -> ImageFormat:
     return ImageFormat.RAW
 
 
+#: A path (``str``, ``bytes`` or path-like) or a binary file object.
+ImageFile = str | bytes | os.PathLike[str] | os.PathLike[bytes] | BinaryIO
+
+# The modes open_image takes, with Python's "b" spellings (an image is always binary).
+_MODES = {"r": "r", "rb": "r", "r+": "r+", "r+b": "r+", "rb+": "r+"}
+
+
+def _path_or_object(file: ImageFile) -> str | os.PathLike[str] | BinaryIO:
+    """``file`` with a bytes path (or a path-like giving bytes) decoded as ``os.fsdecode`` does."""
+    if isinstance(file, bytes) or (
+        isinstance(file, os.PathLike) and isinstance(os.fspath(file), bytes)
+    ):
+        return os.fsdecode(file)
+    return file  # type: ignore[return-value]  # a str path, a str path-like, a file object
+
+
+def _check_mode(mode: str) -> str:
+    """``mode`` as ``"r"`` or ``"r+"`` (``"rb"``, ``"r+b"`` and ``"rb+"`` are the same)."""
+    normal = _MODES.get(mode) if isinstance(mode, str) else None
+    if normal is None:
+        raise InvalidArgumentError(
+            f"mode must be 'r' or 'r+' (or 'rb', 'r+b'), not {mode!r}", field="mode"
+        )
+    return normal
+
+
+def _refuse_read_only_object(file: BinaryIO) -> None:
+    """Refuse, at open, a file object that cannot be written for ``mode="r+"`` (a file
+    opened ``"rb"`` would fail with EBADF only at the first write or flush)."""
+    name = str(getattr(file, "name", "<file object>"))
+    writable = getattr(file, "writable", None)
+    try:
+        if callable(writable):
+            ok = bool(writable())
+        else:
+            its_mode = getattr(file, "mode", None)
+            ok = not isinstance(its_mode, str) or any(c in its_mode for c in "+wax")
+    except ValueError as exc:  # a closed file
+        raise InvalidArgumentError(f"{name}: {exc}") from None
+    if not ok:
+        raise InvalidArgumentError(
+            f"{name}: the file object is open read-only "
+            f"(mode {getattr(file, 'mode', 'unknown')!r}); mode 'r+' needs one open for "
+            "reading and writing ('r+b'), or open the image by its path"
+        )
+
+
 def open_image(
-    file: str | os.PathLike[str] | BinaryIO,
+    file: ImageFile,
     mode: str = "r",
     *,
     format: str | ImageFormat | None = None,
     strict: bool = False,
-    parent: str | os.PathLike[str] | DiskImage | None = None,
+    parent: str | bytes | os.PathLike[str] | DiskImage | None = None,
     resolve_parent: bool = True,
     allow_missing_parent: bool = False,
     verify_parent: bool = True,
@@ -627,11 +705,15 @@ def open_image(
     """Open a virtual disk image.
 
     Args:
-        file: a path, a seekable binary file object with ``readinto``, or an fsspec
-            URL (``s3://``, ``az://``, ``http(s)://``...: read-only, the ``remote``
-            extra; :mod:`pyvhdx.remote`).
-        mode: ``"r"`` (default; never writes to the file) or ``"r+"``.
-        format: ``"vhdx"``, ``"vhd"`` or ``"raw"``; detected by content if None.
+        file: a path (``str``, ``bytes`` or path-like), a seekable binary file
+            object with ``readinto`` (opened ``"r+b"`` for ``mode="r+"``), or an
+            fsspec URL (``s3://``, ``az://``, ``http(s)://``...: read-only, the
+            ``remote`` extra; :mod:`pyvhdx.remote`).
+        mode: ``"r"`` (default; never writes to the file) or ``"r+"``; ``"rb"``
+            and ``"r+b"`` mean the same.
+        format: ``"vhdx"``, ``"vhd"`` or ``"raw"``; detected by content if None
+            (a file with no VHD or VHDX signature then opens as raw, and
+            ``info().problems`` says so: :data:`NO_SIGNATURE`).
         strict: refuse images with non-fatal defects (a bad VHD checksum).
         parent: a differencing disk's parent (path or open image), tried before
             the locators the child records.
@@ -658,10 +740,15 @@ def open_image(
         ParentError: a differencing disk's parent is missing or not the right one.
         ImageLockedError: another process (pyvhdx or qemu) holds a conflicting lock.
         InvalidArgumentError: a bad mode or option (``force_share`` with ``"r+"``),
-            or the path is not a regular file or block device (a FIFO, a directory).
+            the path is not a regular file or block device (a FIFO, a directory),
+            or ``"r+"`` with a file object open read-only.
     """
     from .remote import is_url, open_remote
 
+    mode = _check_mode(mode)
+    file = _path_or_object(file)
+    if isinstance(parent, bytes):
+        parent = os.fsdecode(parent)
     if is_url(file):
         if mode != "r":
             raise InvalidArgumentError(f"{file}: a remote image opens read-only (mode 'r')")
@@ -715,13 +802,14 @@ def _open_file(
     force_share: bool,
 ) -> DiskImage:
     """One image, its parent not attached (see :func:`open_image`)."""
-    if mode not in ("r", "r+"):
-        raise InvalidArgumentError(f"mode must be 'r' or 'r+', not {mode!r}")
+    mode = _check_mode(mode)
     writable = mode == "r+"
     if salvage and writable:
         raise InvalidArgumentError("salvage opens read-only: mode must be 'r'")
     if force_share and writable:
         raise InvalidArgumentError("force_share is for read-only opens: mode must be 'r'")
+    if writable and not isinstance(file, (str, os.PathLike)):
+        _refuse_read_only_object(file)
     source = FileSource(file, writable=writable, force_share=force_share)
     try:
         fmt = ImageFormat(format) if format is not None else detect_format(source)
@@ -738,6 +826,8 @@ def _open_file(
         if salvage and fmt is not ImageFormat.RAW:  # every byte of a raw file is the disk
             options["salvage"] = True
         handler = handler_cls(source, strict=strict, **options)
+        if format is None and fmt is ImageFormat.RAW:
+            handler.problems.append(no_signature_problem(source))
     except BaseException:
         source.close()
         raise

@@ -251,10 +251,14 @@ def test_pyvhdx_made_images_are_clean(
 def test_raw_image_has_nothing_to_check(
     made: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, report = run_check(capsys, made["raw"])
+    status, report = run_check(capsys, "-f", "raw", made["raw"])
     assert status == 0
     assert report["format"] == "raw"
     assert [f["severity"] for f in report["findings"]] == ["info"]
+    # Not said to be raw: no VHD or VHDX signature is an error (issue 19).
+    status, report = run_check(capsys, made["raw"])
+    assert status == 1
+    assert [f.get("code") for f in errors(report)] == ["format.no-signature"]
 
 
 # -- damaged VHDX ---------------------------------------------------------------------
