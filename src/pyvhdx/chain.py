@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -36,11 +36,13 @@ __all__ = [
     "attach_parent",
     "candidate_paths",
     "image_path",
+    "locator_parts",
     "merge_problems",
 ]
 
-ParentOpener = Callable[[Path, frozenset[Path]], "DiskImage"]
-"""Opens a candidate parent (path, the chain's paths so far) with its own chain."""
+ParentOpener = Callable[["Path | BinaryIO", frozenset[Path]], "DiskImage"]
+"""Opens a candidate parent (a path, or a remote object beside a remote child; the
+chain's paths so far) with its own chain."""
 
 MAX_CHAIN_DEPTH = 64  # deeper chains are refused (Hyper-V's own limit is far lower)
 
@@ -82,6 +84,15 @@ def candidate_paths(child_dir: Path, locators: list[tuple[str, str]]) -> list[Pa
         if inside and resolved not in out:
             out.append(resolved)
 
+    for parts in locator_parts(locators):
+        add(child_dir.joinpath(*parts))
+    return out
+
+
+def locator_parts(locators: list[tuple[str, str]]) -> Iterator[tuple[str, ...]]:
+    """The components of each place to try below the child's folder, in order: a
+    relative locator that stays inside it as it is, then every locator's base name
+    (:func:`candidate_paths`; remote children use it too, :mod:`pyvhdx.remote`)."""
     for _name, path in locators:
         if not path or len(path) > 32768:
             continue
@@ -90,11 +101,9 @@ def candidate_paths(child_dir: Path, locators: list[tuple[str, str]]) -> list[Pa
         if not parts:
             continue
         if not absolute and ".." not in parts and all(_safe_component(p) for p in parts):
-            add(child_dir.joinpath(*parts))
-        base = parts[-1]
-        if _safe_component(base):
-            add(child_dir / base)
-    return out
+            yield tuple(parts)
+        if _safe_component(parts[-1]):
+            yield (parts[-1],)
 
 
 def _safe_component(name: str) -> bool:
@@ -168,6 +177,12 @@ def attach_parent(
         ParentError: the parent is missing, not the child's, or the chain loops
             or is deeper than :data:`MAX_CHAIN_DEPTH`.
     """
+    from . import remote
+
+    if isinstance(file, remote.RemoteFile):  # in object storage: its parent is looked up there
+        options = {"allow_missing": allow_missing, "verify": verify}
+        remote.attach_remote_parent(img, file, explicit, opener=opener, seen=seen, **options)
+        return
     here = image_path(file)
     seen = seen | {here}
     if len(seen) > MAX_CHAIN_DEPTH:
@@ -243,15 +258,44 @@ def _open_candidate(
 
 
 def _parent_missing(img: DiskImage, tried: list[str], reasons: list[str], allow: bool) -> None:
-    """No candidate was the parent: a problem of ``img`` (``allow``), else ParentError."""
+    """No candidate was the parent: a problem of ``img`` (``allow``), else ParentError.
+
+    Both name the paths the image records (a parent moved to another folder is
+    not looked for there) and how to give the parent instead.
+    """
     message = "parent disk not found" if not reasons else "; ".join(reasons)
     if not tried:
         message = "the image names no parent path that can be looked up beside it"
+    recorded = _recorded_paths(img.handler.parent_locations())
     if not allow:
-        raise ParentError(f"{message} (tried: {', '.join(tried) or 'nothing'})", tried=tried)
+        raise ParentError(
+            f"{message} (tried: {', '.join(tried) or 'nothing'}){recorded}; give the parent "
+            "with --parent PATH (pyvhdx command line) or parent= (pyvhdx.open)",
+            tried=tried,
+        )
     img.missing_parent = True
     img.handler.problems.append(
-        Problem("parent", f"{message}; data stored in the parent reads as zeros")
+        Problem(
+            "parent",
+            f"{message}{recorded}; data stored in the parent reads as zeros "
+            "(--parent PATH or parent= names it)",
+        )
+    )
+
+
+def _recorded_paths(locators: list[tuple[str, str]]) -> str:
+    """``; the image records the parent as PATH (entry), ...``: the locator paths (relative
+    and absolute, MS-VHDX 2.6.2.6; VHD W2ru, W2ku) made printable, or ``""`` if none."""
+    shown: list[str] = []
+    for name, path in locators:
+        text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in path[:300])
+        if text and f"{text} ({name})" not in shown:
+            shown.append(f"{text} ({name})")
+    if not shown:
+        return ""
+    return (
+        f"; the image records the parent as {', '.join(shown)} "
+        "(a parent is looked up in the child's folder only)"
     )
 
 

@@ -262,3 +262,32 @@ def test_map_human_names_the_holder(capsys: pytest.CaptureFixture[str], base: Pa
     # the base's data, the child's 4 KiB (in its own block), the base again
     assert (0, 1, "data") in depths and (2 * MiB, 0, "data") in depths
     assert [d for _, d, _ in depths].count(0) == 1
+
+
+# -- a parent in another folder ---------------------------------------------------------
+
+
+def test_parent_elsewhere_error_names_the_recorded_paths_and_parent_option(
+    capsys: pytest.CaptureFixture[str], base: Path
+) -> None:
+    """Issue 19: a child whose parent is in another folder fails to open with an error
+    naming neither the path it records nor --parent; it names both now."""
+    sub = base.parent / "sub"
+    sub.mkdir()
+    child = sub / child_name(base).name
+    pyvhdx.create(child, parent=base)
+    relative, absolute = f"..\\{base.name}", str(base).replace("/", "\\")
+    status, out, err = run(capsys, "hash", str(child))
+    assert (status, out) == (1, "") and err.count("\n") == 1
+    assert relative in err and absolute in err and "--parent PATH" in err
+    with pytest.raises(pyvhdx.ParentError, match="parent=") as caught:
+        pyvhdx.open(child)
+    assert relative in str(caught.value) and absolute in str(caught.value)
+    # info describes the child anyway, its problem naming the recorded paths
+    status, out, _ = run(capsys, "info", str(child))
+    assert status == 0 and relative in out and "--parent PATH" in out
+    # and the way the message gives works, as the library's parent= does
+    status, out, err = run(capsys, "hash", "--parent", str(base), str(child))
+    with pyvhdx.open(child, parent=base) as img:
+        expected = hashlib.sha256(img.read_at(0, img.virtual_size)).hexdigest()
+    assert (status, err) == (0, "") and out.split()[0] == expected
