@@ -448,16 +448,15 @@ def cmd_map(args: argparse.Namespace) -> int:
     """``pyvhdx map``: the allocation map as runs, streamed window by window."""
     from ..compare import allocation_map
 
-    out = sys.stdout
-    with open_image_for(args.image, args) as img:
+    with open_image_for(args.image, args) as img, naming(args.image):
         size = img.virtual_size
         start = min(args.offset, size)
         length = size - start if args.length is None else min(args.length, size - start)
         runs = allocation_map(img, start, length) if length else iter(())
         if args.json:
-            map_json(out, runs)
+            sys.stdout.write(map_json(runs))  # all or nothing: JSON is never cut short
         else:
-            map_table(out, runs, chain=img.disk_type is DiskType.DIFFERENCING)
+            map_table(sys.stdout, runs, chain=img.disk_type is DiskType.DIFFERENCING)
     return EXIT_OK
 
 

@@ -31,6 +31,8 @@ def naming(path: str) -> Iterator[None]:
     """Library and OS failures inside as one ``path: message`` line (a CommandError)."""
     try:
         yield
+    except BrokenPipeError:  # stdout closed (| head): not the file's failure
+        raise
     except PyvhdxError as exc:
         raise CommandError(f"{path}: {exc}") from exc
     except OSError as exc:

@@ -141,12 +141,11 @@ def _json_entry(e: Mapping[str, Any]) -> str:
     return "{ " + ", ".join(f'"{k}": {json.dumps(v)}' for k, v in e.items()) + "}"
 
 
-def map_json(out: TextIO, runs: Iterable[Any]) -> None:
-    """Write the entries of ``qemu-img map --output=json`` (merged as qemu merges them)."""
-    out.write("[")
-    for i, e in enumerate(merged_map_entries(runs)):
-        out.write((",\n" if i else "") + _json_entry(e))
-    out.write("]\n")
+def map_json(runs: Iterable[Any]) -> str:
+    """The entries of ``qemu-img map --output=json`` (merged as qemu merges them), as
+    the whole text: built before anything is printed, so that an image error met
+    half-way prints no JSON at all (the merged runs of a disk are few)."""
+    return "[" + ",\n".join(_json_entry(e) for e in merged_map_entries(runs)) + "]\n"
 
 
 def map_table(out: TextIO, runs: Iterable[Any], *, chain: bool) -> None:
