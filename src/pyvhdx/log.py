@@ -23,7 +23,7 @@ import uuid
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypedDict
 
 from construct import ConstructError
 
@@ -33,6 +33,9 @@ from .constants import VHDX_LOG_SECTOR_SIZE, MiB
 from .errors import InvalidImageError, LogReplayError, TruncatedImageError
 from .source import FileSource, SectorOverlay
 from .structures.vhdx import DATA_DESCRIPTOR, DATA_SECTOR, LOG_ENTRY_HEADER, ZERO_DESCRIPTOR
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 __all__ = [
     "LogDescriptor",
@@ -542,33 +545,25 @@ def replay_in_memory(source: FileSource, state: LogState) -> None:
 # -- writing (MS-VHDX 2.3.1) ----------------------------------------------------------
 
 
-def build_log_entry(
-    *,
-    sequence_number: int,
-    log_guid: uuid.UUID,
-    sectors: list[tuple[int, bytes]],
-    flushed_file_offset: int,
-    last_file_offset: int,
-    tail: int,
-) -> bytes:
+class EntryFields(TypedDict):
+    """The fields of a log entry header (MS-VHDX 2.3.1.1) its writer chooses; the
+    length and the descriptor count follow from the sectors."""
+
+    sequence_number: int
+    log_guid: uuid.UUID
+    flushed_file_offset: int
+    last_file_offset: int
+    tail: int
+
+
+def build_log_entry(*, sectors: list[tuple[int, bytes]], **header: Unpack[EntryFields]) -> bytes:
     """One log entry carrying whole 4 KiB ``sectors`` ``(file_offset, data)`` (MS-VHDX 2.3.1)."""
     count = len(sectors)
     desc_sectors = 1 if count <= 126 else 1 + -(-(count - 126) // 128)
     length = 4096 * (desc_sectors + count)
+    sequence_number = header["sequence_number"]
     out = bytearray(length)
-    out[:64] = LOG_ENTRY_HEADER.build(
-        dict(
-            checksum=0,
-            entry_length=length,
-            tail=tail,
-            sequence_number=sequence_number,
-            descriptor_count=count,
-            reserved=0,
-            log_guid=log_guid,
-            flushed_file_offset=flushed_file_offset,
-            last_file_offset=last_file_offset,
-        )
-    )
+    out[:64] = LOG_ENTRY_HEADER.build(dict(header, entry_length=length, descriptor_count=count))
     for i, (offset, data) in enumerate(sectors):
         pos = 64 + 32 * i if i < 126 else 4096 * (1 + (i - 126) // 128) + 32 * ((i - 126) % 128)
         out[pos : pos + 32] = DATA_DESCRIPTOR.build(

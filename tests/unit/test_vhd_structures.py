@@ -204,6 +204,54 @@ def test_dynamic_header_field_offsets() -> None:
     assert VHDDynamicHeader.build(h) == bytes(raw)
 
 
+def test_defaults_are_zeros_and_spec_values() -> None:
+    """Reserved fields and checksums build as zeros; the versions and the dynamic
+    header's unused Data Offset as the values the spec fixes (0x00010000, all ones)."""
+    footer = VHDFooter.parse(
+        VHDFooter.build(
+            dict(
+                features=2,
+                data_offset=512,
+                time_stamp=1,
+                creator_application=b"pyvh",
+                creator_version=1,
+                creator_host_os=b"Wi2k",
+                original_size=MiB,
+                current_size=MiB,
+                disk_geometry=dict(cylinders=20, heads=4, sectors_per_track=17),
+                disk_type=3,
+                unique_id=uuid.UUID(int=1),
+                saved_state=0,
+            )
+        )
+    )
+    assert footer.file_format_version == 0x00010000
+    assert footer.checksum == 0 and footer.reserved == bytes(427)
+    entry = dict(
+        platform_code=b"W2ru",
+        platform_data_space=512,
+        platform_data_length=20,
+        platform_data_offset=0,
+    )
+    header = VHDDynamicHeader.parse(
+        VHDDynamicHeader.build(
+            dict(
+                table_offset=1536,
+                max_table_entries=5,
+                block_size=2 * MiB,
+                parent_unique_id=uuid.UUID(int=0),
+                parent_time_stamp=0,
+                parent_unicode_name=bytes(512),
+                parent_locator_entries=[entry] * 8,
+            )
+        )
+    )
+    assert header.data_offset == 2**64 - 1 and header.header_version == 0x00010000
+    assert header.checksum == 0 and header.reserved1 == bytes(4)
+    assert header.reserved2 == bytes(256)
+    assert all(e.reserved == 0 for e in header.parent_locator_entries)
+
+
 # --- sector bitmaps (spec "Block Allocation Table and Data Blocks") -------------------
 
 

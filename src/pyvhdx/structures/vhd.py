@@ -2,7 +2,9 @@
 
 Declarations only: every structure is big-endian, fixed-size, and parses and
 builds symmetrically (reserved areas are kept as bytes so that a build of a
-parse gives back the same bytes). Field names are the spec's names in
+parse gives back the same bytes). Fields build as zeros when not given if they are
+reserved or a checksum (computed over the built bytes), and as the value the spec
+fixes if it fixes one (the versions, the unused Data Offset). Field names are the spec's names in
 snake_case. Validation of the values is the job of :mod:`pyvhdx.vhd.layout`.
 """
 
@@ -11,15 +13,27 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from construct import Adapter, Array, Bytes, Const, Int8ub, Int16ub, Int32ub, Int64ub, Struct
+from construct import (
+    Adapter,
+    Array,
+    Bytes,
+    Const,
+    Default,
+    Int8ub,
+    Int16ub,
+    Int32ub,
+    Int64ub,
+    Struct,
+)
 
-from ..constants import VHD_DYNAMIC_COOKIE, VHD_FOOTER_COOKIE
+from ..constants import VHD_DYNAMIC_COOKIE, VHD_FIXED_DATA_OFFSET, VHD_FOOTER_COOKIE
 
 __all__ = [
     "DYNAMIC_HEADER_CHECKSUM_OFFSET",
     "FOOTER_CHECKSUM_OFFSET",
     "PARENT_LOCATOR_COUNT",
     "UUIDBE",
+    "VERSION_1_0",
     "VHDDiskGeometry",
     "VHDDynamicHeader",
     "VHDFooter",
@@ -29,6 +43,7 @@ __all__ = [
 FOOTER_CHECKSUM_OFFSET = 64  # spec "Hard Disk Footer Format", Checksum
 DYNAMIC_HEADER_CHECKSUM_OFFSET = 36  # spec "Dynamic Disk Header Format", Checksum
 PARENT_LOCATOR_COUNT = 8
+VERSION_1_0 = 0x00010000  # File Format Version and Header Version
 
 
 class _UUIDBigEndian(Adapter):  # type: ignore[misc]  # construct is untyped
@@ -46,6 +61,13 @@ class _UUIDBigEndian(Adapter):  # type: ignore[misc]  # construct is untyped
 
 
 UUIDBE = _UUIDBigEndian(Bytes(16))
+_ZERO32 = Default(Int32ub, 0)  # a checksum or a reserved field: zero unless given
+
+
+def _reserved(size: int) -> Any:
+    """``size`` reserved bytes, zeros unless given."""
+    return Default(Bytes(size), bytes(size))
+
 
 #: Disk Geometry (footer offset 56): cylinders, heads, sectors per track.
 VHDDiskGeometry = Struct(
@@ -59,7 +81,7 @@ VHDDiskGeometry = Struct(
 VHDFooter = Struct(
     "cookie" / Const(VHD_FOOTER_COOKIE),
     "features" / Int32ub,
-    "file_format_version" / Int32ub,
+    "file_format_version" / Default(Int32ub, VERSION_1_0),
     "data_offset" / Int64ub,
     "time_stamp" / Int32ub,  # seconds since 2000-01-01 00:00:00 UTC
     "creator_application" / Bytes(4),
@@ -69,10 +91,10 @@ VHDFooter = Struct(
     "current_size" / Int64ub,
     "disk_geometry" / VHDDiskGeometry,
     "disk_type" / Int32ub,
-    "checksum" / Int32ub,
+    "checksum" / _ZERO32,
     "unique_id" / UUIDBE,
     "saved_state" / Int8ub,
-    "reserved" / Bytes(427),
+    "reserved" / _reserved(427),
 )
 
 #: Parent Locator Entry, 24 bytes (spec "Dynamic Disk Header Format").
@@ -80,7 +102,7 @@ VHDParentLocatorEntry = Struct(
     "platform_code" / Bytes(4),
     "platform_data_space" / Int32ub,
     "platform_data_length" / Int32ub,
-    "reserved" / Int32ub,
+    "reserved" / _ZERO32,
     "platform_data_offset" / Int64ub,
 )
 
@@ -89,16 +111,16 @@ VHDParentLocatorEntry = Struct(
 #: surrogates, so decoding it here would break the build/parse symmetry.
 VHDDynamicHeader = Struct(
     "cookie" / Const(VHD_DYNAMIC_COOKIE),
-    "data_offset" / Int64ub,
+    "data_offset" / Default(Int64ub, VHD_FIXED_DATA_OFFSET),  # unused
     "table_offset" / Int64ub,
-    "header_version" / Int32ub,
+    "header_version" / Default(Int32ub, VERSION_1_0),
     "max_table_entries" / Int32ub,
     "block_size" / Int32ub,
-    "checksum" / Int32ub,
+    "checksum" / _ZERO32,
     "parent_unique_id" / UUIDBE,
     "parent_time_stamp" / Int32ub,
-    "reserved1" / Bytes(4),
+    "reserved1" / _reserved(4),
     "parent_unicode_name" / Bytes(512),
     "parent_locator_entries" / Array(PARENT_LOCATOR_COUNT, VHDParentLocatorEntry),
-    "reserved2" / Bytes(256),
+    "reserved2" / _reserved(256),
 )

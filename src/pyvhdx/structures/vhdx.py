@@ -1,9 +1,11 @@
 """Construct declarations of the VHDX on-disk structures (MS-VHDX section 2).
 
 Declarations only: parsing and building are symmetric and round-trip tested.
-Field names follow the specification in snake_case. GUIDs are ``uuid.UUID`` in
-the Windows mixed-endian layout (MS-VHDX 1.3.1 / [MS-DTYP] GUID; SPEC-NOTES
-pitfall 4). Parsers are never ``compile()``d: they read untrusted evidence.
+Field names follow the specification in snake_case. Reserved fields and checksums
+build as zeros when not given (a checksum is then computed over the built bytes).
+GUIDs are ``uuid.UUID`` in the Windows mixed-endian layout (MS-VHDX 1.3.1 /
+[MS-DTYP] GUID; SPEC-NOTES pitfall 4). Parsers are never ``compile()``d: they
+read untrusted evidence.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from construct import Adapter, Bytes, Const, Int16ul, Int32ul, Int64ul, Struct
+from construct import Adapter, Bytes, Const, Default, Int16ul, Int32ul, Int64ul, Struct
 
 __all__ = [
     "DATA_DESCRIPTOR",
@@ -56,6 +58,22 @@ class _Utf16Adapter(Adapter):  # type: ignore[misc]
         return raw + bytes(512 - len(raw))
 
 
+# Reserved fields and checksums: zeros unless given.
+_ZERO16 = Default(Int16ul, 0)
+_ZERO32 = Default(Int32ul, 0)
+
+
+def _reserved(size: int) -> Any:
+    return Default(Bytes(size), bytes(size))
+
+
+def _checksummed(signature: bytes, *fields: Any) -> Any:
+    """A structure that opens with its signature and, at offset 4, its CRC-32C computed
+    over the structure with the field zeroed (the header, the region table and the log
+    entry: MS-VHDX 2.2.2, 2.2.3, 2.3.1.1)."""
+    return Struct("signature" / Const(signature), "checksum" / _ZERO32, *fields)
+
+
 # MS-VHDX 2.2.1 File Type Identifier: at offset 0, 64 KiB reserved in all.
 FILE_IDENTIFIER = Struct(
     "signature" / Const(b"vhdxfile"),
@@ -63,9 +81,8 @@ FILE_IDENTIFIER = Struct(
 )
 
 # MS-VHDX 2.2.2 Header: 4 KiB; the checksum covers all 4 KiB with the field zeroed.
-HEADER = Struct(
-    "signature" / Const(b"head"),
-    "checksum" / Int32ul,
+HEADER = _checksummed(
+    b"head",
     "sequence_number" / Int64ul,
     "file_write_guid" / GUID,
     "data_write_guid" / GUID,
@@ -74,16 +91,11 @@ HEADER = Struct(
     "version" / Int16ul,
     "log_length" / Int32ul,
     "log_offset" / Int64ul,
-    "reserved" / Bytes(4016),
+    "reserved" / _reserved(4016),
 )
 
 # MS-VHDX 2.2.3 Region Table: a 16-byte header then 32-byte entries, in 64 KiB.
-REGION_TABLE_HEADER = Struct(
-    "signature" / Const(b"regi"),
-    "checksum" / Int32ul,
-    "entry_count" / Int32ul,
-    "reserved" / Int32ul,
-)
+REGION_TABLE_HEADER = _checksummed(b"regi", "entry_count" / Int32ul, "reserved" / _ZERO32)
 
 REGION_TABLE_ENTRY = Struct(
     "guid" / GUID,
@@ -95,9 +107,9 @@ REGION_TABLE_ENTRY = Struct(
 # MS-VHDX 2.6.1 Metadata Table: a 32-byte header then 32-byte entries, in 64 KiB.
 METADATA_TABLE_HEADER = Struct(
     "signature" / Const(b"metadata"),
-    "reserved" / Int16ul,
+    "reserved" / _ZERO16,
     "entry_count" / Int16ul,
-    "reserved2" / Bytes(20),
+    "reserved2" / _reserved(20),
 )
 
 METADATA_ENTRY = Struct(
@@ -105,7 +117,7 @@ METADATA_ENTRY = Struct(
     "offset" / Int32ul,  # from the start of the metadata region
     "length" / Int32ul,
     "flags" / Int32ul,  # bit 0 IsUser, bit 1 IsVirtualDisk, bit 2 IsRequired
-    "reserved" / Int32ul,
+    "reserved" / _ZERO32,
 )
 
 # MS-VHDX 2.6.2.1 File Parameters.
@@ -118,7 +130,7 @@ FILE_PARAMETERS = Struct(
 # relative to the start of the locator item (SPEC-NOTES pitfall 13).
 PARENT_LOCATOR_HEADER = Struct(
     "locator_type" / GUID,
-    "reserved" / Int16ul,
+    "reserved" / _ZERO16,
     "key_value_count" / Int16ul,
 )
 
@@ -130,36 +142,34 @@ PARENT_LOCATOR_ENTRY = Struct(
 )
 
 # MS-VHDX 2.3.1.1 Log Entry Header (64 bytes).
-LOG_ENTRY_HEADER = Struct(
-    "signature" / Const(b"loge"),
-    "checksum" / Int32ul,
+LOG_ENTRY_HEADER = _checksummed(
+    b"loge",
     "entry_length" / Int32ul,
     "tail" / Int32ul,
     "sequence_number" / Int64ul,
     "descriptor_count" / Int32ul,
-    "reserved" / Int32ul,
+    "reserved" / _ZERO32,
     "log_guid" / GUID,
     "flushed_file_offset" / Int64ul,
     "last_file_offset" / Int64ul,
 )
 
-# MS-VHDX 2.3.1.2 Zero Descriptor (32 bytes).
-ZERO_DESCRIPTOR = Struct(
-    "signature" / Const(b"zero"),
-    "reserved" / Int32ul,
-    "zero_length" / Int64ul,
-    "file_offset" / Int64ul,
-    "sequence_number" / Int64ul,
-)
 
-# MS-VHDX 2.3.1.3 Data Descriptor (32 bytes).
-DATA_DESCRIPTOR = Struct(
-    "signature" / Const(b"desc"),
-    "trailing_bytes" / Int32ul,
-    "leading_bytes" / Int64ul,
-    "file_offset" / Int64ul,
-    "sequence_number" / Int64ul,
-)
+def _descriptor(signature: bytes, field4: Any, field8: str) -> Any:
+    """A 32-byte log descriptor: the zero and data descriptors share one layout and
+    differ in their signature and the meaning of bytes 4-15."""
+    return Struct(
+        "signature" / Const(signature),
+        field4,
+        field8 / Int64ul,
+        "file_offset" / Int64ul,
+        "sequence_number" / Int64ul,
+    )
+
+
+# MS-VHDX 2.3.1.2 Zero Descriptor; 2.3.1.3 Data Descriptor.
+ZERO_DESCRIPTOR = _descriptor(b"zero", "reserved" / _ZERO32, "zero_length")
+DATA_DESCRIPTOR = _descriptor(b"desc", "trailing_bytes" / Int32ul, "leading_bytes")
 
 # MS-VHDX 2.3.1.4 Data Sector (4 KiB): 4084 of the 4096 target bytes; the first 8
 # and last 4 are in the data descriptor (leading and trailing bytes).

@@ -40,6 +40,7 @@ from ..structures.vhd import (
     DYNAMIC_HEADER_CHECKSUM_OFFSET,
     FOOTER_CHECKSUM_OFFSET,
     PARENT_LOCATOR_COUNT,
+    VERSION_1_0,
     VHDDynamicHeader,
     VHDFooter,
     VHDParentLocatorEntry,
@@ -78,7 +79,6 @@ VHD_MAX_CHS_SECTORS: Final = 65535 * 16 * 255
 #: Upper bound on the parent locator data read: a Windows path holds at most
 #: 32767 UTF-16 code units.
 MAX_LOCATOR_DATA: Final = 64 * KiB
-VERSION_1_0: Final = 0x00010000  # File Format Version and Header Version
 FEATURE_TEMPORARY: Final = 0x1
 _FEATURES_RESERVED: Final = 0x2  # "Reserved": the spec says it is always set
 #: Where the BAT of a new image goes: after the footer copy and the dynamic header.
@@ -675,7 +675,6 @@ def vhd_footer(
     raw = VHDFooter.build(
         dict(
             features=_FEATURES_RESERVED,
-            file_format_version=VERSION_1_0,
             data_offset=VHD_FIXED_DATA_OFFSET if fixed else VHD_FOOTER_SIZE,
             time_stamp=vhd_time_stamp() if time_stamp is None else time_stamp,
             creator_application=VHD_CREATOR_APPLICATION,
@@ -685,10 +684,8 @@ def vhd_footer(
             current_size=size,
             disk_geometry=geometry._asdict(),
             disk_type=VHDDiskType[disk_type.name],
-            checksum=0,
             unique_id=uuid.uuid4() if unique_id is None else unique_id,
             saved_state=0,
-            reserved=bytes(427),
         )
     )
     return with_checksum(raw, FOOTER_CHECKSUM_OFFSET)
@@ -699,7 +696,6 @@ def _locator_entry(code: bytes, space: int, length: int, offset: int) -> dict[st
         platform_code=code,
         platform_data_space=space,
         platform_data_length=length,
-        reserved=0,
         platform_data_offset=offset,
     )
 
@@ -723,18 +719,13 @@ def vhd_dynamic_header(
     locators += [_locator_entry(bytes(4), 0, 0, 0)] * (PARENT_LOCATOR_COUNT - len(locators))
     raw = VHDDynamicHeader.build(
         dict(
-            data_offset=VHD_FIXED_DATA_OFFSET,
             table_offset=VHD_BAT_OFFSET,
-            header_version=VERSION_1_0,
             max_table_entries=max_table_entries,
             block_size=block_size,
-            checksum=0,
             parent_unique_id=parent_unique_id,
             parent_time_stamp=parent_time_stamp,
-            reserved1=bytes(4),
             parent_unicode_name=encode_parent_name(parent_unicode_name),
             parent_locator_entries=locators,
-            reserved2=bytes(256),
         )
     )
     return with_checksum(raw, DYNAMIC_HEADER_CHECKSUM_OFFSET)
