@@ -432,3 +432,88 @@ def realworld_image(tmp_path_factory: pytest.TempPathFactory) -> Any:
         return cache[key]
 
     return get
+
+
+# --- object storage servers (issue 18) -------------------------------------------
+
+#: Azurite's account and key: the fixed development credentials it documents.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_azurite() -> str:
+    """Path of Azurite's blob server (``npm install -g azurite``; ``.ci/run`` installs
+    it), or skip (fail under CI=true) when it is missing."""
+    path = shutil.which("azurite-blob")
+    if path is None:
+        require("azurite not installed", "npm install -g azurite (the Azure Blob emulator)")
+    return path
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            pytest.fail(f"azurite exited with {proc.returncode}: {out[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    pytest.fail(f"azurite did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Azurite's blob service, started once a session on 127.0.0.1 (a free port, a
+    temporary folder, no telemetry), with a container ``images``: ``options`` are
+    the fsspec/adlfs storage options that reach it (a connection string),
+    ``service`` an ``azure.storage.blob.BlobServiceClient``."""
+    try:
+        import adlfs  # noqa: F401
+        from azure.storage.blob import BlobServiceClient
+    except ImportError:
+        require("adlfs and azure-storage-blob", "pip install 'pyvhdx[remote]'")
+    exe = find_azurite()
+    port = free_port()
+    folder = tmp_path_factory.mktemp("azurite")
+    proc = subprocess.Popen(
+        [
+            exe,
+            *("--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(folder)),
+            *("--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_for_port(port, proc, 60)
+        connection = (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+            f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+        )
+        service = BlobServiceClient.from_connection_string(connection)
+        service.create_container("images")
+        yield {"options": {"connection_string": connection}, "service": service}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

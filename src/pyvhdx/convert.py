@@ -23,7 +23,7 @@ import queue
 import stat
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from .errors import InvalidArgumentError, PyvhdxWarning
 from .image import DiskImage, open_image
 from .newfile import check_destination, new_file
 from .progress import Progress, ProgressCallback, reporting
+from .remote import is_url
 from .source import data_spans
 from .suffix import format_from_suffix
 
@@ -61,7 +62,8 @@ _DEVICE_HINT = "only raw output (-O raw, format='raw') can be written onto a dev
 
 def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """``a`` and ``b`` are one file (or one block device under two names)."""
-    if Path(a).resolve() == Path(b).resolve():
+    # realpath, not Path.resolve: a loop of symbolic links raised RuntimeError (Python < 3.13)
+    if os.path.realpath(a) == os.path.realpath(b):
         return True
     try:
         sa, sb = os.stat(a), os.stat(b)
@@ -116,6 +118,7 @@ def convert_image(
     force: bool = False,
     progress: Progress = None,
     sync: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ConvertResult:
     """Convert ``src`` into a new image ``dst``.
 
@@ -137,6 +140,10 @@ def convert_image(
             for a bar on stderr (:mod:`pyvhdx.progress`), None or False for none.
         sync: fsync the new image before it is renamed into place (False, as
             ``qemu-img convert`` with its default cache mode, leaves it to the OS).
+        storage_options: fsspec's options for a URL source or destination. A URL
+            destination (``az://container/name.vhd``) is an Azure-ready fixed VHD
+            page blob (:mod:`pyvhdx.azure`; ``disk_type`` and ``block_size`` do
+            not apply).
 
     Raises:
         FileExistsError: ``dst`` exists and ``force`` is false.
@@ -148,6 +155,11 @@ def convert_image(
         OSError: the disk is full (ENOSPC, EFBIG, EDQUOT; its filename is
             ``dst``); the destination is left as it was.
     """
+    if is_url(dst):  # object storage: an Azure page blob
+        from .azure import convert_to_azure
+
+        given = (format, src_format, logical_sector_size, force, progress, storage_options)
+        return convert_to_azure(src, str(dst), *given)
     dst_path = Path(dst)
     fmt = ImageFormat(format) if format is not None else format_from_suffix(dst_path)
     fmt = ImageFormat.RAW if fmt is None else fmt
@@ -165,9 +177,9 @@ def convert_image(
         raise InvalidArgumentError("source and destination are the same file")
 
     def opener() -> DiskImage:  # one more view of the source, for a reader thread
-        return open_image(src, format=src_format)
+        return open_image(src, format=src_format, storage_options=storage_options)
 
-    with open_image(src, format=src_format) as img:
+    with opener() as img:
         size = img.virtual_size
         logical_sector_size, physical_sector_size = _sector_sizes(
             img, fmt, logical_sector_size, physical_sector_size

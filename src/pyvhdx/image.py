@@ -780,8 +780,9 @@ def open_image(
             raise
         return child
 
-    def opener(path: Path, seen: frozenset[Path]) -> DiskImage:
-        # A parent opens read-only with the child's options (force_share too).
+    def opener(path: Path | BinaryIO, seen: frozenset[Path]) -> DiskImage:
+        # A parent opens read-only with the child's options (force_share too); a
+        # remote child's parent is a RemoteFile beside it (pyvhdx.remote).
         found = _open_file(
             path, "r", format=None, strict=False, salvage=False, force_share=force_share
         )

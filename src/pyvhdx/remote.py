@@ -7,20 +7,40 @@ ranged request (so a large sequential read is one request per run), and keeps
 them in a bounded LRU cache, so metadata and BAT chunks are fetched once.
 Unallocated ranges are never read by pyvhdx, so they are never fetched.
 ``requests`` and ``bytes_fetched`` count what went over the wire.
+
+A differencing child's parent is looked up beside it, in the same bucket and
+folder, with the confinement rules of a local chain (:func:`attach_remote_parent`,
+which :func:`pyvhdx.chain.attach_parent` hands a remote child to): a relative
+locator that stays inside the child's folder, else the locator's base name there.
+An error of the storage service is a :class:`RemoteError` naming the URL.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import os
+import posixpath
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, ParentError, PyvhdxError
 
-__all__ = ["DEFAULT_CACHE_BYTES", "RemoteFile", "is_url", "open_remote"]
+if TYPE_CHECKING:
+    from .image import DiskImage
+
+__all__ = [
+    "DEFAULT_CACHE_BYTES",
+    "RemoteError",
+    "RemoteFile",
+    "attach_remote_parent",
+    "is_url",
+    "open_remote",
+]
 
 BLOCK: Final = 1 << 20
 #: Bytes of fetched blocks kept by default (64 blocks of 1 MiB).
@@ -37,14 +57,38 @@ def is_url(file: object) -> bool:
     return isinstance(file, str) and _URL.match(file) is not None
 
 
-class RemoteFile(io.RawIOBase):
-    """A read-only, seekable view of a remote object through fsspec."""
+class RemoteError(PyvhdxError, OSError):
+    """The storage service refused or failed a request (the message names the URL)."""
 
-    def __init__(self, fs: Any, path: str, *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+
+def _call(url: str, request: Callable[[], Any]) -> Any:
+    """``request()``, its SDK's errors as :class:`RemoteError` naming ``url`` (a missing
+    object stays FileNotFoundError, a refused one PermissionError, both naming it)."""
+    try:
+        return request()
+    except PyvhdxError:
+        raise
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{url}: no such object") from exc
+    except PermissionError as exc:
+        raise PermissionError(f"{url}: access denied ({exc})") from exc
+    except Exception as exc:  # botocore, azure-core, aiohttp...: whatever the backend raises
+        raise RemoteError(f"{url}: {type(exc).__name__}: {exc}") from exc
+
+
+class RemoteFile(io.RawIOBase):
+    """A read-only, seekable view of a remote object through fsspec.
+
+    ``name`` is its URL (``url`` if given, else the file system's own spelling).
+    """
+
+    def __init__(
+        self, fs: Any, path: str, *, url: str | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES
+    ) -> None:
         super().__init__()
         self.fs, self.path = fs, path
-        self.size = int(fs.size(path))
-        self.name = path
+        self.name = url or str(fs.unstrip_protocol(path))
+        self.size = int(_call(self.name, lambda: fs.size(path)))
         self.pos = 0
         self.cache: OrderedDict[int, bytes] = OrderedDict()
         self.max_blocks = max(1, cache_bytes // BLOCK)
@@ -123,7 +167,7 @@ class RemoteFile(io.RawIOBase):
     def _get(self, blocks: list[int]) -> None:
         start = blocks[0] * BLOCK
         stop = min(self.size, (blocks[-1] + 1) * BLOCK)
-        data = self.fs.cat_file(self.path, start=start, end=stop)
+        data = _call(self.name, lambda: self.fs.cat_file(self.path, start=start, end=stop))
         self.next_block = blocks[-1] + 1
         self.requests += 1
         self.bytes_fetched += len(data)
@@ -132,6 +176,79 @@ class RemoteFile(io.RawIOBase):
             self.cache.move_to_end(b)
         while len(self.cache) > max(self.max_blocks, len(blocks)):
             self.cache.popitem(last=False)
+
+    def sibling(self, parts: tuple[str, ...]) -> RemoteFile:
+        """The object ``parts`` below this one's folder, in the same store, with its
+        URL spelled as this one's (FileNotFoundError if there is none)."""
+        path = posixpath.join(posixpath.dirname(self.path), *parts)
+        head = self.name[: len(self.name) - len(self.path)] if self.name.endswith(self.path) else ""
+        return RemoteFile(self.fs, path, url=head + path if head else None)
+
+
+def attach_remote_parent(
+    img: DiskImage,
+    child: RemoteFile,
+    explicit: str | os.PathLike[str] | DiskImage | None,
+    *,
+    opener: Callable[[Path | BinaryIO, frozenset[Path]], DiskImage],
+    allow_missing: bool,
+    verify: bool,
+    seen: frozenset[Path],
+) -> None:
+    """Find, open and attach the parent of ``img``, a differencing disk read from
+    ``child`` (see :func:`pyvhdx.chain.attach_parent`, which hands it over).
+
+    The candidates are the objects beside the child that its locators name
+    (:func:`pyvhdx.chain.locator_parts`: nothing outside the child's folder), or
+    ``explicit``: an open image, a URL in the child's store, or a local path. A
+    merge journal is a local file, so none is looked for. The chain's URLs are
+    kept in ``seen`` as ``Path(url)``, for the loop and depth checks.
+    """
+    from .chain import MAX_CHAIN_DEPTH, _parent_missing, locator_parts
+    from .image import DiskImage
+
+    seen = seen | {Path(child.name)}
+    if len(seen) > MAX_CHAIN_DEPTH:
+        raise ParentError(f"differencing chain deeper than {MAX_CHAIN_DEPTH} images")
+    if isinstance(explicit, DiskImage):
+        ok, why = img.handler.parent_identity_matches(explicit.handler)
+        if verify and not ok:
+            raise ParentError(f"the given parent is not this disk's parent: {why}")
+        img.attach_parent(explicit, owned=False)
+        return
+    places: dict[str, Callable[[], Path | RemoteFile]] = {}
+    if explicit is not None:
+        given = os.fspath(explicit)
+        if is_url(given):
+            path = child.fs._strip_protocol(given)
+            places[given] = lambda: RemoteFile(child.fs, path, url=given)
+        else:
+            places[given] = lambda: Path(given)
+    else:
+        folder = posixpath.dirname(child.name)
+        for parts in locator_parts(img.handler.parent_locations()):
+            places.setdefault(
+                posixpath.join(folder, *parts), functools.partial(child.sibling, parts)
+            )
+    reasons: list[str] = []
+    tried = list(places)
+    for name, place in places.items():
+        if Path(name) in seen:
+            raise ParentError(f"differencing chain loops back to {name}", tried=tried)
+        try:
+            parent = opener(cast(BinaryIO, place()), seen)
+        except FileNotFoundError:
+            reasons.append(f"{name}: not found")
+            continue
+        ok, why = img.handler.parent_identity_matches(parent.handler)
+        if ok or not verify:
+            img.attach_parent(parent, owned=True)
+            return
+        parent.close()
+        if explicit is not None:
+            raise ParentError(f"the given parent is not this disk's parent: {name}: {why}")
+        reasons.append(f"{name}: identity mismatch ({why})")
+    _parent_missing(img, tried, reasons, allow_missing)
 
 
 def open_remote(
@@ -157,4 +274,4 @@ def open_remote(
         fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     except (ImportError, ValueError) as exc:
         raise InvalidArgumentError(f"{url}: {exc}") from exc
-    return RemoteFile(fs, path, cache_bytes=cache_bytes)
+    return RemoteFile(fs, path, url=url, cache_bytes=cache_bytes)

@@ -1,4 +1,4 @@
-""".ci/run runs the README's test command, word for word, after the oracles."""
+""".ci/run runs the README's test command, word for word, after the oracles and Azurite."""
 
 from __future__ import annotations
 
@@ -14,3 +14,5 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert command in ci
     oracles = [i for i, line in enumerate(ci) if "qemu-utils" in line or "libvhdi" in line]
     assert oracles and max(oracles) < ci.index(command)
+    # the servers the remote tests start: moto comes with the test extra, Azurite from npm
+    assert ci.index("npm install -g azurite") < ci.index(command)

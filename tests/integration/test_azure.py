@@ -1,0 +1,137 @@
+"""Azure (issue 18): ``pyvhdx.convert(src, "az://...")`` uploads an Azure-ready fixed
+VHD as a page blob, against Azurite's blob service started on 127.0.0.1 (the
+``azurite`` fixture). The service lists the page ranges written; qemu-img reads
+the blob downloaded back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pyvhdx
+from pyvhdx.azure import AzureResult
+from pyvhdx.remote import RemoteError
+
+MiB = 1 << 20
+
+# Non-zero data of the source: a lone sector, a run, a run across a 4 MiB chunk
+# boundary that takes two Put Page requests, and the disk's last sector.
+SIZE = 24 * MiB + 3 * 512  # an Azure blob is a whole number of MiB: 25 MiB
+ISLANDS = [(5 * MiB, 512), (9 * MiB + 512, 1536 * 1024), (14 * MiB, 6 * MiB), (SIZE - 512, 512)]
+AZURE_SIZE = 25 * MiB
+
+
+def _source(tmp_path: Path) -> tuple[Path, str]:
+    """A dynamic VHDX with ISLANDS of random bytes (no zero sector in them); the
+    sha256 of its content padded with zeros to AZURE_SIZE."""
+    path = tmp_path / "disk.vhdx"
+    pyvhdx.create(path, SIZE, block_size=MiB)
+    rng = random.Random(18)
+    content = bytearray(AZURE_SIZE)
+    with pyvhdx.open(path, "r+") as img:
+        for off, length in ISLANDS:
+            data = bytes(rng.randrange(1, 256) for _ in range(512)) * (length // 512)
+            img.write_at(off, data)
+            content[off : off + length] = data
+    return path, hashlib.sha256(content).hexdigest()
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def test_convert_to_a_page_blob(tmp_path: Path, azurite: dict[str, Any], qemu_img: str) -> None:
+    src, digest = _source(tmp_path)
+    url = "az://images/sub/disk.vhd"
+    result = pyvhdx.convert(src, url, storage_options=azurite["options"])
+    assert isinstance(result, AzureResult)
+    assert (result.virtual_size, result.url) == (AZURE_SIZE, url)
+    assert result.disk_type is pyvhdx.DiskType.FIXED
+    assert result.requests == 5  # the 6 MiB run is cut at 16 MiB: two requests of <= 4 MiB
+
+    container = azurite["service"].get_container_client("images")
+    assert [b.name for b in container.list_blobs()] == ["sub/disk.vhd"]  # no partial left
+    blob = container.get_blob_client("sub/disk.vhd")
+    props = blob.get_blob_properties()
+    assert props.blob_type == "PageBlob" and props.size == AZURE_SIZE + 512
+    pages = [(r.start, r.end + 1) for r in blob.list_page_ranges() if not r.cleared]
+    written = [(off, off + n) for off, n in ISLANDS] + [(AZURE_SIZE, AZURE_SIZE + 512)]
+    assert _merged(pages) == _merged(written)
+
+    local = tmp_path / "back.vhd"
+    local.write_bytes(blob.download_blob().readall())
+    info = json.loads(
+        subprocess.run(
+            [qemu_img, "info", "-f", "vpc", "--output=json", str(local)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert info["virtual-size"] == AZURE_SIZE
+    raw = tmp_path / "back.raw"
+    subprocess.run(
+        [qemu_img, "convert", "-f", "vpc", "-O", "raw", str(local), str(raw)], check=True
+    )
+    assert hashlib.sha256(raw.read_bytes()).hexdigest() == digest
+    with pyvhdx.open(local) as img:
+        assert img.disk_type.value == "fixed" and img.virtual_size == AZURE_SIZE
+
+    # The destination exists now: refused without force.
+    with pytest.raises(FileExistsError, match=r"images/sub/disk\.vhd"):
+        pyvhdx.convert(src, url, storage_options=azurite["options"])
+
+
+def test_an_interrupted_upload_leaves_no_blob(tmp_path: Path, azurite: dict[str, Any]) -> None:
+    """Stopped midway (here by the progress callback), the upload leaves neither the
+    destination nor its temporary blob; an existing destination stays as it was."""
+    src, _ = _source(tmp_path)
+    container = azurite["service"].get_container_client("images")
+    container.upload_blob("kept.vhd", b"old")
+
+    class Stop(Exception):
+        pass
+
+    def stop(n: int) -> None:
+        if n:
+            raise Stop
+
+    for name in ("new.vhd", "kept.vhd"):
+        with pytest.raises(Stop):
+            pyvhdx.convert(
+                src,
+                f"az://images/{name}",
+                storage_options=azurite["options"],
+                progress=stop,
+                force=True,
+            )
+    names = [b.name for b in container.list_blobs()]
+    assert "new.vhd" not in names and not any("partial" in n for n in names), names
+    assert container.get_blob_client("kept.vhd").download_blob().readall() == b"old"
+
+
+def test_azure_refusals(tmp_path: Path, azurite: dict[str, Any]) -> None:
+    small = tmp_path / "small.vhdx"
+    pyvhdx.create(small, 8 * MiB)
+    with pytest.raises(pyvhdx.InvalidArgumentError, match=r"az://images/small.vhd: .*20 MiB"):
+        pyvhdx.convert(small, "az://images/small.vhd", storage_options=azurite["options"])
+    with pytest.raises(pyvhdx.InvalidArgumentError, match="fixed VHDs"):
+        pyvhdx.convert(
+            small, "az://images/x.vhdx", format="vhdx", storage_options=azurite["options"]
+        )
+    src, _ = _source(tmp_path)
+    with pytest.raises(RemoteError, match=r"az://nocontainer/x\.vhd"):
+        pyvhdx.convert(src, "az://nocontainer/x.vhd", storage_options=azurite["options"])
