@@ -1312,13 +1312,16 @@ def check_image(
     image: str | os.PathLike[str] | BinaryIO | DiskImage,
     *,
     format: str | K.ImageFormat | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> CheckReport:
     """Check an image and return every finding (see the module docstring).
 
     Args:
-        image: a path, a seekable binary file object, or an open
+        image: a path, an fsspec URL (``s3://``, ``az://``...: read-only through
+            :mod:`pyvhdx.remote`), a seekable binary file object, or an open
             :class:`~pyvhdx.DiskImage` (checked through its own file, as opened).
         format: ``"vhdx"``, ``"vhd"`` or ``"raw"``; detected by content if None.
+        storage_options: for a URL, fsspec's options (credentials, endpoint).
 
     Returns:
         The report; ``report.exit_code`` is 0 without errors, else 1.
@@ -1326,6 +1329,10 @@ def check_image(
     Raises:
         OSError: the file cannot be opened or read (the check could not run).
     """
+    from .remote import is_url, open_remote
+
+    if is_url(image):  # storage_options: fsspec's (credentials, endpoint)
+        image = open_remote(str(image), storage_options)  # type: ignore[assignment]
     source = image.handler.source if isinstance(image, DiskImage) else FileSource(image)
     report = CheckReport(filename=source.name)
     out = _Findings(report)

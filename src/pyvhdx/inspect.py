@@ -1101,7 +1101,9 @@ def inspect_image(
     Read-only: nothing is written, a pending log is replayed in memory only.
 
     Args:
-        file: a path, or a seekable binary file object with ``readinto``.
+        file: a path, an fsspec URL (``s3://``, ``az://``...; its options as
+            ``storage_options=`` among ``open_options``), or a seekable binary
+            file object with ``readinto``.
         format: ``"vhdx"``, ``"vhd"`` or ``"raw"``; detected by content if None.
         scan_unreferenced: read the unreferenced ranges to tell whether they
             hold non-zero bytes (set False to skip the reads).
@@ -1121,6 +1123,10 @@ def inspect_image(
     Raises:
         OSError: the file cannot be opened or read.
     """
+    from .remote import is_url, open_remote
+
+    if is_url(file):  # read once for both, its blocks cached (storage_options: fsspec's)
+        file = open_remote(str(file), open_options.get("storage_options"))  # type: ignore[assignment]
     source = FileSource(file, force_share=bool(open_options.get("force_share", False)))
     try:
         fmt = ImageFormat(format) if format is not None else detect_format(source)

@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 
 import pyvhdx
+from pyvhdx.check import check_image
+from pyvhdx.hashing import hash_image
+from pyvhdx.inspect import inspect_image
 from pyvhdx.remote import RemoteFile, open_remote
 from tests.conftest import require
 
@@ -43,7 +46,6 @@ def s3() -> Iterator[dict[str, Any]]:
         "key": "testing",
         "secret": "testing",
         "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
-        "skip_instance_cache": True,
     }
     import boto3
     import s3fs as s3fs_mod
@@ -70,22 +72,100 @@ def _digest(img: pyvhdx.DiskImage) -> str:
     return h.hexdigest()
 
 
-@pytest.mark.parametrize(
-    ("name", "kind"),
-    [("d.vhdx", "dynamic"), ("f.vhdx", "fixed"), ("d.vhd", "dynamic"), ("f.vhd", "fixed")],
-)
-def test_remote_hash_equals_local(tmp_path: Path, s3: dict[str, Any], name: str, kind: str) -> None:
-    path = tmp_path / name
-    pyvhdx.create(path, 48 * MiB, disk_type=kind)
-    rng = random.Random(len(name))
-    with pyvhdx.open(path, "r+") as img:
-        for off in (0, 9 * MiB + 512, 40 * MiB):
-            img.write_at(off, rng.randbytes(3 * MiB))
-        local = _digest(img)
-    s3["fs"].put_file(str(path), f"images/{name}")
-    with pyvhdx.open(f"s3://images/{name}", storage_options=s3["options"]) as img:
-        assert img.get_size() == 48 * MiB
-        assert _digest(img) == local
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    """Fixed, dynamic and differencing VHDX and VHD images with data, and the sha256
+    of each read locally: ``{name: (path, digest)}``, all in one folder."""
+    folder = tmp_path_factory.mktemp("set")
+    rng = random.Random(18)
+    made: dict[str, tuple[Path, str]] = {}
+
+    def make(name: str, parent: str | None = None, **options: Any) -> None:
+        path = folder / name
+        if parent is None:
+            pyvhdx.create(path, 8 * MiB, **options)
+        else:
+            pyvhdx.create(path, parent=folder / parent)
+        with pyvhdx.open(path, "r+") as img:
+            for off in (rng.randrange(0, 7 * MiB) // 512 * 512 for _ in range(3)):
+                img.write_at(off, rng.randbytes(300 * 1024))
+        made[name] = (path, "")
+
+    make("f.vhdx", disk_type="fixed")
+    make("d.vhdx", block_size=MiB)
+    make("base.vhdx", block_size=MiB)
+    make("mid.avhdx", "base.vhdx")
+    make("top.avhdx", "mid.avhdx")
+    make("f.vhd", disk_type="fixed")
+    make("d.vhd")
+    make("base.vhd", block_size=512 * 1024)
+    make("child.vhd", "base.vhd")
+    return {name: (path, hash_image(path)["sha256"]) for name, (path, _) in made.items()}
+
+
+@pytest.fixture(params=["s3", "az"])
+def store(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Moto's S3 or Azurite's blob service: the URL of the bucket or container
+    ``images``, the storage options, and ``put(local path, key)``."""
+    if request.param == "s3":
+        server = request.getfixturevalue("s3")
+        return {"url": "s3://images", "options": server["options"], "put": server["fs"].put_file}
+    azurite = request.getfixturevalue("azurite")
+    container = azurite["service"].get_container_client("images")
+
+    def put(local: str, key: str) -> None:
+        with open(local, "rb") as f:
+            container.upload_blob(key.removeprefix("images/"), f, overwrite=True)
+
+    return {"url": "az://images", "options": azurite["options"], "put": put}
+
+
+def test_remote_hashes_equal_local(
+    images: dict[str, tuple[Path, str]], store: dict[str, Any], tmp_path: Path
+) -> None:
+    """Every image, read where it lies in the store (a child's parents beside it,
+    found through its locators), hashes as it does on disk; check, inspect, map and
+    convert take the URL too."""
+    options = store["options"]
+    for name, (path, _) in images.items():
+        store["put"](str(path), f"images/set/{name}")
+    for name, (_, digest) in images.items():
+        url = f"{store['url']}/set/{name}"
+        assert hash_image(url, storage_options=options)["sha256"] == digest, name
+    top = f"{store['url']}/set/top.avhdx"
+    with pyvhdx.open(top, storage_options=options) as img:
+        assert img.name == top and img.parent is not None and img.parent.parent is not None
+        assert img.parent.parent.name == f"{store['url']}/set/base.vhdx"
+        with pyvhdx.open(images["top.avhdx"][0]) as local:
+            assert list(img.extents()) == list(local.extents())
+    report = check_image(top, storage_options=options)
+    assert report.opened and not report.errors, report.findings
+    seen = inspect_image(f"{store['url']}/set/child.vhd", storage_options=options)
+    assert seen["format"] == "vhd" and seen["open"]["opens"], seen["open"]
+    out = pyvhdx.convert(top, tmp_path / "flat.vhdx", storage_options=options).destination
+    assert hash_image(out)["sha256"] == images["top.avhdx"][1]
+
+
+def test_remote_parents_stay_in_the_childs_folder(tmp_path: Path, s3: dict[str, Any]) -> None:
+    """A child whose locator leads out of its folder (``../b/base.vhdx``) finds its
+    parent only beside it, as on disk: never in the folder the locator names."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    base, child = tmp_path / "b" / "base.vhdx", tmp_path / "a" / "child.avhdx"
+    pyvhdx.create(base, 4 * MiB)
+    with pyvhdx.open(base, "r+") as img:
+        img.write_at(0, b"base" * 1024)
+    pyvhdx.create(child, parent=base)
+    put = s3["fs"].put_file
+    put(str(child), "images/conf/a/child.avhdx")
+    put(str(base), "images/conf/b/base.vhdx")
+    url = "s3://images/conf/a/child.avhdx"
+    with pytest.raises(pyvhdx.ParentError) as caught:
+        pyvhdx.open(url, storage_options=s3["options"])
+    assert caught.value.tried == ["s3://images/conf/a/base.vhdx"], caught.value.tried
+    put(str(base), "images/conf/a/base.vhdx")
+    with pyvhdx.open(url, storage_options=s3["options"]) as img:
+        assert img.read_at(0, 8) == b"basebase"
 
 
 def test_bytes_fetched_follow_the_allocation(tmp_path: Path, s3: dict[str, Any]) -> None:
