@@ -17,8 +17,14 @@ What it reports (issue 7):
 * VHD (VHD spec 2006): both footer copies with every field and checksum, the
   dynamic header, parent locators, time stamps as UTC, the CHS geometry and its
   capacity; a BAT summary.
-* Unreferenced space: file ranges no structure references, each with whether
-  it holds non-zero bytes -- a place where old data hides.
+* Unreferenced space: every file range outside the live structures, each with
+  whether it holds non-zero bytes -- a place where old data hides. Reserved
+  and unused space inside the formats' areas counts too, named by its place:
+  the 1 MiB VHDX header section beyond the file identifier, the two 4 KiB
+  headers and the region tables' entries; the metadata table's unused entries
+  and the metadata region after the items; the BAT region after the entries;
+  a VHD BAT's padding to its sector (expected 0xFF) and a parent locator's
+  data space after its data.
 
 Nothing is ever written. A pending VHDX log is replayed in memory only, on this
 module's own source, so the metadata and BAT shown are what a reader sees.
@@ -55,6 +61,13 @@ from .image import detect_format
 from .info import kebab_fields
 from .log import LogState, entry_checksum_ok, entry_headers, load_log, replay_in_memory
 from .source import FileSource, data_spans
+from .structures.vhdx import (
+    FILE_IDENTIFIER,
+    METADATA_ENTRY,
+    METADATA_TABLE_HEADER,
+    REGION_TABLE_ENTRY,
+    REGION_TABLE_HEADER,
+)
 from .vhd import layout as vhd_layout
 from .vhd.file import choose_footer
 from .vhdx import layout as vhdx_layout
@@ -187,24 +200,27 @@ def _ranges(starts: I64, ends: I64) -> list[dict[str, Any]]:
 
 
 def scan_nonzero(
-    source: FileSource, start: int, end: int, buf: bytearray | None = None
+    source: FileSource, start: int, end: int, buf: bytearray | None = None, fill: int = 0
 ) -> tuple[int, int | None, int | None]:
-    """Count the non-zero bytes of the file's own bytes in ``[start, end)``.
+    """Count the non-zero bytes (the bytes other than ``fill``) of the file's own bytes
+    in ``[start, end)``.
 
     Reads storage only (never a log replay overlay), 4 MiB at a time; holes of
-    a sparse file are not read.
+    a sparse file are not read (with ``fill`` 0).
 
     Returns:
         ``(nonzero_bytes, first_nonzero_offset, uniform_byte)``: the offset is
-        None when all bytes are zero; ``uniform_byte`` is the value every byte
-        has (0 for all zeros, 0xFF for the padding Windows writes), else None.
+        None when all bytes are ``fill``; ``uniform_byte`` is the value every
+        byte has (0 for all zeros, 0xFF for the padding Windows writes), else None.
     """
     mv = memoryview(buf if buf is not None else bytearray(_SCAN_CHUNK))
     count = 0
     first: int | None = None
     values: set[int] = set()
     covered = 0
-    for lo, hi in data_spans(source.fd, start, end):  # holes are skipped
+    # holes are skipped (they read as zeros: not skipped when zero is not the fill)
+    spans = data_spans(source.fd, start, end) if fill == 0 else iter([(start, end)])
+    for lo, hi in spans:
         pos = lo
         while pos < hi:
             n = min(len(mv), hi - pos)
@@ -213,9 +229,10 @@ def scan_nonzero(
             covered += got
             if got and len(values) < 2:
                 values.update((int(arr.min()), int(arr.max())))
-            nz = int(np.count_nonzero(arr))
+            other = arr != fill
+            nz = int(np.count_nonzero(other))
             if nz and first is None:
-                first = pos + int(np.argmax(arr != 0))
+                first = pos + int(np.argmax(other))
             count += nz
             if got < n:
                 break
@@ -231,7 +248,8 @@ _REF_CAP = 1 << 62  # beyond any file: structure extents are capped here (int64 
 
 class _FileRanges:
     """The file ranges an inspector found in use: structures (:meth:`ref`) and
-    merged block extents, for the unreferenced-space report.
+    merged block extents, for the unreferenced-space report; and the named areas
+    (:meth:`area`) whose unused space that report names.
     """
 
     block_map = "block map"  # what must be decoded before the unreferenced space is known
@@ -244,15 +262,45 @@ class _FileRanges:
         self.refs: tuple[list[int], list[int]] = ([], [])
         self.block_refs: list[tuple[I64, I64]] = []  # merged block extents
         self.bat_ok = False  # the block extents are known
+        self.areas: list[tuple[int, int, str, int]] = []  # start, end, name, fill
 
     def ref(self, start: int, length: int) -> None:
         # Clipped to the file later; capped here so hostile u64 fields fit in int64.
         self.refs[0].append(min(start, _REF_CAP))
         self.refs[1].append(min(start + length, _REF_CAP))
 
+    def area(self, start: int, length: int, name: str, fill: int = 0) -> None:
+        """Name the unreferenced space inside ``[start, start + length)``: reserved or
+        unused room of a structure or region, whose bytes should all be ``fill``.
+        Its ranges are reported apart, with ``where: name``."""
+        self.areas.append((min(start, _REF_CAP), min(start + length, _REF_CAP), name, fill))
+
+    def _split_at_areas(self, gap_s: I64, gap_e: I64) -> tuple[I64, I64]:
+        """The gaps cut where a named area starts or ends, so each piece is in one place."""
+        if not self.areas or not gap_s.shape[0]:
+            return gap_s, gap_e
+        cuts = np.unique(np.array([x for a in self.areas for x in a[:2]], dtype=np.int64))
+        i = np.searchsorted(gap_s, cuts, side="right") - 1
+        inside = (i >= 0) & (cuts > gap_s[np.maximum(i, 0)]) & (cuts < gap_e[np.maximum(i, 0)])
+        cut = cuts[inside]
+        return np.sort(np.concatenate((gap_s, cut))), np.sort(np.concatenate((cut, gap_e)))
+
+    def _place(self, start: int, end: int) -> tuple[str, int] | None:
+        """The name and fill of the smallest area holding ``[start, end)``, if any."""
+        holding = [a for a in self.areas if a[0] <= start and end <= a[1]]
+        if not holding:
+            return None
+        _, _, name, fill = min(holding, key=lambda a: a[1] - a[0])
+        return name, fill
+
     def unreferenced(self, trailer: int | None = None) -> dict[str, Any]:
         """The ``unreferenced`` section: file ranges outside every referenced range,
         with their content.
+
+        Each range is cut where a named area starts or ends; ``where`` is the name
+        of the smallest area holding it, else its place among the structures. In
+        an area whose bytes should be ``fill`` (a VHD BAT's 0xFF padding), the
+        range says so and its ``nonzero`` bytes are those other than the fill.
 
         ``trailer`` is where a structure that closes the file starts (the VHD footer):
         gaps after the last other structure are then "before the footer".
@@ -265,7 +313,7 @@ class _FileRanges:
         gap_s = np.concatenate(([0], me)).astype(np.int64)
         gap_e = np.concatenate((ms, [size])).astype(np.int64)
         keep = gap_e > gap_s
-        gap_s, gap_e = gap_s[keep], gap_e[keep]
+        gap_s, gap_e = self._split_at_areas(gap_s[keep], gap_e[keep])
         body, tail = me, "after the last structure"
         if trailer is not None:
             body, tail = me[ms < trailer], "after the last block, before the footer"
@@ -275,9 +323,12 @@ class _FileRanges:
         named: dict[int | None, str] = {None: "data", 0: "zeros"}  # content, by uniform byte
         for gs, ge in zip(gap_s.tolist(), gap_e.tolist(), strict=True):
             where = tail if gs >= last_ref else "between structures"
-            item: dict[str, Any] = {"offset": gs, "length": ge - gs, "where": where}
+            place, fill = self._place(gs, ge) or (where, 0)
+            item: dict[str, Any] = {"offset": gs, "length": ge - gs, "where": place}
+            if fill:
+                item["fill"] = fill  # nonzero: bytes other than this
             if scan:
-                nz, first, uniform = scan_nonzero(self.source, gs, ge, buf)
+                nz, first, uniform = scan_nonzero(self.source, gs, ge, buf, fill)
                 item["nonzero"] = nz > 0
                 item["nonzero-bytes"] = nz
                 if first is not None:
@@ -348,7 +399,7 @@ class _VHDXInspector(_FileRanges):
 
     def run(self) -> None:
         r = self.report
-        self.ref(0, K.VHDX_HEADER_AREA_SIZE)
+        self.header_section()
         r["file-identifier"] = _section(r, "file identifier", self.file_identifier)
         _section(r, "headers", self.headers)
         _section(r, "log", self.log)
@@ -356,6 +407,20 @@ class _VHDXInspector(_FileRanges):
         _section(r, "metadata", self.metadata)
         _section(r, "bat", self.bat)
         r["unreferenced"] = self.unreferenced()
+
+    # -- MS-VHDX 2.2 -------------------------------------------------------------
+
+    def header_section(self) -> None:
+        """The 1 MiB header section: the file identifier (signature and creator) and
+        the two 4 KiB headers are live; the rest of their 64 KiB and the section
+        after the region tables are reserved (MS-VHDX 2.2, figure 3)."""
+        slot = 64 * 1024
+        self.area(0, K.VHDX_HEADER_AREA_SIZE, "header section (reserved)")
+        self.area(K.VHDX_FILE_ID_OFFSET, slot, "file identifier (reserved)")
+        self.ref(K.VHDX_FILE_ID_OFFSET, FILE_IDENTIFIER.sizeof())
+        for i, offset in enumerate(K.VHDX_HEADER_OFFSETS, 1):
+            self.area(offset, slot, f"header {i} (reserved)")
+            self.ref(offset, K.VHDX_HEADER_SIZE)
 
     # -- MS-VHDX 2.2.1 ------------------------------------------------------------
 
@@ -514,6 +579,15 @@ class _VHDXInspector(_FileRanges):
     def region_tables(self) -> None:
         tables = [_region_table_dict(vhdx_layout.read_region_table(self.source, i)) for i in (1, 2)]
         self.report["region-tables"] = tables
+        for t in tables:  # the entries in use are live; the rest of the 64 KiB is not
+            self.area(t["offset"], K.VHDX_REGION_TABLE_SIZE, f"region table {t['copy']} (unused)")
+            count = t.get("entry-count")
+            used = (
+                REGION_TABLE_HEADER.sizeof() + count * REGION_TABLE_ENTRY.sizeof()
+                if count is not None and count <= K.VHDX_MAX_REGION_ENTRIES
+                else K.VHDX_REGION_TABLE_SIZE  # damaged: all of it
+            )
+            self.ref(t["offset"], used)
         valid = [t for t in tables if t["valid"]]
         chosen = valid[0] if valid else None
         self.report["current-region-table"] = chosen["copy"] if chosen else None
@@ -523,11 +597,14 @@ class _VHDXInspector(_FileRanges):
             raise InvalidImageError("no valid region table", structure="region table")
         chosen["current"] = True
         self.regions = chosen["entries"]
-        for r in self.regions:
-            self.ref(r["file-offset"], r["length"])
         first = {r["guid"]: r for r in reversed(self.regions)}  # the first entry of each region
         self.bat_region = first.get(str(K.REGION_BAT))
         self.meta_region = first.get(str(K.REGION_METADATA))
+        for r in self.regions:  # the BAT and metadata regions: what they hold is live
+            if r is self.bat_region or r is self.meta_region:
+                self.area(r["file-offset"], r["length"], f"{r['name']} region (unused)")
+            else:
+                self.ref(r["file-offset"], r["length"])
         self._classify_writes()
 
     # -- MS-VHDX 2.6 ------------------------------------------------------------------
@@ -548,6 +625,12 @@ class _VHDXInspector(_FileRanges):
             "entry-count": table.entry_count,
         }
         self.report["metadata"] = d
+        # Live: the table's header and entries, and the items (MS-VHDX 2.6.1).
+        self.area(base, K.VHDX_METADATA_TABLE_SIZE, "metadata table (unused entries)")
+        entries = min(table.entry_count or 0, K.VHDX_MAX_METADATA_ENTRIES)
+        self.ref(base, METADATA_TABLE_HEADER.sizeof() + entries * METADATA_ENTRY.sizeof())
+        for it in table.items:
+            self.ref(base + it.offset, it.length)
         d["items"] = [self._item(base, item) for item in table.items]
         if "parent-locator" in self.params:
             self.report["parent-locator"] = self.params["parent-locator"]
@@ -674,6 +757,7 @@ class _VHDXInspector(_FileRanges):
         self.report["bat"] = d
         # data_size, not size: a replayed log may extend the file with zeros far out
         end = self.source.data_size
+        self.ref(bat_offset, min(8 * count, region["length"]))  # the entries (MS-VHDX 2.5)
         readable = min(count, region["length"] // 8, max(0, (end - bat_offset) // 8))
         if readable < count:
             d["error"] = f"only {readable} of {count} entries lie inside the BAT region and file"
@@ -1002,7 +1086,9 @@ class _VHDInspector(_FileRanges):
             assert loc.problem is not None
             d["error"] = loc.problem.message
             return d
-        self.ref(loc.data_offset, min(loc.reserved_length, self.data_end - loc.data_offset))
+        room = min(loc.reserved_length, self.data_end - loc.data_offset)
+        self.area(loc.data_offset, room, f"parent locator {loc.index} (unused data space)")
+        self.ref(loc.data_offset, min(loc.data_length, room))
         d.update(_hex_capped(loc.data) if loc.path is None else {"path": loc.path})
         return d
 
@@ -1052,7 +1138,9 @@ class _VHDInspector(_FileRanges):
         readable = min(entries, max(0, (self.data_end - table) // 4))
         if readable < entries:
             d["error"] = f"only {readable} of {entries} entries lie inside the file"
-        self.ref(table, vhd_layout.vhd_bat_bytes(readable))
+        # The entries are live; their last sector is padded with unused (0xFF) entries.
+        self.area(table, vhd_layout.vhd_bat_bytes(readable), "BAT (padding)", fill=0xFF)
+        self.ref(table, 4 * readable)
         alloc = _Allocation(bs, current, self.data_end, extent=bitmap + bs, data_skip=bitmap)
         zero_pointers = 0
         for i0, raw in vhd_layout.bat_chunks(self.source, table, readable, strict=False):
@@ -1071,7 +1159,9 @@ class _VHDInspector(_FileRanges):
 
 
 def _probe_open(file: str | os.PathLike[str] | BinaryIO, **options: Any) -> dict[str, Any]:
-    """Whether :func:`pyvhdx.open` accepts the image (read-only), and what it reports."""
+    """Whether :func:`pyvhdx.open` accepts the image (read-only), and what it reports:
+    ``opens``, and when it is false the ``error`` (its text, ``error-type`` and, when
+    it names them, ``error-structure``, ``error-field`` and ``error-offset``)."""
     from .image import open_image
 
     with warnings.catch_warnings():
@@ -1079,8 +1169,13 @@ def _probe_open(file: str | os.PathLike[str] | BinaryIO, **options: Any) -> dict
         try:
             with open_image(file, "r", **options) as img:
                 info = img.info()
-        except PyvhdxError as exc:
-            return {"opens": False, "error": str(exc), "error-type": type(exc).__name__}
+        except (PyvhdxError, OSError) as exc:
+            refused: dict[str, Any] = {"opens": False, "error": str(exc)}
+            refused["error-type"] = type(exc).__name__
+            if isinstance(exc, PyvhdxError):  # where, when the error says
+                named = kebab_fields(exc, "structure", "field", "offset")
+                refused.update({f"error-{k}": v for k, v in named.items() if v is not None})
+            return refused
     return {
         "opens": True,
         **kebab_fields(info, "disk_type", "virtual_size", "log_replayed"),
@@ -1113,7 +1208,8 @@ def inspect_image(
 
     Returns:
         A JSON-ready dict with kebab-case keys: ``filename``, ``format``,
-        ``file-size``, ``open`` (what :func:`pyvhdx.open` makes of it), the
+        ``file-size``, ``open`` (what :func:`pyvhdx.open` makes of it: ``opens``
+        false and the ``error`` when it refuses the image; its ``problems``), the
         format's sections (VHDX: ``file-identifier``, ``headers``, ``log``,
         ``region-tables``, ``metadata``, ``parent-locator``, ``bat``; VHD:
         ``footers``, ``geometry``, ``dynamic-header``, ``parent-locators``,

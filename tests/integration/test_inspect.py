@@ -255,6 +255,112 @@ def test_planted_data_in_vhdx_gap_and_after_last_block(tmp_path: Path) -> None:
     assert "nonzero" not in _unreferenced(quick)[0]
 
 
+def _plant(path: Path, spots: dict[int, bytes]) -> None:
+    with open(path, "r+b") as f:
+        for at, data in spots.items():
+            f.seek(at)
+            f.write(data)
+
+
+def _found(report: dict[str, Any]) -> dict[int, tuple[str, int]]:
+    """The non-zero unreferenced ranges: first non-zero offset -> (where, non-zero bytes)."""
+    return {
+        r["first-nonzero-offset"]: (r["where"], r["nonzero-bytes"])
+        for r in _unreferenced(report)
+        if r["nonzero"]
+    }
+
+
+_SECRET = bytes(range(1, 256)) * 2 + bytes(range(1, 91))  # 600 non-zero bytes
+
+
+def test_data_hidden_in_vhdx_reserved_space(tmp_path: Path) -> None:
+    """Issue 19: 600 bytes at 0x60000 of a fresh VHDX (reserved space in the header
+    section) were not found (``unreferenced bytes: 0``); nor was anything else planted
+    in the unused room of the live structures."""
+    path = tmp_path / "fresh.vhdx"
+    pyvhdx.create(path, 64 * MiB, block_size=MiB)
+    clean = inspect_image(path)
+    assert clean["errors"] == [] and _found(clean) == {}
+    meta = clean["metadata"]
+    last_item = max(i["file-offset"] + i["length"] for i in meta["items"])
+    bat = clean["bat"]
+    spots = {
+        0x60000: _SECRET,  # the repro: reserved space of the header section
+        0x400: b"ID",  # after the file identifier's creator
+        0x10000 + 4096 + 7: b"H1",  # after header 1 (a 4 KiB structure in 64 KiB)
+        0x30000 + 16 + 32 * 2 + 3: b"RT",  # region table 1 after its two entries
+        meta["offset"] + 32 + 32 * meta["entry-count"]: b"ME",  # unused metadata entries
+        last_item + 5: b"MI",  # the metadata region after the items
+        bat["offset"] + 8 * bat["entry-count"] + 1: b"BT",  # the BAT region after the entries
+    }
+    _plant(path, spots)
+    report = inspect_image(path)
+    found = _found(report)
+    assert set(found) == set(spots), report["unreferenced"]["ranges"]
+    assert found[0x60000] == ("header section (reserved)", 600)
+    assert [found[at][0] for at in sorted(spots)[:4]] == [
+        "file identifier (reserved)",
+        "header 1 (reserved)",
+        "region table 1 (unused)",
+        "header section (reserved)",
+    ]
+    assert found[last_item + 5][0] == "Metadata region (unused)"
+    assert found[bat["offset"] + 8 * bat["entry-count"] + 1][0] == "BAT region (unused)"
+    assert report["unreferenced"]["nonzero-bytes"] == 600 + 2 * (len(spots) - 1)
+    assert report["open"]["opens"] is True  # none of it is in a live structure
+
+
+def test_clean_qemu_vhdx_has_no_hidden_data(qemu_vhdx: tuple[Path, Path]) -> None:
+    report = inspect_image(qemu_vhdx[1])
+    assert _found(report) == {}
+    unreferenced = _unreferenced(report)
+    assert unreferenced and all(r["content"] == "zeros" for r in unreferenced)
+    assert [r["where"] for r in unreferenced][:4] == [
+        "file identifier (reserved)",
+        "header 1 (reserved)",
+        "header 2 (reserved)",
+        "region table 1 (unused)",
+    ]
+
+
+def test_data_hidden_in_vhd_padding(tmp_path: Path) -> None:
+    """A VHD's BAT padding (expected 0xFF) and a parent locator's unused data space."""
+    parent = tmp_path / "p.vhd"
+    pyvhdx.create(parent, 8 * MiB)
+    child = tmp_path / "c.vhd"
+    pyvhdx.create(child, parent=parent)
+    clean = inspect_image(child)
+    assert clean["errors"] == [] and _found(clean) == {}
+    pad = next(r for r in _unreferenced(clean) if r["where"] == "BAT (padding)")
+    assert pad["fill"] == 0xFF and pad["content"] == "every byte 0xff"
+    bat_end = clean["bat"]["offset"] + 4 * clean["bat"]["entry-count"]
+    locator = next(x for x in clean["parent-locators"] if x["platform-code"] == "W2ku")
+    in_space = locator["platform-data-offset"] + locator["platform-data-length"] + 10
+    _plant(child, {bat_end + 100: b"\0\0\0", in_space: b"LOC"})
+    report = inspect_image(child)
+    assert _found(report) == {
+        bat_end + 100: ("BAT (padding)", 3),  # three zero bytes where 0xFF should be
+        in_space: (f"parent locator {locator['index']} (unused data space)", 3),
+    }
+
+
+def test_open_refusal_is_in_the_report(qemu_vhdx: tuple[Path, Path]) -> None:
+    """What pyvhdx.open says of an image it refuses: the error and where it is."""
+    _, path = qemu_vhdx
+    with open(path, "r+b") as f:  # both region tables damaged
+        for off in (192 * 1024, 256 * 1024):
+            f.seek(off + 20)
+            f.write(b"\x55" * 4)
+    with pytest.raises(PyvhdxError) as refused:
+        pyvhdx.open(path)
+    probe = inspect_image(path)["open"]
+    assert probe["opens"] is False
+    assert probe["error"] == str(refused.value)
+    assert probe["error-type"] == type(refused.value).__name__
+    assert probe["error-structure"] == refused.value.structure == "region table"
+
+
 def _move_vhd_block(path: Path, block: int) -> tuple[int, int, int]:
     """Move a VHD block to the end (old copy left behind); return (old, new, footer) offsets."""
     data = bytearray(path.read_bytes())
