@@ -56,7 +56,7 @@ from .bat import chunk_ratio, vhdx_bat_entry_count
 from .constants import VHD_DYNAMIC_HEADER_SIZE, VHD_FOOTER_SIZE, VHDDiskType
 from .errors import ParentError, PyvhdxError
 from .image import NO_SIGNATURE, DiskImage, detect_format, no_signature_problem, open_image
-from .info import kebab_fields
+from .info import json_fields
 from .problems import Problem, Severity
 from .source import FileSource
 from .vhd import layout as vhd_layout
@@ -146,17 +146,14 @@ class CheckReport:
 
     def to_dict(self) -> dict[str, Any]:
         """What ``pyvhdx check --json`` prints."""
-        d: dict[str, Any] = {
-            **kebab_fields(self, "filename", "format", "disk_type", "virtual_size", "file_size"),
-            "cluster-size": self.block_size,
-            "total-clusters": self.total_blocks,
-            "allocated-clusters": self.allocated_blocks,
-            **kebab_fields(self, "image_end_offset", "opened"),
+        return {
+            **json_fields(self, "filename", "format", "disk_type", "virtual_size", "file_size"),
+            **json_fields(self, "block_size", "total_blocks", "allocated_blocks"),
+            **json_fields(self, "image_end_offset", "opened"),
             "check-errors": len(self.errors),
             "warnings": len(self.warnings),
             "findings": [f.to_dict() for f in self.findings],
         }
-        return {k: v for k, v in d.items() if v is not None}
 
 
 # -- plumbing ---------------------------------------------------------------------------

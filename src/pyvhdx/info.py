@@ -13,7 +13,7 @@ from typing import Any
 
 from .problems import Problem
 
-__all__ = ["AllocationSummary", "ImageInfo", "Problem", "kebab_fields"]
+__all__ = ["AllocationSummary", "ImageInfo", "Problem", "json_fields", "kebab_fields"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,30 @@ def kebab_fields(obj: object, *names: str) -> dict[str, Any]:
     """The attributes ``names`` of ``obj`` keyed as JSON output keys them: the
     field name in kebab case (``disk_type`` -> ``disk-type``)."""
     return {name.replace("_", "-"): getattr(obj, name) for name in names}
+
+
+#: The JSON keys that are not a field's name in kebab case: qemu-img's names
+#: (``qemu-img info`` and ``check --output=json``, DESIGN.md "Command line").
+_QEMU_KEYS = {
+    "block_size": "cluster-size",
+    "allocated_size": "actual-size",
+    "dirty": "dirty-flag",
+    "parent": "backing-image",
+    "total_blocks": "total-clusters",
+    "allocated_blocks": "allocated-clusters",
+}
+
+
+def json_fields(obj: object, *names: str) -> dict[str, Any]:
+    """The attributes ``names`` of ``obj`` as ``--json`` prints them: keyed by qemu-img's
+    name where it has one, else in kebab case; values made JSON-ready; None (absent)
+    left out."""
+    out = {}
+    for name in names:
+        value = _jsonable(getattr(obj, name))
+        if value is not None:
+            out[_QEMU_KEYS.get(name, name.replace("_", "-"))] = value
+    return out
 
 
 def _jsonable(value: Any) -> Any:
@@ -101,21 +125,12 @@ class ImageInfo:
 
     def to_dict(self) -> dict[str, Any]:
         """Kebab-case dict, as ``pyvhdx info --json`` prints it."""
-        d: dict[str, Any] = {
-            **kebab_fields(self, "filename", "format", "disk_type", "virtual_size", "file_size"),
-            "actual-size": self.allocated_size,
-            "minimum-size": self.minimum_size,
-            "cluster-size": self.block_size,
-            **kebab_fields(self, "logical_sector_size", "physical_sector_size", "creator"),
-            "identifier": _jsonable(self.identifier),
-            "dirty-flag": self.dirty,
-            **kebab_fields(self, "log_replayed", "header_copy", "region_table_copy"),
-            "failed-copies": list(self.failed_copies),
-            "problems": [p.to_dict() for p in self.problems],
+        return {
+            **json_fields(self, "filename", "format", "disk_type", "virtual_size", "file_size"),
+            **json_fields(self, "allocated_size", "minimum_size", "block_size"),
+            **json_fields(self, "logical_sector_size", "physical_sector_size", "creator"),
+            **json_fields(self, "identifier", "dirty", "log_replayed", "header_copy"),
+            **json_fields(self, "region_table_copy", "failed_copies", "problems", "allocation"),
+            **json_fields(self, "parent"),
+            "format-specific": {"type": self.format, "data": _jsonable(self.format_specific)},
         }
-        if self.allocation is not None:
-            d["allocation"] = self.allocation.to_dict()
-        if self.parent is not None:
-            d["backing-image"] = _jsonable(self.parent)
-        d["format-specific"] = {"type": self.format, "data": _jsonable(self.format_specific)}
-        return {k: v for k, v in d.items() if v is not None}
