@@ -119,6 +119,7 @@ def convert_image(
     progress: Progress = None,
     sync: bool = True,
     storage_options: Mapping[str, Any] | None = None,
+    source_options: Mapping[str, Any] | None = None,
 ) -> ConvertResult:
     """Convert ``src`` into a new image ``dst``.
 
@@ -144,6 +145,9 @@ def convert_image(
             destination (``az://container/name.vhd``) is an Azure-ready fixed VHD
             page blob (:mod:`pyvhdx.azure`; ``disk_type`` and ``block_size`` do
             not apply).
+        source_options: more keyword arguments of :func:`pyvhdx.open` for the source
+            (``parent``, ``salvage``, ``allow_missing_parent``, ``force_share``,
+            ``strict``); not with a URL destination.
 
     Raises:
         FileExistsError: ``dst`` exists and ``force`` is false.
@@ -157,6 +161,12 @@ def convert_image(
     """
     if is_url(dst):  # object storage: an Azure page blob
         from .azure import convert_to_azure
+
+        if source_options:
+            raise InvalidArgumentError(
+                f"{dst}: the source options ({', '.join(source_options)}) are for a "
+                "file destination"
+            )
 
         given = (format, src_format, logical_sector_size, force, progress, storage_options)
         return convert_to_azure(src, str(dst), *given)
@@ -177,7 +187,9 @@ def convert_image(
         raise InvalidArgumentError("source and destination are the same file")
 
     def opener() -> DiskImage:  # one more view of the source, for a reader thread
-        return open_image(src, format=src_format, storage_options=storage_options)
+        return open_image(
+            src, format=src_format, storage_options=storage_options, **(source_options or {})
+        )
 
     with opener() as img:
         size = img.virtual_size

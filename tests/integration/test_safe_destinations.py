@@ -208,7 +208,7 @@ def test_existing_file_needs_overwrite_and_keeps_its_mode(tmp_path: Path, source
     dst.write_bytes(b"precious")
     os.chmod(dst, 0o600)
     before = snapshot(tmp_path, dst)
-    one_error_line(cli("create", str(dst), "1M"), f"{dst}: exists", "--overwrite")
+    one_error_line(cli("create", str(dst), "1M"), f"{dst}: exists", "--force")
     one_error_line(cli("convert", str(source), str(dst)), f"{dst}: exists", "--force")
     assert snapshot(tmp_path, dst) == before
     with pytest.raises(FileExistsError, match="overwrite=True"):

@@ -244,7 +244,7 @@ def test_existing_file_needs_overwrite(capsys: pytest.CaptureFixture[str], tmp_p
     status, out, err = run(capsys, "create", str(path), "1M")
     assert status == 1
     assert out == ""
-    assert err == f"pyvhdx: error: {path}: exists (use --overwrite to replace it)\n"
+    assert err == f"pyvhdx: error: {path}: exists (use --force to replace it)\n"
     assert path.read_bytes() == b"precious"
     # a refused parameter with --overwrite leaves the file too
     status, _, _ = run(capsys, "create", "--overwrite", "--block-size", "3M", str(path), "1M")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +28,7 @@ from .common import (
     error,
     naming,
     open_image_for,
+    open_options,
     parse_size,
     want_progress,
 )
@@ -59,35 +61,122 @@ def _flag(*flags_and_help: str) -> _Option:
 
 _FORMATS: Final = [f.value for f in ImageFormat]
 
+#: Format names qemu-img uses for pyvhdx's (``-f vpc`` is a VHD).
+_FORMAT_ALIASES: Final = {"vpc": "vhd"}
+
+
+def _format_name(text: str) -> str:
+    """A format given on the command line, qemu-img's names accepted (``vpc``)."""
+    name = text.lower()
+    return _FORMAT_ALIASES.get(name, name)
+
+
+def _format_arg(*flags: str, choices: Sequence[str] = _FORMATS, **spec: Any) -> _Option:
+    """An option naming an image format: one of ``choices``, or qemu-img's alias of one."""
+    return _arg(*flags, type=_format_name, choices=choices, **spec)
+
 
 def _format_option(help: str) -> _Option:
     """``-f``/``--format`` of an image that is read (any format pyvhdx reads)."""
-    return _arg("-f", "--format", choices=_FORMATS, help=help)
+    return _format_arg("-f", "--format", help=f"{help}; vpc means vhd, as in qemu-img")
 
 
-#: ``--progress``/``--no-progress`` (see :func:`~pyvhdx.cli.common.want_progress`).
+#: ``-p``/``--progress``/``--no-progress`` (see :func:`~pyvhdx.cli.common.want_progress`).
 _PROGRESS: Final = _arg(
+    "-p",
     "--progress",
     action=argparse.BooleanOptionalAction,
-    help="progress bar on stderr (default: when stderr is a terminal)",
+    help="progress bar on stderr (default: when stderr is a terminal; -p as in qemu-img)",
 )
 
-#: The options every command that opens an image shares.
+
+def _overwrite(what: str) -> _Option:
+    """``--force``/``--overwrite`` (one option, two names): replace an existing output."""
+    return _arg(
+        "--force",
+        "--overwrite",
+        dest="overwrite",
+        action="store_true",
+        help=f"replace an existing {what}",
+    )
+
+
+def _storage_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--storage-option``: VALUE as JSON when it parses (``true``,
+    ``10``), else the string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def _group(title: str, options: Sequence[_Option]) -> _Option:
+    """``options`` under their own heading in the command's help."""
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group(title)
+        for option in options:
+            option(group)  # type: ignore[arg-type]  # a group adds arguments as a parser does
+
+    return add
+
+
+#: ``--parent`` of a command that reads one image.
+_PARENT: Final = _arg(
+    "--parent",
+    metavar="PATH",
+    help="a differencing disk's parent (tried before the paths the image records, which "
+    "are looked up in the image's folder only)",
+)
+
+
+def _reading_options(*parents: _Option) -> _Option:
+    """How a command that reads images opens them (info, map, hash, inspect, convert,
+    compare, serve, mount): ``open_image``'s options (:func:`~pyvhdx.cli.common.open_options`).
+    ``parents``: the command's parent options (default: ``--parent``)."""
+    return _group(
+        "how the image is opened",
+        [
+            *(parents or [_PARENT]),
+            _flag(
+                "--salvage",
+                "read a truncated image: the blocks past the end of the file read as zeros "
+                "(listed as problems; read-only)",
+            ),
+            _flag(
+                "--allow-missing-parent",
+                "read a differencing disk whose parent is not found: the parent's data "
+                "reads as zeros",
+            ),
+            _flag(
+                "-U",
+                "--force-share",
+                "read an image another process (pyvhdx or qemu) has locked, taking no lock "
+                "(as qemu-img -U; its data may be inconsistent while it is written)",
+            ),
+            _arg(
+                "--storage-option",
+                dest="storage_options",
+                action="append",
+                type=_storage_option,
+                metavar="KEY=VALUE",
+                help="an fsspec option for an image given as a URL (s3://, az://, gs://, "
+                "http(s)://), e.g. anon=true or endpoint_url=http://host:9000; repeat for "
+                "several; VALUE is read as JSON when it parses (true, 10), else as a string",
+            ),
+        ],
+    )
+
+
+#: The options every command that opens one image shares.
 _IMAGE_OPTIONS: Final = [
-    _arg("image", metavar="IMAGE", help="the image file (VHDX, VHD or raw)"),
+    _arg("image", metavar="IMAGE", help="the image file or URL (VHDX, VHD or raw)"),
     _format_option("image format (default: detected from the content, never the name)"),
     _flag("--strict", "refuse images with non-fatal defects (e.g. a bad VHD checksum)"),
-    _arg(
-        "--parent",
-        metavar="PATH",
-        help="a differencing disk's parent (tried before the paths the image records)",
-    ),
-    _flag(
-        "-U",
-        "--force-share",
-        "read an image another process (pyvhdx or qemu) has locked, taking no lock "
-        "(as qemu-img -U; its data may be inconsistent while it is written)",
-    ),
+    _reading_options(),
 ]
 
 
@@ -217,7 +306,7 @@ def _name_format(path: str) -> str | None:
             metavar="BASE",
             help="make a differencing child of this VHDX or VHD (same format)",
         ),
-        _arg("-f", "--format", choices=["vhdx", "vhd"], help="image format"),
+        _format_arg("-f", "--format", choices=["vhdx", "vhd"], help="image format (vpc: vhd)"),
         *_layout_options(
             disk_type=None,
             block_size_help="block size of a dynamic image (default VHDX 32M, VHD 2M) "
@@ -225,9 +314,9 @@ def _name_format(path: str) -> str | None:
             logical_sector_size=None,
             physical_sector_size=None,
         ),
-        _flag("--preallocate", "write out the data area of a fixed image"),
+        _flag("--preallocate", "write out the data area of a fixed image (--type fixed)"),
         _flag("--azure", "an Azure-ready fixed VHD: size rounded up to a whole MiB, 20M to 32T"),
-        _flag("--overwrite", "replace an existing file"),
+        _overwrite("file"),
         _flag("--json", "print what was made as JSON"),
     ],
 )
@@ -247,7 +336,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             **options,
         )
     except FileExistsError as exc:
-        raise CommandError(f"{args.file}: exists (use --overwrite to replace it)") from exc
+        raise CommandError(f"{args.file}: exists (use --force to replace it)") from exc
     if args.parent is not None:
         _note_parent_elsewhere(args.file, args.parent)
     elif size != args.size:
@@ -280,9 +369,13 @@ def _create_options(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     if fmt == "vhd" and args.physical_sector_size not in (None, 512):
         raise CommandError("a VHD has no physical sector size: --physical-sector-size is VHDX only")
+    disk_type = args.disk_type or ("fixed" if args.azure else "dynamic")
+    if args.preallocate and disk_type != "fixed":
+        error("create: --preallocate is for a fixed disk (--type fixed): a dynamic one has none")
+        return None
     options: dict[str, Any] = {
         "format": fmt,
-        "disk_type": args.disk_type or ("fixed" if args.azure else "dynamic"),
+        "disk_type": disk_type,
         "preallocate": args.preallocate,
         "azure": args.azure,
     }
@@ -466,19 +559,25 @@ def cmd_map(args: argparse.Namespace) -> int:
     description="Compare the virtual contents of two images (VHDX, VHD or raw, in any "
     "combination) and print the first differing byte offset. Ranges unallocated in "
     "both are not read. Images of different sizes are identical if the larger one "
-    "reads as zeros past the smaller one's end (unless --strict).",
+    "reads as zeros past the smaller one's end (unless --strict). The options on how "
+    "an image is opened apply to both, but --parent names IMAGE1's parent and --parent2 "
+    "IMAGE2's (as -f and -F).",
     epilog="Exit status: 0 identical, 1 different, 2 error.",
     options=[
-        _arg("image_a", metavar="IMAGE1", help="the first image"),
-        _arg("image_b", metavar="IMAGE2", help="the second image"),
-        _arg("-f", dest="format_a", choices=_FORMATS, help="format of IMAGE1"),
-        _arg("-F", dest="format_b", choices=_FORMATS, help="format of IMAGE2"),
+        _arg("image_a", metavar="IMAGE1", help="the first image (file or URL)"),
+        _arg("image_b", metavar="IMAGE2", help="the second image (file or URL)"),
+        _format_arg("-f", dest="format_a", help="format of IMAGE1 (vpc: vhd)"),
+        _format_arg("-F", dest="format_b", help="format of IMAGE2 (vpc: vhd)"),
         _flag(
             "-s",
             "--strict",
             "also fail on a size difference or on a range stored in one image only",
         ),
         _flag("-q", "--quiet", "print nothing; use the exit status"),
+        _reading_options(
+            _arg("--parent", metavar="PATH", help="IMAGE1's parent, if a differencing disk"),
+            _arg("--parent2", metavar="PATH", help="IMAGE2's parent, if a differencing disk"),
+        ),
     ],
 )
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -487,9 +586,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     say = (lambda text: None) if args.quiet else print
     try:
+        # -s is compare's own strictness (sizes, allocation), not the open's
         with (
-            open_image_for(args.image_a, argparse.Namespace(format=args.format_a)) as a,
-            open_image_for(args.image_b, argparse.Namespace(format=args.format_b)) as b,
+            open_image_for(args.image_a, args, format=args.format_a, strict=False) as a,
+            open_image_for(
+                args.image_b, args, format=args.format_b, strict=False, parent=args.parent2
+            ) as b,
         ):
             if a.virtual_size != b.virtual_size and not args.strict:
                 say("Warning: Image size mismatch!")
@@ -532,8 +634,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """``pyvhdx inspect``: every structure as found in the file (read-only)."""
     from ..inspect import inspect_image
 
-    names = ("parent", "strict", "force_share")  # only those given
-    options = {name: value for name in names if (value := getattr(args, name, None))}
+    options = open_options(args, format=None)  # the format is inspect's own argument
     with naming(args.image):
         report = inspect_image(
             args.image, format=args.format, scan_unreferenced=args.scan, **options
@@ -608,13 +709,13 @@ def cmd_hash(args: argparse.Namespace) -> int:
     "into a new image. Unallocated ranges are never read, all-zero blocks are not "
     "written, and the result is renamed into place only when complete.",
     options=[
-        _arg("source", metavar="SOURCE"),
-        _arg("destination", metavar="DESTINATION"),
-        _arg(
+        _arg("source", metavar="SOURCE", help="the image to convert (file or URL)"),
+        _arg("destination", metavar="DESTINATION", help="the new image"),
+        _format_arg(
             "-O",
             "--output-format",
-            choices=_FORMATS,
-            help="destination format (default: from its extension: .vhdx, .vhd, else raw)",
+            help="destination format (default: from its extension: .vhdx, .vhd, else raw; "
+            "vpc: vhd, as in qemu-img)",
         ),
         _format_option("source format (default: detected from the content)"),
         *_layout_options(
@@ -624,7 +725,8 @@ def cmd_hash(args: argparse.Namespace) -> int:
             physical_sector_size=None,
             sector_help="default: the source's (a VHD or raw source: 512 and 4096)",
         ),
-        _flag("--force", "replace an existing destination"),
+        _overwrite("destination"),
+        _reading_options(),
         _PROGRESS,
         _arg(
             "--sync",
@@ -640,14 +742,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from ..convert import convert_image
     from ..newfile import DestinationError
 
+    source_options = open_options(args, format=None)  # the source's format: src_format
+    storage_options = source_options.pop("storage_options", None)
     try:
         result = convert_image(
             args.source,
             args.destination,
             format=args.output_format,
             src_format=args.format,
+            storage_options=storage_options,
+            source_options=source_options,
             progress=want_progress(args.progress),
-            **_given(args, "disk_type", "block_size", "force", "sync"),
+            force=args.overwrite,
+            **_given(args, "disk_type", "block_size", "sync"),
             **_given(args, "logical_sector_size", "physical_sector_size"),
         )
     except FileExistsError as exc:
@@ -715,7 +822,12 @@ def cmd_resize(args: argparse.Namespace) -> int:
     "as zeros afterwards, as after a TRIM).",
     options=[
         _arg("image", metavar="IMAGE", help="the dynamic VHDX or VHD"),
-        _arg("--mode", choices=["full", "quick", "zero"], default="full"),
+        _arg(
+            "--mode",
+            choices=["full", "quick", "zero"],
+            default="full",
+            help="what is given back (see above; default full)",
+        ),
         _flag("--dry-run", "only tell what would be reclaimed (opens read-only)"),
         _PROGRESS,
         _flag("--json", "print what was done as JSON"),
@@ -775,7 +887,12 @@ def cmd_set_parent(args: argparse.Namespace) -> int:
     options=[
         _arg("image", metavar="IMAGE", help="the VHDX"),
         _flag("--reset-identifier", "give the disk a new identifier"),
-        _arg("--physical-sector-size", type=int, choices=[512, 4096]),
+        _arg(
+            "--physical-sector-size",
+            type=int,
+            choices=[512, 4096],
+            help="the physical sector size to record (512 or 4096)",
+        ),
     ],
 )
 def cmd_set(args: argparse.Namespace) -> int:
@@ -800,8 +917,18 @@ def cmd_set(args: argparse.Namespace) -> int:
     "and of the fixed one (fully allocated) that convert would write, without writing.",
     options=[
         _arg("source", metavar="SOURCE", help="the image (or raw disk) to measure"),
-        _arg("-O", "--output-format", choices=["vhdx", "vhd", "raw"], default="vhdx"),
-        _arg("--block-size", type=parse_size, metavar="SIZE"),
+        _format_arg(
+            "-O",
+            "--output-format",
+            default="vhdx",
+            help="the format convert would write (default vhdx; vpc: vhd)",
+        ),
+        _arg(
+            "--block-size",
+            type=parse_size,
+            metavar="SIZE",
+            help="its block size (default VHDX 32M, VHD 2M)",
+        ),
         _flag("--json", "print qemu-img measure's JSON keys"),
     ],
 )
@@ -831,7 +958,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         _flag("--raw-delta", "write DELTA as a sparse raw file with DELTA.json beside it"),
         _flag("--exact", "on a chain, compare the stored ranges and keep what differs"),
         _flag("--compare", "read and compare both even when NEW is a child of BASE"),
-        _flag("--force", "replace an existing DELTA"),
+        _overwrite("DELTA"),
         _flag("--json", "print the runs as JSON"),
     ],
 )
@@ -839,6 +966,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     """``pyvhdx diff``: changed runs, and a delta."""
     from ..diff import diff_images, write_delta, write_raw_delta
 
+    if args.output is not None and not args.overwrite and os.path.lexists(args.output):
+        raise CommandError(f"{args.output}: exists (use --force to replace it)")
     result = diff_images(
         args.base, args.new, exact=args.exact, method="compare" if args.compare else None
     )
@@ -846,7 +975,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         if args.raw_delta:
             write_raw_delta(args.new, args.output, result)
         else:
-            write_delta(args.base, args.new, args.output, result, overwrite=args.force)
+            write_delta(args.base, args.new, args.output, result, overwrite=args.overwrite)
     lines = [
         f"{result.method}: {len(result.runs)} runs, {result.changed_bytes} bytes changed",
         *(f"{start:#x} +{length:#x}" for start, length in result.runs),
@@ -898,8 +1027,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
         _arg("--name", default="", help="the export name (default: empty)"),
         _flag("--writable", "let clients write into IMAGE"),
         _arg("--overlay", metavar="FILE", help="keep writes in this new differencing child"),
-        _flag("--salvage", "serve a truncated image, its lost blocks as zeros (read-only)"),
-        _flag("--allow-missing-parent", "serve a child whose parent is gone, as zeros there"),
     ],
 )
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -914,8 +1041,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.force_share and (args.writable or args.overlay):
         error("serve: -U is for read-only exports")
         return EXIT_USAGE
-    names = ("format", "strict", "parent", "salvage", "allow_missing_parent", "force_share")
-    opts = {k: v for k, v in _given(args, *names).items() if v}
+    opts = open_options(args)
     options = ServeOptions(
         Path(args.image),
         name=args.name,
@@ -957,11 +1083,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.force_share and args.writable:
         error("mount: -U is for read-only mounts")
         return EXIT_USAGE
-    opts = {k: v for k, v in _given(args, "format", "strict", "parent").items() if v}
-    if args.force_share:
-        opts["force_share"] = True
     try:
-        mount(args.image, args.mountpoint, writable=args.writable, **opts)
+        mount(args.image, args.mountpoint, writable=args.writable, **open_options(args))
     except ImportError as exc:
         raise CommandError(
             f"mount needs the 'mount' extra (pip install 'pyvhdx[mount]'): {exc}"

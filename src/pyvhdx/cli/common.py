@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 import traceback
 from collections.abc import Iterator
+from typing import Any, Final
 
 from .. import sizes
 from ..errors import InvalidArgumentError, PyvhdxError
@@ -39,19 +41,32 @@ def naming(path: str) -> Iterator[None]:
         raise CommandError(f"{path}: {exc.strerror or exc}") from exc
 
 
-def open_image_for(path: str, args: argparse.Namespace) -> DiskImage:
-    """Open an image read-only with the common options; failures become one line."""
+#: ``open_image``'s keyword arguments that the reading options set (commands.py).
+OPEN_OPTIONS = (
+    "format",
+    "strict",
+    "parent",
+    "salvage",
+    "allow_missing_parent",
+    "force_share",
+    "storage_options",
+)
+
+
+def open_options(args: argparse.Namespace, **override: Any) -> dict[str, Any]:
+    """``open_image``'s keyword arguments from the options given in ``args`` (then
+    ``override``); those not given or off are left out, so the library's defaults hold."""
+    given = {name: getattr(args, name, None) for name in OPEN_OPTIONS} | override
+    if given["storage_options"]:  # --storage-option KEY=VALUE, repeated: (key, value) pairs
+        given["storage_options"] = dict(given["storage_options"])
+    return {name: value for name, value in given.items() if value}
+
+
+def open_image_for(path: str, args: argparse.Namespace, **override: Any) -> DiskImage:
+    """Open an image read-only with the reading options (:func:`open_options`);
+    failures become one line."""
     with naming(path):
-        return open_image(
-            path,
-            "r",
-            format=getattr(args, "format", None),
-            strict=bool(getattr(args, "strict", False)),
-            parent=getattr(args, "parent", None),
-            # info and inspect describe a child whose parent is missing (and say so)
-            allow_missing_parent=bool(getattr(args, "allow_missing_parent", False)),
-            force_share=bool(getattr(args, "force_share", False)),
-        )
+        return open_image(path, "r", **open_options(args, **override))
 
 
 def parse_size(text: str) -> int:
@@ -72,9 +87,24 @@ def report_error(exc: BaseException, debug: bool) -> None:
     if debug:
         traceback.print_exc()
     elif isinstance(exc, OSError) and exc.strerror:
-        error(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror}")
+        error(cli_advice(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror}"))
     else:
-        error(str(exc))
+        error(cli_advice(str(exc)))
+
+
+#: The library's advice (its keyword arguments) as the command line gives it.
+_CLI_WAYS: Final = (
+    (re.compile(r"open with salvage=True"), "use --salvage"),
+    (re.compile(r"pass (?:force|overwrite)=True"), "use --force"),
+)
+
+
+def cli_advice(message: str) -> str:
+    """``message`` with the library's advice (``open with salvage=True``, ``pass
+    overwrite=True``) turned into the options that do it (``use --salvage``, ``use --force``)."""
+    for pattern, replacement in _CLI_WAYS:
+        message = pattern.sub(replacement, message)
+    return message
 
 
 def cannot_run(exc: BaseException, args: argparse.Namespace) -> int:
