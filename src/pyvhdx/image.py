@@ -1,7 +1,8 @@
 """``DiskImage``: the format-independent block-I/O layer (DESIGN.md "Layers").
 
-All reads go through :meth:`DiskImage.readinto_at`. A read inside one block
-takes a short scalar path (one table lookup, one positional read). A larger read
+All reads go through :meth:`DiskImage.readinto_at` or :meth:`DiskImage.read_at`.
+A read inside one block takes a short scalar path (one table lookup, one
+positional read; ``read_at`` returns that read's ``bytes`` without a copy). A larger read
 maps the whole range to coalesced runs in one vectorized step
 (:meth:`pyvhdx.bat.BlockTable.map`) and issues one positional read per run
 straight into the caller's buffer; zero runs are filled in place.
@@ -9,6 +10,7 @@ straight into the caller's buffer; zero runs are filled in place.
 
 from __future__ import annotations
 
+import operator
 import os
 import types
 from collections.abc import Callable, Iterator, Mapping
@@ -83,8 +85,23 @@ def _zero_fill(mv: memoryview) -> None:
     np.frombuffer(mv, dtype=np.uint8)[:] = 0
 
 
+def _zero_into(buffer: Any, n: int) -> int:
+    """Zero the first ``n`` bytes of a ``bytearray`` or a writable byte ``memoryview``
+    and return ``n``; 0 (nothing done) for any other memoryview."""
+    if type(buffer) is bytearray or (
+        buffer.format == "B" and buffer.ndim == 1 and not buffer.readonly
+    ):
+        buffer[:n] = _ZEROS[:n] if n <= len(_ZEROS) else bytes(n)
+        return n
+    return 0
+
+
 # Source of small zero fills on the fast path (a slice assignment beats numpy there).
 _ZEROS = memoryview(bytes(128 * 1024))
+
+# A larger read_at that is one run returns one pread's bytes (mapping the range
+# first costs less than copying the buffer only from this size on).
+_DIRECT_READ = 256 * 1024
 
 
 _T = TypeVar("_T")
@@ -137,9 +154,13 @@ class DiskImage:
         src = self._source
         self._fd: int | None = src.fd if (src.overlay is None and _HAS_PREADV) else None
         self._stop_fast: Callable[[], None] | None = None
-        if self._fd is not None and type(self).readinto_at is _GENERAL_READINTO:
-            # (not when a subclass or a test has replaced the method)
-            self.readinto_at = self._fast_reader()  # type: ignore[method-assign, assignment]
+        if self._fd is not None:
+            # (not for a method a subclass or a test has replaced)
+            fast = self._fast_reader()
+            if type(self).readinto_at is _GENERAL_READINTO:
+                self.readinto_at = fast  # type: ignore[method-assign, assignment]
+            if type(self).read_at is _GENERAL_READ_AT:
+                self.read_at = fast  # type: ignore[method-assign, assignment]
         self.parent: DiskImage | None = None
         self._owns_parent = False
         self.missing_parent = False  # opened with allow_missing_parent and not found
@@ -181,28 +202,47 @@ class DiskImage:
             raise ValueError("I/O operation on closed image")
 
     def read_at(self, offset: int, length: int) -> bytes:
-        """Read ``length`` bytes at virtual ``offset``; short only at the disk's end."""
+        """Read ``length`` bytes at virtual ``offset``; short only at the disk's end.
+
+        (Images read straight from a descriptor replace this method, per
+        instance, by a closure from :meth:`_fast_reader`, which falls back here.)
+        """
         if length < 0:
             raise InvalidArgumentError(f"negative read length {length}")
         if offset < 0:
             raise InvalidArgumentError(f"negative offset {offset}")
         length = max(0, min(length, self._h.virtual_size - offset))
+        if length >= _DIRECT_READ and self._fd is not None and not self._closed:
+            # one stored run (contiguous in the file) or one run of zeros: no buffer to copy
+            runs = self._table.map(offset, length)
+            if len(runs) == 1:
+                kind = int(runs.kind[0])
+                if kind == RunKind.DATA:
+                    data = os.pread(self._fd, length, int(runs.file_offset[0]))
+                    if len(data) == length:
+                        return data
+                elif kind in (RunKind.ZERO, RunKind.UNMAPPED):
+                    return bytes(length)
         buf = bytearray(length)
         n = self.readinto_at(offset, buf)
         if n != length:  # pragma: no cover - readinto_at fills fully or raises
             del buf[n:]
         return bytes(buf)
 
-    def _fast_reader(self) -> Callable[[int, Any], int]:
-        """Build this image's ``readinto_at`` for the common case, as a closure.
+    def _fast_reader(self) -> Callable[[int, Any], Any]:
+        """Build this image's ``readinto_at`` and ``read_at`` for the common case.
 
         Random small reads are dominated by interpreter overhead, not by the
-        system call, so the hot path keeps every constant in a closure cell: a
-        read into a ``bytearray`` or ``memoryview`` that stays inside one block
-        costs one table lookup and one ``preadv`` (or a zero fill for
-        ZERO/UNMAPPED blocks). Everything else (short reads, unloaded table
+        system call, so the hot path is one closure that keeps every constant in
+        a cell: a read that stays inside one block costs one table lookup (none
+        for the data block read last, which read-only images remember) and one
+        ``preadv`` into a ``bytearray`` or ``memoryview``, or, for ``read_at``
+        (its second argument an ``int``: the length), one ``os.pread`` whose
+        ``bytes`` are returned as they are; ZERO/UNMAPPED blocks are a zero fill
+        or ``bytes(length)``. Everything else (short reads, unloaded table
         chunks, buffers ``preadv`` refuses, every error) goes to the general
-        :meth:`DiskImage.readinto_at`, which reads again from the start.
+        :meth:`DiskImage.readinto_at` or :meth:`DiskImage.read_at`, which read
+        again from the start.
         """
         fd = self._fd
         assert fd is not None  # only built for descriptor-backed images
@@ -214,10 +254,16 @@ class DiskImage:
         chunk_shift = shift + LOAD_CHUNK_SHIFT
         chunk_mask = LOAD_CHUNK_MASK
         general: Callable[[int, Any], int] = types.MethodType(DiskImage.readinto_at, self)
+        slow: Callable[[int, Any], Any] = types.MethodType(_general_read, self)
         preadv = os.preadv
-        zeros = _ZEROS
-        zmax = len(_ZEROS)
+        pread = os.pread
+        zero_codes = (CODE_UNMAPPED, CODE_ZERO)
         live = True
+        # The data block read last and its file offset, for runs of reads in one
+        # block; only read-only images keep it (a writer or compact may move blocks).
+        keep_hot = self.mode == "r"
+        hot_block = -1
+        hot_pos = 0
 
         def stop() -> None:
             nonlocal live
@@ -225,53 +271,51 @@ class DiskImage:
 
         self._stop_fast = stop
 
-        def readinto_at(offset: int, buffer: Any) -> int:
-            t = type(buffer)
-            if t is bytearray:
-                n = len(buffer)
-            elif t is memoryview:
-                n = buffer.nbytes
-            else:
-                return general(offset, buffer)
-            if (
-                live
-                and n
-                and offset >= 0
-                and offset + n <= size
-                and not (offset ^ (offset + n - 1)) >> shift
-            ):
-                if linear is not None:
+        def fast(offset: int, target: Any) -> Any:
+            nonlocal hot_block, hot_pos
+            t = type(target)
+            # the bytes to read; 0 (the general path) for other buffer types
+            n = (
+                target
+                if t is int
+                else len(target)
+                if t is bytearray
+                else target.nbytes
+                if t is memoryview
+                else 0
+            )
+            block = offset >> shift
+            last = offset + n - 1
+            pos = -1
+            if live and n > 0 and offset >= 0 and last < size and last >> shift == block:
+                if block == hot_block:
+                    pos = hot_pos + (offset & mask)
+                elif linear is not None:
                     pos = linear + offset
-                else:
-                    arr = chunks.get(offset >> chunk_shift)
-                    if arr is None:  # that part of the table is not loaded yet
-                        return general(offset, buffer)
-                    code = arr.item((offset >> shift) & chunk_mask)
-                    if code < 0:
-                        if (
-                            code in (CODE_UNMAPPED, CODE_ZERO)
-                            and n <= zmax
-                            and (
-                                t is bytearray
-                                or (
-                                    buffer.format == "B"
-                                    and buffer.ndim == 1
-                                    and not buffer.readonly
-                                )
-                            )
-                        ):
-                            buffer[:] = zeros[:n]
-                            return n
-                        return general(offset, buffer)
-                    pos = code + (offset & mask)
+                elif (arr := chunks.get(offset >> chunk_shift)) is not None:
+                    code = arr.item(block & chunk_mask)
+                    if code >= 0:
+                        if keep_hot:
+                            hot_block, hot_pos = block, code
+                        pos = code + (offset & mask)
+                    elif code in zero_codes:
+                        zeros = bytes(n) if t is int else _zero_into(target, n)
+                        return zeros or general(offset, target)
+            if pos < 0:
+                pass
+            elif t is int:
+                data = pread(fd, n, pos)
+                if len(data) == n:
+                    return data
+            else:
                 try:
-                    if preadv(fd, [buffer], pos) == n:
+                    if preadv(fd, [target], pos) == n:
                         return n
                 except BufferError:  # read-only or not contiguous: the general path decides
                     pass
-            return general(offset, buffer)
+            return slow(offset, target)
 
-        return readinto_at
+        return fast
 
     def readinto_at(self, offset: int, buffer: Any) -> int:
         """Read into ``buffer`` (any writable buffer) from virtual ``offset``.
@@ -577,6 +621,17 @@ class DiskImage:
 
 
 _GENERAL_READINTO = DiskImage.readinto_at
+_GENERAL_READ_AT = DiskImage.read_at
+
+
+def _general_read(image: DiskImage, offset: int, target: Any) -> Any:
+    """The general method for a read the fast path leaves: :meth:`DiskImage.read_at`
+    when ``target`` is a length (any integer), else :meth:`DiskImage.readinto_at`."""
+    try:
+        length = operator.index(target)
+    except TypeError:
+        return _GENERAL_READINTO(image, offset, target)
+    return _GENERAL_READ_AT(image, offset, length)
 
 
 def _allocated_size(source: FileSource) -> int | None:

@@ -1,7 +1,9 @@
 """``DiskStream``: the virtual disk as a seekable ``io.RawIOBase``.
 
-Only ``readinto`` (and ``write``) are implemented; ``read`` and ``readall``
-come from the base class (Python ``io`` docs, RawIOBase).
+``readinto``, ``read`` and ``write`` are implemented; ``readall`` comes from
+the base class (Python ``io`` docs, RawIOBase). ``read`` returns the bytes of
+:meth:`~pyvhdx.image.DiskImage.read_at` (the base class would read into a
+buffer, then copy it).
 """
 
 from __future__ import annotations
@@ -48,6 +50,15 @@ class DiskStream(io.RawIOBase):
         n = self._image.readinto_at(self._pos, buffer)
         self._pos += n
         return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        if self.closed:
+            raise ValueError("I/O operation on closed stream")
+        data = self._image.read_at(self._pos, size)
+        self._pos += len(data)
+        return data
 
     def write(self, data: Any) -> int:
         if self.closed:

@@ -1,7 +1,9 @@
 """Every buffer kind and every read shape gives the same bytes through both read paths.
 
-``DiskImage.readinto_at`` has a per-image closure for small reads (one table
-lookup, one ``preadv`` or a zero fill) and a general path for everything else.
+``DiskImage.readinto_at`` and ``read_at`` have per-image closures for small
+reads (one table lookup, or none for the block read last; one ``preadv`` or
+``pread``, or a zero fill) and a general path for everything else; the stream's
+``read`` is ``read_at``.
 Oracle: the raw disk qemu-img converted the images from. The property draws the
 offset, the length and the buffer type; the buffer types include those the fast
 path must hand over to the general path (non-contiguous, multi-byte items,
@@ -118,6 +120,43 @@ def test_reads_match_raw(
         got = img.readinto_at(offset, buf)
         assert got == len(expected)
         assert contents()[:got] == expected
+        assert img.read_at(offset, length) == expected
+        stream = img.stream()
+        stream.seek(offset)
+        assert stream.read(length) == expected
+        assert stream.tell() == offset + len(expected)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(
+    reads=st.lists(
+        st.tuples(
+            st.integers(0, SIZE // MiB),  # few blocks: the next read is often a neighbour's
+            st.integers(0, MiB // 512 - 1),
+            st.sampled_from([512, 4096, 65536]),
+        ),
+        min_size=2,
+        max_size=12,
+    ),
+    mode=st.sampled_from(["r", "r+"]),
+)
+def test_read_sequences_match_raw(
+    disks: tuple[bytes, dict[str, Path]], kind: str, reads: list[tuple[int, int, int]], mode: str
+) -> None:
+    """Reads in turn on one image, both methods mixed: the block read last (kept
+    by read-only images) never serves another block's bytes."""
+    raw, images = disks
+    with pyvhdx.open(images[kind], mode) as img:
+        for i, (mib, sector, length) in enumerate(reads):
+            offset = min(mib * MiB + sector * 512, SIZE)
+            expected = raw[offset : offset + length]
+            if i % 2:
+                assert img.read_at(offset, length) == expected
+            else:
+                buf = bytearray(length)
+                assert img.readinto_at(offset, buf) == len(expected)
+                assert bytes(buf[: len(expected)]) == expected
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -138,12 +177,16 @@ def test_bound_reader_fails_after_close(disks: tuple[bytes, dict[str, Path]], ki
     raw, images = disks
     img = pyvhdx.open(images[kind])
     read = img.readinto_at
+    read_bytes = img.read_at
     buf = bytearray(4096)
     assert read(0, buf) == 4096 and bytes(buf) == raw[:4096]
+    assert read_bytes(0, 4096) == raw[:4096]
     img.close()
     other = os.open(images[kind], os.O_RDONLY)  # likely reuses the closed descriptor number
     try:
         with pytest.raises(ValueError, match="closed"):
             read(0, buf)
+        with pytest.raises(ValueError, match="closed"):
+            read_bytes(0, 4096)
     finally:
         os.close(other)
