@@ -53,13 +53,13 @@ open = open_image
 
 def create(
     path: str | os.PathLike[str],
-    size: int | None = None,
+    size: int | str | None = None,
     *,
     format: str | ImageFormat | None = None,
     disk_type: str | DiskType | None = None,
-    block_size: int | None = None,
-    logical_sector_size: int | None = None,
-    physical_sector_size: int | None = None,
+    block_size: int | str | None = None,
+    logical_sector_size: int | str | None = None,
+    physical_sector_size: int | str | None = None,
     overwrite: bool = False,
     preallocate: bool = False,
     azure: bool = False,
@@ -92,6 +92,16 @@ def create(
         UnsupportedFeatureError: a format pyvhdx cannot create (raw).
         ParentError: ``parent``'s own chain does not open.
     """
+    # Sizes in bytes, or strings such as "64G" (see size_argument in pyvhdx.create).
+    size, block_size, logical_sector_size, physical_sector_size = (
+        None if value is None else _create_module.size_argument(value, what)
+        for value, what in (
+            (size, "size"),
+            (block_size, "block size"),
+            (logical_sector_size, "logical sector size"),
+            (physical_sector_size, "physical sector size"),
+        )
+    )
     if parent is not None:
         _refuse_for_child(disk_type, preallocate=preallocate, azure=azure)
         given = {

@@ -48,6 +48,7 @@ made or replaced; devices, FIFOs, sockets and directories are refused.
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import uuid
 from collections.abc import Iterator, Sequence
@@ -76,6 +77,7 @@ from .constants import (
 from .errors import InvalidArgumentError
 from .image import DiskImage, open_image
 from .newfile import new_file
+from .sizes import parse_size
 from .vhd import VHDFile
 from .vhd.layout import (
     VHD_BAT_OFFSET,
@@ -112,6 +114,7 @@ __all__ = [
     "create_vhdx",
     "create_vhdx_child",
     "parent_locator_paths",
+    "size_argument",
     "vhd_dynamic_header",
     "vhd_footer",
     "vhdx_layout",
@@ -165,6 +168,39 @@ def _empty_disk_type(disk_type: DiskType | str, what: str, child_function: str) 
     return disk_type
 
 
+#: A size as the library takes it: bytes, or a string as people write them ("64G").
+Size = int | str
+
+
+def size_argument(value: object, what: str = "size") -> int:
+    """A size given to the library, in bytes: an ``int`` (or any integer type), or a
+    string such as ``"64G"`` or ``"1.5GiB"`` (:func:`pyvhdx.sizes.parse_size`).
+
+    Raises:
+        InvalidArgumentError: a string that is not a size, or anything else (a
+            float, None, a bool, a list), naming ``what``.
+    """
+    if isinstance(value, str):
+        try:
+            return parse_size(value)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"{what}: {exc}", field=what) from None
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)  # type: ignore[arg-type]  # an integer or a TypeError
+        except TypeError:
+            pass
+    raise InvalidArgumentError(
+        f"{what} must be a whole number of bytes (an int, or a string such as '64G' or "
+        f"'1.5GiB'), not {type(value).__name__} {value!r}",
+        field=what,
+    )
+
+
+def _block_size_argument(value: object, default: int) -> int:
+    return default if value is None else size_argument(value, "block size")
+
+
 def _is_power_of_two_in(value: int, low: int, high: int) -> bool:
     return low <= value <= high and value & (value - 1) == 0
 
@@ -188,12 +224,12 @@ def _check_vhdx_args(
 
 def create_vhdx(
     path: str | os.PathLike[str],
-    size: int,
+    size: Size,
     *,
     disk_type: DiskType | str = DiskType.DYNAMIC,
-    block_size: int | None = None,
-    logical_sector_size: int = 512,
-    physical_sector_size: int = 4096,
+    block_size: Size | None = None,
+    logical_sector_size: Size = 512,
+    physical_sector_size: Size = 4096,
     overwrite: bool = False,
     preallocate: bool = False,
 ) -> Path:
@@ -201,7 +237,9 @@ def create_vhdx(
 
     Args:
         path: the new file.
-        size: virtual size in bytes (a multiple of the logical sector, ≤ 64 TiB).
+        size: virtual size in bytes (a multiple of the logical sector, ≤ 64 TiB);
+            this and the other sizes may be strings such as ``"64G"``
+            (:func:`size_argument`).
         disk_type: ``"dynamic"`` (blocks allocated on write) or ``"fixed"`` (every
             block allocated now, FULLY_PRESENT; the file is sparse unless
             ``preallocate``).
@@ -215,7 +253,10 @@ def create_vhdx(
         FileExistsError: the file exists and ``overwrite`` is false.
     """
     disk_type = _empty_disk_type(disk_type, "images", "create_vhdx_child")
-    block_size = K.VHDX_DEFAULT_BLOCK_SIZE if block_size is None else block_size
+    size = size_argument(size)
+    block_size = _block_size_argument(block_size, K.VHDX_DEFAULT_BLOCK_SIZE)
+    logical_sector_size = size_argument(logical_sector_size, "logical sector size")
+    physical_sector_size = size_argument(physical_sector_size, "physical sector size")
     _check_vhdx_args(size, block_size, logical_sector_size, physical_sector_size)
     layout = vhdx_layout(size, block_size, logical_sector_size)
     fixed = disk_type is DiskType.FIXED
@@ -399,7 +440,7 @@ def create_vhdx_child(
     path: str | os.PathLike[str],
     parent: str | os.PathLike[str] | DiskImage,
     *,
-    block_size: int | None = None,
+    block_size: Size | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Create an empty differencing VHDX whose parent is the VHDX ``parent``.
@@ -436,7 +477,7 @@ def create_vhdx_child(
         ParentError: the parent's own chain does not open.
         FileExistsError: the file exists and ``overwrite`` is false.
     """
-    block_size = VHDX_CHILD_BLOCK_SIZE if block_size is None else block_size
+    block_size = _block_size_argument(block_size, VHDX_CHILD_BLOCK_SIZE)
     with _open_parent(parent, path, ImageFormat.VHDX) as (pimg, parent_path):
         size = pimg.virtual_size
         logical, physical = pimg.logical_sector_size, pimg.physical_sector_size
@@ -535,10 +576,10 @@ def _write_sparse_vhd(
 
 def create_vhd(
     path: str | os.PathLike[str],
-    size: int,
+    size: Size,
     *,
     disk_type: DiskType | str = DiskType.DYNAMIC,
-    block_size: int | None = None,
+    block_size: Size | None = None,
     overwrite: bool = False,
     preallocate: bool = False,
     azure: bool = False,
@@ -554,7 +595,8 @@ def create_vhd(
         path: the new file.
         size: virtual size in bytes: a multiple of 512, at most 2040 GiB (the
             spec's and QEMU's limit, ``VHD_MAX_SIZE``) for dynamic and fixed
-            disks alike, so that every reader can open the image.
+            disks alike, so that every reader can open the image; this and
+            ``block_size`` may be strings such as ``"64G"`` (:func:`size_argument`).
         disk_type: ``"dynamic"`` (footer copy, dynamic header and an empty BAT;
             blocks are allocated on write) or ``"fixed"`` (the data, then the
             footer; the data area is sparse unless ``preallocate``).
@@ -577,13 +619,14 @@ def create_vhd(
         FileExistsError: the file exists and ``overwrite`` is false.
     """
     disk_type = _empty_disk_type(disk_type, "VHDs", "create_vhd_child")
+    size = size_argument(size)
     max_size = VHD_MAX_SIZE
     if azure:
         if disk_type is not DiskType.FIXED:
             raise InvalidArgumentError("Azure takes fixed VHDs only")
         size = azure_vhd_size(size)
         max_size = AZURE_MAX_SIZE
-    block_size = VHD_DEFAULT_BLOCK_SIZE if block_size is None else block_size
+    block_size = _block_size_argument(block_size, VHD_DEFAULT_BLOCK_SIZE)
     _check_vhd_args(size, disk_type, block_size, max_size)
     footer = vhd_footer(size, disk_type)
     if disk_type is not DiskType.FIXED:
@@ -598,13 +641,15 @@ def create_vhd(
     return Path(path)
 
 
-def azure_vhd_size(size: int) -> int:
-    """``size`` rounded up to a whole MiB, checked against Azure's limits.
+def azure_vhd_size(size: Size) -> int:
+    """``size`` (bytes, or a string such as ``"30G"``) rounded up to a whole MiB,
+    checked against Azure's limits.
 
     Raises:
-        InvalidArgumentError: the rounded size is below 20 MiB or above 32 TiB
-            (SPEC-NOTES pitfall 19).
+        InvalidArgumentError: not a size, or the rounded size is below 20 MiB or
+            above 32 TiB (SPEC-NOTES pitfall 19).
     """
+    size = size_argument(size)
     rounded = -(-size // MiB) * MiB
     if not AZURE_MIN_SIZE <= rounded <= AZURE_MAX_SIZE:
         raise InvalidArgumentError(
@@ -615,7 +660,7 @@ def azure_vhd_size(size: int) -> int:
 
 def create_azure_vhd(
     path: str | os.PathLike[str],
-    size: int,
+    size: Size,
     *,
     overwrite: bool = False,
     preallocate: bool = False,
@@ -657,7 +702,7 @@ def create_vhd_child(
     path: str | os.PathLike[str],
     parent: str | os.PathLike[str] | DiskImage,
     *,
-    block_size: int | None = None,
+    block_size: Size | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Create an empty differencing VHD whose parent is the VHD ``parent``.
@@ -698,7 +743,7 @@ def create_vhd_child(
         ParentError: the parent's own chain does not open.
         FileExistsError: the file exists and ``overwrite`` is false.
     """
-    block_size = VHD_CHILD_BLOCK_SIZE if block_size is None else block_size
+    block_size = _block_size_argument(block_size, VHD_CHILD_BLOCK_SIZE)
     with _open_parent(parent, path, ImageFormat.VHD) as (pimg, parent_path):
         h = pimg.handler
         assert isinstance(h, VHDFile) and h.identifier is not None

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .constants import DiskType, ImageFormat, RunKind
+from .create import size_argument
 from .errors import InvalidArgumentError
 from .image import DiskImage, open_image
 from .journal import remove_resize_record, write_resize_record
@@ -71,7 +72,7 @@ def _data_end(image: DiskImage) -> int:
 
 def resize_image(
     file: str | os.PathLike[str] | BinaryIO,
-    size: int | None = None,
+    size: int | str | None = None,
     *,
     shrink: bool = False,
     to_minimum: bool = False,
@@ -81,7 +82,8 @@ def resize_image(
 
     Args:
         file: the image (a path, or an open binary file for tests).
-        size: the new virtual size in bytes; None with ``to_minimum``.
+        size: the new virtual size in bytes (or a string such as ``"64G"``); None
+            with ``to_minimum``.
         shrink: allow a smaller size (a VHDX only; never below the minimum).
         to_minimum: shrink to :func:`minimum_size` (implies ``shrink``).
         force: resize although differencing disks beside it have it as parent.
@@ -98,6 +100,7 @@ def resize_image(
 
     if (size is None) == (not to_minimum):
         raise InvalidArgumentError("give either a size or to_minimum")
+    size = None if size is None else size_argument(size)
     with open_image(file, "r+", resolve_parent=False) as img:
         if img.format is ImageFormat.RAW:
             raise InvalidArgumentError(f"{img.name} is a raw image: resize it with truncate")

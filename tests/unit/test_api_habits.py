@@ -2,12 +2,15 @@
 
 ``pyvhdx.open`` takes ``"rb"``/``"r+b"`` and bytes paths, and refuses at open a
 file object open read-only for ``mode="r+"``; a file with no VHD or VHDX
-signature is not read as raw in silence (``info().problems``, ``check``).
+signature is not read as raw in silence (``info().problems``, ``check``);
+sizes may be strings (``"64G"``) wherever the library takes one, and anything
+else is an InvalidArgumentError, never a bare TypeError.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,9 +18,11 @@ import pytest
 import pyvhdx
 from pyvhdx.check import check_image
 from pyvhdx.cli import main
+from pyvhdx.create import azure_vhd_size, create_vhd, create_vhdx, create_vhdx_child
 from pyvhdx.errors import InvalidArgumentError
 from pyvhdx.image import NO_SIGNATURE
-from tests.conftest import MiB, qemu_to_raw
+from pyvhdx.resize import resize_image
+from tests.conftest import MiB, qemu_info, qemu_to_raw
 
 # -- open: modes, bytes paths, read-only file objects -----------------------------------
 
@@ -107,3 +112,64 @@ def test_detected_images_carry_no_such_problem(vhdx: Path) -> None:
     with pyvhdx.open(vhdx) as img:
         assert img.info().problems == []
     assert check_image(vhdx).exit_code == 0
+
+
+# -- sizes as strings -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "size", "expected"),
+    [("vhdx", "64G", 64 << 30), ("vhd", "1.5GiB", 3 << 29), ("vhdx", "10m", 10 * MiB)],
+)
+def test_create_takes_sizes_as_strings(tmp_path: Path, fmt: str, size: str, expected: int) -> None:
+    """Before: ``pyvhdx.create(path, "64G")`` failed with a bare TypeError."""
+    path = tmp_path / f"d.{fmt}"
+    assert pyvhdx.create(path, size) == expected
+    assert qemu_info(path)["virtual-size"] == expected
+    with pyvhdx.open(path) as img:
+        assert img.virtual_size == expected
+
+
+def test_create_functions_take_sizes_as_strings(tmp_path: Path) -> None:
+    vhdx = create_vhdx(tmp_path / "a.vhdx", "64M", block_size="1M", logical_sector_size="4K")
+    with pyvhdx.open(vhdx) as img:
+        assert (img.virtual_size, img.block_size, img.logical_sector_size) == (
+            64 * MiB,
+            MiB,
+            4096,
+        )
+    vhd = create_vhd(tmp_path / "a.vhd", "8M", block_size="512K")
+    assert qemu_info(vhd)["virtual-size"] == 8 * MiB
+    assert azure_vhd_size("20.5M") == 21 * MiB
+    child = create_vhdx_child(tmp_path / "c.avhdx", vhdx, block_size="4M")
+    with pyvhdx.open(child) as img:
+        assert img.block_size == 4 * MiB
+    assert pyvhdx.create(tmp_path / "b.vhdx", "16M", block_size="2M") == 16 * MiB
+
+
+def test_resize_takes_a_size_as_a_string(tmp_path: Path) -> None:
+    path = tmp_path / "r.vhdx"
+    pyvhdx.create(path, 8 * MiB, block_size=MiB)
+    assert resize_image(path, "16M").new_size == 16 * MiB
+    assert qemu_info(path)["virtual-size"] == 16 * MiB
+
+
+_BAD_SIZES = [1.5, 64.0 * MiB, None, [64], True, "64X", "-1M", "1.0001K", b"64M"]
+
+
+@pytest.mark.parametrize("bad", _BAD_SIZES)
+def test_bad_sizes_are_invalid_arguments(tmp_path: Path, bad: object) -> None:
+    """A float, None, a list...: an InvalidArgumentError naming the size, never a TypeError."""
+    path = tmp_path / "bad.vhdx"
+    calls: list[Callable[[], object]] = [
+        lambda: create_vhdx(path, bad),  # type: ignore[arg-type]
+        lambda: create_vhd(tmp_path / "bad.vhd", bad),  # type: ignore[arg-type]
+        lambda: azure_vhd_size(bad),  # type: ignore[arg-type]
+    ]
+    if bad is not None:  # None is the default block size, and create's "no size" error
+        calls.append(lambda: create_vhdx(path, MiB, block_size=bad))  # type: ignore[arg-type]
+        calls.append(lambda: pyvhdx.create(path, bad))  # type: ignore[arg-type]
+    for call in calls:
+        with pytest.raises(InvalidArgumentError, match="size"):
+            call()
+    assert not path.exists()

@@ -68,7 +68,7 @@ def test_shadowing_functions_stay_the_readme_api() -> None:
         assert importlib.import_module(f"pyvhdx.{name}").__name__ == f"pyvhdx.{name}"
     from pyvhdx.create import create_azure_vhd, create_vhd_child, create_vhdx_child
 
-    assert all(map(callable, (create_azure_vhd, create_vhd_child, create_vhdx_child)))
+    assert all(callable(f) for f in (create_azure_vhd, create_vhd_child, create_vhdx_child))
 
 
 @pytest.mark.parametrize("name", ["pyvhdx.create.create_vhd", "pyvhdx.merge.merge_image"])
