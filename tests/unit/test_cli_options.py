@@ -127,7 +127,7 @@ def test_allow_missing_parent_and_parent2(
     status, out, _ = run(capsys, "compare", "--parent2", str(base), str(base), str(child))
     assert (status, out) == (1, f"Content mismatch at offset {MiB}!\n")
     status, _, err = run(capsys, "compare", "--parent", str(base), str(child), str(child))
-    assert status == 2 and "--parent PATH" in err  # IMAGE2's parent is not IMAGE1's option
+    assert status == 2 and "--parent2 PATH" in err  # IMAGE2's parent is not --parent
     argv = ["compare", "--parent", str(base), "--parent2", str(base), str(child), str(child)]
     assert run(capsys, *argv)[:2] == (0, "Images are identical.\n")
 

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from ..constants import DiskType, ImageFormat
 from ..errors import PyvhdxError
+from ..image import DiskImage
 from ..info import kebab_fields
 from ..suffix import format_from_suffix
 from .common import (
@@ -553,6 +554,17 @@ def cmd_map(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _open_second(args: argparse.Namespace) -> DiskImage:
+    """compare's IMAGE2, whose parent option is --parent2 (its errors say so)."""
+    try:
+        return open_image_for(
+            args.image_b, args, format=args.format_b, strict=False, parent=args.parent2
+        )
+    except CommandError as exc:
+        exc.args = (str(exc).replace("--parent PATH", "--parent2 PATH"),)
+        raise
+
+
 @_subcommand(
     "compare",
     help="compare the contents of two images of any formats",
@@ -589,9 +601,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         # -s is compare's own strictness (sizes, allocation), not the open's
         with (
             open_image_for(args.image_a, args, format=args.format_a, strict=False) as a,
-            open_image_for(
-                args.image_b, args, format=args.format_b, strict=False, parent=args.parent2
-            ) as b,
+            _open_second(args) as b,
         ):
             if a.virtual_size != b.virtual_size and not args.strict:
                 say("Warning: Image size mismatch!")
