@@ -40,6 +40,7 @@ __all__ = [
     "decode_vhd_bat",
     "decode_vhdx_payload_entries",
     "first_true",
+    "merge_zero_runs",
     "vhdx_bat_entry_count",
     "vhdx_entry_error",
     "vhdx_payload_index",
@@ -474,6 +475,33 @@ def coalesce(vstart: I64, lens: I64, kinds: U8, fo: I64) -> Runs:
     if idx.shape[0] == n:
         return Runs(vstart, lens, kinds, fo)
     return Runs(vstart[idx], np.add.reduceat(lens, idx), kinds[idx], fo[idx])
+
+
+def merge_zero_runs(runs: Runs) -> Runs:
+    """Merge neighbouring ZERO and UNMAPPED runs, which both read as zeros, into one run.
+
+    A merged run is ZERO if any part of it is ZERO, else UNMAPPED. ``runs`` is
+    coalesced (:func:`coalesce`), so equal kinds are never neighbours.
+    """
+    n = len(runs)
+    if n <= 1:
+        return runs
+    kinds = runs.kind
+    zero = (kinds == RunKind.ZERO) | (kinds == RunKind.UNMAPPED)
+    brk = np.empty(n, dtype=bool)
+    brk[0] = True
+    np.logical_not(zero[1:] & zero[:-1], out=brk[1:])
+    idx = np.flatnonzero(brk)
+    if idx.shape[0] == n:
+        return runs
+    any_zero = np.logical_or.reduceat(kinds == RunKind.ZERO, idx)
+    merged = np.where(zero[idx], np.where(any_zero, RunKind.ZERO, RunKind.UNMAPPED), kinds[idx])
+    return Runs(
+        runs.start[idx],
+        np.add.reduceat(runs.length, idx),
+        merged.astype(np.uint8),
+        runs.file_offset[idx],
+    )
 
 
 def lost_totals(

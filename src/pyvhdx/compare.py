@@ -122,7 +122,7 @@ def _own_extents(img: DiskImage, offset: int, length: int | None) -> Iterator[tu
     fd = img.handler.source.fd
     seek = fd is not None and _is_linear(img)
     raw = img.format is ImageFormat.RAW
-    for ext in img.extents(offset, length):
+    for ext in img.extents(offset, length, merge_zero=True):
         if not (seek and ext.kind is RunKind.DATA):
             yield ext, False
             continue
@@ -144,34 +144,39 @@ def _resolve(img: DiskImage, offset: int, length: int | None, depth: int) -> Ite
             )
 
 
+_ZEROS: Final = (RunKind.ZERO, RunKind.UNMAPPED)
+
+
+def _extends(pending: Allocation, run: Allocation) -> bool:
+    """``run``, which starts where ``pending`` ends, is part of the same map entry."""
+    if run.depth != pending.depth or run.hole != pending.hole:
+        return False
+    if run.kind is not pending.kind:
+        return run.kind in _ZEROS and pending.kind in _ZEROS
+    return run.kind is not RunKind.DATA or (
+        pending.file_offset is not None and run.file_offset == pending.file_offset + pending.length
+    )
+
+
 def allocation_map(
     img: DiskImage, offset: int = 0, length: int | None = None
 ) -> Iterator[Allocation]:
     """The allocation map of ``[offset, offset + length)``, streamed as merged runs.
 
     Built on :meth:`DiskImage.extents` (window by window, so memory stays
-    bounded), with two refinements ``qemu-img map`` makes too: the holes of a
-    raw or fixed VHD file (``SEEK_DATA``/``SEEK_HOLE``) read as zeros (UNMAPPED
-    in a raw file, ``hole`` DATA in a fixed VHD), and the ranges a
-    differencing disk leaves to its parent are the parent's runs, one ``depth``
-    further down.
+    bounded, and merged with numpy, so the cost is per run, not per block),
+    with the refinements ``qemu-img map`` makes too: ZERO and UNMAPPED runs
+    next to each other at one depth are one run (ZERO if any part of it is),
+    since both read as zeros; the holes of a raw or fixed VHD file
+    (``SEEK_DATA``/``SEEK_HOLE``) read as zeros (UNMAPPED in a raw file,
+    ``hole`` DATA in a fixed VHD); and the ranges a differencing disk leaves to
+    its parent are the parent's runs, one ``depth`` further down.
     """
     pending: Allocation | None = None
     for run in _resolve(img, offset, length, 0):
-        if (
-            pending is not None
-            and run.kind is pending.kind
-            and run.depth == pending.depth
-            and run.hole == pending.hole
-            and (
-                run.kind is not RunKind.DATA
-                or (
-                    pending.file_offset is not None
-                    and run.file_offset == pending.file_offset + pending.length
-                )
-            )
-        ):
-            pending = pending._replace(length=pending.length + run.length)
+        if pending is not None and _extends(pending, run):
+            kind = RunKind.ZERO if RunKind.ZERO in (run.kind, pending.kind) else run.kind
+            pending = pending._replace(length=pending.length + run.length, kind=kind)
             continue
         if pending is not None:
             yield pending

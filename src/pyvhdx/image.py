@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Generic, NamedTuple, TypeVar, o
 import numpy as np
 
 from .base import FormatHandler
-from .bat import CODE_UNMAPPED, CODE_ZERO, LOAD_CHUNK_MASK, LOAD_CHUNK_SHIFT, BlockTable
+from .bat import (
+    CODE_UNMAPPED,
+    CODE_ZERO,
+    LOAD_CHUNK_MASK,
+    LOAD_CHUNK_SHIFT,
+    BlockTable,
+    merge_zero_runs,
+)
 from .chain import attach_parent, merge_problems
 from .constants import DiskType, ImageFormat, RunKind
 from .errors import (
@@ -412,33 +419,44 @@ class DiskImage:
 
     # -- allocation map --------------------------------------------------------
 
-    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
+    def extents(
+        self, offset: int = 0, length: int | None = None, *, merge_zero: bool = False
+    ) -> Iterator[Extent]:
         """Yield the allocation map of ``[offset, offset + length)`` as merged runs.
 
-        Works window by window, so memory stays bounded for any disk size.
+        Works window by window, so memory stays bounded for any disk size; runs
+        are mapped and merged with numpy (:meth:`BlockTable.map`), so the Python
+        cost is per run yielded, not per block. With ``merge_zero``, ZERO and
+        UNMAPPED runs next to each other (both read as zeros) are one run, ZERO
+        if any part of it is (:func:`pyvhdx.bat.merge_zero_runs`).
         """
         self._check_open()
         size = self._h.virtual_size
         if offset < 0:
             raise InvalidArgumentError(f"negative offset {offset}")
         end = size if length is None else min(size, offset + length)
-        window = self._table.block_size << LOAD_CHUNK_SHIFT
+        window = self._table.block_size << (LOAD_CHUNK_SHIFT + _EXTENT_WINDOW_SHIFT)
         pending: list[Any] | None = None
         pos = offset
         while pos < end:
             stop = min(end, (pos // window + 1) * window)
             runs = self._table.map(pos, stop - pos)
-            for s, ln, k, f in runs.rows():
-                if (
-                    pending is not None
-                    and pending[2] == k
-                    and (k != RunKind.DATA or pending[3] + pending[1] == f)
-                ):
+            if merge_zero:
+                runs = merge_zero_runs(runs)
+            rows = runs.rows()
+            if pending is not None:  # the first run may continue the last window's
+                s, ln, k, f = next(rows)
+                if _continues(pending, k, f, merge_zero):
                     pending[1] += ln
-                    continue
+                    if k == RunKind.ZERO:
+                        pending[2] = k
+                else:
+                    yield _extent(pending)
+                    pending = [s, ln, k, f]
+            for row in rows:
                 if pending is not None:
                     yield _extent(pending)
-                pending = [s, ln, k, f]
+                pending = list(row)
             pos = stop
         if pending is not None:
             yield _extent(pending)
@@ -640,6 +658,19 @@ def _allocated_size(source: FileSource) -> int | None:
         return None
     blocks = getattr(os.fstat(source.fd), "st_blocks", None)
     return None if blocks is None else blocks * 512
+
+
+# extents() maps this many table chunks (LOAD_CHUNK_SHIFT) per numpy step, as a shift
+_EXTENT_WINDOW_SHIFT = 3
+
+
+def _continues(pending: list[Any], kind: int, file_offset: int, merge_zero: bool) -> bool:
+    """A run of ``kind`` at ``file_offset`` extends the run ``pending`` (start, length,
+    kind, file offset) that ends where it starts."""
+    if pending[2] == kind:
+        return kind != RunKind.DATA or pending[3] + pending[1] == file_offset
+    zeros = (RunKind.ZERO, RunKind.UNMAPPED)
+    return merge_zero and pending[2] in zeros and kind in zeros
 
 
 def _extent(p: list[Any]) -> Extent:
