@@ -387,10 +387,10 @@ def _open_parent(
             img, parent_path = parent, Path(parent.name)
         else:
             img, parent_path = stack.enter_context(open_image(parent)), Path(parent)
-        target = Path(child).resolve()
+        target = Path(os.path.realpath(child))  # Path.resolve raised RuntimeError on a link loop
         ancestor: DiskImage | None = img
         while ancestor is not None:
-            if Path(ancestor.name).resolve() == target:
+            if Path(os.path.realpath(ancestor.name)) == target:
                 raise InvalidArgumentError(
                     f"cannot create {child}: it is the parent or one of its ancestors "
                     f"({ancestor.name})"

@@ -76,7 +76,7 @@ class MergeRecord:
 
     def parent_path(self, child_path: Path) -> Path:
         """The parent's path (stored relative to the child's folder when inside it)."""
-        return (child_path.parent / self.parent).resolve()
+        return Path(os.path.realpath(child_path.parent / self.parent))
 
     def accepts(self, identity: str) -> bool:
         """Whether ``identity`` is the parent's identity before or after this merge."""
@@ -169,7 +169,7 @@ def _remove(path: Path) -> None:
 
 def records_naming_parent(parent: str | os.PathLike[str]) -> list[tuple[Path, MergeRecord]]:
     """Merge records in ``parent``'s folder whose merge writes into ``parent``."""
-    target = Path(parent).resolve()
+    target = Path(os.path.realpath(parent))
     out: list[tuple[Path, MergeRecord]] = []
     try:
         names = sorted(os.listdir(target.parent))
@@ -187,7 +187,7 @@ def records_naming_parent(parent: str | os.PathLike[str]) -> list[tuple[Path, Me
 
 def merge_notes(image: str | os.PathLike[str]) -> list[str]:
     """What ``info`` and ``check`` say about merges in progress that involve ``image``."""
-    path = Path(image).resolve()
+    path = Path(os.path.realpath(image))
     notes = []
     rec = read_record(path)
     if rec is not None and not path.exists():
@@ -211,7 +211,7 @@ def merge_notes(image: str | os.PathLike[str]) -> list[str]:
 
 
 def _resize_path(image: str | os.PathLike[str]) -> Path:
-    p = Path(image).resolve()
+    p = Path(os.path.realpath(image))
     return p.with_name(p.name + RESIZE_SUFFIX)
 
 

@@ -57,13 +57,13 @@ def find_children(image: DiskImage, *, exclude: tuple[Path, ...] = ()) -> list[P
     """
     from .chain import candidate_paths
 
-    here = Path(image.name).resolve()
-    skip = {here, *(p.resolve() for p in exclude)}
+    here = Path(os.path.realpath(image.name))
+    skip = {here, *(Path(os.path.realpath(p)) for p in exclude)}
     found: list[Path] = []
     for entry in sorted(os.scandir(here.parent), key=lambda e: e.name):
         if not entry.name.lower().endswith(tuple(IMAGE_SUFFIXES)) or not entry.is_file():
             continue
-        path = Path(entry.path).resolve()
+        path = Path(os.path.realpath(entry.path))
         if path in skip:
             continue
         try:
@@ -117,7 +117,9 @@ def merge_image(
             and resumes from the start when called again.
     """
     child_path = Path(child)
-    real = child_path.resolve()  # the record lives beside the file itself, as the reader looks
+    # the record lives beside the file itself, as the reader looks (realpath, not
+    # Path.resolve: a loop of symbolic links raises RuntimeError there before Python 3.13)
+    real = Path(os.path.realpath(child_path))
     record = read_record(real)
     if record is not None and not real.exists():
         # stopped between deleting the child and its record: the merge is done
@@ -131,12 +133,12 @@ def merge_image(
         parent_now = chained.parent.handler.identity_as_parent()
         fmt = chained.format
         children = find_children(chained, exclude=(parent_path,)) if reparent else []
-    resumed = record is not None and record.parent_path(real) == parent_path.resolve()
+    resumed = record is not None and record.parent_path(real) == Path(os.path.realpath(parent_path))
     if record is None or not resumed:
         after = str(uuid.uuid4()) if fmt is ImageFormat.VHDX else parent_now
         record = MergeRecord(
             child=real.name,
-            parent=os.path.relpath(parent_path.resolve(), real.parent),
+            parent=os.path.relpath(os.path.realpath(parent_path), real.parent),
             format=fmt.value,
             parent_before=parent_now,
             parent_after=after,
@@ -188,9 +190,9 @@ def merge_chain(
             the chain is not beside its parent (its child could not be re-parented).
         ParentError: the chain is broken.
     """
-    target = Path(into).resolve()
+    target = Path(os.path.realpath(into))
     results: list[MergeResult] = []
-    record = read_record(Path(child).resolve())
+    record = read_record(Path(os.path.realpath(child)))
     if record is not None:  # the last step (the child itself) was interrupted
         results.append(merge_image(child, progress=progress))
         return results
@@ -215,10 +217,10 @@ def merge_chain(
 def _chain_paths(child: Path) -> list[Path]:
     """The resolved paths of ``child`` and its ancestors, nearest first."""
     with open_image(child) as img:
-        paths = [Path(img.name).resolve()]
+        paths = [Path(os.path.realpath(img.name))]
         cur = img.parent
         while cur is not None:
-            paths.append(Path(cur.name).resolve())
+            paths.append(Path(os.path.realpath(cur.name)))
             cur = cur.parent
     return paths
 

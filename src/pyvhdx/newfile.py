@@ -58,6 +58,7 @@ __all__ = [
     "DestinationKind",
     "NewFile",
     "check_destination",
+    "destination_names",
     "fsync_dir",
     "inspect_destination",
     "new_file",
@@ -226,6 +227,21 @@ def temp_pattern(name: str) -> re.Pattern[str]:
     return re.compile(
         re.escape(f".{_temp_stem(name)}.") + f"[{chars}]{{{_TEMP_RANDOM}}}" + re.escape(TEMP_SUFFIX)
     )
+
+
+#: A temporary name of ours in a text: ``.<stem>.<random>.pyvhdx-tmp``.
+_TEMP_IN_TEXT: Final = re.compile(
+    r"\.([^\s/\\]+)\." + f"[{re.escape(_TEMP_CHARS)}]{{{_TEMP_RANDOM}}}" + re.escape(TEMP_SUFFIX)
+)
+
+
+def destination_names(text: str) -> str:
+    """``text`` with each temporary file name of ours (``.d.vhdx.k3j9x0ab.pyvhdx-tmp``)
+    replaced by the name of the destination it is built for (``d.vhdx``), its folder
+    kept: a message about the file being built names the file asked for."""
+    if TEMP_SUFFIX not in text:
+        return text
+    return _TEMP_IN_TEXT.sub(lambda m: m.group(1), text)
 
 
 # struct flock: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid

@@ -258,7 +258,7 @@ def test_cli_convert(tmp_path: Path, source: Path) -> None:
     assert main(["convert", str(source), str(out), "--force", "-O", "vhdx"]) == 0
     with pyvhdx.open(out) as img:
         assert img.format.value == "vhdx"
-    assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "x.vhdx")]) == 1
+    assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "x.vhdx")]) == 2
     assert main(["convert", str(source)]) == 2
 
 

@@ -193,7 +193,7 @@ def test_normalize_algorithms() -> None:
 
 
 def test_image_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["hash", str(tmp_path / "missing.vhdx")]) == 1
+    assert main(["hash", str(tmp_path / "missing.vhdx")]) == 2  # a missing file
     assert "missing.vhdx" in capsys.readouterr().err
     bad = tmp_path / "bad.vhdx"
     bad.write_bytes(b"vhdxfile" + bytes(2 * MiB))

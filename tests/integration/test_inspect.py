@@ -50,10 +50,10 @@ def inspect_image(path: str | os.PathLike[str] | BinaryIO, **kw: Any) -> dict[st
         return inspect_image_fn(path, **kw)
 
 
-def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
-    status = main(["inspect", "--json", *argv])
+def cli_json(capsys: pytest.CaptureFixture[str], *argv: str, status: int = 0) -> dict[str, Any]:
+    """The report of ``pyvhdx inspect --json``; ``status`` 1: the image does not open."""
+    assert main(["inspect", "--json", *argv]) == status
     out = capsys.readouterr().out
-    assert status == 0, out
     result: dict[str, Any] = json.loads(out)
     return result
 
@@ -120,7 +120,7 @@ def test_differencing_parent_locator_values(
 ) -> None:
     e = entry(DIFFERENCING)
     path = realworld_image(e)
-    report = cli_json(capsys, str(path))
+    report = cli_json(capsys, str(path), status=1)  # its parent is not there
     facts = e["facts"]
     locator = report["parent-locator"]
     linkage = re.search(r"parent_linkage (\{[0-9a-f-]+\})", facts)
@@ -477,7 +477,7 @@ def test_raw_image(tmp_path: Path) -> None:
 
 
 def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["inspect", str(tmp_path / "missing.vhdx")]) == 1
+    assert main(["inspect", str(tmp_path / "missing.vhdx")]) == 2
     assert "missing.vhdx" in capsys.readouterr().err
     assert main(["inspect"]) == 2
 

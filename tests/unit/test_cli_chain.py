@@ -136,7 +136,7 @@ def test_create_child_of_a_missing_parent(
     status, out, err = run(
         capsys, "create", "--parent", str(tmp_path / "nope.vhdx"), str(tmp_path / "c.avhdx")
     )
-    assert (status, out) == (1, "")
+    assert (status, out) == (2, "")  # a missing file
     assert "nope.vhdx" in err and err.count("\n") == 1
     assert not (tmp_path / "c.avhdx").exists()
 
@@ -216,7 +216,7 @@ def test_merge_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
     assert run(capsys, "merge")[0] == 2
     assert run(capsys, "merge", "--bogus", str(tmp_path / "x"))[0] == 2
     status, _, err = run(capsys, "merge", str(tmp_path / "missing.avhdx"))
-    assert status == 1 and "missing.avhdx" in err
+    assert status == 2 and "missing.avhdx" in err
 
 
 # -- map of a chain ---------------------------------------------------------------------

@@ -37,13 +37,14 @@ from ..errors import PyvhdxError
 from ..sizes import format_size
 from .commands import SUBCOMMANDS
 from .common import (
-    EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     PROG,
     CommandError,
+    command_files,
     error,
+    exit_status,
     parse_size,
     report_error,
 )
@@ -99,6 +100,17 @@ def _warning_printer(debug: bool) -> Callable[..., None]:
         error(f"{message}{where}", "warning")
 
     return show
+
+
+def _tolerant_streams() -> None:
+    """Let stdout and stderr print any name: a character their encoding lacks (a
+    Unicode file name on an ASCII terminal, ``PYTHONIOENCODING=ascii``) is written as
+    a backslash escape instead of failing the command."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", None) == "strict":
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
 
 
 def _silence_stdout() -> None:
@@ -169,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         0 on success, 1 for an image problem, 2 for a usage error; 130 after
         Ctrl-C, 128 + the signal number after SIGTERM or SIGHUP.
     """
+    _tolerant_streams()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -185,12 +198,12 @@ def main(argv: list[str] | None = None) -> int:
                 status = func(args)
             sys.stdout.flush()
             return status
-        except BrokenPipeError:
+        except BrokenPipeError:  # the reader has what it wanted (| head): not a failure
             _silence_stdout()
-            return EXIT_FAILURE
+            return EXIT_OK
         except (CommandError, PyvhdxError, OSError) as exc:
-            report_error(exc, debug)
-            return EXIT_FAILURE
+            report_error(exc, debug, command_files(args))
+            return exit_status(exc)
         except KeyboardInterrupt as exc:
             if debug:
                 traceback.print_exc()

@@ -27,6 +27,7 @@ from .common import (
     CommandError,
     cannot_run,
     error,
+    named,
     naming,
     open_image_for,
     open_options,
@@ -268,15 +269,33 @@ def _subcommand(
     "problems, allocation and parent locator of an image.",
     options=[
         *_IMAGE_OPTIONS,
-        _flag("--json", "print JSON (keys as qemu-img info --output=json where they exist)"),
+        _flag(
+            "--backing-chain",
+            "describe every image of a differencing chain, the child first (JSON: a list)",
+        ),
+        _flag(
+            "--json",
+            "print JSON (keys as qemu-img info --output=json where they exist; a "
+            "differencing disk's parent as backing-filename and backing-image)",
+        ),
     ],
 )
 def cmd_info(args: argparse.Namespace) -> int:
-    """``pyvhdx info``: what the image is, which copies were used, what is wrong."""
+    """``pyvhdx info``: what the image is, which copies were used, what is wrong;
+    with ``--backing-chain``, for each image of the chain (as ``qemu-img info``)."""
+    from .reports import backing_chain, backing_keys, info_json
+
     args.allow_missing_parent = True  # describe the child even when its parent is gone
-    with open_image_for(args.image, args) as img:
-        info = img.info()
-    return _report(args, info.to_dict(), lambda: render_fields(info_rows(info)))
+    data: list[dict[str, Any]] = []
+    lines: list[str] = []
+    with open_image_for(args.image, args) as img, naming(args.image):
+        for i, image in enumerate(backing_chain(img) if args.backing_chain else [img]):
+            info = image.info()
+            if args.json:  # a chain lists each image once: no nested backing-image
+                data.append(info_json(image, info, backing_image=not args.backing_chain))
+            else:
+                lines += [""] * bool(i) + render_fields(info_rows(info, backing_keys(image)))
+    return _report(args, data if args.backing_chain else (data or [{}])[0], lambda: lines)
 
 
 def _name_format(path: str) -> str | None:
@@ -586,6 +605,11 @@ def _open_second(args: argparse.Namespace) -> DiskImage:
             "also fail on a size difference or on a range stored in one image only",
         ),
         _flag("-q", "--quiet", "print nothing; use the exit status"),
+        _flag(
+            "--json",
+            "print the result as JSON: identical, difference (offset, reason: content, "
+            "size or allocation), size-mismatch and both images' names and sizes",
+        ),
         _reading_options(
             _arg("--parent", metavar="PATH", help="IMAGE1's parent, if a differencing disk"),
             _arg("--parent2", metavar="PATH", help="IMAGE2's parent, if a differencing disk"),
@@ -596,7 +620,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """``pyvhdx compare``: 0 identical, 1 different, 2 error (as ``qemu-img compare``)."""
     from ..compare import find_difference
 
-    say = (lambda text: None) if args.quiet else print
+    say = (lambda text: None) if args.quiet or args.json else print
     try:
         # -s is compare's own strictness (sizes, allocation), not the open's
         with (
@@ -606,8 +630,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
             if a.virtual_size != b.virtual_size and not args.strict:
                 say("Warning: Image size mismatch!")
             diff = find_difference(a, b, strict=args.strict)
+            sizes = a.virtual_size, b.virtual_size
     except (CommandError, OSError, PyvhdxError) as exc:
         return cannot_run(exc, args)
+    if args.json and not args.quiet:
+        print_json(
+            {
+                "image1": {"filename": args.image_a, "virtual-size": sizes[0]},
+                "image2": {"filename": args.image_b, "virtual-size": sizes[1]},
+                "identical": diff is None,
+                "size-mismatch": sizes[0] != sizes[1],
+                "difference": None if diff is None else dataclasses.asdict(diff),
+            }
+        )
     if diff is None:
         say("Images are identical.")
         return EXIT_OK
@@ -649,7 +684,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         report = inspect_image(
             args.image, format=args.format, scan_unreferenced=args.scan, **options
         )
-    return _report(args, report, lambda: inspect_lines(report))
+    _report(args, report, lambda: inspect_lines(report))
+    probe = report.get("open", {})
+    if not probe.get("opens", True):  # the report is whole, but the image is not usable
+        error(f"{args.image}: does not open: {probe.get('error', 'unknown error')}")
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _hash_algorithm(text: str) -> str:
@@ -771,8 +811,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.destination}: exists (use --force to replace it)") from exc
     except DestinationError as exc:  # names the destination itself
         raise CommandError(str(exc)) from exc
-    except PyvhdxError as exc:
-        raise CommandError(f"{args.source}: {exc}") from exc
+    except PyvhdxError as exc:  # the source's, unless it names the destination
+        raise CommandError(named(str(exc), args.source, also=[args.destination])) from exc
     return _report(args, _result_json(result), lambda: ())
 
 
@@ -810,7 +850,7 @@ def cmd_resize(args: argparse.Namespace) -> int:
             args.image, args.size, **_given(args, "shrink", "to_minimum", "force")
         )
     except InvalidArgumentError as exc:
-        error(f"resize: {exc}")
+        error(named(str(exc), args.image))
         return EXIT_USAGE
     rows = [
         ("resized", args.image),

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 from .. import sizes
 from ..errors import InvalidArgumentError, PyvhdxError
 from ..image import DiskImage, open_image
+from ..newfile import destination_names
+from .render import printable
 
 PROG = "pyvhdx"
 
@@ -25,20 +28,65 @@ EXIT_CANNOT_RUN = 2  # check and compare: the operation could not run (qemu-img'
 
 
 class CommandError(Exception):
-    """A failure a subcommand reports as one ``pyvhdx: error:`` line (exit 1)."""
+    """A failure a subcommand reports as one ``pyvhdx: error:`` line.
+
+    Attributes:
+        status: the exit status: 1, or 2 for a file that does not exist (:func:`exit_status`).
+    """
+
+    def __init__(self, message: str, status: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def exit_status(exc: BaseException) -> int:
+    """The exit status of a failure: 2 for a file that does not exist (as for any
+    argument that names nothing), else 1."""
+    if isinstance(exc, CommandError):
+        return exc.status
+    return EXIT_USAGE if isinstance(exc, FileNotFoundError) else EXIT_FAILURE
+
+
+def _mentions(message: str, path: str) -> bool:
+    """``message`` names ``path`` (as given or absolute) as a whole name."""
+    for name in {path, os.path.abspath(path)}:
+        if re.search(rf"(?<![\w./-]){re.escape(name)}(?![\w/-]|\.\w)", message):
+            return True
+    return False
+
+
+def named(message: str, *paths: str, also: Sequence[str] = ()) -> str:
+    """``message`` naming its file: as it is when it names one of ``paths`` (or of
+    ``also``), else prefixed ``path: `` (``a and b: `` for a failure of two files,
+    when the library does not say which). A temporary file of pyvhdx's is named as
+    the destination it is built for (:func:`pyvhdx.newfile.destination_names`)."""
+    message = destination_names(message)
+    if any(_mentions(message, p) for p in (*paths, *also)):
+        return message
+    return f"{' and '.join(dict.fromkeys(paths))}: {message}"
+
+
+def os_error_text(exc: OSError, *paths: str) -> str:
+    """``file: strerror`` for an OSError: the file it names (``paths`` if none)."""
+    text = exc.strerror or str(exc)
+    if exc.filename is not None:
+        return f"{os.fsdecode(exc.filename)}: {text}"
+    return named(text, *paths) if paths else text
 
 
 @contextlib.contextmanager
-def naming(path: str) -> Iterator[None]:
-    """Library and OS failures inside as one ``path: message`` line (a CommandError)."""
+def naming(*paths: str) -> Iterator[None]:
+    """Library and OS failures inside as one line naming the file (a CommandError):
+    ``path: message`` unless the message names one of ``paths`` already; an OSError
+    names the file it is about. A missing file exits 2 (:func:`exit_status`)."""
     try:
         yield
-    except BrokenPipeError:  # stdout closed (| head): not the file's failure
+    except (BrokenPipeError, CommandError):  # a closed stdout is not the file's failure
         raise
     except PyvhdxError as exc:
-        raise CommandError(f"{path}: {exc}") from exc
+        raise CommandError(named(str(exc), *paths)) from exc
     except OSError as exc:
-        raise CommandError(f"{path}: {exc.strerror or exc}") from exc
+        raise CommandError(os_error_text(exc, *paths), exit_status(exc)) from exc
 
 
 #: ``open_image``'s keyword arguments that the reading options set (commands.py).
@@ -81,13 +129,27 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def report_error(exc: BaseException, debug: bool) -> None:
-    """One ``pyvhdx: error:`` line for ``exc`` (an OSError as ``file: strerror``), or the
-    traceback with ``debug``."""
+#: The arguments that name the files a command works on, in the order a failure the
+#: library does not attribute is put down to them (convert: its source).
+_FILE_ARGS: Final = ("image", "file", "child", "source", "base", "new", "image_a", "image_b")
+
+
+def command_files(args: argparse.Namespace) -> tuple[str, ...]:
+    """The files the command of ``args`` works on (:data:`_FILE_ARGS` given)."""
+    found = (getattr(args, name, None) for name in _FILE_ARGS)
+    return tuple(str(f) for f in found if isinstance(f, str))
+
+
+def report_error(exc: BaseException, debug: bool, files: tuple[str, ...] = ()) -> None:
+    """One ``pyvhdx: error:`` line for ``exc`` naming its file (an OSError as ``file:
+    strerror``; a library error that names none of ``files`` prefixed with them), or
+    the traceback with ``debug``."""
     if debug:
         traceback.print_exc()
     elif isinstance(exc, OSError) and exc.strerror:
-        error(cli_advice(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror}"))
+        error(cli_advice(os_error_text(exc, *files)))
+    elif isinstance(exc, PyvhdxError) and files:
+        error(cli_advice(named(str(exc), *files)))
     else:
         error(cli_advice(str(exc)))
 
@@ -109,7 +171,7 @@ def cli_advice(message: str) -> str:
 
 def cannot_run(exc: BaseException, args: argparse.Namespace) -> int:
     """Report why a check or compare could not run (exit 2, as qemu-img)."""
-    report_error(exc, bool(getattr(args, "debug", False)))
+    report_error(exc, bool(getattr(args, "debug", False)), command_files(args))
     return EXIT_CANNOT_RUN
 
 
@@ -118,8 +180,11 @@ def one_line(text: str) -> str:
 
 
 def error(message: str, kind: str = "error") -> None:
+    """``pyvhdx: error: message`` on stderr: one line, control characters escaped (a
+    name from an image cannot drive the terminal)."""
+    text = printable(one_line(str(message)))
     with contextlib.suppress(OSError):
-        print(f"{PROG}: {kind}: {one_line(message)}", file=sys.stderr)
+        print(f"{PROG}: {kind}: {text}", file=sys.stderr)
 
 
 def want_progress(flag: bool | None) -> bool:

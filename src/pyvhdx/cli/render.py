@@ -10,11 +10,10 @@ import dataclasses
 import enum
 import json
 import os
+import sys
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
-
-import numpy as np
 
 from ..sizes import format_size as format_size  # the renderers' size text (re-exported)
 
@@ -22,6 +21,18 @@ INDENT = "    "
 
 Row = tuple[str, Any]
 """One ``key: value`` line (or a nested section when the value is a mapping or list)."""
+
+
+def _numpy_item(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds, an array as a list; anything else as
+    it is. numpy is not imported for this: a value can only be numpy's if it is loaded."""
+    np = sys.modules.get("numpy")
+    if np is not None:
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+    return value
 
 
 def printable(text: str) -> str:
@@ -43,12 +54,11 @@ def scalar(key: str, value: Any) -> str:
     """Render one scalar value for humans; ``key`` picks offsets/sizes by name."""
     if value is None:
         return "none"
-    if isinstance(value, (bool, np.bool_)):
+    value = _numpy_item(value)
+    if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, enum.Enum):
         value = value.value
-    if isinstance(value, np.generic):
-        value = value.item()
     if isinstance(value, int):
         name = key.replace("_", "-").lower()
         if name.endswith(("offset", "checksum")):
@@ -131,10 +141,8 @@ def _json_default(value: Any) -> Any:
         return bytes(value).hex()
     if isinstance(value, enum.Enum):
         return value.value
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
+    if _numpy_item(value) is not value:
+        return _numpy_item(value)
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=str)
     if isinstance(value, os.PathLike):
@@ -153,9 +161,11 @@ def print_json(data: Any) -> None:
 
 
 def print_lines(lines: Iterable[str]) -> None:
-    """Print rendered lines (from :func:`render_fields`), one per line."""
+    """Print rendered lines (from :func:`render_fields`), one per line, control
+    characters other than tabs and newlines escaped (:func:`printable`: a line may
+    hold a name from an image)."""
     for line in lines:
-        print(line)
+        print("\n".join("\t".join(map(printable, part.split("\t"))) for part in line.split("\n")))
 
 
 TABLE_ROWS = 32  # rows of a table shown by the human inspect report (JSON has them all)

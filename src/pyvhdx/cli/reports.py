@@ -8,14 +8,16 @@ for :mod:`pyvhdx.cli.render`; none parses arguments or opens images.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ..constants import RunKind
+from ..constants import DiskType, RunKind
 from ..info import ImageInfo
 from .render import INDENT, Row, cell, format_size, key_label, printable, render_fields
 
 if TYPE_CHECKING:
+    from ..image import DiskImage
     from ..merge import MergeResult
 
 _IDENTIFIER_LABELS = {"vhdx": "page 83 id", "vhd": "unique id"}
@@ -30,9 +32,63 @@ def _present(rows: list[tuple[str, Any]]) -> list[Row]:
     return [(label, value) for label, value in rows if value is not None]
 
 
-def info_rows(info: ImageInfo) -> list[Row]:
-    """The human ``pyvhdx info`` report as rows for :func:`render_fields`."""
+def backing_chain(img: DiskImage) -> list[DiskImage]:
+    """``img`` and its open parents, child first (``qemu-img info --backing-chain``)."""
+    chain = [img]
+    while chain[-1].parent is not None:
+        chain.append(chain[-1].parent)
+    return chain
+
+
+def backing_keys(img: DiskImage) -> dict[str, Any]:
+    """qemu-img info's keys for the parent of a differencing disk: ``backing-filename``
+    (the parent's file as opened; when it is not found, the first path the image
+    records), ``full-backing-filename`` and ``backing-filename-format``. Empty for a
+    disk without a parent."""
+    parent = img.parent
+    if parent is not None:
+        return {
+            "backing-filename": parent.name,
+            "full-backing-filename": os.path.abspath(parent.name),
+            "backing-filename-format": parent.format.value,
+        }
+    if img.disk_type is not DiskType.DIFFERENCING:
+        return {}
+    recorded = [path for _, path in img.handler.parent_locations() if path]
+    return {"backing-filename": recorded[0]} if recorded else {}
+
+
+def info_json(
+    img: DiskImage, info: ImageInfo | None = None, *, backing_image: bool = True
+) -> dict[str, Any]:
+    """``pyvhdx info --json`` of an open image, in qemu-img's ``ImageInfo`` shape:
+    :meth:`ImageInfo.to_dict`, with the parent's record (its locator, as the image
+    holds it) under ``parent``, the :func:`backing_keys` and, with ``backing_image``,
+    ``backing-image``: the parent's own info, recursively (its parent's inside)."""
+    info = img.info() if info is None else info
+    data = info.to_dict()
+    record = data.pop("backing-image", None)  # ImageInfo.to_dict's: the parent locator
+    specific = data.pop("format-specific", None)
+    if record is not None:
+        data["parent"] = record
+    data.update(backing_keys(img))
+    if backing_image and img.parent is not None:
+        data["backing-image"] = info_json(img.parent)
+    if specific is not None:
+        data["format-specific"] = specific
+    return data
+
+
+def info_rows(info: ImageInfo, backing: Mapping[str, Any] | None = None) -> list[Row]:
+    """The human ``pyvhdx info`` report as rows for :func:`render_fields`; ``backing``:
+    the image's :func:`backing_keys` (a parent not opened is shown as not found)."""
     identifier = None if info.identifier is None else str(info.identifier)
+    backing = backing or {}
+    backing_file = backing.get("backing-filename")
+    if backing_file is not None:
+        full = backing.get("full-backing-filename")
+        where = "not found" if full is None else f"actual path: {full}"
+        backing_file = f"{backing_file} ({where})" if full != backing_file else backing_file
     return _present(
         [
             ("image", info.filename),
@@ -53,6 +109,8 @@ def info_rows(info: ImageInfo) -> list[Row]:
             ("failed copies", [str(c) for c in info.failed_copies]),
             ("problems", [str(p) for p in info.problems]),
             ("allocation", None if info.allocation is None else info.allocation.to_dict()),
+            ("backing file", backing_file),
+            ("backing file format", backing.get("backing-filename-format")),
             ("parent", info.parent),
             ("format specific information", info.format_specific or None),
         ]
@@ -237,10 +295,12 @@ def inspect_lines(report: Mapping[str, Any]) -> list[str]:
         metadata["item flags"] = "U user, V virtual disk, R required"
         metadata["items"] = metadata.pop("items")  # after the flags legend
     probe = view.pop("open", {})
+    errors = [f"{e['section']}: {e['message']}" for e in view.pop("errors", [])]
     if probe.get("opens"):
         opens = "yes" + (", log replayed in memory" if probe.get("log-replayed") else "")
-    else:
-        opens = f"no: {probe.get('error', 'unknown error')}"
+    else:  # the error of the open heads the errors, even when every structure decodes
+        opens = "no (see errors)"
+        errors.insert(0, f"open: {probe.get('error', 'unknown error')}")
     head: list[Row] = [
         ("image", view.pop("filename")),
         ("format", view.pop("format")),
@@ -253,7 +313,6 @@ def inspect_lines(report: Mapping[str, Any]) -> list[str]:
     ]
     if problems:
         head.append(("problems", problems))
-    errors = [f"{e['section']}: {e['message']}" for e in view.pop("errors", [])]
     head.append(("errors", errors))
     lines = render_fields(head, tables=True)
     for key, value in view.items():
