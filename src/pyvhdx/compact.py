@@ -28,6 +28,7 @@ from .constants import ImageFormat
 from .errors import InvalidArgumentError
 from .fsfree import free_ranges
 from .image import DiskImage, open_image
+from .newfile import SPACE_ERRNOS
 from .source import punch_hole
 
 __all__ = ["MODES", "CompactResult", "compact_image"]
@@ -131,7 +132,30 @@ def compact_image(
     Raises:
         InvalidArgumentError: an unknown mode, or a raw image.
         UnsupportedFeatureError: a fixed or differencing disk.
+        OSError: the disk is full (ENOSPC, EFBIG, EDQUOT): moving a block into a hole
+            the host file system does not back takes space. The image reads as
+            before; the message says how to go on.
     """
+    try:
+        return _compact(file, mode, dry_run, progress)
+    except OSError as exc:
+        if exc.errno not in SPACE_ERRNOS or not isinstance(file, (str, os.PathLike)):
+            raise
+        raise OSError(
+            exc.errno,
+            f"{os.strerror(exc.errno)} while compacting (moving blocks into holes takes "
+            "space until the file is cut); it reads as before: free space, or run "
+            "'pyvhdx compact --mode zero', which moves nothing",
+            os.fspath(file),
+        ) from exc
+
+
+def _compact(
+    file: str | os.PathLike[str] | BinaryIO,
+    mode: str,
+    dry_run: bool,
+    progress: Callable[[int], None] | None,
+) -> CompactResult:
     from .vhd import compact as vhd_compact
     from .vhdx import compact as vhdx_compact
     from .vhdx.file import VHDXFile

@@ -25,9 +25,10 @@ import numpy as np
 
 from .constants import DiskType, ImageFormat, RunKind
 from .create import size_argument
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, PyvhdxError
 from .image import DiskImage, open_image
 from .journal import remove_resize_record, write_resize_record
+from .newfile import SPACE_ERRNOS
 from .partitions import read_partition_table
 
 __all__ = ["ResizeResult", "minimum_size", "resize_image"]
@@ -93,7 +94,41 @@ def resize_image(
             ``shrink``, one below the minimum, or children beside the image.
         UnsupportedFeatureError: a differencing disk, or a VHD layout pyvhdx
             cannot grow in place.
+        OSError: the disk is full (ENOSPC, EFBIG, EDQUOT); the image reads as
+            the disk of before or of after (the message says which size), and
+            the same resize again finishes it once there is space.
     """
+    try:
+        return _resize(file, size, shrink=shrink, to_minimum=to_minimum, force=force)
+    except OSError as exc:
+        if exc.errno not in SPACE_ERRNOS or not isinstance(file, (str, os.PathLike)):
+            raise
+        raise _full_disk(exc.errno, file) from exc
+
+
+def _full_disk(code: int, path: str | os.PathLike[str]) -> OSError:
+    """The error of a resize the disk was too full for: what the image holds now and
+    the way forward (DESIGN.md "Writes": old state or new, and a way on)."""
+    try:
+        with open_image(path, resolve_parent=False) as img:
+            now = f"it reads as a {img.get_size()}-byte disk"
+    except (PyvhdxError, OSError) as err:  # not expected: a write before the commit is unseen
+        now = f"it does not open ({err}): run 'pyvhdx check' on it"
+    return OSError(
+        code,
+        f"{os.strerror(code)} while resizing; {now}: free space, then run the resize again",
+        os.fspath(path),
+    )
+
+
+def _resize(
+    file: str | os.PathLike[str] | BinaryIO,
+    size: int | str | None,
+    *,
+    shrink: bool,
+    to_minimum: bool,
+    force: bool,
+) -> ResizeResult:
     from .vhd import resize as vhd_resize
     from .vhdx import resize as vhdx_resize
     from .vhdx.file import VHDXFile

@@ -59,7 +59,12 @@ def resize(f: VHDXFile, size: int) -> None:
     f._begin_session()
     patch = SectorPatch(f)
     if size > f.virtual_size:
-        _grow(f, size, patch)
+        old_end = f.source.physical_size
+        try:
+            _grow(f, size, patch)
+        except OSError:  # a full disk, say: nothing names the new space yet, give it back
+            f.source.truncate(old_end)
+            raise
     item = f.metadata[K.META_VIRTUAL_DISK_SIZE]
     at = f.regions[K.REGION_METADATA].file_offset + item.offset
     patch.patch(at, size.to_bytes(8, "little"), "metadata region")
@@ -100,7 +105,8 @@ def _grow(f: VHDXFile, size: int, patch: SectorPatch) -> None:
         end += (last - first) * bs
     if f.source.physical_size < end:
         f.source.truncate(end)
-    f.source.pwrite(new.tobytes(), bat_offset + 8 * old_count)
+    if not moved or new.any():  # a moved BAT's new entries lie past the old end: zeros
+        f.source.pwrite(new.tobytes(), bat_offset + 8 * old_count)
     f.source.flush()
     if moved:
         entries = [
@@ -113,8 +119,11 @@ def _grow(f: VHDXFile, size: int, patch: SectorPatch) -> None:
             for e in f.regions.values()
         ]
         table = vhdx_region_table(entries)
-        for offset in K.VHDX_REGION_TABLE_OFFSETS:
-            patch.patch(offset, table, "region table")
+        for offset in K.VHDX_REGION_TABLE_OFFSETS:  # the 4 KiB sectors that change
+            now = f.source.read_exact(offset, len(table), "region table")
+            for pos in range(0, len(table), 4096):
+                if table[pos : pos + 4096] != now[pos : pos + 4096]:
+                    patch.patch(offset + pos, table[pos : pos + 4096], "region table")
 
 
 def _zero_tail(
@@ -135,7 +144,9 @@ def _zero_tail(
         return end
     stop = min(bs, size - block * bs)
     if _tail_is_free(f, code + used, code + stop, code):
-        f.source.pwrite(bytes(stop - used), code + used)
+        tail = f.source.read_exact(code + used, stop - used, "payload block")
+        if tail != bytes(len(tail)):  # zeros (a hole, often) are not written again
+            f.source.pwrite(bytes(len(tail)), code + used)
         return end
     data = f.source.read_exact(code, used, "payload block")
     f.source.pwrite(data + bytes(bs - used), end)
