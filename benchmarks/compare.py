@@ -15,9 +15,21 @@ VHD. Then, in one run with the page cache warm, it measures (median of --runs):
 - 20,000 random aligned 4 KiB reads (reads/s);
 - open plus a first-sector read of the huge images (ms) and peak RSS (in a child
   process each);
-- convert to VHDX dynamic: pyvhdx against qemu-img (s).
+- convert to VHDX dynamic: pyvhdx against qemu-img (s), in process and as
+  ``pyvhdx convert --no-sync`` against ``qemu-img convert`` (command lines);
+- the bytes API (``--only api``): ``read_at`` random 4 KiB and sequential 64 KiB
+  reads, and ``stream().read(65536)``, against libvhdi's
+  ``read_buffer_at_offset`` and ``os.pread`` of the raw file (all return bytes);
+- command line start-up (``--only cli``): ``pyvhdx --help``, ``pyvhdx info``
+  against ``qemu-img info`` of a small VHDX;
+- allocating small writes (``--only writes``): 2,000 one-byte writes, each into
+  a new 1 MiB block of a 4 GiB VHDX, pyvhdx (a child process: open, write,
+  close) against ``qemu-io -t writeback``.
 
 It prints a table with every figure as a ratio to the reference and to each peer.
+With ``--cpu`` the in-process read figures are CPU time (user + system) instead
+of wall time, and the child-process rows add each child's CPU time: on a machine
+that other work keeps busy, wall time measures the scheduler.
 """
 
 from __future__ import annotations
@@ -157,19 +169,23 @@ def available_peers() -> dict[str, Any]:
 # -- measurements -----------------------------------------------------------------------
 
 
+#: The clock of the in-process read figures (``--cpu``: time.process_time).
+CLOCK: Callable[[], float] = time.perf_counter
+
+
 def seq_gbps(read: Callable[[int, memoryview], int], size: int, chunk: int, runs: int) -> float:
     buf = bytearray(chunk)
     mv = memoryview(buf)
     times = []
     for _ in range(runs):
-        t = time.perf_counter()
+        t = CLOCK()
         off = 0
         while off < size:
             n = read(off, mv)
             if n <= 0:
                 break
             off += n
-        times.append(time.perf_counter() - t)
+        times.append(CLOCK() - t)
     return size / statistics.median(times) / 1e9
 
 
@@ -178,11 +194,195 @@ def random_rate(read: Callable[[int, memoryview], int], offsets: list[int], runs
     mv = memoryview(buf)
     times = []
     for _ in range(runs):
-        t = time.perf_counter()
+        t = CLOCK()
         for off in offsets:
             read(off, mv)
-        times.append(time.perf_counter() - t)
+        times.append(CLOCK() - t)
     return len(offsets) / statistics.median(times)
+
+
+# -- the bytes API: read_at, the stream, against pyvhdi and os.pread -----------------------
+
+
+def bytes_loops(
+    raw: Path, image: Path, size: int, offsets: list[int]
+) -> tuple[dict[str, Callable[[], object]], Callable[[], None]]:
+    """Loops that each read whole bytes objects: ``(name -> loop, close)``."""
+    import pyvhdx
+
+    fd = os.open(raw, os.O_RDONLY)
+    img = pyvhdx.open(image)
+    stream = img.stream()
+    read_at, pread = img.read_at, os.pread
+    seq = range(0, size, 65536)
+
+    # Each loop calls the reader directly (no wrapper of ours in between) and drops
+    # each result at once, as a reader would.
+    def raw_loop(n: int, where: Any) -> Callable[[], None]:
+        def run() -> None:
+            for off in where:
+                pread(fd, n, off)
+
+        return run
+
+    def pyvhdx_loop(n: int, where: Any) -> Callable[[], None]:
+        def run() -> None:
+            for off in where:
+                read_at(off, n)
+
+        return run
+
+    loops: dict[str, Callable[[], object]] = {
+        "random raw pread": raw_loop(4096, offsets),
+        "random pyvhdx read_at": pyvhdx_loop(4096, offsets),
+        "seq raw pread": raw_loop(65536, seq),
+        "seq pyvhdx read_at": pyvhdx_loop(65536, seq),
+    }
+
+    def stream_loop() -> None:
+        stream.seek(0)
+        while stream.read(65536):
+            pass
+
+    loops["seq pyvhdx stream.read"] = stream_loop
+    closers = [lambda: os.close(fd), img.close]
+    try:
+        import pyvhdi
+
+        f = pyvhdi.file()
+        f.open(str(image))
+        rv = f.read_buffer_at_offset
+
+        def pyvhdi_loop(n: int, where: Any) -> Callable[[], None]:
+            def run() -> None:
+                for off in where:
+                    rv(n, off)
+
+            return run
+
+        loops["random pyvhdi"] = pyvhdi_loop(4096, offsets)
+        loops["seq pyvhdi"] = pyvhdi_loop(65536, seq)
+        closers.append(f.close)
+    except ImportError:
+        pass
+
+    def close() -> None:
+        for c in closers:
+            c()
+
+    return loops, close
+
+
+def bytes_rows(
+    raw: Path, image: Path, kind: str, size: int, offsets: list[int], runs: int
+) -> list[Any]:
+    """Rows of the bytes API: every loop timed in interleaved rounds (the median)."""
+    loops, close = bytes_loops(raw, image, size, offsets)
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    try:
+        for _ in range(runs):
+            for name, loop in loops.items():
+                t = CLOCK()
+                loop()
+                times[name].append(CLOCK() - t)
+    finally:
+        close()
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    rows = []
+    for name, t in med.items():
+        shape, who = name.split(" ", 1)
+        ref = med[f"{shape} raw pread"]
+        others = (
+            {"pyvhdi": med[f"{shape} pyvhdi"] / t}
+            if f"{shape} pyvhdi" in med and "pyvhdi" not in who
+            else {}
+        )
+        if shape == "random":
+            rows.append(
+                (f"{kind} {who}", "bytes: rand 4 KiB reads/s", len(offsets) / t, ref / t, others)
+            )
+        else:
+            rows.append(
+                (f"{kind} {who}", "bytes: seq 64 KiB GB/s", size / t / 1e9, ref / t, others)
+            )
+    return rows
+
+
+# -- child processes: the command lines --------------------------------------------------
+
+
+def run_child(args: list[str]) -> tuple[float, float]:
+    """``(wall seconds, CPU seconds)`` of a child process run to the end."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    if os.waitstatus_to_exitcode(status):
+        raise subprocess.CalledProcessError(os.waitstatus_to_exitcode(status), args)
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def child_rounds(
+    cases: dict[str, list[str]], runs: int, setup: Callable[[], None] = lambda: None
+) -> dict[str, tuple[float, float]]:
+    """Median ``(wall, CPU)`` seconds of each command, run in interleaved rounds."""
+    walls: dict[str, list[float]] = {name: [] for name in cases}
+    cpus: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, args in cases.items():
+            setup()
+            wall, cpu = run_child(args)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+    return {n: (statistics.median(walls[n]), statistics.median(cpus[n])) for n in cases}
+
+
+def child_rows(label: str, medians: dict[str, tuple[float, float]], ref: str) -> list[Any]:
+    """Rows of child-process figures, each with its ratio to ``ref`` (wall and CPU)."""
+    rows = []
+    for name, (wall, cpu) in medians.items():
+        others = (
+            {}
+            if name == ref
+            else {ref: wall / medians[ref][0], f"{ref} cpu": cpu / medians[ref][1]}
+        )
+        rows.append((f"{label} {name}", "seconds", wall, None, {"cpu s": cpu, **others}))
+    return rows
+
+
+PYVHDX_CLI = [sys.executable, "-m", "pyvhdx"]
+
+#: 2,000 one-byte writes, each into a new 1 MiB block (block i * 2 of the 4 GiB disk)
+SMALL_WRITES = 2000
+_WRITER = """
+import sys, pyvhdx
+with pyvhdx.open(sys.argv[1], "r+") as img:
+    for i in range({count}):
+        img.write_at(i * 2 << 20, b"x")
+"""
+
+
+def small_write_cases(workdir: Path) -> tuple[dict[str, list[str]], Callable[[], None]]:
+    """pyvhdx and qemu-io each write :data:`SMALL_WRITES` bytes into fresh copies."""
+    empty = workdir / "small-writes-empty.vhdx"
+    if not empty.exists():
+        qemu("create", "-f", "vhdx", "-o", "block_size=1M", str(empty), "4G")
+    ours, theirs = workdir / "small-writes-pyvhdx.vhdx", workdir / "small-writes-qemu.vhdx"
+
+    def setup() -> None:
+        shutil.copyfile(empty, ours)
+        shutil.copyfile(empty, theirs)
+        os.sync()
+
+    qemu_io = ["qemu-io", "-f", "vhdx", "-t", "writeback"]
+    for i in range(SMALL_WRITES):
+        qemu_io += ["-c", f"write {i * 2 << 20} 1"]
+    env_code = _WRITER.format(count=SMALL_WRITES)
+    cases = {
+        "pyvhdx": [sys.executable, "-c", env_code, str(ours)],
+        "qemu-io": [*qemu_io, str(theirs)],
+    }
+    return cases, setup
 
 
 def open_probe(reader: str, path: Path, runs: int) -> tuple[float, float]:
@@ -271,11 +471,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument(
         "--only",
-        choices=["reads", "open", "convert"],
+        choices=["reads", "api", "open", "convert", "cli", "writes"],
         action="append",
         help="run only these parts (repeatable; default: all)",
     )
+    ap.add_argument(
+        "--cpu", action="store_true", help="in-process reads timed as CPU time, not wall time"
+    )
     args = ap.parse_args(argv)
+    global CLOCK
+    if args.cpu:
+        CLOCK = time.process_time
     if shutil.which("qemu-img") is None:
         print("qemu-img is needed (apt-get install qemu-utils)", file=sys.stderr)
         return 2
@@ -306,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("raw file", f"seq {c // 1024} KiB GB/s", ref_seq[c], 1.0, {}))
     rows.append(("raw file", "random 4 KiB reads/s", ref_rand, 1.0, {}))
 
-    parts = set(args.only or ["reads", "open", "convert"])
+    parts = set(args.only or ["reads", "api", "open", "convert", "cli", "writes"])
     kinds = ("vhdx-dynamic", "vhdx-dynamic-1M", "vhdx-fixed", "vhd-dynamic", "vhd-fixed")
     for kind in kinds if "reads" in parts else ():
         figures: dict[str, dict[str, float]] = {}
@@ -337,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
                     if o != peer and f.get(metric)
                 }
                 rows.append((f"{kind} {peer}", metric, figs[metric], figs[metric] / ref, others))
+
+    for kind in ("vhdx-dynamic", "vhdx-dynamic-1M", "vhd-dynamic") if "api" in parts else ():
+        rows.extend(bytes_rows(images["raw"], images[kind], kind, size, offsets, runs))
 
     # the 2 GiB dynamic images beside the huge ones: open time must not grow with size
     opens = {"huge-vhdx": "huge-vhdx", "2GiB-vhdx": "vhdx-dynamic", "huge-vhd": "huge-vhd"}
@@ -401,6 +610,50 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         rows.append((f"convert {label} qemu-img", "seconds", t_qemu, None, {}))
+        if label.startswith("raw->"):  # command line against command line
+            out_fmt = ext
+            cli = {
+                "pyvhdx convert --no-sync": [
+                    *PYVHDX_CLI,
+                    "convert",
+                    "--no-sync",
+                    "--no-progress",
+                    "-O",
+                    out_fmt,
+                    str(src),
+                    str(dst),
+                ],
+                "qemu-img convert": [
+                    "qemu-img",
+                    "convert",
+                    "-f",
+                    "raw",
+                    *qemu_args,
+                    str(src),
+                    str(dst),
+                ],
+            }
+            medians = child_rounds(cli, conv_runs, quiet)
+            quiet()
+            rows.extend(child_rows(f"CLI {label}", medians, "qemu-img convert"))
+
+    if "cli" in parts:  # start-up: the whole command, interpreter included
+        small = workdir / "small.vhdx"
+        if not small.exists():
+            qemu("create", "-f", "vhdx", str(small), "64M")
+        cli = {
+            "pyvhdx --help": [*PYVHDX_CLI, "--help"],
+            "pyvhdx info": [*PYVHDX_CLI, "info", str(small)],
+            "qemu-img info": ["qemu-img", "info", str(small)],
+        }
+        rows.extend(child_rows("start-up", child_rounds(cli, max(5, runs)), "qemu-img info"))
+
+    if "writes" in parts:
+        cases, setup = small_write_cases(workdir)
+        medians = child_rounds(cases, conv_runs, setup)
+        rows.extend(child_rows(f"{SMALL_WRITES} small writes", medians, "qemu-io"))
+        for name in ("small-writes-pyvhdx.vhdx", "small-writes-qemu.vhdx"):
+            (workdir / name).unlink(missing_ok=True)
 
     print_table(results)
     if args.json:
@@ -419,7 +672,8 @@ def print_table(results: dict[str, Any]) -> None:
     for case, metric, value, vs_ref, others in results["rows"]:
         ref = f"{vs_ref:6.2f}" if vs_ref is not None else "      "
         extra = ", ".join(
-            f"x {k} {r:.2f}" if "RSS" not in k else f"{k} {r:.0f}" for k, r in others.items()
+            f"{k} {r:.0f}" if "RSS" in k else f"{k} {r:.3f}" if k == "cpu s" else f"x {k} {r:.2f}"
+            for k, r in others.items()
         )
         print(f"| {case:34} | {metric:22} | {value:10.3f} | {ref} | {extra} |")
 

@@ -92,6 +92,23 @@ def _zero_fill(mv: memoryview) -> None:
     np.frombuffer(mv, dtype=np.uint8)[:] = 0
 
 
+# Zero ``bytes`` objects of the lengths read_at returned last: bytes are immutable,
+# so one object serves every read of a zero range of that length (no allocation).
+_ZERO_BYTES: dict[int, bytes] = {}
+_ZERO_BYTES_MAX = 256 * 1024  # longer ones are made for each read
+_ZERO_BYTES_LENGTHS = 8  # lengths kept
+
+
+def _zero_bytes(n: int) -> bytes:
+    """``bytes(n)``, kept for the next read of that length if it is small."""
+    zeros = bytes(n)
+    if n <= _ZERO_BYTES_MAX:
+        if len(_ZERO_BYTES) >= _ZERO_BYTES_LENGTHS:
+            _ZERO_BYTES.clear()
+        _ZERO_BYTES[n] = zeros
+    return zeros
+
+
 def _zero_into(buffer: Any, n: int) -> int:
     """Zero the first ``n`` bytes of a ``bytearray`` or a writable byte ``memoryview``
     and return ``n``; 0 (nothing done) for any other memoryview."""
@@ -246,7 +263,8 @@ class DiskImage:
         ``preadv`` into a ``bytearray`` or ``memoryview``, or, for ``read_at``
         (its second argument an ``int``: the length), one ``os.pread`` whose
         ``bytes`` are returned as they are; ZERO/UNMAPPED blocks are a zero fill
-        or ``bytes(length)``. Everything else (short reads, unloaded table
+        or a zero ``bytes`` object kept for reads of that length
+        (:func:`_zero_bytes`). Everything else (short reads, unloaded table
         chunks, buffers ``preadv`` refuses, every error) goes to the general
         :meth:`DiskImage.readinto_at` or :meth:`DiskImage.read_at`, which read
         again from the start.
@@ -265,6 +283,7 @@ class DiskImage:
         preadv = os.preadv
         pread = os.pread
         zero_codes = (CODE_UNMAPPED, CODE_ZERO)
+        zero_bytes = _ZERO_BYTES.get
         live = True
         # The data block read last and its file offset, for runs of reads in one
         # block; only read-only images keep it (a writer or compact may move blocks).
@@ -306,7 +325,9 @@ class DiskImage:
                             hot_block, hot_pos = block, code
                         pos = code + (offset & mask)
                     elif code in zero_codes:
-                        zeros = bytes(n) if t is int else _zero_into(target, n)
+                        zeros = (
+                            (zero_bytes(n) or _zero_bytes(n)) if t is int else _zero_into(target, n)
+                        )
                         return zeros or general(offset, target)
             if pos < 0:
                 pass
