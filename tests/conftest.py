@@ -14,6 +14,7 @@ never copied into the repository; tests decompress them into a temporary directo
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import hashlib
 import io
@@ -469,29 +470,20 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            pytest.fail(f"azurite exited with {proc.returncode}: {out[-2000:]}")
+            raise RuntimeError(f"azurite exited with {proc.returncode}: {out[-2000:]}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
         except OSError:
             time.sleep(0.05)
-    pytest.fail(f"azurite did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+    raise RuntimeError(f"azurite did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
 
 
-@pytest.fixture(scope="session")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Azurite's blob service, started once a session on 127.0.0.1 (a free port, a
-    temporary folder, no telemetry), with a container ``images``: ``options`` are
-    the fsspec/adlfs storage options that reach it (a connection string),
-    ``service`` an ``azure.storage.blob.BlobServiceClient``."""
-    try:
-        import adlfs  # noqa: F401
-        from azure.storage.blob import BlobServiceClient
-    except ImportError:
-        require("adlfs and azure-storage-blob", "pip install 'pyvhdx[remote]'")
-    exe = find_azurite()
+@contextlib.contextmanager
+def azurite_server(exe: str, folder: Path) -> Iterator[str]:
+    """Azurite's blob service on 127.0.0.1 (a free port, ``folder`` for its data, no
+    telemetry) while the block runs; yields its connection string."""
     port = free_port()
-    folder = tmp_path_factory.mktemp("azurite")
     proc = subprocess.Popen(
         [
             exe,
@@ -503,13 +495,10 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     )
     try:
         _wait_for_port(port, proc, 60)
-        connection = (
+        yield (
             f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
             f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
         )
-        service = BlobServiceClient.from_connection_string(connection)
-        service.create_container("images")
-        yield {"options": {"connection_string": connection}, "service": service}
     finally:
         proc.terminate()
         try:
@@ -517,3 +506,49 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[dict[str, Any]]:
+    """Moto's S3 server on 127.0.0.1 while the block runs, with a bucket ``images``;
+    yields the fsspec storage options that reach it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        ).create_bucket(Bucket="images")
+        yield {
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+        }
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Azurite's blob service, started once a session (:func:`azurite_server`), with a
+    container ``images``: ``options`` are the fsspec/adlfs storage options that
+    reach it (a connection string), ``service`` an ``azure.storage.blob``
+    ``BlobServiceClient``."""
+    try:
+        import adlfs  # noqa: F401
+        from azure.storage.blob import BlobServiceClient
+    except ImportError:
+        require("adlfs and azure-storage-blob", "pip install 'pyvhdx[remote]'")
+    exe = find_azurite()
+    with azurite_server(exe, tmp_path_factory.mktemp("azurite")) as connection:
+        service = BlobServiceClient.from_connection_string(connection)
+        service.create_container("images")
+        yield {"options": {"connection_string": connection}, "service": service}

@@ -3,8 +3,9 @@
 
 :class:`RemoteFile` is the seekable binary file :func:`pyvhdx.open` reads: a read
 fetches the 1 MiB blocks it needs that are not cached yet, contiguous ones in one
-ranged request (so a large sequential read is one request per run), and keeps
-them in a bounded LRU cache, so metadata and BAT chunks are fetched once.
+ranged request (a sequential read takes a doubling window ahead with it, up to 32
+MiB), and keeps them in a bounded LRU cache, so metadata and BAT chunks are
+fetched once.
 Unallocated ranges are never read by pyvhdx, so they are never fetched.
 ``requests`` and ``bytes_fetched`` count what went over the wire.
 
@@ -45,7 +46,7 @@ __all__ = [
 BLOCK: Final = 1 << 20
 #: Bytes of fetched blocks kept by default (64 blocks of 1 MiB).
 DEFAULT_CACHE_BYTES: Final = 64 << 20
-_MAX_REQUEST: Final = 16 << 20  # one ranged request fetches at most this
+_MAX_REQUEST: Final = 32 << 20  # one ranged request fetches at most this
 _FIRST_WINDOW: Final = 4  # blocks a first read fetches: header area, log, metadata, BAT
 
 
@@ -139,7 +140,7 @@ class RemoteFile(io.RawIOBase):
     def _fetch(self, first: int, last: int) -> None:
         """Blocks ``first..last`` into the cache, missing runs one request each; a read
         that goes on from the last fetch takes a doubling window of blocks ahead with
-        it (a BAT read chunk by chunk, a sequential read), up to 16 MiB a request."""
+        it (a BAT read chunk by chunk, a sequential read), up to 32 MiB at once."""
         first = next((b for b in range(first, last + 1) if b not in self.cache), -1)
         if first < 0:
             return
@@ -165,6 +166,9 @@ class RemoteFile(io.RawIOBase):
             self._get(run)
 
     def _get(self, blocks: list[int]) -> None:
+        """Fetch the contiguous ``blocks`` in one ranged request. (Cut into 4 MiB
+        requests sent at once, a 32 MiB window read 0.3x to 0.4x as fast from moto
+        and Azurite as in one: benchmarks/remotebench.py.)"""
         start = blocks[0] * BLOCK
         stop = min(self.size, (blocks[-1] + 1) * BLOCK)
         data = _call(self.name, lambda: self.fs.cat_file(self.path, start=start, end=stop))

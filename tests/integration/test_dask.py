@@ -42,47 +42,63 @@ def client() -> Iterator[Any]:
         cluster.close()
 
 
-def _fleet(tmp_path: Path) -> list[Path]:
-    a, b = tmp_path / "a.vhdx", tmp_path / "b.vhd"
-    pyvhdx.create(a, 16 * MiB)
-    with pyvhdx.open(a, "r+") as img:
-        img.write_at(MiB, b"a" * 4096)
-    pyvhdx.create(b, 8 * MiB, disk_type="fixed")
-    child = tmp_path / "c.avhdx"
-    pyvhdx.create(child, parent=a)
+def _fleet(tmp_path: Path, count: int = 50) -> list[Path]:
+    """``count`` small images: VHDX and VHD, dynamic and fixed, each with its own
+    bytes, a differencing child among them, and one corrupt VHDX (both region
+    tables gone) in the middle."""
+    paths = []
+    for k in range(count - 2):
+        path = tmp_path / f"img{k:02}.{('vhdx', 'vhd')[k % 2]}"
+        pyvhdx.create(path, 2 * MiB, disk_type=("dynamic", "fixed")[k // 2 % 2])
+        with pyvhdx.open(path, "r+") as img:
+            img.write_at(k * 4096, bytes([k + 1]) * 4096)
+        paths.append(path)
+    child = tmp_path / "child.avhdx"
+    pyvhdx.create(child, parent=paths[0])
     with pyvhdx.open(child, "r+") as img:
-        img.write_at(2 * MiB, b"c" * 4096)
+        img.write_at(MiB, b"c" * 4096)
     broken = tmp_path / "broken.vhdx"
-    raw = bytearray(a.read_bytes())
-    raw[0x30000:0x40000] = b"\xff" * 0x10000  # both region tables gone
-    raw[0x40000:0x50000] = b"\xff" * 0x10000
+    raw = bytearray(paths[0].read_bytes())
+    raw[0x30000:0x50000] = b"\xff" * 0x20000  # both region tables
     broken.write_bytes(bytes(raw))
-    return [a, b, child, broken, tmp_path / "missing.vhdx"]
+    return [*paths[: count // 2], broken, *paths[count // 2 :], child]
 
 
 def test_scan_on_a_local_cluster(tmp_path: Path, client: Any) -> None:
-    from pyvhdx.dask import scan
+    """50 images hashed on a LocalCluster of 2 workers give the table a serial loop
+    gives; the corrupt one is one error row, and the job completes."""
+    from pyvhdx.dask import describe, scan
 
     paths = _fleet(tmp_path)
+    assert len(paths) == 50
     bag = scan(paths, algorithms=("sha256", "md5"))
-    rows = {Path(r["path"]).name: r for r in bag.compute()}  # on the cluster's workers
-    for name in ("a.vhdx", "b.vhd", "c.avhdx"):
+    rows = bag.compute()  # on the cluster's workers
+    assert set(client.run(lambda: 1)) and len(client.scheduler_info()["workers"]) == 2
+    assert rows == [describe(p, ("sha256", "md5")) for p in paths]  # the serial loop
+    errors = [r for r in rows if r["error"]]
+    assert [Path(r["path"]).name for r in errors] == ["broken.vhdx"]
+    assert errors[0]["sha256"] is None and errors[0]["virtual-size"] == 0
+    by_name = {Path(r["path"]).name: r for r in rows}
+    for name in ("img00.vhdx", "img03.vhd", "child.avhdx"):
         digests = hash_image(tmp_path / name, ("sha256", "md5"))
-        assert (rows[name]["sha256"], rows[name]["md5"]) == (digests["sha256"], digests["md5"])
-        assert rows[name]["error"] is None
-    assert rows["c.avhdx"]["disk-type"] == "differencing"
-    assert rows["broken.vhdx"]["error"] and rows["broken.vhdx"]["sha256"] is None
-    assert "FileNotFoundError" in rows["missing.vhdx"]["error"]
-    assert rows["missing.vhdx"]["virtual-size"] == 0
+        assert (by_name[name]["sha256"], by_name[name]["md5"]) == (
+            digests["sha256"],
+            digests["md5"],
+        )
+    assert by_name["child.avhdx"]["disk-type"] == "differencing"
+    assert len({r["sha256"] for r in rows}) == 50  # every image its own content
     frame = bag.to_dataframe().compute()
-    assert len(frame) == 5
+    assert len(frame) == 50
     assert {"path", "format", "virtual-size", "sha256", "md5", "problems", "error"} <= set(
         frame.columns
     )
+    missing = describe(tmp_path / "missing.vhdx")
+    assert "FileNotFoundError" in missing["error"] and missing["virtual-size"] == 0
 
 
 def test_cli_scan(tmp_path: Path) -> None:
-    paths = _fleet(tmp_path)[:3]
+    fleet = _fleet(tmp_path, 5)
+    paths = [*fleet[:2], fleet[-1]]  # not the corrupt one
     out = subprocess.run(
         [sys.executable, "-m", "pyvhdx", "scan", *map(str, paths), "--json", "--jobs", "2"],
         capture_output=True,

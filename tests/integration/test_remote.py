@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,48 +19,21 @@ from pyvhdx.check import check_image
 from pyvhdx.hashing import hash_image
 from pyvhdx.inspect import inspect_image
 from pyvhdx.remote import RemoteFile, open_remote
-from tests.conftest import require
+from tests.conftest import moto_server, require
 
 MiB = 1 << 20
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[dict[str, Any]]:
     """moto's S3 server on 127.0.0.1, a bucket, and the fsspec options to reach it."""
     try:
-        import s3fs  # noqa: F401
-        from moto.server import ThreadedMotoServer
+        import s3fs
+        from moto.server import ThreadedMotoServer  # noqa: F401
     except ImportError:
         require("moto[server] and s3fs", "the remote tests run against moto's S3 server")
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    options = {
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
-    }
-    import boto3
-    import s3fs as s3fs_mod
-
-    boto3.client(
-        "s3",
-        endpoint_url=f"http://127.0.0.1:{port}",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    ).create_bucket(Bucket="images")
-    fs = s3fs_mod.S3FileSystem(**options)
-    try:
-        yield {"fs": fs, "options": options}
-    finally:
-        server.stop()
+    with moto_server() as options:
+        yield {"fs": s3fs.S3FileSystem(**options), "options": options}
 
 
 def _digest(img: pyvhdx.DiskImage) -> str:
