@@ -1390,16 +1390,20 @@ def time_bound(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-def vm_size() -> int:
-    """This process's virtual memory size in bytes (Linux ``/proc``), else 0."""
+def _status_kib(key: str) -> int:
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(key):
+                    return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def vm_size() -> int:
+    """This process's virtual memory size in bytes (Linux ``/proc``), else 0."""
+    return _status_kib("VmSize:") * 1024
 
 
 @contextlib.contextmanager
@@ -1423,6 +1427,38 @@ def memory_bound(extra: int) -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+class PeakMeter:
+    """The resident memory one call adds at its peak (Linux: the ``VmHWM`` high-water
+    mark, reset before by writing 5 to ``/proc/self/clear_refs``).
+
+    Unlike ``RLIMIT_AS`` it counts what the call touched, not the address space it
+    reserved, and it measures the call alone however large the process has grown.
+    ``added`` is ``None`` where the mark cannot be reset.
+    """
+
+    def __init__(self) -> None:
+        self.added: int | None = None
+        self._base = 0
+
+    def __enter__(self) -> PeakMeter:
+        self._base = _status_kib("VmRSS:")
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            self._base = 0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._base:
+            self.added = max(0, _status_kib("VmHWM:") - self._base) * 1024
+
+
+def rss() -> int:
+    """This process's resident size in bytes (Linux ``/proc``), else 0."""
+    return _status_kib("VmRSS:") * 1024
 
 
 class _Run:

@@ -5,11 +5,16 @@ Builds the seed images of ``tests/fuzzlib.py`` (every format and type, chains,
 pending logs, qemu-img images when qemu-img is installed), then runs mutated
 copies of them through every operation (open, info, inspect, check, map, full
 and random reads, compare, convert) in worker processes, each with a time
-bound (SIGALRM in the worker, a kill from the parent as a backstop) and an
-address-space limit (``RLIMIT_AS``). Every input whose case lets a foreign
-exception escape, hangs, exhausts memory or kills its worker is saved under
+bound (SIGALRM in the worker, a kill from the parent as a backstop) and two
+memory bounds on the case alone, whatever the size of its process: the address
+space it may add (``--memory-mb``, ``RLIMIT_AS`` set anew before each case) and
+the memory it may touch at its peak (``--peak-mb``, the ``VmHWM`` high-water
+mark reset before each case). Every input whose case lets a foreign exception
+escape, hangs, exceeds a memory bound or kills its worker is saved under
 ``--out`` (the mutated file and the rest of its chain, gzipped, and
 ``case.json`` with the mutation and the traceback); ``--replay`` runs one again.
+In the atheris mode libFuzzer's own files (``crash-*``, ``timeout-*``) go to
+``--out`` as well.
 
 Usage::
 
@@ -52,15 +57,54 @@ if str(REPO) not in sys.path:  # tests/fuzzlib.py holds the harness (shared with
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS pool: less address space
 
 
-def _limit_memory(extra_mb: int) -> int:
-    """Cap the address space at the current size plus ``extra_mb`` MiB; return the cap."""
-    from tests.fuzzlib import vm_size
+def _bounded_case(ws: Any, mutation: dict[str, Any], rng_seed: int, opts: dict[str, Any]) -> Any:
+    """Run one case under its memory bounds; return its result (a dict).
 
-    if extra_mb <= 0:
-        return 0
-    cap = vm_size() + extra_mb * (1 << 20)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    return cap
+    Both bounds measure the case alone, whatever the size of the process running
+    it: ``memory_mb`` MiB of address space over the size the process has when the
+    case starts (``RLIMIT_AS``: a runaway allocation is a ``MemoryError``, recorded
+    as ``memory``), and ``peak_mb`` MiB of memory the case touches at its peak (the
+    high-water mark, reset before the case): an input that makes pyvhdx allocate
+    by an unchecked field is a finding even when the allocation succeeds. A cap
+    on the whole process instead (the old atheris mode) reports false
+    ``MemoryError``s as soon as the fuzzer itself grows.
+    """
+    from tests import fuzzlib
+
+    meter = fuzzlib.PeakMeter()
+    try:
+        with fuzzlib.memory_bound(opts["memory_mb"] << 20), meter:
+            result: dict[str, Any] = ws.run(
+                mutation,
+                rng_seed=rng_seed,
+                time_limit=opts["time_limit"],
+                convert=not opts["no_convert"],
+                write=opts["write"],
+            ).to_dict()
+    except MemoryError:
+        result = {"status": "memory", "outcomes": [], "seconds": 0.0, "escapes": [
+            {"op": "harness", "type": "MemoryError", "message": "", "where": "harness",
+             "traceback": traceback.format_exc()}]}  # fmt: skip
+    result["peak"] = meter.added
+    limit = opts["peak_mb"] << 20
+    if limit and meter.added is not None and meter.added > limit and result["status"] == "ok":
+        message = f"the case touched {meter.added >> 20} MiB (--peak-mb {opts['peak_mb']})"
+        result["status"] = "memory"
+        result["escapes"].append(
+            {"op": "peak-memory", "type": "PeakMemory", "message": message, "where": "case",
+             "traceback": ""})  # fmt: skip
+    return result
+
+
+def _rss_mb() -> int:
+    from tests.fuzzlib import rss
+
+    return rss() >> 20
+
+
+def _max_rss_mb(who: int = resource.RUSAGE_SELF) -> int:
+    """The peak resident size of this process (or of its ended children), MiB."""
+    return resource.getrusage(who).ru_maxrss >> 10
 
 
 # -- workers ----------------------------------------------------------------------------
@@ -81,25 +125,12 @@ def _worker(conn: Connection, seeds: Any, opts: dict[str, Any]) -> None:
                 branch=True, data_file=None, source=[str(REPO / "src" / "pyvhdx")]
             )
             cov.start()
-        _limit_memory(opts["memory_mb"])
         while True:
             msg = conn.recv()
             if msg is None:
                 break
             case_id, mutation, rng_seed = msg
-            try:
-                result = ws.run(
-                    mutation,
-                    rng_seed=rng_seed,
-                    time_limit=opts["time_limit"],
-                    convert=not opts["no_convert"],
-                    write=opts["write"],
-                ).to_dict()
-            except MemoryError:
-                result = {"status": "memory", "outcomes": [], "seconds": 0.0, "escapes": [
-                    {"op": "harness", "type": "MemoryError", "message": "", "where": "harness",
-                     "traceback": traceback.format_exc()}]}  # fmt: skip
-            conn.send((case_id, result))
+            conn.send((case_id, _bounded_case(ws, mutation, rng_seed, opts)))
         arcs: list[tuple[str, int, int]] = []
         if cov is not None:
             cov.stop()
@@ -146,6 +177,7 @@ class Stats:
         self.seconds = 0.0
         self.slowest = (0.0, -1)
         self.arcs: set[tuple[str, int, int]] = set()
+        self.peak = (0, -1)  # the most memory one case touched, and that case
 
     def add(self, case_id: int, mutation: dict[str, Any], result: dict[str, Any]) -> list[str]:
         """Count one result; return the signatures of its problems (new or not)."""
@@ -158,6 +190,8 @@ class Stats:
         self.seconds += result["seconds"]
         if result["seconds"] > self.slowest[0]:
             self.slowest = (result["seconds"], case_id)
+        if (result.get("peak") or 0) > self.peak[0]:
+            self.peak = (result["peak"], case_id)
         sigs = [escape_signature(e) for e in result["escapes"]]
         for s in sigs:
             self.signatures[s] += 1
@@ -171,6 +205,7 @@ class Stats:
             f"| memory {s['memory']} | worker crashes {s['crash']} "
             f"| distinct problems {len(self.signatures)} | distinct outcomes {len(self.outcomes)}"
             + (f" | arcs {len(self.arcs)}" if self.arcs else "")
+            + f" | case peak {self.peak[0] >> 20} MiB | rss {_rss_mb()} MiB (max {_max_rss_mb()})"
         )
 
 
@@ -237,6 +272,7 @@ def campaign(args: argparse.Namespace, seeds: Any) -> int:
         "no_convert": args.no_convert,
         "write": args.write,
         "scratch": scratch,
+        "peak_mb": args.peak_mb,
     }
 
     def terminate(signum: int, frame: Any) -> None:
@@ -345,6 +381,9 @@ def _summary(args: argparse.Namespace, stats: Stats, elapsed: float, out: Path) 
         f"memory blowups: {s['memory']}",
         f"worker crashes: {s['crash']}",
         f"distinct outcomes (operation, error type, structure, field): {len(stats.outcomes)}",
+        f"memory: at most {stats.peak[0] >> 20} MiB touched by one case (case {stats.peak[1]}); "
+        f"peak RSS {_max_rss_mb()} MiB (this process), "
+        f"{_max_rss_mb(resource.RUSAGE_CHILDREN)} MiB (the largest child: a worker, qemu-img)",
     ]
     if stats.arcs:
         lines.append(f"distinct branches (coverage arcs) in src/pyvhdx: {len(stats.arcs)}")
@@ -359,6 +398,9 @@ def _summary(args: argparse.Namespace, stats: Stats, elapsed: float, out: Path) 
         "status": dict(s),
         "distinct-outcomes": len(stats.outcomes),
         "distinct-arcs": len(stats.arcs) or None,
+        "case-peak-bytes": stats.peak[0],
+        "peak-rss-mb": _max_rss_mb(),
+        "workers-peak-rss-mb": _max_rss_mb(resource.RUSAGE_CHILDREN),
         "problems": dict(stats.signatures),
         "per-seed": dict(stats.per_seed),
         "command": " ".join(sys.argv),
@@ -406,8 +448,47 @@ def replay(args: argparse.Namespace) -> int:
     return 0 if result.status == "ok" else 1
 
 
+def _plug_compare_leak(atheris: Any) -> None:
+    """Keep atheris from leaking the result of every instrumented comparison.
+
+    atheris (3.0) replaces each comparison in instrumented code by a call to
+    ``atheris._trace_cmp``, which keeps a reference to a result that is not a
+    ``bool``: every ``a != b`` of numpy arrays in pyvhdx (compare, inspect, the
+    BAT code) leaked its result array, 1.4-2.5 MB a case (587 MB to 5.2 GB in
+    1.8k cases). libFuzzer can only use comparisons of ints, strings and bytes,
+    whose results are bools; the others are made here without the native hook.
+    The instrumented code looks the hook up on the module at each comparison;
+    ``atheris.Fuzz()`` binds it anew, so this is called again in the target (a
+    no-op once the wrapper is in place).
+    """
+    native = atheris._trace_cmp
+    if getattr(native, "pyvhdx_plugged", False):
+        return
+    import dis
+    import operator
+
+    from atheris import instrument_bytecode
+
+    shift = getattr(instrument_bytecode, "CMP_OP_SHIFT_AMOUNT", 0)
+    ops = {"<": operator.lt, "<=": operator.le, "==": operator.eq,
+           "!=": operator.ne, ">": operator.gt, ">=": operator.ge}  # fmt: skip
+    traced = (int, str, bytes)
+
+    def trace_cmp(left: Any, right: Any, opid: int, idx: int, left_is_const: bool) -> Any:
+        if type(left) in traced and type(right) in traced:
+            return native(left, right, opid, idx, left_is_const)
+        return ops[dis.cmp_op[opid >> shift]](left, right)
+
+    trace_cmp.pyvhdx_plugged = True  # type: ignore[attr-defined]
+    atheris._trace_cmp = trace_cmp
+
+
 def run_atheris(args: argparse.Namespace) -> int:
-    """Coverage-guided: atheris's bytes drive the mutation choices, in this process."""
+    """Coverage-guided: atheris's bytes drive the mutation choices, in this process.
+
+    libFuzzer's own files (``crash-*``, ``timeout-*``, ``slow-unit-*``) go to
+    ``--out`` too (``-artifact_prefix``); its corpus to ``--corpus`` if given.
+    """
     import atheris
 
     with atheris.instrument_imports(include=["pyvhdx"]):
@@ -423,11 +504,17 @@ def run_atheris(args: argparse.Namespace) -> int:
     from tests import fuzzlib
 
     seeds = _build(args)
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="pyvhdx-atheris-"))
     ws = fuzzlib.Workspace(root, seeds)
-    _limit_memory(args.memory_mb)
+    opts = {
+        "time_limit": args.time_limit,
+        "memory_mb": args.memory_mb,
+        "peak_mb": args.peak_mb,
+        "no_convert": args.no_convert,
+        "write": args.write,
+    }
     stats = Stats()
     seen: collections.Counter[str] = collections.Counter()
     t0 = time.monotonic()
@@ -441,10 +528,11 @@ def run_atheris(args: argparse.Namespace) -> int:
         os._exit(code)
 
     def one(data: bytes) -> None:
+        _plug_compare_leak(atheris)
         fdp = atheris.FuzzedDataProvider(data)
         mutation = fuzzlib.make_mutation(seeds, fuzzlib.FdpChooser(fdp))
         rng_seed = stats.cases
-        result = ws.run(mutation, rng_seed=rng_seed, time_limit=args.time_limit).to_dict()
+        result = _bounded_case(ws, mutation, rng_seed, opts)
         sigs = stats.add(stats.cases, mutation, result)
         if result["status"] != "ok":
             saved = _save(
@@ -463,11 +551,16 @@ def run_atheris(args: argparse.Namespace) -> int:
 
     libfuzzer = [
         sys.argv[0],
+        f"-artifact_prefix={out}{os.sep}",
         f"-timeout={int(args.time_limit * 3 + 10)}",  # a backstop: SIGALRM bounds each case
-        "-rss_limit_mb=0",  # RLIMIT_AS bounds memory (a MemoryError is recorded)
+        f"-report_slow_units={int(args.time_limit * 3 + 10)}",  # (a hang is a case result)
+        "-rss_limit_mb=0",  # each case's memory is bounded in _bounded_case
         "-max_len=2048",  # choices consume a few bytes each: a case needs ~50-500
         "-len_control=0",
     ]
+    if args.corpus:
+        Path(args.corpus).mkdir(parents=True, exist_ok=True)
+        libfuzzer.append(args.corpus)
     libfuzzer += args.libfuzzer or []
     atheris.Setup(libfuzzer, one)
     atheris.Fuzz()
@@ -502,7 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--time-limit", type=float, default=10.0, help="seconds per case")
     p.add_argument("--memory-mb", type=int, default=1024,
-                   help="address space a worker may add to its size (0: no limit)")  # fmt: skip
+                   help="address space a case may add to its process (0: no limit)")  # fmt: skip
+    p.add_argument("--peak-mb", type=int, default=512,
+                   help="memory a case may touch at its peak (0: no limit)")  # fmt: skip
     p.add_argument("--keep", type=int, default=5, help="inputs saved per distinct problem")
     p.add_argument("--progress", type=float, default=30.0, help="seconds between status lines")
     p.add_argument("--seeds-dir", help="build the seeds here (default: a temporary folder)")
@@ -518,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="count the branches of src/pyvhdx reached (slower)")  # fmt: skip
     p.add_argument("--atheris", action="store_true", help="coverage-guided mode with atheris")
     p.add_argument("--libfuzzer", action="append", help="extra libFuzzer flag (atheris mode)")
+    p.add_argument("--corpus", help="libFuzzer's corpus folder, kept between runs (atheris mode)")
     p.add_argument("--replay", help="run the case saved in this case.json again")
     args = p.parse_args(argv)
     if args.replay:
