@@ -7,7 +7,10 @@ counted by :class:`pyvhdx.remote.RemoteFile`.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -175,3 +178,37 @@ def test_remote_opens_read_only(s3: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(pyvhdx.InvalidArgumentError, match="read-only"):
         pyvhdx.open("s3://images/r.vhdx", "r+", storage_options=s3["options"])
     assert isinstance(open_remote("s3://images/r.vhdx", s3["options"]), RemoteFile)
+
+
+def test_cli_reads_and_writes_urls(
+    images: dict[str, tuple[Path, str]], s3: dict[str, Any], azurite: dict[str, Any], tmp_path: Path
+) -> None:
+    """``--storage-option KEY=VALUE`` (VALUE as JSON when it parses) reaches fsspec:
+    ``pyvhdx hash`` of a chain in S3, ``pyvhdx convert`` into an Azure page blob."""
+    digest = images["child.vhd"][1]
+    for name in ("base.vhd", "child.vhd"):
+        s3["fs"].put_file(str(images[name][0]), f"images/cli/{name}")
+    options = [
+        f"--storage-option={k}={json.dumps(v) if isinstance(v, dict) else v}"
+        for k, v in s3["options"].items()
+    ]
+    url = "s3://images/cli/child.vhd"
+    out = subprocess.run(
+        [sys.executable, "-m", "pyvhdx", "hash", url, "--json", *options],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout)["digests"]["sha256"] == digest
+    connection = azurite["options"]["connection_string"]
+    disk = tmp_path / "disk.vhdx"  # Azure takes 20 MiB at least
+    pyvhdx.create(disk, 20 * MiB)
+    command = [sys.executable, "-m", "pyvhdx", "convert", str(disk), "az://images/cli/disk.vhd"]
+    done = subprocess.run(
+        [*command, f"--storage-option=connection_string={connection}"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    blob = azurite["service"].get_blob_client("images", "cli/disk.vhd")
+    assert blob.get_blob_properties().size == 20 * MiB + 512
