@@ -3,7 +3,7 @@
 
 The blob is what Azure takes for a managed disk or an image: a fixed VHD whose
 virtual size is the source's rounded up to a whole MiB (20 MiB to 32 TiB), the
-data then the 512-byte footer (:func:`pyvhdx.create.azure_vhd_size`, SPEC-NOTES
+data then the 512-byte footer (``azure_vhd_size`` of the create module, SPEC-NOTES
 pitfall 19), as a page blob. Only the non-zero 512-byte sectors are uploaded (Put
 Page, at most 4 MiB a request, several in flight; zero gaps under 64 KiB inside a
 run go with it): a page blob reads as zeros where nothing was written, and Azure
