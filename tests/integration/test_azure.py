@@ -10,6 +10,7 @@ import hashlib
 import json
 import random
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,35 @@ def test_azure_refusals(tmp_path: Path, azurite: dict[str, Any]) -> None:
     src, _ = _source(tmp_path)
     with pytest.raises(RemoteError, match=r"az://nocontainer/x\.vhd"):
         pyvhdx.convert(src, "az://nocontainer/x.vhd", storage_options=azurite["options"])
+
+
+_KILLED = """
+import sys, time, pyvhdx
+def hold(n):
+    print("uploading", flush=True)
+    time.sleep(60)
+pyvhdx.convert(sys.argv[1], sys.argv[2], storage_options={"connection_string": sys.argv[3]},
+               progress=hold)
+"""
+
+
+def test_a_killed_upload_leaves_the_destination_absent(
+    tmp_path: Path, azurite: dict[str, Any]
+) -> None:
+    """SIGKILL midway: the pages went to the temporary blob, named as partial; no blob
+    is under the destination name."""
+    src, _ = _source(tmp_path)
+    connection = azurite["options"]["connection_string"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED, str(src), "az://images/killed/disk.vhd", connection],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "uploading\n"
+    finally:
+        proc.kill()
+        proc.wait()
+    container = azurite["service"].get_container_client("images")
+    names = [b.name for b in container.list_blobs(name_starts_with="killed/")]
+    assert len(names) == 1 and names[0].startswith("killed/disk.vhd.pyvhdx-partial-"), names
