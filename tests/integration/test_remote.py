@@ -7,6 +7,7 @@ counted by :class:`pyvhdx.remote.RemoteFile`.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import random
 import subprocess
@@ -119,6 +120,13 @@ def test_remote_hashes_equal_local(
     assert seen["format"] == "vhd" and seen["open"]["opens"], seen["open"]
     out = pyvhdx.convert(top, tmp_path / "flat.vhdx", storage_options=options).destination
     assert hash_image(out)["sha256"] == images["top.avhdx"][1]
+    if importlib.util.find_spec("dask") is not None:  # fleets of URLs (the fleet extra)
+        from pyvhdx.dask import scan
+
+        urls = [top, f"{store['url']}/set/child.vhd", f"{store['url']}/set/none.vhd"]
+        rows = scan(urls, storage_options=options).compute(scheduler="sync")
+        assert [r["sha256"] for r in rows[:2]] == [images["top.avhdx"][1], images["child.vhd"][1]]
+        assert "FileNotFoundError" in rows[2]["error"] and "set/none.vhd" in rows[2]["error"]
 
 
 def test_remote_parents_stay_in_the_childs_folder(tmp_path: Path, s3: dict[str, Any]) -> None:
