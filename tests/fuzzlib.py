@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -550,6 +551,17 @@ def catalogue(data: bytes, fmt: str) -> tuple[list[Field], list[Span]]:
 # --------------------------------------------------------------------------------
 
 
+def file_seed(name: str, paths: Sequence[Path], fmt: str, target: str | None = None) -> Seed:
+    """A seed of image files (one image, or a chain with its parents), each catalogued
+    by the format its suffix names; the target is the last file unless named."""
+    files = []
+    for path in paths:
+        data = path.read_bytes()
+        fields, spans = catalogue(data, {".vhd": "vhd", ".vhdx": "vhdx"}.get(path.suffix, "raw"))
+        files.append(SeedFile(path.name, data, fields, spans))
+    return Seed(name, fmt, files, target or paths[-1].name)
+
+
 def _pattern(n: int, salt: int) -> bytes:
     """``n`` bytes that differ per sector (so misplaced reads show)."""
     out = bytearray()
@@ -773,14 +785,7 @@ def build_seeds(
         return names is None or name in names
 
     def add(name: str, fmt: str, files: list[str], target: str | None = None) -> None:
-        d = directory / name
-        out = []
-        for f in files:
-            data = (d / f).read_bytes()
-            kind = {".vhd": "vhd", ".vhdx": "vhdx"}.get(Path(f).suffix, "raw")
-            fields, spans = catalogue(data, kind)
-            out.append(SeedFile(f, data, fields, spans))
-        seeds[name] = Seed(name, fmt, out, target or files[-1])
+        seeds[name] = file_seed(name, [directory / name / f for f in files], fmt, target)
 
     def fresh(name: str) -> Path:
         d = directory / name
@@ -1798,13 +1803,30 @@ class Workspace:
             write_seed(seed, root / seed.name / "case")
             write_seed(seed, root / seed.name / "pristine")
 
-    def run(self, mutation: dict[str, Any], *, rng_seed: int = 0, **kw: Any) -> CaseResult:
+    @contextlib.contextmanager
+    def case(self, mutation: dict[str, Any]) -> Iterator[tuple[Seed, Path]]:
+        """The seed and its ``case`` directory with the mutated file written in it;
+        the seed's files are put back after (and anything else there removed)."""
         seed = self.seeds[mutation["seed"]]
         case = self.root / seed.name / "case"
         sf = seed.file(mutation["file"])
-        path = case / sf.name
-        path.write_bytes(apply_mutation(sf.data, mutation))
+        (case / sf.name).write_bytes(apply_mutation(sf.data, mutation))
         try:
+            yield seed, case
+        finally:
+            keep = {f.name for f in seed.files}
+            for extra in case.iterdir():
+                if extra.name not in keep or not extra.is_file():
+                    if extra.is_dir():
+                        shutil.rmtree(extra, ignore_errors=True)
+                    else:
+                        extra.unlink()
+            for f in seed.files:
+                if f.name == sf.name or not (case / f.name).is_file():
+                    (case / f.name).write_bytes(f.data)
+
+    def run(self, mutation: dict[str, Any], *, rng_seed: int = 0, **kw: Any) -> CaseResult:
+        with self.case(mutation) as (seed, case):
             return run_case(
                 case,
                 seed,
@@ -1812,15 +1834,6 @@ class Workspace:
                 rng_seed=rng_seed,
                 **kw,
             )
-        finally:
-            path.write_bytes(sf.data)
-            keep = {f.name for f in seed.files}
-            for extra in case.iterdir():
-                if extra.name not in keep:
-                    if extra.is_dir():
-                        shutil.rmtree(extra, ignore_errors=True)
-                    else:
-                        extra.unlink()
 
 
 def field_ops(
@@ -1878,3 +1891,314 @@ def span_ops(sf: SeedFile, name: str, raw: bytes, *, fix: bool = True) -> list[d
     if fix and span.fix:
         ops.append({"op": "fix", "fixes": [list(span.fix)]})
     return ops
+
+
+# --------------------------------------------------------------------------------
+# the command line
+# --------------------------------------------------------------------------------
+
+#: The subcommands fuzzed through the command line: those that read their images
+#: (convert writes a new file only; compact runs with ``--dry-run``).
+CLI_READERS = (
+    "info",
+    "check",
+    "map",
+    "compare",
+    "inspect",
+    "hash",
+    "measure",
+    "diff",
+    "scan",
+    "convert",
+    "compact",
+)
+#: The subcommands that change an image or serve it: not fuzzed through the CLI.
+CLI_OTHERS = ("create", "merge", "resize", "set-parent", "set", "apply", "serve", "mount")
+#: Exit statuses a reading command may end with (ok, an image problem, a usage error).
+CLI_STATUSES = (0, 1, 2)
+_TRACEBACK = "Traceback (most recent call last)"
+
+
+@dataclasses.dataclass
+class CliResult:
+    """One command line run in-process; ``problems`` is empty when it behaved.
+
+    ``cause`` says where an escaped exception (or a printed traceback) was raised:
+    ``cli`` (``pyvhdx/cli/``), ``library`` (elsewhere in pyvhdx) or ``""``.
+    """
+
+    argv: list[str]
+    status: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    problems: list[str] = dataclasses.field(default_factory=list)
+    cause: str = ""
+    seconds: float = 0.0
+
+    def describe(self, base: Path | None = None) -> str:
+        argv = " ".join(self.argv)
+        if base is not None:
+            argv = argv.replace(str(base), "<dir>")
+        return f"pyvhdx {argv} -> {'; '.join(self.problems)}"
+
+
+def _capture() -> io.TextIOWrapper:
+    # a text stream over bytes, as a real stdout (``buffer``, ``reconfigure``)
+    return io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+
+
+def _captured(stream: io.TextIOWrapper) -> str:
+    buffer = cast(io.BytesIO, stream.buffer)
+    return buffer.getvalue().decode("utf-8", "backslashreplace")
+
+
+def _cause(where: str) -> str:
+    return "cli" if f"pyvhdx{os.sep}cli{os.sep}" in where else "library"
+
+
+def run_cli(argv: Sequence[str], *, time_limit: float = 10.0, memory: int = 1 << 30) -> CliResult:
+    """Run ``pyvhdx argv`` in this process (``pyvhdx.cli.main``) and judge it.
+
+    A problem is: an exception out of ``main`` (the real command would print a
+    traceback), a traceback on stderr, an exit status other than 0, 1 and 2, with
+    ``--json`` a stdout that is neither empty nor one JSON document, no answer in
+    ``time_limit`` seconds, or more than ``memory`` bytes of address space.
+    """
+    from pyvhdx.cli import main
+
+    result = CliResult(list(argv))
+    out, err = _capture(), _capture()
+    start = time.perf_counter()
+    try:
+        with (
+            memory_bound(memory),
+            time_bound(time_limit),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            result.status = main(list(argv))
+    except SystemExit as exc:
+        code = 0 if exc.code is None else exc.code
+        result.status = code if isinstance(code, int) else -1
+    except CaseTimeout:
+        result.problems.append(f"hang: no answer in {time_limit} s")
+    except Exception as exc:  # the point: the command line must not let one out
+        where = _where(exc.__traceback__)
+        result.problems.append(f"{type(exc).__name__} escaped: {str(exc)[:200]} ({where})")
+        result.cause = _cause(traceback.extract_tb(exc.__traceback__)[-1].filename)
+    result.seconds = time.perf_counter() - start
+    result.stdout, result.stderr = _captured(out), _captured(err)
+    if result.status is not None and result.status not in CLI_STATUSES:
+        result.problems.append(f"exit status {result.status}")
+    if _TRACEBACK in result.stderr:
+        files = [ln for ln in result.stderr.splitlines() if ln.strip().startswith('File "')]
+        last = result.stderr.strip().splitlines()[-1]
+        result.problems.append(f"traceback on stderr: {last[:200]}")
+        result.cause = result.cause or (_cause(files[-1]) if files else "")
+    if "--json" in argv and result.stdout.strip():
+        try:
+            json.loads(result.stdout)
+        except ValueError as exc:
+            result.problems.append(f"stdout is not JSON ({exc}): {result.stdout[:80]!r}")
+    return result
+
+
+def _virtual_size(target: Path) -> int:
+    """The largest virtual size the target opens with (0 if it opens with none)."""
+    import pyvhdx
+
+    size = 0
+    variants: list[dict[str, Any]] = [{}, {"salvage": True}]
+    for kw in variants:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with pyvhdx.open(target, allow_missing_parent=True, **kw) as img:
+                    size = max(size, img.virtual_size)
+        except Exception:  # the library campaign judges the library; here only the size
+            continue
+    return size
+
+
+_OPEN_OPTIONS = ("--strict", "--salvage", "--allow-missing-parent", "-U")
+
+
+@functools.cache
+def _cli_options(command: str) -> frozenset[str]:
+    """The option strings the subcommand accepts (the open options differ)."""
+    import argparse
+
+    from pyvhdx.cli import build_parser
+
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            sub = action.choices[command]
+            return frozenset(o for a in sub._actions for o in a.option_strings)
+    return frozenset()
+
+
+def cli_argv(
+    command: str,
+    c: Chooser,
+    seed: Seed,
+    case: Path,
+    pristine: Path,
+    size: int,
+    *,
+    trouble: bool = True,
+) -> list[str] | None:
+    """A command line of ``command`` on the case's target, or None where the command
+    would read more than the case bounds allow (``size``: the virtual size). With
+    ``trouble``, now and then a format is forced (``-f``), often the wrong one."""
+    target = str(case / seed.target)
+    other = str(pristine)
+    parent = str(case / seed.files[-2].name) if len(seed.files) > 1 else None
+    reads = size <= READ_LIMIT
+
+    accepted = _cli_options(command)
+
+    def opening(*, parent_option: bool = True) -> list[str]:
+        choices = [o for o in _OPEN_OPTIONS if o in accepted]
+        opts = [c.choice(choices)] if choices and c.chance(0.4) else []
+        if trouble and c.chance(0.1):
+            opts += ["-f", c.choice(("vhdx", "vhd", "raw", "vpc"))]
+        if parent and parent_option and c.chance(0.2):
+            opts += ["--parent", parent]
+        return opts
+
+    argv: list[str]
+    if command == "info":
+        argv = ["info", target, *opening()] + (["--backing-chain"] if c.chance(0.3) else [])
+    elif command == "check":
+        argv = ["check", target]
+        argv += ["-f", c.choice(("vhdx", "vhd"))] if trouble and c.chance(0.1) else []
+    elif command == "map":
+        argv = ["map", target, *opening()]
+        if c.chance(0.3):
+            argv += ["--offset", str(c.choice((0, 512, 4096, MiB + 512, 1 << 40)))]
+        if c.chance(0.3) or not reads:
+            argv += ["--length", c.choice(("1", "4K", "1M", "64M"))]
+    elif command in ("compare", "diff"):
+        if not reads:
+            return None
+        a, b = (other, target) if c.chance(0.6) else (target, other)
+        if command == "diff" and parent and c.chance(0.5):
+            a, b = parent, target  # NEW a child of BASE: the stored ranges
+        if command == "compare":
+            argv = ["compare", a, b, *opening(parent_option=False)]
+            argv += ["-s"] if c.chance(0.3) else []
+        else:
+            argv = ["diff", a, b] + ([c.choice(("--exact", "--compare"))] if c.chance(0.4) else [])
+    elif command == "inspect":
+        argv = ["inspect", target, *opening()] + (["--no-scan"] if c.chance(0.3) else [])
+    elif command == "hash":
+        if not reads:
+            return None
+        argv = ["hash", target, *opening(), "--no-progress"]
+        argv += ["-a", "md5"] if c.chance(0.3) else []
+    elif command == "measure":
+        argv = ["measure", target] + (
+            ["-O", c.choice(("vhdx", "vhd", "raw"))] if c.chance(0.5) else []
+        )
+    elif command == "scan":
+        if not reads:
+            return None
+        argv = ["scan", target, "--jobs", "1"] + (["-a", "md5"] if c.chance(0.3) else [])
+    elif command == "convert":
+        if size > CONVERT_LIMIT:
+            return None
+        fmt = c.choice(("vhdx", "vhd", "raw"))
+        dest = str(case / "out" / f"c.{fmt}")
+        argv = ["convert", target, dest, "-O", fmt, "--force", "--no-progress", *opening()]
+    elif command == "compact":
+        if not reads:
+            return None
+        argv = ["compact", target, "--dry-run", "--no-progress"]
+        argv += ["--mode", c.choice(("full", "quick", "zero"))] if c.chance(0.5) else []
+    else:
+        raise ValueError(f"not a reading command: {command}")
+    if c.chance(0.85):
+        argv.append("--json")
+    return argv
+
+
+def run_cli_case(
+    ws: Workspace,
+    mutation: dict[str, Any],
+    rng_seed: int,
+    *,
+    commands: Sequence[str] = CLI_READERS,
+    count: int = 4,
+    time_limit: float = 10.0,
+    trouble: bool = True,
+) -> list[CliResult]:
+    """Run ``count`` reading commands (chosen from ``commands``; with ``count`` 0
+    each of them once, in order) on a mutated image.
+
+    With ``trouble``, now and then the target is not there, is a folder, or its
+    parents are missing.
+    """
+    c = RandomChooser(random.Random(rng_seed))
+    with ws.case(mutation) as (seed, case):
+        pristine = ws.root / seed.name / "pristine" / seed.target
+        (case / "out").mkdir()
+        trouble_kind = c.randint(0, 99) if trouble else 100
+        if trouble_kind < 2:  # the target is missing
+            (case / seed.target).unlink()
+        elif trouble_kind < 4:  # the target is a folder
+            (case / seed.target).unlink()
+            (case / seed.target).mkdir()
+        elif trouble_kind < 7 and len(seed.files) > 1:  # the parents are missing
+            for f in seed.files[:-1]:
+                (case / f.name).unlink()
+        size = _virtual_size(case / seed.target)
+        results = []
+        for command in [c.choice(commands) for _ in range(count)] if count else commands:
+            argv = cli_argv(command, c, seed, case, pristine, size, trouble=trouble)
+            if argv is not None:
+                results.append(run_cli(argv, time_limit=time_limit))
+    return results
+
+
+#: The sample images of the repository, fuzzed through the command line.
+SAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "sample_images"
+#: The built seeds fuzzed through the command line in the test suite: small, one
+#: of each kind (logs, partial blocks, chains, across formats, VHD, raw).
+CLI_SEEDS = (
+    "vhdx-dynamic-4096",
+    "vhdx-log-crashed",
+    "vhdx-diff-partial-512",
+    "vhdx-chain3",
+    "mixed-vhdx-on-vhd",
+    "vhd-dynamic",
+    "vhd-diff",
+    "vhd-fixed",
+    "raw",
+)
+
+
+def sample_seeds() -> dict[str, Seed]:
+    """The images of ``sample_images/`` as seeds, named ``sample-<file name>``."""
+    seeds = {}
+    for path in sorted(SAMPLE_IMAGES.glob("*.vhd*")):
+        name = f"sample-{path.name}"
+        seeds[name] = file_seed(name, [path], path.suffix[1:])
+    return seeds
+
+
+def case_mutation(seeds: dict[str, Seed], master: int, case_id: int) -> tuple[dict[str, Any], int]:
+    """Case ``case_id`` of the campaign ``master``: its mutation and its own seed."""
+    rng = random.Random(f"{master}:{case_id}")
+    return make_mutation(seeds, RandomChooser(rng)), rng.randint(0, 1 << 30)
+
+
+def cli_problem_signature(r: CliResult) -> str:
+    """What makes two misbehaving runs the same bug: the command, the kinds of its
+    problems and, for an escaped exception, where it was raised."""
+    kinds = []
+    for p in r.problems:
+        kind = p.split(":")[0]
+        if " escaped" in kind and p.endswith(")"):
+            kind += " at " + p[p.rindex("(") + 1 : -1]
+        kinds.append(kind)
+    return f"{r.argv[0] if r.argv else '?'}: {'; '.join(kinds)}"

@@ -22,6 +22,7 @@ Usage::
     python tools/fuzz.py --minutes 30
     python tools/fuzz.py --atheris --cases 20000        # coverage-guided (atheris)
     python tools/fuzz.py --replay fuzz-crashes/escape/<sig>/case-123/case.json
+    python tools/fuzz.py --cli 2000                     # the command line (issue 19)
 
 The summary line gives the cases run, escapes, hangs, memory blowups, worker
 crashes, the distinct outcomes (operation, error type, structure and field:
@@ -38,7 +39,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import random
 import resource
 import shutil
 import signal
@@ -254,10 +254,9 @@ def _save(
 
 
 def _mutation_for(seeds: Any, master: int, case_id: int) -> tuple[dict[str, Any], int]:
-    from tests.fuzzlib import RandomChooser, make_mutation
+    from tests.fuzzlib import case_mutation
 
-    rng = random.Random(f"{master}:{case_id}")
-    return make_mutation(seeds, RandomChooser(rng)), rng.randint(0, 1 << 30)
+    return case_mutation(seeds, master, case_id)
 
 
 def campaign(args: argparse.Namespace, seeds: Any) -> int:
@@ -567,6 +566,87 @@ def run_atheris(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - Fuzz() does not return
 
 
+def _cli_seeds(args: argparse.Namespace, directory: Path) -> Any:
+    """The seeds of a ``--group`` (``sample`` and ``built`` are the test suite's)."""
+    from tests import fuzzlib
+
+    seeds = {} if args.group == "built" else fuzzlib.sample_seeds()
+    if args.group == "built":
+        seeds.update(fuzzlib.build_seeds(directory, qemu=False, names=fuzzlib.CLI_SEEDS))
+    elif args.group == "all":
+        seeds.update(fuzzlib.build_seeds(directory, qemu=not args.no_qemu, names=args.only))
+    return seeds
+
+
+def run_cli_campaign(args: argparse.Namespace) -> int:
+    """Mutated images through the reading commands of the command line, in-process.
+
+    Each case runs four commands (``fuzzlib.run_cli_case``); every misbehaving
+    run (an escaped exception, a traceback, an exit status other than 0, 1 and 2,
+    stdout that is not JSON with --json, a hang) is one line in ``--failures``
+    with the command that replays its case.
+    """
+    from tests import fuzzlib
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failures_path = Path(args.failures) if args.failures else out / "cli-failures.txt"
+    scratch = Path(tempfile.mkdtemp(prefix="pyvhdx-clifuzz-"))
+    t0 = time.monotonic()
+    deadline = t0 + args.minutes * 60 if args.minutes else None
+    runs, bad = 0, 0
+    statuses: collections.Counter[str] = collections.Counter()
+    signatures: collections.Counter[str] = collections.Counter()
+    case_id = args.start
+    try:
+        seeds = _cli_seeds(args, scratch / "seeds")
+        print(f"seeds: {', '.join(sorted(seeds))}", file=sys.stderr)
+        ws = fuzzlib.Workspace(scratch / "work", seeds)
+        last_report = t0
+        with failures_path.open("a") as log:
+            while (not args.cli or case_id < args.start + args.cli) and (
+                deadline is None or time.monotonic() < deadline
+            ):
+                mutation, rng_seed = fuzzlib.case_mutation(seeds, args.seed, case_id)
+                for r in fuzzlib.run_cli_case(ws, mutation, rng_seed, time_limit=args.time_limit):
+                    runs += 1
+                    statuses[f"{r.argv[0]} {r.status}"] += 1
+                    if not r.problems:
+                        continue
+                    bad += 1
+                    sig = fuzzlib.cli_problem_signature(r)
+                    signatures[sig] += 1
+                    line = (
+                        f"[{args.group} case {case_id}, seed image {mutation['seed']}, cause "
+                        f"{r.cause or '?'}] {r.describe(scratch)} | replay: python tools/fuzz.py "
+                        f"--cli 1 --group {args.group} --seed {args.seed} --start {case_id}"
+                    )
+                    log.write(line + "\n")
+                    log.flush()
+                    if signatures[sig] == 1 or args.cli == 1:
+                        print(line, file=sys.stderr, flush=True)
+                        if args.cli == 1:
+                            print(r.stderr, file=sys.stderr)
+                case_id += 1
+                now = time.monotonic()
+                if now - last_report >= args.progress:
+                    last_report = now
+                    print(f"cli cases {case_id - args.start} | runs {runs} | misbehaved {bad} "
+                          f"| distinct {len(signatures)}", file=sys.stderr, flush=True)  # fmt: skip
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    elapsed = time.monotonic() - t0
+    print(f"cli cases: {case_id - args.start} in {elapsed:.0f} s; command runs: {runs}; "
+          f"misbehaved: {bad} (listed in {failures_path})")  # fmt: skip
+    print(f"distinct problems: {len(signatures)}")
+    for sig, n in signatures.most_common():
+        print(f"  {n:6d}  {sig}")
+    print("exit statuses: " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())))
+    return 1 if bad else 0
+
+
 # -- main ---------------------------------------------------------------------------------
 
 
@@ -615,11 +695,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--libfuzzer", action="append", help="extra libFuzzer flag (atheris mode)")
     p.add_argument("--corpus", help="libFuzzer's corpus folder, kept between runs (atheris mode)")
     p.add_argument("--replay", help="run the case saved in this case.json again")
+    p.add_argument("--cli", type=int, metavar="N",
+                   help="fuzz the command line instead: N cases (0: until --minutes)")  # fmt: skip
+    p.add_argument("--group", choices=("all", "sample", "built"), default="all",
+                   help="--cli seeds: sample_images/, the suite's built seeds, or all")  # fmt: skip
+    p.add_argument("--failures", help="--cli: append the misbehaving runs to this file")
     args = p.parse_args(argv)
     if args.replay:
         return replay(args)
     if args.atheris:
         return run_atheris(args)
+    if args.cli is not None:
+        if not args.cli and not args.minutes:
+            args.cli = 1000
+        return run_cli_campaign(args)
     if not args.cases and not args.minutes:
         args.cases = 1000
     seeds = _build(args)
