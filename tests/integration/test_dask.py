@@ -79,7 +79,7 @@ def test_scan_on_a_local_cluster(tmp_path: Path, client: Any) -> None:
     assert [Path(r["path"]).name for r in errors] == ["broken.vhdx"]
     assert errors[0]["sha256"] is None and errors[0]["virtual-size"] == 0
     by_name = {Path(r["path"]).name: r for r in rows}
-    for name in ("img00.vhdx", "img03.vhd", "child.avhdx"):
+    for name in ("img03.vhd", "child.avhdx"):
         digests = hash_image(tmp_path / name, ("sha256", "md5"))
         assert (by_name[name]["sha256"], by_name[name]["md5"]) == (
             digests["sha256"],

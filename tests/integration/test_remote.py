@@ -155,19 +155,20 @@ def test_bytes_fetched_follow_the_allocation(tmp_path: Path, s3: dict[str, Any])
     """Hashing a half-allocated dynamic VHDX fetches its allocated blocks and metadata
     once (<= 1.05x), and a cold open of a 64 TiB image takes a handful of requests."""
     path = tmp_path / "half.vhdx"
-    pyvhdx.create(path, 256 * MiB, block_size=MiB)
+    pyvhdx.create(path, 128 * MiB, block_size=MiB)
     data = random.Random(1).randbytes(MiB)
     with pyvhdx.open(path, "r+") as img:
-        for block in range(0, 256, 2):
+        for block in range(0, 128, 2):
             img.write_at(block * MiB, data)
         allocated = sum(e.length for e in img.extents() if e.data)
+        local = _digest(img)
     s3["fs"].put_file(str(path), "images/half.vhdx")
     remote = open_remote("s3://images/half.vhdx", s3["options"])
     with pyvhdx.open(remote) as img:  # type: ignore[arg-type]
-        _digest(img)
+        assert _digest(img) == local
     metadata = 4 * MiB  # header area, log, metadata region, BAT region
     assert remote.bytes_fetched <= 1.05 * allocated + metadata, (remote.bytes_fetched, allocated)
-    assert remote.requests < 300
+    assert remote.requests <= 16, remote.requests  # the file's data is one run: read ahead
 
     big = tmp_path / "big.vhdx"
     pyvhdx.create(big, 64 << 40)
