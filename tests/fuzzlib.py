@@ -1377,22 +1377,27 @@ def escape_signature(e: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def time_bound(seconds: float) -> Iterator[None]:
-    """Raise :class:`CaseTimeout` in the main thread after ``seconds`` (0: no bound)."""
+def time_bound(seconds: float, *, cpu: bool = False) -> Iterator[None]:
+    """Raise :class:`CaseTimeout` in the main thread after ``seconds`` (0: no bound)
+    of wall time or, with ``cpu``, of this process's CPU time (a fuzzer at low
+    priority on a busy machine then sees no hang that is only its starvation)."""
     if not seconds:
         yield
         return
 
     def fire(signum: int, frame: Any) -> None:
-        raise CaseTimeout(f"time bound of {seconds} s exceeded")
+        raise CaseTimeout(f"time bound of {seconds} s {'CPU time ' if cpu else ''}exceeded")
 
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    timer, sig = (
+        (signal.ITIMER_PROF, signal.SIGPROF) if cpu else (signal.ITIMER_REAL, signal.SIGALRM)
+    )
+    old = signal.signal(sig, fire)
+    signal.setitimer(timer, seconds)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        signal.setitimer(timer, 0)
+        signal.signal(sig, old)
 
 
 def _status_kib(key: str) -> int:
@@ -1682,6 +1687,7 @@ def run_case(
     pristine: Path | None = None,
     rng_seed: int = 0,
     time_limit: float = 10.0,
+    cpu_time: bool = False,
     convert: bool = True,
     light: bool = False,
     write: bool = False,
@@ -1694,6 +1700,7 @@ def run_case(
         pristine: the unmutated target, with its chain beside it, to compare with.
         rng_seed: chooses the random reads.
         time_limit: seconds for the whole case (0: unbounded).
+        cpu_time: bound the CPU time of the case, not its wall time.
         convert: also convert the image (into ``directory / "out"``).
         light: skip the expensive variants (strict and salvage opens, stream reads).
         write: also open a copy ``r+``, write, and read the writes back; and
@@ -1711,7 +1718,7 @@ def run_case(
     start = time.perf_counter()
     opened: list[Any] = []
     try:
-        with time_bound(time_limit), warnings.catch_warnings():
+        with time_bound(time_limit, cpu=cpu_time), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # numpy scalar overflow is a wrong result, not a warning to ignore
             warnings.simplefilter("error", RuntimeWarning)

@@ -78,6 +78,7 @@ def _bounded_case(ws: Any, mutation: dict[str, Any], rng_seed: int, opts: dict[s
                 mutation,
                 rng_seed=rng_seed,
                 time_limit=opts["time_limit"],
+                cpu_time=opts.get("cpu_time", False),
                 convert=not opts["no_convert"],
                 write=opts["write"],
             ).to_dict()
@@ -272,6 +273,7 @@ def campaign(args: argparse.Namespace, seeds: Any) -> int:
         "write": args.write,
         "scratch": scratch,
         "peak_mb": args.peak_mb,
+        "cpu_time": args.cpu_time,
     }
 
     def terminate(signum: int, frame: Any) -> None:
@@ -283,7 +285,7 @@ def campaign(args: argparse.Namespace, seeds: Any) -> int:
     stats = Stats()
     seen: collections.Counter[str] = collections.Counter()
     deadline = time.monotonic() + args.minutes * 60 if args.minutes else None
-    hard_limit = args.time_limit * 3 + 10
+    hard_limit = args.time_limit * (20 if args.cpu_time else 3) + 10
     next_case = args.start
     last_case = args.start + args.cases if args.cases else None
     t0 = time.monotonic()
@@ -509,6 +511,7 @@ def run_atheris(args: argparse.Namespace) -> int:
     ws = fuzzlib.Workspace(root, seeds)
     opts = {
         "time_limit": args.time_limit,
+        "cpu_time": args.cpu_time,
         "memory_mb": args.memory_mb,
         "peak_mb": args.peak_mb,
         "no_convert": args.no_convert,
@@ -551,7 +554,8 @@ def run_atheris(args: argparse.Namespace) -> int:
     libfuzzer = [
         sys.argv[0],
         f"-artifact_prefix={out}{os.sep}",
-        f"-timeout={int(args.time_limit * 3 + 10)}",  # a backstop: SIGALRM bounds each case
+        # a backstop (a deadlock, with --cpu-time): the harness bounds each case
+        f"-timeout={int(args.time_limit * (20 if args.cpu_time else 3) + 10)}",
         f"-report_slow_units={int(args.time_limit * 3 + 10)}",  # (a hang is a case result)
         "-rss_limit_mb=0",  # each case's memory is bounded in _bounded_case
         "-max_len=2048",  # choices consume a few bytes each: a case needs ~50-500
@@ -674,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="fuzz-crashes", help="folder for problem inputs")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--time-limit", type=float, default=10.0, help="seconds per case")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="bound the CPU time of a case, not its wall time (a fuzzer at nice 19 "
+                        "on a busy machine)")  # fmt: skip
     p.add_argument("--memory-mb", type=int, default=1024,
                    help="address space a case may add to its process (0: no limit)")  # fmt: skip
     p.add_argument("--peak-mb", type=int, default=512,
