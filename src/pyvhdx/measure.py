@@ -19,6 +19,8 @@ from .constants import (
     VHD_FOOTER_SIZE,
     VHD_SECTOR_SIZE,
     VHDX_DEFAULT_BLOCK_SIZE,
+    VHDX_MAX_BLOCK_SIZE,
+    VHDX_MIN_BLOCK_SIZE,
     ImageFormat,
 )
 from .convert import data_ranges
@@ -43,6 +45,20 @@ class Measurement:
         return {"required": self.required, "fully-allocated": self.fully_allocated}
 
 
+def _block_size(block_size: int | None, default: int, low: int, high: int, what: str) -> int:
+    """The block size convert would use: the default (None or 0), or one it accepts
+    (a power of two from ``low`` to ``high``)."""
+    if not block_size:
+        return default
+    if not (low <= block_size <= high and block_size & (block_size - 1) == 0):
+        raise InvalidArgumentError(
+            f"{what} block size must be a power of two from {low} to {high} bytes, "
+            f"not {block_size}",
+            field="block size",
+        )
+    return block_size
+
+
 def _touched_blocks(src: str | os.PathLike[str], block_size: int) -> tuple[int, int]:
     """(virtual size, number of ``block_size`` blocks the source stores data in)."""
     touched: set[int] = set()
@@ -63,10 +79,10 @@ def measure_image(
     """Sizes of ``src`` converted to ``format`` (``"vhdx"``, ``"vhd"`` or ``"raw"``).
 
     Raises:
-        InvalidArgumentError: an unknown format.
+        InvalidArgumentError: an unknown format, or a block size convert refuses.
         PyvhdxError: the source is malformed.
     """
-    from .create import vhdx_layout
+    from .create import VHD_MAX_CREATE_BLOCK_SIZE, VHD_MIN_CREATE_BLOCK_SIZE, vhdx_layout
     from .vhd.layout import vhd_bat_bytes, vhd_bitmap_size
 
     fmt = ImageFormat(format)
@@ -74,7 +90,9 @@ def measure_image(
         size, _ = _touched_blocks(src, VHD_DEFAULT_BLOCK_SIZE)
         return Measurement(fmt, size, None, size, size)
     if fmt is ImageFormat.VHDX:
-        bs = block_size or VHDX_DEFAULT_BLOCK_SIZE
+        bs = _block_size(
+            block_size, VHDX_DEFAULT_BLOCK_SIZE, VHDX_MIN_BLOCK_SIZE, VHDX_MAX_BLOCK_SIZE, "VHDX"
+        )
         size, used = _touched_blocks(src, bs)
         size = -(-size // logical_sector_size) * logical_sector_size
         layout = vhdx_layout(size, bs, logical_sector_size)
@@ -83,7 +101,13 @@ def measure_image(
             fmt, size, bs, layout.data_offset + used * bs, layout.data_offset + count * bs
         )
     if fmt is ImageFormat.VHD:
-        bs = block_size or VHD_DEFAULT_BLOCK_SIZE
+        bs = _block_size(
+            block_size,
+            VHD_DEFAULT_BLOCK_SIZE,
+            VHD_MIN_CREATE_BLOCK_SIZE,
+            VHD_MAX_CREATE_BLOCK_SIZE,
+            "VHD",
+        )
         size, used = _touched_blocks(src, bs)
         size = -(-size // VHD_SECTOR_SIZE) * VHD_SECTOR_SIZE
         first = 3 * VHD_SECTOR_SIZE + vhd_bat_bytes(-(-size // bs))  # copy, header, BAT
