@@ -462,6 +462,9 @@ def versions() -> dict[str, str]:
     return out
 
 
+KINDS = ("vhdx-dynamic", "vhdx-dynamic-1M", "vhdx-fixed", "vhd-dynamic", "vhd-fixed")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size-gib", type=float, default=2.0)
@@ -477,6 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--cpu", action="store_true", help="in-process reads timed as CPU time, not wall time"
+    )
+    ap.add_argument(
+        "--kind",
+        action="append",
+        choices=KINDS,
+        help="images of the reads and api parts (repeatable; default: all)",
     )
     args = ap.parse_args(argv)
     global CLOCK
@@ -513,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(("raw file", "random 4 KiB reads/s", ref_rand, 1.0, {}))
 
     parts = set(args.only or ["reads", "api", "open", "convert", "cli", "writes"])
-    kinds = ("vhdx-dynamic", "vhdx-dynamic-1M", "vhdx-fixed", "vhd-dynamic", "vhd-fixed")
+    kinds = args.kind or KINDS
     for kind in kinds if "reads" in parts else ():
         figures: dict[str, dict[str, float]] = {}
         for peer, make in peers.items():
@@ -544,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 rows.append((f"{kind} {peer}", metric, figs[metric], figs[metric] / ref, others))
 
-    for kind in ("vhdx-dynamic", "vhdx-dynamic-1M", "vhd-dynamic") if "api" in parts else ():
+    api_kinds = [k for k in kinds if k in ("vhdx-dynamic", "vhdx-dynamic-1M", "vhd-dynamic")]
+    for kind in api_kinds if "api" in parts else ():
         rows.extend(bytes_rows(images["raw"], images[kind], kind, size, offsets, runs))
 
     # the 2 GiB dynamic images beside the huge ones: open time must not grow with size

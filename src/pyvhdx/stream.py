@@ -29,6 +29,7 @@ class DiskStream(io.RawIOBase):
     def __init__(self, image: DiskImage) -> None:
         super().__init__()
         self._image = image
+        self._read_at = image.read_at  # the image's fast path, looked up once
         self._pos = 0
 
     @property
@@ -56,7 +57,7 @@ class DiskStream(io.RawIOBase):
             return self.readall()
         if self.closed:
             raise ValueError("I/O operation on closed stream")
-        data = self._image.read_at(self._pos, size)
+        data = self._read_at(self._pos, size)
         self._pos += len(data)
         return data
 
