@@ -1959,8 +1959,12 @@ def _captured(stream: io.TextIOWrapper) -> str:
     return buffer.getvalue().decode("utf-8", "backslashreplace")
 
 
-def _cause(where: str) -> str:
-    return "cli" if f"pyvhdx{os.sep}cli{os.sep}" in where else "library"
+def _cause(files: Sequence[str]) -> str:
+    """``cli`` or ``library``: where the innermost frame inside pyvhdx is."""
+    inside = [f for f in files if f"{os.sep}pyvhdx{os.sep}" in f]
+    if not inside:
+        return ""
+    return "cli" if f"pyvhdx{os.sep}cli{os.sep}" in inside[-1] else "library"
 
 
 def run_cli(argv: Sequence[str], *, time_limit: float = 10.0, memory: int = 1 << 30) -> CliResult:
@@ -1992,7 +1996,7 @@ def run_cli(argv: Sequence[str], *, time_limit: float = 10.0, memory: int = 1 <<
     except Exception as exc:  # the point: the command line must not let one out
         where = _where(exc.__traceback__)
         result.problems.append(f"{type(exc).__name__} escaped: {str(exc)[:200]} ({where})")
-        result.cause = _cause(traceback.extract_tb(exc.__traceback__)[-1].filename)
+        result.cause = _cause([f.filename for f in traceback.extract_tb(exc.__traceback__)])
     result.seconds = time.perf_counter() - start
     result.stdout, result.stderr = _captured(out), _captured(err)
     if result.status is not None and result.status not in CLI_STATUSES:
@@ -2001,7 +2005,7 @@ def run_cli(argv: Sequence[str], *, time_limit: float = 10.0, memory: int = 1 <<
         files = [ln for ln in result.stderr.splitlines() if ln.strip().startswith('File "')]
         last = result.stderr.strip().splitlines()[-1]
         result.problems.append(f"traceback on stderr: {last[:200]}")
-        result.cause = result.cause or (_cause(files[-1]) if files else "")
+        result.cause = result.cause or _cause(files)
     if "--json" in argv and result.stdout.strip():
         try:
             json.loads(result.stdout)
@@ -2031,7 +2035,7 @@ _OPEN_OPTIONS = ("--strict", "--salvage", "--allow-missing-parent", "-U")
 
 
 @functools.cache
-def _cli_options(command: str) -> frozenset[str]:
+def cli_options(command: str) -> frozenset[str]:
     """The option strings the subcommand accepts (the open options differ)."""
     import argparse
 
@@ -2062,7 +2066,7 @@ def cli_argv(
     parent = str(case / seed.files[-2].name) if len(seed.files) > 1 else None
     reads = size <= READ_LIMIT
 
-    accepted = _cli_options(command)
+    accepted = cli_options(command)
 
     def opening(*, parent_option: bool = True) -> list[str]:
         choices = [o for o in _OPEN_OPTIONS if o in accepted]
@@ -2124,8 +2128,42 @@ def cli_argv(
         argv += ["--mode", c.choice(("full", "quick", "zero"))] if c.chance(0.5) else []
     else:
         raise ValueError(f"not a reading command: {command}")
+    hostile = sorted(o for o in CLI_HOSTILE_VALUES if o in accepted)
+    if trouble and hostile and c.chance(0.05):
+        option = c.choice(hostile)
+        argv += [option, c.choice(CLI_HOSTILE_VALUES[option])]
     if c.chance(0.85):
         argv.append("--json")
+    return argv
+
+
+#: Values no reading command should take, for the options that take one: each must
+#: end in a usage error or a pyvhdx error, never a traceback.
+CLI_HOSTILE_VALUES: dict[str, tuple[str, ...]] = {
+    "--offset": ("-1", "0x10", "1.5M", "abc", "1E", "99999999999T", "18446744073709551616"),
+    "--length": ("0", "-1", "1.5K", "1E"),
+    "-a": ("shake_128", "nosuch", "MD5", ""),
+    "--jobs": ("0", "-1", "x"),
+    "--block-size": ("0", "1", "3M", "1T", "1E", "-1M"),
+    "--logical-sector-size": ("0", "1", "4097", "1T"),
+    "--storage-option": ("x", "=1", "anon=", "a=b"),
+    "--parent": ("/nonexistent/parent.vhdx", ""),
+    "--mode": ("nosuch",),
+}
+
+
+def cli_plain_argv(command: str, image: Path, other: Path, out: Path) -> list[str]:
+    """The simplest command line of a reading command on ``image`` (``other``: a
+    second image for compare and diff; ``out``: a folder for convert's output)."""
+    argv = [command, str(image)]
+    if command in ("compare", "diff"):
+        argv.append(str(other))
+    elif command == "convert":
+        argv += [str(out / "c.vhdx"), "--force"]
+    elif command == "compact":
+        argv.append("--dry-run")
+    elif command == "scan":
+        argv += ["--jobs", "1"]
     return argv
 
 
