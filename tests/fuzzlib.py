@@ -1967,13 +1967,16 @@ def _cause(files: Sequence[str]) -> str:
     return "cli" if f"pyvhdx{os.sep}cli{os.sep}" in inside[-1] else "library"
 
 
-def run_cli(argv: Sequence[str], *, time_limit: float = 10.0, memory: int = 1 << 30) -> CliResult:
+def run_cli(
+    argv: Sequence[str], *, time_limit: float = 10.0, cpu_time: bool = False, memory: int = 1 << 30
+) -> CliResult:
     """Run ``pyvhdx argv`` in this process (``pyvhdx.cli.main``) and judge it.
 
     A problem is: an exception out of ``main`` (the real command would print a
     traceback), a traceback on stderr, an exit status other than 0, 1 and 2, with
     ``--json`` a stdout that is neither empty nor one JSON document, no answer in
-    ``time_limit`` seconds, or more than ``memory`` bytes of address space.
+    ``time_limit`` seconds (of CPU time with ``cpu_time``), or more than ``memory``
+    bytes of address space.
     """
     from pyvhdx.cli import main
 
@@ -1983,7 +1986,7 @@ def run_cli(argv: Sequence[str], *, time_limit: float = 10.0, memory: int = 1 <<
     try:
         with (
             memory_bound(memory),
-            time_bound(time_limit),
+            time_bound(time_limit, cpu=cpu_time),
             contextlib.redirect_stdout(out),
             contextlib.redirect_stderr(err),
         ):
@@ -2175,6 +2178,7 @@ def run_cli_case(
     commands: Sequence[str] = CLI_READERS,
     count: int = 4,
     time_limit: float = 10.0,
+    cpu_time: bool = False,
     trouble: bool = True,
 ) -> list[CliResult]:
     """Run ``count`` reading commands (chosen from ``commands``; with ``count`` 0
@@ -2201,7 +2205,7 @@ def run_cli_case(
         for command in [c.choice(commands) for _ in range(count)] if count else commands:
             argv = cli_argv(command, c, seed, case, pristine, size, trouble=trouble)
             if argv is not None:
-                results.append(run_cli(argv, time_limit=time_limit))
+                results.append(run_cli(argv, time_limit=time_limit, cpu_time=cpu_time))
     return results
 
 

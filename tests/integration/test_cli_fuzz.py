@@ -47,6 +47,8 @@ from tests.fuzzlib import (
 #: The campaign's master seed and the cases per group (the time budget: ~20 s).
 MASTER = 19
 CASES = {"sample": 16, "built": 24}
+#: Seconds one command may take (they take well under one; a busy CI machine is slow).
+TIME_LIMIT = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +91,9 @@ def test_unmutated_images_read(workspace: Workspace) -> None:
     names = [*_group(workspace, "sample"), "vhdx-chain3"]
     for i, name in enumerate(names):
         unchanged = {"seed": name, "file": workspace.seeds[name].target, "ops": []}
-        for r in run_cli_case(workspace, unchanged, i, count=0, trouble=False):
+        for r in run_cli_case(
+            workspace, unchanged, i, count=0, time_limit=TIME_LIMIT, trouble=False
+        ):
             bad = list(r.problems)
             if r.status not in (0, 1):
                 bad.append(f"exit status {r.status}: {r.stderr.strip()[-300:]}")
@@ -117,7 +121,7 @@ def test_hostile_option_values(workspace: Workspace) -> None:
                 continue
             for value in values:
                 argv = [*cli_plain_argv(command, image, other, out), option, value, "--json"]
-                r = run_cli(argv)
+                r = run_cli(argv, time_limit=TIME_LIMIT)
                 runs += 1
                 if r.problems:
                     failures.append(f"[cause {r.cause or '?'}] {r.describe(workspace.root)}")
@@ -135,7 +139,7 @@ def test_cli_on_mutated_images(workspace: Workspace, group: str) -> None:
     runs = 0
     for case_id in range(CASES[group]):
         mutation, rng_seed = case_mutation(seeds, MASTER, case_id)
-        for r in run_cli_case(workspace, mutation, rng_seed):
+        for r in run_cli_case(workspace, mutation, rng_seed, time_limit=TIME_LIMIT):
             runs += 1
             if r.problems:
                 replay = (
