@@ -8,27 +8,85 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import sys
+import types
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
-# Submodules named like public functions (create, convert, merge) are imported
-# before those functions are defined, so the functions, not the modules, are the
-# package's attributes (a later import of a cached submodule does not rebind
-# them). So no attribute path leads through them to a function of those modules:
-# texts name such a function as ``from pyvhdx.create import create_vhd`` does
-# (tests/unit/test_dotted_names.py checks every dotted name they mention).
-from . import convert as _convert_module
-from . import create as _create_module
 from . import errors
-from . import merge as _merge_module
 from ._version import __version__
 from .constants import DiskType, ImageFormat, RunKind
 from .errors import *  # noqa: F403  (the exceptions: errors.__all__)
 from .errors import InvalidArgumentError, UnsupportedFeatureError
-from .image import DiskImage, Extent, detect_format, open_image
-from .info import ImageInfo
 from .suffix import format_from_suffix
+
+if TYPE_CHECKING:
+    from .convert import convert_image as convert
+    from .image import DiskImage, Extent, detect_format
+    from .image import open_image as open
+    from .info import ImageInfo
+    from .merge import merge_image as merge
+
+# ``import pyvhdx`` loads no reader, writer or numpy: the names below are imported
+# when first used (a command line that only prints its help starts at once).
+_LAZY: Final = {
+    "DiskImage": ("image", "DiskImage"),
+    "Extent": ("image", "Extent"),
+    "detect_format": ("image", "detect_format"),
+    #: :func:`pyvhdx.open` is :func:`~pyvhdx.image.open_image` (documented there).
+    "open": ("image", "open_image"),
+    "ImageInfo": ("info", "ImageInfo"),
+    #: :func:`pyvhdx.convert` is ``convert_image`` of the convert module; the
+    #: destination format comes from ``format`` or the destination's extension
+    #: (``.vhdx``, ``.vhd``, else raw).
+    "convert": ("convert", "convert_image"),
+    #: :func:`pyvhdx.merge` is ``merge_image`` of the merge module: merge a
+    #: differencing disk into its parent (as Merge-VHD), or finish an interrupted
+    #: merge of it; its children beside it are re-parented.
+    "merge": ("merge", "merge_image"),
+}
+
+# Submodules named like public functions (create, convert, merge): the functions,
+# not the modules, are the package's attributes, even after the modules are
+# imported (the import system then sets the attribute to the module: _Package
+# refuses that). So no attribute path leads through them to a function of those
+# modules: texts name such a function as ``from pyvhdx.create import create_vhd``
+# does (tests/unit/test_dotted_names.py checks every dotted name they mention).
+_SHADOWED: Final = frozenset({"create", "convert", "merge"})
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return  # a submodule imported: the attribute stays the function
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def _module(name: str) -> types.ModuleType:
+    """The submodule ``pyvhdx.<name>`` (imported now if it is not yet)."""
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def __getattr__(name: str) -> Any:
+    """The lazy names of :data:`_LAZY`, and submodules by attribute (``pyvhdx.image``)."""
+    if name in _LAZY:
+        module, attribute = _LAZY[name]
+        value = getattr(_module(module), attribute)
+        globals()[name] = value
+        return value
+    if not name.startswith("_"):
+        try:
+            return _module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DiskImage",
@@ -45,10 +103,6 @@ __all__ = [
     "open",
 ]
 __all__ += errors.__all__
-
-
-#: :func:`pyvhdx.open` is :func:`~pyvhdx.image.open_image` (documented there).
-open = open_image
 
 
 def create(
@@ -92,9 +146,11 @@ def create(
         UnsupportedFeatureError: a format pyvhdx cannot create (raw).
         ParentError: ``parent``'s own chain does not open.
     """
+    from .create import azure_vhd_size, create_vhd, create_vhdx, size_argument
+
     # Sizes in bytes, or strings such as "64G" (see size_argument in pyvhdx.create).
     size, block_size, logical_sector_size, physical_sector_size = (
-        None if value is None else _create_module.size_argument(value, what)
+        None if value is None else size_argument(value, what)
         for value, what in (
             (size, "size"),
             (block_size, "block size"),
@@ -128,11 +184,11 @@ def create(
     if fmt is ImageFormat.VHD:
         if logical_sector_size != 512:
             raise InvalidArgumentError(f"VHD sectors are 512 bytes, not {logical_sector_size}")
-        _create_module.create_vhd(path, size, azure=azure, **options)
-        return _create_module.azure_vhd_size(size) if azure else size
+        create_vhd(path, size, azure=azure, **options)
+        return azure_vhd_size(size) if azure else size
     if azure:
         raise InvalidArgumentError("Azure-ready images are fixed VHDs (format 'vhd')")
-    _create_module.create_vhdx(
+    create_vhdx(
         path,
         size,
         logical_sector_size=logical_sector_size,
@@ -188,11 +244,9 @@ def _create_child(
                 f"a {fmt.value.upper()} child cannot have a {pfmt.value.upper()} parent "
                 "(VHDX children have VHDX parents, VHD children VHD parents)"
             )
-        make = (
-            _create_module.create_vhd_child
-            if fmt is ImageFormat.VHD
-            else _create_module.create_vhdx_child
-        )
+        from .create import create_vhd_child, create_vhdx_child
+
+        make = create_vhd_child if fmt is ImageFormat.VHD else create_vhdx_child
         make(path, pimg, block_size=block_size, overwrite=overwrite)
         return pimg.virtual_size
 
@@ -200,19 +254,9 @@ def _create_child(
 @contextlib.contextmanager
 def _open_parent_image(parent: str | os.PathLike[str] | DiskImage) -> Iterator[DiskImage]:
     """``parent`` as an open image (read-only, with its chain); closed after if opened here."""
-    if isinstance(parent, DiskImage):
+    image = _module("image")
+    if isinstance(parent, image.DiskImage):
         yield parent
         return
-    with open_image(parent) as img:
+    with image.open_image(parent) as img:
         yield img
-
-
-#: :func:`pyvhdx.convert` is ``convert_image`` of the convert module; the
-#: destination format comes from ``format`` or the destination's extension
-#: (``.vhdx``, ``.vhd``, else raw).
-convert = _convert_module.convert_image
-
-#: :func:`pyvhdx.merge` is ``merge_image`` of the merge module: merge a
-#: differencing disk into its parent (as Merge-VHD), or finish an interrupted
-#: merge of it; its children beside it are re-parented.
-merge = _merge_module.merge_image

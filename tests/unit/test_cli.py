@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 import pyvhdx
-from pyvhdx import cli
 from pyvhdx.cli import format_size, main, render_fields
 from pyvhdx.image import open_image
 from tests.conftest import (
@@ -267,7 +266,7 @@ def test_library_warning_is_one_line(
         warnings.warn("disk.vhd: footer checksum 0x1 does not match\n0x2", stacklevel=2)
         return open_image(*args, **kwargs)
 
-    monkeypatch.setattr(cli.common, "open_image", open_with_warning)
+    monkeypatch.setattr(pyvhdx.image, "open_image", open_with_warning)  # imported when used
     status, out, err = run(capsys, "info", raw_image)
     assert status == 0
     assert err == "pyvhdx: warning: disk.vhd: footer checksum 0x1 does not match 0x2\n"

@@ -13,11 +13,10 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..constants import DiskType, ImageFormat
 from ..errors import PyvhdxError
-from ..image import DiskImage
 from ..info import kebab_fields
 from ..suffix import format_from_suffix
 from .common import (
@@ -44,6 +43,9 @@ from .reports import (
     map_table,
     merge_rows,
 )
+
+if TYPE_CHECKING:  # the library is imported by the commands that use it, not for --help
+    from ..image import DiskImage
 
 # -- parsers: each option declared once, added by _subcommand ----------------------------
 

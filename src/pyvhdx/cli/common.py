@@ -10,13 +10,14 @@ import re
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .. import sizes
 from ..errors import InvalidArgumentError, PyvhdxError
-from ..image import DiskImage, open_image
-from ..newfile import destination_names
 from .render import printable
+
+if TYPE_CHECKING:
+    from ..image import DiskImage
 
 PROG = "pyvhdx"
 
@@ -60,6 +61,8 @@ def named(message: str, *paths: str, also: Sequence[str] = ()) -> str:
     ``also``), else prefixed ``path: `` (``a and b: `` for a failure of two files,
     when the library does not say which). A temporary file of pyvhdx's is named as
     the destination it is built for (:func:`pyvhdx.newfile.destination_names`)."""
+    from ..newfile import destination_names  # on failure only: start-up imports little
+
     message = destination_names(message)
     if any(_mentions(message, p) for p in (*paths, *also)):
         return message
@@ -114,6 +117,8 @@ def open_image_for(path: str, args: argparse.Namespace, **override: Any) -> Disk
     """Open an image read-only with the reading options (:func:`open_options`);
     failures become one line."""
     with naming(path):
+        from ..image import open_image  # when a command opens an image, not for --help
+
         return open_image(path, "r", **open_options(args, **override))
 
 
