@@ -14,15 +14,25 @@ escape, hangs, exceeds a memory bound or kills its worker is saved under
 ``--out`` (the mutated file and the rest of its chain, gzipped, and
 ``case.json`` with the mutation and the traceback); ``--replay`` runs one again.
 In the atheris mode libFuzzer's own files (``crash-*``, ``timeout-*``) go to
-``--out`` as well.
+``--out`` as well. ``--cpu-time`` bounds a case's CPU time instead of its wall
+time, for a campaign at ``nice -n 19`` on a busy machine.
+
+``--cli N`` fuzzes the command line instead (issue 19): mutated copies of
+``sample_images/`` and of the seeds through the reading commands, in this
+process, with hostile option values now and then (``fuzzlib.run_cli_case``);
+each misbehaving run (a traceback, an exit status other than 0, 1 and 2,
+stdout that is not JSON with ``--json``, a hang) is a line of ``--failures``
+with the command that replays it. ``--group sample`` or ``built`` take the
+seeds of ``tests/integration/test_cli_fuzz.py`` (its cases are ``--seed 19``).
 
 Usage::
 
     python tools/fuzz.py --cases 100000 --workers 2 --seed 1
     python tools/fuzz.py --minutes 30
-    python tools/fuzz.py --atheris --cases 20000        # coverage-guided (atheris)
+    nice -n 19 python tools/fuzz.py --atheris --minutes 30 --cpu-time \\
+        --corpus fuzz-crashes/atheris-corpus            # coverage-guided (atheris)
     python tools/fuzz.py --replay fuzz-crashes/escape/<sig>/case-123/case.json
-    python tools/fuzz.py --cli 2000                     # the command line (issue 19)
+    python tools/fuzz.py --cli 2000                     # the command line
 
 The summary line gives the cases run, escapes, hangs, memory blowups, worker
 crashes, the distinct outcomes (operation, error type, structure and field:
