@@ -305,6 +305,31 @@ def _copy_runs(new: DiskImage, runs: list[tuple[int, int]], write: Any) -> None:
             pos += k
 
 
+def _refuse_an_input(delta: str | os.PathLike[str], *inputs: str | os.PathLike[str]) -> None:
+    """Refuse ``delta`` when it is one of the inputs or of their ancestors: renaming
+    the finished delta over BASE, NEW or a parent of theirs would destroy the very
+    data it is made from (``diff BASE NEW -o BASE --force``).
+
+    Raises:
+        InvalidArgumentError: ``delta`` names (or is a link to) such a file.
+    """
+    target = os.path.realpath(delta)
+    for given in inputs:
+        with open_image(given, allow_missing_parent=True) as img:
+            member: DiskImage | None = img
+            while member is not None:
+                name = member.name
+                same = os.path.realpath(name) == target or (
+                    os.path.exists(delta) and os.path.exists(name) and os.path.samefile(name, delta)
+                )
+                if same:
+                    raise InvalidArgumentError(
+                        f"cannot write the delta to {delta}: it is {name}, "
+                        "an input of the diff or one of its parents; choose another name"
+                    )
+                member = member.parent
+
+
 def write_delta(
     base: str | os.PathLike[str],
     new: str | os.PathLike[str],
@@ -330,6 +355,7 @@ def write_delta(
             f"a delta is a child of BASE and has its size ({result.base_size} bytes); "
             f"NEW has {result.new_size}: resize BASE first"
         )
+    _refuse_an_input(delta, base, new)
     with open_image(base) as b:
         fmt = b.format
     make = create_vhdx_child if fmt is ImageFormat.VHDX else create_vhd_child
@@ -343,10 +369,16 @@ def write_delta(
 
 
 def write_raw_delta(
-    new: str | os.PathLike[str], delta: str | os.PathLike[str], result: DiffResult
+    new: str | os.PathLike[str],
+    delta: str | os.PathLike[str],
+    result: DiffResult,
+    *,
+    base: str | os.PathLike[str] | None = None,
 ) -> Path:
     """A sparse raw file of NEW's size with NEW's bytes over the changed runs (holes
-    elsewhere), and the runs beside it as ``DELTA.json``; returns the JSON's path."""
+    elsewhere), and the runs beside it as ``DELTA.json``; returns the JSON's path.
+    ``delta`` may be neither NEW nor ``base`` (when given), nor one of their parents."""
+    _refuse_an_input(delta, new, *([] if base is None else [base]))
     target = Path(delta)
     with open_image(new) as n, new_file(target, overwrite=True, size=result.new_size) as out:
         os.ftruncate(out.fd, result.new_size)

@@ -253,3 +253,31 @@ def test_killed_diff_leaves_no_partial_delta(tmp_path: Path, sig: signal.Signals
     assert r.returncode == 1, r.stderr  # 1: the disks differ; the delta is written
     assert compare_images(delta, new) is None
     assert not [p for p in tmp_path.iterdir() if "pyvhdx-tmp" in p.name]
+
+
+@pytest.mark.parametrize(
+    ("target", "extra"),
+    [("base", []), ("new", []), ("base", ["--raw-delta"]), ("new", ["--raw-delta"]), ("link", [])],
+)
+def test_delta_never_replaces_an_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str, extra: list[str]
+) -> None:
+    """``diff BASE NEW -o BASE --force`` replaced BASE with a delta whose parent was
+    itself: every input, a parent of one, and a link to one are refused, untouched."""
+    from pyvhdx.cli import main
+
+    base = _base(tmp_path, ".vhdx")
+    mid = tmp_path / "mid.vhdx"
+    shutil.copyfile(base, mid)
+    new = tmp_path / "new.vhdx"
+    pyvhdx.create(new, parent=mid)  # NEW's chain: new <- mid (BASE is a copy of mid)
+    with pyvhdx.open(new, "r+") as img:
+        img.write_at(3 * MiB, b"n" * 4096)
+    (tmp_path / "link.vhdx").symlink_to(mid)
+    out = {"base": base, "new": new, "link": tmp_path / "link.vhdx"}[target]
+    before = {p: p.read_bytes() for p in (base, mid, new)}
+    status = main(["diff", str(base), str(new), "-o", str(out), "--force", *extra])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "cannot write the delta" in err and err.count("\n") == 1
+    assert {p: p.read_bytes() for p in (base, mid, new)} == before

@@ -1025,7 +1025,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     )
     if args.output is not None:
         if args.raw_delta:
-            write_raw_delta(args.new, args.output, result)
+            write_raw_delta(args.new, args.output, result, base=args.base)
         else:
             write_delta(args.base, args.new, args.output, result, overwrite=args.overwrite)
     lines = [
