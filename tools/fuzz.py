@@ -44,11 +44,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import gzip
 import hashlib
+import importlib
 import json
 import multiprocessing as mp
 import os
+import pkgutil
 import resource
 import shutil
 import signal
@@ -504,14 +507,13 @@ def run_atheris(args: argparse.Namespace) -> int:
 
     with atheris.instrument_imports(include=["pyvhdx"]):
         import pyvhdx
-        import pyvhdx.check
-        import pyvhdx.compare
-        import pyvhdx.convert
-        import pyvhdx.hashing
-        import pyvhdx.inspect
-        import pyvhdx.log
-        import pyvhdx.vhd
-        import pyvhdx.vhdx  # noqa: F401
+
+        # every module now: pyvhdx imports most of them when first used, which
+        # would be outside this block (not instrumented, no coverage)
+        for module in pkgutil.walk_packages(pyvhdx.__path__, "pyvhdx."):
+            if not module.name.endswith("__main__"):
+                with contextlib.suppress(ImportError):  # an optional dependency missing
+                    importlib.import_module(module.name)
     from tests import fuzzlib
 
     seeds = _build(args)
