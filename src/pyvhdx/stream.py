@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgumentError
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
     from .image import DiskImage
 
 __all__ = ["DiskStream"]
+
+
+def _closed_read(offset: int, length: int) -> bytes:
+    raise ValueError("I/O operation on closed stream")
 
 
 class DiskStream(io.RawIOBase):
@@ -29,7 +34,8 @@ class DiskStream(io.RawIOBase):
     def __init__(self, image: DiskImage) -> None:
         super().__init__()
         self._image = image
-        self._read_at = image.read_at  # the image's fast path, looked up once
+        # the image's fast path, looked up once; close() replaces it by a refusal
+        self._read_at: Callable[[int, int], bytes] = image.read_at
         self._pos = 0
 
     @property
@@ -55,11 +61,13 @@ class DiskStream(io.RawIOBase):
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
             return self.readall()
-        if self.closed:
-            raise ValueError("I/O operation on closed stream")
-        data = self._read_at(self._pos, size)
+        data = self._read_at(self._pos, size)  # raises once the stream is closed
         self._pos += len(data)
         return data
+
+    def close(self) -> None:
+        self._read_at = _closed_read
+        super().close()
 
     def write(self, data: Any) -> int:
         if self.closed:

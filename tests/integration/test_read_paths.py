@@ -181,6 +181,11 @@ def test_bound_reader_fails_after_close(disks: tuple[bytes, dict[str, Path]], ki
     buf = bytearray(4096)
     assert read(0, buf) == 4096 and bytes(buf) == raw[:4096]
     assert read_bytes(0, 4096) == raw[:4096]
+    stream = img.stream()
+    assert stream.read(4096) == raw[:4096]
+    stream.close()
+    with pytest.raises(ValueError, match="closed"):
+        stream.read(4096)
     img.close()
     other = os.open(images[kind], os.O_RDONLY)  # likely reuses the closed descriptor number
     try:
