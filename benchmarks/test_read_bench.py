@@ -160,3 +160,21 @@ def test_random_pyvhdi(
         benchmark(_random_pyvhdi, f, random_offsets)
     finally:
         f.close()
+
+
+def _random_read_at(img: Any, offsets: list[int]) -> None:
+    read_at = img.read_at
+    for offset in offsets:
+        read_at(offset, RANDOM_READ_SIZE)
+
+
+@pytest.mark.benchmark(group="random-4KiB")
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_random_pyvhdx_read_at(
+    benchmark: Any, bench_images: BenchImages, random_offsets: list[int], fmt: str
+) -> None:
+    """The bytes API (``read_at``), like ``os.pread`` and pyvhdi in this group."""
+    expected = _raw_random_digest(bench_images, random_offsets)
+    with pyvhdx.open(bench_images.images[fmt]) as img:
+        assert _random_digest(img.read_at, random_offsets) == expected
+        benchmark(_random_read_at, img, random_offsets)
