@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from tests.fuzzlib import (
     CLI_OTHERS,
     CLI_READERS,
     CLI_SEEDS,
+    SAMPLE_IMAGES,
     Seed,
     Workspace,
     build_seeds,
@@ -104,14 +106,14 @@ def test_unmutated_images_read(workspace: Workspace) -> None:
     assert not failures, "\n".join(failures)
 
 
-def test_hostile_option_values(workspace: Workspace) -> None:
+def test_hostile_option_values(tmp_path: Path) -> None:
     """Each option of a reading command that takes a value, given values it must
     refuse (or take): a usage error or a pyvhdx error, never a traceback."""
-    seed = workspace.seeds["sample-dynamic.vhdx"]
-    image = workspace.root / seed.name / "case" / seed.target
-    other = workspace.root / seed.name / "pristine" / seed.target
-    out = workspace.root / "hostile-out"
-    out.mkdir(exist_ok=True)
+    other = SAMPLE_IMAGES / "dynamic.vhdx"
+    image = tmp_path / "dynamic.vhdx"
+    shutil.copyfile(other, image)
+    out = tmp_path / "out"
+    out.mkdir()
     failures = []
     runs = 0
     for command in CLI_READERS:
@@ -124,7 +126,7 @@ def test_hostile_option_values(workspace: Workspace) -> None:
                 r = run_cli(argv, time_limit=TIME_LIMIT)
                 runs += 1
                 if r.problems:
-                    failures.append(f"[cause {r.cause or '?'}] {r.describe(workspace.root)}")
+                    failures.append(f"[cause {r.cause or '?'}] {r.describe(tmp_path)}")
     assert runs >= 40
     _report(failures)
     assert not failures, f"{len(failures)} of {runs} command runs misbehaved:\n" + "\n".join(
@@ -158,12 +160,12 @@ def test_cli_on_mutated_images(workspace: Workspace, group: str) -> None:
     )
 
 
-def test_the_judge_sees_a_bad_run(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_judge_sees_a_bad_run(monkeypatch: pytest.MonkeyPatch) -> None:
     """A command that lets an exception out, prints half a JSON document or exits
     with another status is caught (the fuzz tests can fail)."""
     import pyvhdx.cli
 
-    image = str(Path(workspace.root) / "sample-dynamic.vhdx" / "case" / "dynamic.vhdx")
+    image = str(SAMPLE_IMAGES / "dynamic.vhdx")
     assert run_cli(["info", image, "--json"]).problems == []
 
     def broken(argv: list[str] | None = None) -> int:
