@@ -1,6 +1,6 @@
 """Read benchmarks: pyvhdx against a raw-file read of the same bytes (and pyvhdi).
 
-Run with ``python -m pytest -n0 benchmarks`` (see benchmarks/README.md). Each group has
+Run with ``python -m pytest benchmarks`` (see benchmarks/README.md). Each group has
 the raw-file reference, so the ratio pyvhdx/raw is read off the same table. Content
 is checked once per benchmark, outside the timed function.
 """

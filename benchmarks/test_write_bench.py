@@ -1,7 +1,7 @@
 """Write-side benchmarks: image creation time, and sequential write throughput
 against writing a raw file of the same size in the same run (issue 4).
 
-Run with ``python -m pytest -n0 benchmarks -k write`` (or ``-k create``).
+Run with ``python -m pytest benchmarks -k write`` (or ``-k create``).
 """
 
 from __future__ import annotations
