@@ -31,6 +31,7 @@ from .common import (
     open_image_for,
     open_options,
     parse_size,
+    positive_int,
     want_progress,
 )
 from .render import format_size, print_json, print_lines, printable, render_fields
@@ -1155,7 +1156,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
     options=[
         _arg("paths", metavar="PATH", nargs="+", help="images (files or URLs)"),
         _ALGORITHMS,
-        _arg("--jobs", type=int, default=None, help="images read at once (default: the CPUs)"),
+        _arg(
+            "--jobs",
+            type=positive_int,
+            default=None,
+            help="images read at once (default: the CPUs)",
+        ),
         _flag("--json", "print the rows as JSON"),
     ],
 )

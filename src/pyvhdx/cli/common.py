@@ -145,6 +145,21 @@ def command_files(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(str(f) for f in found if isinstance(f, str))
 
 
+def positive_int(text: str) -> int:
+    """A count of at least 1 from the command line (``--jobs``).
+
+    Raises:
+        argparse.ArgumentTypeError: not a whole number of at least 1 (a usage error).
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: a whole number of at least 1")
+    return value
+
+
 def report_error(exc: BaseException, debug: bool, files: tuple[str, ...] = ()) -> None:
     """One ``pyvhdx: error:`` line for ``exc`` naming its file (an OSError as ``file:
     strerror``; a library error that names none of ``files`` prefixed with them), or
