@@ -38,6 +38,7 @@ __all__ = [
     "image_path",
     "locator_parts",
     "merge_problems",
+    "parent_not_found",
 ]
 
 ParentOpener = Callable[["Path | BinaryIO", frozenset[Path]], "DiskImage"]
@@ -164,7 +165,8 @@ def attach_parent(
 
     Args:
         img: the open child.
-        file: what the child was opened from (its folder is where parents are looked up).
+        file: what the child was opened from (its folder is where parents are looked up);
+            a remote child's parent is :func:`pyvhdx.remote.attach_remote_parent`'s.
         explicit: a parent given by the caller: an open image (used as it is,
             not owned) or a path (the only candidate).
         opener: opens a candidate path, given the chain's paths so far.
@@ -177,12 +179,6 @@ def attach_parent(
         ParentError: the parent is missing, not the child's, or the chain loops
             or is deeper than :data:`MAX_CHAIN_DEPTH`.
     """
-    from . import remote
-
-    if isinstance(file, remote.RemoteFile):  # in object storage: its parent is looked up there
-        options = {"allow_missing": allow_missing, "verify": verify}
-        remote.attach_remote_parent(img, file, explicit, opener=opener, seen=seen, **options)
-        return
     here = image_path(file)
     seen = seen | {here}
     if len(seen) > MAX_CHAIN_DEPTH:
@@ -210,7 +206,7 @@ def attach_parent(
         if parent is not None:
             img.attach_parent(parent, owned=True)
             return
-    _parent_missing(img, tried, reasons, allow_missing)
+    parent_not_found(img, tried, reasons, allow_missing)
 
 
 class _Reasons(list[str]):
@@ -257,7 +253,7 @@ def _open_candidate(
     return parent
 
 
-def _parent_missing(img: DiskImage, tried: list[str], reasons: list[str], allow: bool) -> None:
+def parent_not_found(img: DiskImage, tried: list[str], reasons: list[str], allow: bool) -> None:
     """No candidate was the parent: a problem of ``img`` (``allow``), else ParentError.
 
     Both name the paths the image records (a parent moved to another folder is

@@ -850,7 +850,7 @@ def open_image(
             the path is not a regular file or block device (a FIFO, a directory),
             or ``"r+"`` with a file object open read-only.
     """
-    from .remote import is_url, open_remote
+    from .remote import RemoteFile, attach_remote_parent, is_url, open_remote
 
     mode = _check_mode(mode)
     file = _path_or_object(file)
@@ -872,16 +872,12 @@ def open_image(
         given: str | os.PathLike[str] | DiskImage | None,
         seen: frozenset[Path],
     ) -> DiskImage:
+        options = {"allow_missing": allow_missing_parent, "verify": verify_parent}
         try:
-            attach_parent(
-                child,
-                where,
-                given,
-                opener=opener,
-                allow_missing=allow_missing_parent,
-                verify=verify_parent,
-                seen=seen,
-            )
+            if isinstance(where, RemoteFile):  # its parent is looked up beside it, in its store
+                attach_remote_parent(child, where, given, opener=opener, seen=seen, **options)
+            else:
+                attach_parent(child, where, given, opener=opener, seen=seen, **options)
         except BaseException:
             child.close()
             raise

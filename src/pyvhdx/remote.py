@@ -11,8 +11,9 @@ Unallocated ranges are never read by pyvhdx, so they are never fetched.
 
 A differencing child's parent is looked up beside it, in the same bucket and
 folder, with the confinement rules of a local chain (:func:`attach_remote_parent`,
-which :func:`pyvhdx.chain.attach_parent` hands a remote child to): a relative
-locator that stays inside the child's folder, else the locator's base name there.
+which :func:`pyvhdx.open` calls for a remote child instead of
+:func:`pyvhdx.chain.attach_parent`): a relative locator that stays inside the
+child's folder, else the locator's base name there.
 An error of the storage service is a :class:`RemoteError` naming the URL.
 """
 
@@ -200,7 +201,7 @@ def attach_remote_parent(
     seen: frozenset[Path],
 ) -> None:
     """Find, open and attach the parent of ``img``, a differencing disk read from
-    ``child`` (see :func:`pyvhdx.chain.attach_parent`, which hands it over).
+    ``child`` (the remote counterpart of :func:`pyvhdx.chain.attach_parent`).
 
     The candidates are the objects beside the child that its locators name
     (:func:`pyvhdx.chain.locator_parts`: nothing outside the child's folder), or
@@ -208,13 +209,12 @@ def attach_remote_parent(
     merge journal is a local file, so none is looked for. The chain's URLs are
     kept in ``seen`` as ``Path(url)``, for the loop and depth checks.
     """
-    from .chain import MAX_CHAIN_DEPTH, _parent_missing, locator_parts
-    from .image import DiskImage
+    from .chain import MAX_CHAIN_DEPTH, locator_parts, parent_not_found
 
     seen = seen | {Path(child.name)}
     if len(seen) > MAX_CHAIN_DEPTH:
         raise ParentError(f"differencing chain deeper than {MAX_CHAIN_DEPTH} images")
-    if isinstance(explicit, DiskImage):
+    if explicit is not None and not isinstance(explicit, (str, os.PathLike)):  # an open image
         ok, why = img.handler.parent_identity_matches(explicit.handler)
         if verify and not ok:
             raise ParentError(f"the given parent is not this disk's parent: {why}")
@@ -252,7 +252,7 @@ def attach_remote_parent(
         if explicit is not None:
             raise ParentError(f"the given parent is not this disk's parent: {name}: {why}")
         reasons.append(f"{name}: identity mismatch ({why})")
-    _parent_missing(img, tried, reasons, allow_missing)
+    parent_not_found(img, tried, reasons, allow_missing)
 
 
 def open_remote(
