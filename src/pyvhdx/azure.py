@@ -34,11 +34,11 @@ from typing import Any, Final
 import numpy as np
 
 from .constants import DiskType, ImageFormat
-from .convert import CHUNK, ConvertResult, _read_ahead, _sector_sizes
 from .errors import InvalidArgumentError
 from .image import DiskImage, open_image
 from .progress import Progress, reporting
 from .remote import RemoteError, _call
+from .transfer import CHUNK, ConvertResult, destination_sector_sizes, read_ahead
 
 __all__ = ["MAX_PAGE_WRITE", "AzureResult", "convert_to_azure", "sector_runs"]
 
@@ -138,7 +138,7 @@ def convert_to_azure(
         return open_image(src, format=src_format, storage_options=options)
 
     with open_image(src, format=src_format, storage_options=options) as img:
-        _sector_sizes(img, ImageFormat.VHD, logical_sector_size, None)
+        destination_sector_sizes(img, ImageFormat.VHD, logical_sector_size, None)
         try:
             size = azure_vhd_size(img.virtual_size)
         except InvalidArgumentError as exc:
@@ -169,7 +169,7 @@ def _upload(
     pending: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
     written = requests = done = 0
     try:
-        for start, chunk, _ in _read_ahead(img, CHUNK, stats, opener):
+        for start, chunk, _ in read_ahead(img, CHUNK, stats, opener):
             for a, b in sector_runs(chunk):
                 for off in range(start + a, start + b, MAX_PAGE_WRITE):
                     data = _pages(img, chunk, start, off, min(start + b, off + MAX_PAGE_WRITE))

@@ -11,51 +11,27 @@ destination name. The one exception is raw output onto a block device (with
 Character devices, FIFOs, sockets and directories are refused. Memory stays
 bounded: two copy buffers per reader thread, and the allocation map is walked
 window by window. Reads run in worker threads, each on its own view of the
-source, while the calling thread scans for zeros and writes.
+source, while the calling thread scans for zeros and writes (:mod:`pyvhdx.transfer`).
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import os
-import queue
 import stat
-import threading
-import warnings
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .constants import DiskType, ImageFormat, RunKind
-from .errors import InvalidArgumentError, PyvhdxWarning
+from .constants import DiskType, ImageFormat
+from .errors import InvalidArgumentError
 from .image import DiskImage, open_image
 from .newfile import check_destination, new_file
 from .progress import Progress, ProgressCallback, reporting
 from .remote import is_url
-from .source import data_spans
 from .suffix import format_from_suffix
+from .transfer import CHUNK, ConvertResult, data_ranges, destination_sector_sizes, read_ahead
 
 __all__ = ["ConvertResult", "convert_image", "data_ranges"]
-
-CHUNK = 4 << 20  # copy buffer
-_READERS = max(1, min(4, os.cpu_count() or 1))  # reader threads in convert
-_BUFFERS = 2  # chunks in flight per reader thread
-ZERO_GRAIN = 64 << 10  # zero detection granularity: all-zero 64 KiB pieces are not written
-
-
-@dataclass(frozen=True)
-class ConvertResult:
-    """What :func:`convert_image` did."""
-
-    destination: Path
-    format: ImageFormat
-    disk_type: DiskType
-    virtual_size: int
-    bytes_read: int
-    bytes_written: int
-
 
 _DEVICE_HINT = "only raw output (-O raw, format='raw') can be written onto a device"
 
@@ -72,37 +48,6 @@ def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     if stat.S_ISBLK(sa.st_mode) and stat.S_ISBLK(sb.st_mode):
         return sa.st_rdev == sb.st_rdev
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
-
-
-def data_ranges(img: DiskImage) -> Iterator[tuple[int, int]]:
-    """``(start, length)`` of the virtual ranges that may hold non-zero bytes.
-
-    For VHD/VHDX the allocation map says (zero and unmapped runs are left out,
-    parent runs are kept). Holes of the image file read as zeros too, so where
-    the OS reports them (SEEK_DATA/SEEK_HOLE) they are left out: of a raw file,
-    and of the data runs of an image with no log replayed over its bytes. A
-    sparse image file (qemu-img leaves the unwritten parts of its blocks as
-    holes) is then read only where it stores something, as qemu-img does.
-    """
-    source = img.handler.source
-    fd = getattr(source, "fd", None)
-    if getattr(source, "overlay", None) is not None:
-        fd = None  # the overlay may put data over a hole
-    if img.format is ImageFormat.RAW:
-        size = img.virtual_size
-        if fd is None:
-            yield 0, size
-            return
-        for begin, end in data_spans(fd, 0, size):
-            yield begin, end - begin
-        return
-    for ext in img.extents():
-        if ext.kind is RunKind.DATA and fd is not None and ext.file_offset is not None:
-            shift = ext.start - ext.file_offset
-            for begin, end in data_spans(fd, ext.file_offset, ext.file_offset + ext.length):
-                yield begin + shift, end - begin
-        elif ext.kind in (RunKind.DATA, RunKind.PARENT):
-            yield ext.start, ext.length
 
 
 def convert_image(
@@ -193,7 +138,7 @@ def convert_image(
 
     with opener() as img:
         size = img.virtual_size
-        logical_sector_size, physical_sector_size = _sector_sizes(
+        logical_sector_size, physical_sector_size = destination_sector_sizes(
             img, fmt, logical_sector_size, physical_sector_size
         )
         # VHD and VHDX sizes are whole sectors: round up, the tail reads as zeros.
@@ -229,163 +174,6 @@ def convert_image(
     return ConvertResult(dst_path, fmt, disk_type, out_size, *counts)
 
 
-def _sector_sizes(
-    img: DiskImage, fmt: ImageFormat, logical: int | None, physical: int | None
-) -> tuple[int, int]:
-    """The destination's sector sizes: as given, else the source's (VHDX), else 512/4096."""
-    vhdx_source = img.format is ImageFormat.VHDX
-    if fmt is ImageFormat.VHD:
-        if logical not in (None, 512):
-            raise InvalidArgumentError(f"a VHD has 512-byte sectors, not {logical}")
-        if vhdx_source and img.logical_sector_size != 512:
-            warnings.warn(
-                f"{img.name} has {img.logical_sector_size}-byte logical sectors and a VHD "
-                "has 512-byte ones: a partition table or file system that counts "
-                f"{img.logical_sector_size}-byte sectors will not read right; keep VHDX",
-                PyvhdxWarning,
-                stacklevel=3,
-            )
-        return 512, 512
-    if logical is None:
-        logical = img.logical_sector_size if vhdx_source else 512
-    if physical is None:
-        physical = img.physical_sector_size if vhdx_source else 4096
-    return logical, physical
-
-
-def _chunks(img: DiskImage, step: int) -> Iterator[tuple[int, int]]:
-    """Data ranges cut at multiples of ``step`` (the destination block size)."""
-    for start, length in data_ranges(img):
-        pos, end = start, start + length
-        while pos < end:
-            stop = min(end, (pos // step + 1) * step)
-            yield pos, stop - pos
-            pos = stop
-
-
-_ZERO_GRAIN_BYTES = bytes(ZERO_GRAIN)
-
-
-def _nonzero_runs(buf: bytearray, n: int) -> list[tuple[int, int]]:
-    """``(begin, end)`` of the runs of ``buf[:n]`` holding non-zero bytes, in ZERO_GRAIN steps.
-
-    One ``memcmp`` per grain against a zero grain (``bytearray.startswith``): it
-    stops at the first non-zero byte, so a data grain costs almost nothing and
-    only the zero grains are scanned whole.
-    """
-    zeros = _ZERO_GRAIN_BYTES
-    runs: list[tuple[int, int]] = []
-    begin = -1
-    for pos in range(0, n, ZERO_GRAIN):
-        end = min(n, pos + ZERO_GRAIN)
-        zero = (
-            buf.startswith(zeros, pos, end)
-            if end - pos == ZERO_GRAIN
-            else buf.startswith(memoryview(zeros)[: end - pos], pos, end)
-        )
-        if zero:
-            if begin >= 0:
-                runs.append((begin, pos))
-                begin = -1
-        elif begin < 0:
-            begin = pos
-    if begin >= 0:
-        runs.append((begin, n))
-    return runs
-
-
-def _read_ahead(
-    img: DiskImage,
-    step: int,
-    stats: dict[str, int],
-    opener: Callable[[], DiskImage] | None = None,
-) -> Iterator[tuple[int, memoryview, bool]]:
-    """``(start, data, True)`` for every non-zero run of data, read by worker threads.
-
-    All-zero stretches (in ZERO_GRAIN steps) are left out: a new image and a
-    sparse raw file read as zeros there already.
-
-    ``img`` plans the chunks in the calling thread. The reads run in
-    ``_READERS`` worker threads, each on its own image from ``opener`` (opened
-    here, so no image is ever used by two threads), or in one worker on ``img``
-    when there is no opener. Positional reads, the zero scan and the writes all
-    release the GIL or are short, so reading ahead overlaps with the caller
-    writing, as qemu-img overlaps its I/O. At most ``_BUFFERS`` chunks per
-    worker are in flight; a chunk's buffer is reused once the caller asks for
-    the next one.
-    """
-    readers: list[DiskImage] = []
-    try:
-        if opener is not None:
-            with warnings.catch_warnings():  # the first open already warned
-                warnings.simplefilter("ignore", PyvhdxWarning)
-                for _ in range(_READERS):
-                    readers.append(opener())
-        yield from _pipeline(img, readers or [img], step, stats)
-    finally:
-        for other in readers:
-            other.close()
-
-
-_Task = tuple["concurrent.futures.Future[int]", int, int, bytearray]
-
-
-def _pipeline(
-    img: DiskImage, readers: list[DiskImage], step: int, stats: dict[str, int]
-) -> Iterator[tuple[int, memoryview, bool]]:
-    """The body of :func:`_read_ahead`: one thread per image in ``readers``."""
-    tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
-
-    def work(reader: DiskImage) -> None:
-        while (task := tasks.get()) is not None:
-            future, start, length, buf = task
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(reader.readinto_at(start, memoryview(buf)[:length]))
-            except BaseException as exc:  # raised in the consumer by future.result()
-                future.set_exception(exc)
-
-    threads = [
-        threading.Thread(target=work, args=(r,), name="pyvhdx-convert-reader", daemon=True)
-        for r in readers
-    ]
-    for t in threads:
-        t.start()
-    free = [bytearray(step) for _ in range(_BUFFERS * len(readers))]
-    pending: collections.deque[tuple[int, bytearray, concurrent.futures.Future[int]]]
-    pending = collections.deque()
-    plan = _chunks(img, step)
-    try:
-        while True:
-            while free:  # keep every buffer busy
-                nxt = next(plan, None)
-                if nxt is None:
-                    break
-                buf = free.pop()
-                future: concurrent.futures.Future[int] = concurrent.futures.Future()
-                tasks.put((future, nxt[0], nxt[1], buf))
-                pending.append((nxt[0], buf, future))
-            if not pending:
-                return
-            start, buf, future = pending.popleft()
-            n = future.result()
-            stats["read"] += n
-            mv = memoryview(buf)
-            # The zero scan runs here, not in the readers: the readers' preadv and
-            # this thread's scan and writes then share the cores about evenly.
-            for a, z in _nonzero_runs(buf, n):
-                yield start + a, mv[a:z], True
-            free.append(buf)
-    finally:
-        for _, _, future in pending:
-            future.cancel()
-        for _ in threads:
-            tasks.put(None)
-        for t in threads:
-            t.join()
-
-
 def _write_zeros(fd: int, start: int, end: int) -> int:
     """Write zeros over ``[start, end)`` of ``fd``; the count written."""
     zeros = bytes(min(CHUNK, max(0, end - start)))
@@ -411,7 +199,7 @@ def _to_raw(
     done = 0
     # Data goes in ascending order, extending the file; the skipped ranges
     # stay holes and the final truncate sets the length.
-    for start, chunk, _ in _read_ahead(img, CHUNK, stats, opener):
+    for start, chunk, _ in read_ahead(img, CHUNK, stats, opener):
         if dense:
             written += _write_zeros(fd, done, start)
         n = len(chunk)
@@ -469,8 +257,8 @@ def _to_image(
         handler.source.sync_writes = False  # one fsync at the end, if any
         step = min(CHUNK, out.block_size or CHUNK)
         # A new image reads as zeros (dynamic: unallocated; fixed: a sparse data
-        # area), so only the non-zero runs _read_ahead yields are written.
-        for start, chunk, _ in _read_ahead(img, step, stats, opener):
+        # area), so only the non-zero runs read_ahead yields are written.
+        for start, chunk, _ in read_ahead(img, step, stats, opener):
             out.write_at(start, chunk)
             written += len(chunk)
             update(start + len(chunk) - done)

@@ -23,9 +23,9 @@ from .constants import (
     VHDX_MIN_BLOCK_SIZE,
     ImageFormat,
 )
-from .convert import data_ranges
 from .errors import InvalidArgumentError
 from .image import open_image
+from .transfer import data_ranges
 
 __all__ = ["Measurement", "measure_image"]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyvhdx.convert import ZERO_GRAIN, _nonzero_runs
 from pyvhdx.source import data_spans as _file_data
+from pyvhdx.transfer import ZERO_GRAIN, nonzero_runs
 
 
 def _model(buf: bytes, n: int) -> list[tuple[int, int]]:
@@ -41,7 +41,7 @@ def test_nonzero_runs_match_model(n: int, extra: int, marks: list[tuple[int, int
     for pos, value in marks:
         if pos < len(buf):
             buf[pos] = value
-    runs = _nonzero_runs(buf, n)
+    runs = nonzero_runs(buf, n)
     assert runs == _model(bytes(buf), n)
     kept = bytearray(n)
     for a, z in runs:
