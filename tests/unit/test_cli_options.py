@@ -74,7 +74,7 @@ def truncated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
     return path, data[: 5 * MiB] + bytes(3 * MiB)
 
 
-@pytest.mark.parametrize("command", ["info", "map", "hash", "compare", "convert"])
+@pytest.mark.parametrize("command", ["info", "map", "hash", "compare", "convert", "inspect"])
 def test_truncated_image_says_salvage_and_salvage_reads_it(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, truncated: tuple[Path, bytes], command: str
 ) -> None:

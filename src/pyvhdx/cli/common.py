@@ -167,11 +167,11 @@ def report_error(exc: BaseException, debug: bool, files: tuple[str, ...] = ()) -
     if debug:
         traceback.print_exc()
     elif isinstance(exc, OSError) and exc.strerror:
-        error(cli_advice(os_error_text(exc, *files)))
+        error(os_error_text(exc, *files))
     elif isinstance(exc, PyvhdxError) and files:
-        error(cli_advice(named(str(exc), *files)))
+        error(named(str(exc), *files))
     else:
-        error(cli_advice(str(exc)))
+        error(str(exc))
 
 
 #: The library's advice (its keyword arguments) as the command line gives it.
@@ -201,8 +201,9 @@ def one_line(text: str) -> str:
 
 def error(message: str, kind: str = "error") -> None:
     """``pyvhdx: error: message`` on stderr: one line, control characters escaped (a
-    name from an image cannot drive the terminal)."""
-    text = printable(one_line(str(message)))
+    name from an image cannot drive the terminal), the library's advice as options
+    (:func:`cli_advice`: every command's errors and warnings, inspect's too)."""
+    text = printable(one_line(cli_advice(str(message))))
     with contextlib.suppress(OSError):
         print(f"{PROG}: {kind}: {text}", file=sys.stderr)
 
