@@ -29,6 +29,7 @@ Usage::
 
     python tools/fuzz.py --cases 100000 --workers 2 --seed 1
     python tools/fuzz.py --minutes 30
+    pip install -e '.[fuzz]'                             # atheris, for the next line
     nice -n 19 python tools/fuzz.py --atheris --minutes 30 --cpu-time \\
         --corpus fuzz-crashes/atheris-corpus            # coverage-guided (atheris)
     python tools/fuzz.py --replay fuzz-crashes/escape/<sig>/case-123/case.json
