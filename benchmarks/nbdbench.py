@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,25 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+from tests.conftest import free_port, wait_for_port
+
 MiB = 1 << 20
 GiB = 1 << 30
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def _convert(url: str, out: Path, clients: int) -> float:
@@ -77,7 +62,7 @@ def main() -> int:
                 for off in range(0, 32 * MiB, len(piece)):
                     piece[:8] = (block * 32 * MiB + off).to_bytes(8, "little")
                     img.write_at(block * 32 * MiB + off, piece)
-        p1, p2 = _free_port(), _free_port()
+        p1, p2 = free_port(), free_port()
         ours = subprocess.Popen(
             [sys.executable, "-m", "pyvhdx", "serve", str(image), "--port", str(p1)],
             stderr=subprocess.DEVNULL,
@@ -87,8 +72,8 @@ def main() -> int:
             stderr=subprocess.DEVNULL,
         )
         try:
-            _wait(p1)
-            _wait(p2)
+            wait_for_port(p1, ours, 30, "pyvhdx serve")
+            wait_for_port(p2, theirs, 30, "qemu-nbd")
             rows = []
             for name, port in (("pyvhdx serve", p1), ("qemu-nbd", p2)):
                 url = f"nbd://127.0.0.1:{port}"

@@ -37,7 +37,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import azurite_server, find_azurite, free_port
+from tests.conftest import azurite_server, find_azurite, free_port, wait_for_port
 
 import pyvhdx
 from pyvhdx.hashing import hash_image
@@ -68,7 +68,6 @@ def _stores(names: list[str], folder: Path) -> Iterator[dict[str, tuple[str, dic
 def _moto_process() -> Iterator[dict[str, Any]]:
     """Moto's S3 server in a process of its own (in this one, it would share the GIL
     with the client measured), with a bucket ``images``; yields the storage options."""
-    import socket
     import subprocess
     import sys
 
@@ -81,15 +80,7 @@ def _moto_process() -> Iterator[dict[str, Any]]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_for_port(port, server, 60, "moto")
         endpoint = f"http://127.0.0.1:{port}"
         options = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": endpoint}}
         s3fs.S3FileSystem(**options).mkdir("images")

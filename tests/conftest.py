@@ -462,7 +462,9 @@ def find_azurite() -> str:
     return path
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float, name: str) -> None:
+    """Return once something listens on 127.0.0.1:``port``; raise when ``proc`` (the
+    server ``name``, started to listen there) exits first or ``timeout`` seconds pass."""
     import socket
     import time
 
@@ -470,13 +472,13 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            raise RuntimeError(f"azurite exited with {proc.returncode}: {out[-2000:]}")
+            raise RuntimeError(f"{name} exited with {proc.returncode}: {out[-2000:]}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"azurite did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+    raise RuntimeError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
 
 
 @contextlib.contextmanager
@@ -494,7 +496,7 @@ def azurite_server(exe: str, folder: Path) -> Iterator[str]:
         stderr=subprocess.STDOUT,
     )
     try:
-        _wait_for_port(port, proc, 60)
+        wait_for_port(port, proc, 60, "azurite")
         yield (
             f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
             f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
