@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,3 +179,22 @@ def test_the_judge_sees_a_bad_run(monkeypatch: pytest.MonkeyPatch) -> None:
     assert any("not JSON" in p for p in r.problems)
     monkeypatch.setattr(pyvhdx.cli, "main", lambda argv=None: 3)
     assert run_cli(["info", image]).problems == ["exit status 3"]
+
+    def printed_traceback(argv: list[str] | None = None) -> int:
+        try:
+            raise KeyError("caught, then printed")
+        except KeyError:
+            traceback.print_exc()
+        return 1
+
+    monkeypatch.setattr(pyvhdx.cli, "main", printed_traceback)
+    problems = run_cli(["info", image]).problems
+    assert len(problems) == 1 and problems[0].startswith("traceback on stderr")
+
+    def half_json(argv: list[str] | None = None) -> int:
+        print('{"virtual_size": 1', flush=True)
+        return 0
+
+    monkeypatch.setattr(pyvhdx.cli, "main", half_json)
+    problems = run_cli(["info", image, "--json"]).problems
+    assert len(problems) == 1 and "not JSON" in problems[0]
