@@ -141,8 +141,9 @@ def _json_default(value: Any) -> Any:
         return bytes(value).hex()
     if isinstance(value, enum.Enum):
         return value.value
-    if _numpy_item(value) is not value:
-        return _numpy_item(value)
+    item = _numpy_item(value)
+    if item is not value:
+        return item
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=str)
     if isinstance(value, os.PathLike):
