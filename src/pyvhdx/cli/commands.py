@@ -737,11 +737,8 @@ def cmd_hash(args: argparse.Namespace) -> int:
     from ..hashing import DEFAULT_ALGORITHMS, hash_image
 
     algorithms = args.algorithms or list(DEFAULT_ALGORITHMS)
-    with open_image_for(args.image, args) as img:
-        try:
-            digests = hash_image(img, algorithms, progress=want_progress(args.progress))
-        except PyvhdxError as exc:
-            raise CommandError(f"{args.image}: {exc}") from exc
+    with open_image_for(args.image, args) as img, naming(args.image):
+        digests = hash_image(img, algorithms, progress=want_progress(args.progress))
         size = img.virtual_size
     # Untagged lines (as sha256sum prints them) cannot say which digest is which:
     # with several algorithms the tagged form (sha256sum --tag) is used.
