@@ -33,17 +33,23 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_CHAIN_DEPTH",
     "ParentOpener",
+    "Place",
     "attach_parent",
     "candidate_paths",
     "image_path",
+    "local_place",
     "locator_parts",
     "merge_problems",
-    "parent_not_found",
 ]
 
 ParentOpener = Callable[["Path | BinaryIO", frozenset[Path]], "DiskImage"]
 """Opens a candidate parent (a path, or a remote object beside a remote child; the
 chain's paths so far) with its own chain."""
+
+Place = tuple[str, Callable[[], "Path | BinaryIO"]]
+"""A candidate parent: its name (in ``tried`` and messages) and what gives the opener
+its path or file object (whose resolved path, :func:`image_path`, is its key in the
+chain's loop check), or raises FileNotFoundError if there is none."""
 
 MAX_CHAIN_DEPTH = 64  # deeper chains are refused (Hyper-V's own limit is far lower)
 
@@ -125,11 +131,12 @@ def image_path(file: str | os.PathLike[str] | BinaryIO) -> Path:
 class _Verifier:
     """Decides whether an open image is the child's parent (identity or merge record)."""
 
-    def __init__(self, child: DiskImage, here: Path, verify: bool) -> None:
+    def __init__(self, child: DiskImage, here: Path, verify: bool, *, journal: bool) -> None:
         self.handler = child.handler
         self.here = here
         self.verify = verify
-        self.record = read_record(here)  # an interrupted merge of this disk into its parent
+        # an interrupted merge of this disk into its parent (a local disk's journal)
+        self.record = read_record(here) if journal else None
 
     def mismatch(self, parent: DiskImage, where: str) -> str | None:
         """Why ``parent`` is not the child's parent, or None when it is."""
@@ -160,20 +167,23 @@ def attach_parent(
     allow_missing: bool = False,
     verify: bool = True,
     seen: frozenset[Path] = frozenset(),
+    places: list[Place] | None = None,
 ) -> None:
     """Find, open and verify the parent of the differencing disk ``img``; attach it.
 
     Args:
         img: the open child.
-        file: what the child was opened from (its folder is where parents are looked up);
-            a remote child's parent is :func:`pyvhdx.remote.attach_remote_parent`'s.
+        file: what the child was opened from (its folder is where parents are looked up).
         explicit: a parent given by the caller: an open image (used as it is,
             not owned) or a path (the only candidate).
-        opener: opens a candidate path, given the chain's paths so far.
+        opener: opens a candidate, given the chain's paths so far.
         allow_missing: a missing parent is a problem of ``img`` (its data reads
             as zeros), not an error.
         verify: check the parent's identity against the child's linkage.
         seen: the paths of the chain's children so far (loop and depth checks).
+        places: the candidates, in order, instead of the paths on disk beside
+            ``file`` (or ``explicit``); no merge journal is read then (a remote
+            child: :func:`pyvhdx.remote.attach_remote_parent`).
 
     Raises:
         ParentError: the parent is missing, not the child's, or the chain loops
@@ -185,7 +195,7 @@ def attach_parent(
         raise ParentError(
             f"differencing chain deeper than {MAX_CHAIN_DEPTH} images", tried=[str(here)]
         )
-    verifier = _Verifier(img, here, verify)
+    verifier = _Verifier(img, here, verify, journal=places is None)
     if explicit is not None and not isinstance(explicit, (str, os.PathLike)):
         bad = verifier.mismatch(explicit, explicit.name)
         if bad:
@@ -194,19 +204,32 @@ def attach_parent(
             )
         img.attach_parent(explicit, owned=False)
         return
-    if explicit is not None:
-        candidates = [Path(explicit)]
-    else:
-        candidates = candidate_paths(here.parent, img.handler.parent_locations())
+    if places is None:
+        if explicit is not None:
+            paths = [Path(explicit)]
+        else:
+            paths = candidate_paths(here.parent, img.handler.parent_locations())
+        places = [local_place(path) for path in paths]
     tried: list[str] = []
     reasons = _Reasons(given=explicit is not None)
-    for path in candidates:
-        tried.append(str(path))
-        parent = _open_candidate(path, seen, opener, verifier, reasons, tried)
+    for place in places:
+        tried.append(place[0])
+        parent = _open_candidate(place, seen, opener, verifier, reasons, tried)
         if parent is not None:
             img.attach_parent(parent, owned=True)
             return
-    parent_not_found(img, tried, reasons, allow_missing)
+    _parent_missing(img, tried, reasons, allow_missing)
+
+
+def local_place(path: Path) -> Place:
+    """The candidate file ``path`` (a directory, a FIFO... is not found)."""
+
+    def where() -> Path:
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        return path
+
+    return str(path), where
 
 
 class _Reasons(list[str]):
@@ -219,31 +242,31 @@ class _Reasons(list[str]):
 
 
 def _open_candidate(
-    path: Path,
+    place: Place,
     seen: frozenset[Path],
     opener: ParentOpener,
     verifier: _Verifier,
     reasons: _Reasons,
     tried: list[str],
 ) -> DiskImage | None:
-    """The image at ``path`` if it is the parent; else None, with the reason appended."""
+    """The image at ``place`` if it is the parent; else None, with the reason appended."""
+    name, where = place
     try:
-        found = path.is_file()
+        target = where()
+    except FileNotFoundError:
+        reasons.append(f"{name}: not found")
+        return None
     except OSError as exc:  # a name the file system refuses (too long, no access)
-        reasons.append(f"{path}: {exc.strerror or exc}")
+        reasons.append(f"{name}: {exc.strerror or exc}")
         return None
-    if not found:
-        reasons.append(f"{path}: not found")
-        return None
-    resolved = path.resolve()
-    if resolved in seen:
-        raise ParentError(f"differencing chain loops back to {resolved}", tried=tried)
+    if image_path(target) in seen:
+        raise ParentError(f"differencing chain loops back to {name}", tried=tried)
     try:
-        parent = opener(path, seen)
+        parent = opener(target, seen)
     except OSError as exc:  # there but unreadable: a parent that cannot be used
-        reasons.append(f"{path}: cannot be read ({exc.strerror or exc})")
+        reasons.append(f"{name}: cannot be read ({exc.strerror or exc})")
         return None
-    bad = verifier.mismatch(parent, str(path))
+    bad = verifier.mismatch(parent, name)
     if bad:
         parent.close()
         if reasons.given:
@@ -253,7 +276,7 @@ def _open_candidate(
     return parent
 
 
-def parent_not_found(img: DiskImage, tried: list[str], reasons: list[str], allow: bool) -> None:
+def _parent_missing(img: DiskImage, tried: list[str], reasons: list[str], allow: bool) -> None:
     """No candidate was the parent: a problem of ``img`` (``allow``), else ParentError.
 
     Both name the paths the image records (a parent moved to another folder is

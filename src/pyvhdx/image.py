@@ -872,7 +872,7 @@ def open_image(
         given: str | os.PathLike[str] | DiskImage | None,
         seen: frozenset[Path],
     ) -> DiskImage:
-        options = {"allow_missing": allow_missing_parent, "verify": verify_parent}
+        options: dict[str, Any] = {"allow_missing": allow_missing_parent, "verify": verify_parent}
         try:
             if isinstance(where, RemoteFile):  # its parent is looked up beside it, in its store
                 attach_remote_parent(child, where, given, opener=opener, seen=seen, **options)

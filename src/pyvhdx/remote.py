@@ -30,9 +30,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 
-from .errors import InvalidArgumentError, ParentError, PyvhdxError
+from .errors import InvalidArgumentError, PyvhdxError
 
 if TYPE_CHECKING:
+    from .chain import ParentOpener, Place
     from .image import DiskImage
 
 __all__ = [
@@ -195,64 +196,49 @@ def attach_remote_parent(
     child: RemoteFile,
     explicit: str | os.PathLike[str] | DiskImage | None,
     *,
-    opener: Callable[[Path | BinaryIO, frozenset[Path]], DiskImage],
+    opener: ParentOpener,
     allow_missing: bool,
     verify: bool,
     seen: frozenset[Path],
 ) -> None:
     """Find, open and attach the parent of ``img``, a differencing disk read from
-    ``child`` (the remote counterpart of :func:`pyvhdx.chain.attach_parent`).
+    ``child``: :func:`pyvhdx.chain.attach_parent`, with remote candidates.
 
     The candidates are the objects beside the child that its locators name
     (:func:`pyvhdx.chain.locator_parts`: nothing outside the child's folder), or
     ``explicit``: an open image, a URL in the child's store, or a local path. A
-    merge journal is a local file, so none is looked for. The chain's URLs are
-    kept in ``seen`` as ``Path(url)``, for the loop and depth checks.
+    merge journal is a local file, so none is looked for.
     """
-    from .chain import MAX_CHAIN_DEPTH, locator_parts, parent_not_found
+    from .chain import attach_parent, local_place, locator_parts
 
-    seen = seen | {Path(child.name)}
-    if len(seen) > MAX_CHAIN_DEPTH:
-        raise ParentError(f"differencing chain deeper than {MAX_CHAIN_DEPTH} images")
-    if explicit is not None and not isinstance(explicit, (str, os.PathLike)):  # an open image
-        ok, why = img.handler.parent_identity_matches(explicit.handler)
-        if verify and not ok:
-            raise ParentError(f"the given parent is not this disk's parent: {why}")
-        img.attach_parent(explicit, owned=False)
-        return
-    places: dict[str, Callable[[], Path | RemoteFile]] = {}
-    if explicit is not None:
-        given = os.fspath(explicit)
-        if is_url(given):
-            path = child.fs._strip_protocol(given)
-            places[given] = lambda: RemoteFile(child.fs, path, url=given)
-        else:
-            places[given] = lambda: Path(given)
-    else:
+    def beside(parts: tuple[str, ...]) -> BinaryIO:
+        return cast(BinaryIO, child.sibling(parts))
+
+    def given(url: str) -> BinaryIO:
+        return cast(BinaryIO, RemoteFile(child.fs, child.fs._strip_protocol(url), url=url))
+
+    places: list[Place] = []
+    if isinstance(explicit, (str, os.PathLike)):
+        name = os.fspath(explicit)
+        places.append(
+            (name, functools.partial(given, name)) if is_url(name) else local_place(Path(name))
+        )
+    elif explicit is None:
         folder = posixpath.dirname(child.name)
-        for parts in locator_parts(img.handler.parent_locations()):
-            places.setdefault(
-                posixpath.join(folder, *parts), functools.partial(child.sibling, parts)
-            )
-    reasons: list[str] = []
-    tried = list(places)
-    for name, place in places.items():
-        if Path(name) in seen:
-            raise ParentError(f"differencing chain loops back to {name}", tried=tried)
-        try:
-            parent = opener(cast(BinaryIO, place()), seen)
-        except FileNotFoundError:
-            reasons.append(f"{name}: not found")
-            continue
-        ok, why = img.handler.parent_identity_matches(parent.handler)
-        if ok or not verify:
-            img.attach_parent(parent, owned=True)
-            return
-        parent.close()
-        if explicit is not None:
-            raise ParentError(f"the given parent is not this disk's parent: {name}: {why}")
-        reasons.append(f"{name}: identity mismatch ({why})")
-    parent_not_found(img, tried, reasons, allow_missing)
+        found = {
+            posixpath.join(folder, *p): p for p in locator_parts(img.handler.parent_locations())
+        }
+        places = [(name, functools.partial(beside, parts)) for name, parts in found.items()]
+    attach_parent(
+        img,
+        cast(BinaryIO, child),
+        explicit,
+        opener=opener,
+        allow_missing=allow_missing,
+        verify=verify,
+        seen=seen,
+        places=places,
+    )
 
 
 def open_remote(
