@@ -83,9 +83,10 @@ class _ClientError(Exception):
 
 @dataclass
 class ServeOptions:
-    """What :func:`serve` exports and how (``pyvhdx.open`` options included)."""
+    """What :func:`serve` exports and how (``pyvhdx.open`` options included). ``image``
+    is a path or a URL, as :func:`pyvhdx.open` takes."""
 
-    image: Path
+    image: str | os.PathLike[str]
     name: str = ""
     writable: bool = False
     overlay: Path | None = None

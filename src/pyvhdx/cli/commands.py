@@ -1093,7 +1093,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     opts = open_options(args)
     options = ServeOptions(
-        Path(args.image),
+        args.image,
         name=args.name,
         writable=args.writable,
         overlay=Path(args.overlay) if args.overlay else None,
