@@ -42,6 +42,7 @@ from .problems import Problem, Severity
 from .source import FileSource
 
 if TYPE_CHECKING:
+    from .bat import Runs
     from .stream import DiskStream
 
 _HAS_PREADV = hasattr(os, "preadv")
@@ -247,6 +248,9 @@ class DiskImage:
                         return data
                 elif kind in (RunKind.ZERO, RunKind.UNMAPPED):
                     return bytes(length)
+            buf = bytearray(length)
+            self._read_runs(offset, memoryview(buf), runs)  # mapped already: not again
+            return bytes(buf)
         buf = bytearray(length)
         n = self.readinto_at(offset, buf)
         if n != length:  # pragma: no cover - readinto_at fills fully or raises
@@ -418,9 +422,10 @@ class DiskImage:
             offset=pos,
         )
 
-    def _read_runs(self, offset: int, mv: memoryview) -> None:
-        """General path: map the range to runs and serve each one."""
-        runs = self._table.map(offset, len(mv))
+    def _read_runs(self, offset: int, mv: memoryview, runs: Runs | None = None) -> None:
+        """General path: map the range to runs (unless given) and serve each one."""
+        if runs is None:
+            runs = self._table.map(offset, len(mv))
         for start, length, kind, foff in runs.rows():
             sub = mv[start - offset : start - offset + length]
             if kind == RunKind.DATA:
