@@ -137,7 +137,7 @@ def convert_to_azure(
     def opener() -> DiskImage:
         return open_image(src, format=src_format, storage_options=options)
 
-    with open_image(src, format=src_format, storage_options=options) as img:
+    with opener() as img:
         destination_sector_sizes(img, ImageFormat.VHD, logical_sector_size, None)
         try:
             size = azure_vhd_size(img.virtual_size)
