@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import random
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from pyvhdx.check import check_image
 from pyvhdx.hashing import hash_image
 from pyvhdx.inspect import inspect_image
 from pyvhdx.remote import RemoteFile, open_remote
-from tests.conftest import moto_server, require
+from tests.conftest import free_port, moto_server, require
 
 MiB = 1 << 20
 
@@ -189,6 +190,14 @@ def test_remote_opens_read_only(s3: dict[str, Any], tmp_path: Path) -> None:
     assert isinstance(open_remote("s3://images/r.vhdx", s3["options"]), RemoteFile)
 
 
+def _cli_options(options: dict[str, Any]) -> list[str]:
+    """fsspec's ``options`` as the CLI takes them (``--storage-option KEY=VALUE``)."""
+    return [
+        f"--storage-option={k}={json.dumps(v) if isinstance(v, dict) else v}"
+        for k, v in options.items()
+    ]
+
+
 def test_cli_reads_and_writes_urls(
     images: dict[str, tuple[Path, str]], s3: dict[str, Any], azurite: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -197,13 +206,9 @@ def test_cli_reads_and_writes_urls(
     digest = images["child.vhd"][1]
     for name in ("base.vhd", "child.vhd"):
         s3["fs"].put_file(str(images[name][0]), f"images/cli/{name}")
-    options = [
-        f"--storage-option={k}={json.dumps(v) if isinstance(v, dict) else v}"
-        for k, v in s3["options"].items()
-    ]
     url = "s3://images/cli/child.vhd"
     out = subprocess.run(
-        [sys.executable, "-m", "pyvhdx", "hash", url, "--json", *options],
+        [sys.executable, "-m", "pyvhdx", "hash", url, "--json", *_cli_options(s3["options"])],
         capture_output=True,
         text=True,
         check=True,
@@ -221,3 +226,34 @@ def test_cli_reads_and_writes_urls(
     assert done.returncode == 0, done.stderr
     blob = azurite["service"].get_blob_client("images", "cli/disk.vhd")
     assert blob.get_blob_properties().size == 20 * MiB + 512
+
+
+def test_cli_serves_a_url(images: dict[str, tuple[Path, str]], s3: dict[str, Any]) -> None:
+    """``pyvhdx serve`` exports an image given as a URL (as a path, ``s3://`` had
+    become ``s3:/``): qemu-img reads over NBD what the image holds."""
+    if shutil.which("qemu-img") is None:
+        require("qemu-img", "the served disk is read over NBD with qemu-img")
+    local = images["d.vhdx"][0]
+    s3["fs"].put_file(str(local), "images/serve/d.vhdx")
+    url, port = "s3://images/serve/d.vhdx", free_port()
+    command = [sys.executable, "-m", "pyvhdx", "serve", url, "--port", str(port)]
+    proc = subprocess.Popen(
+        [*command, *_cli_options(s3["options"])],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert line.startswith(f"serving {url} on "), line + proc.stderr.read()
+        nbd = f"nbd://127.0.0.1:{port}"
+        compare = subprocess.run(
+            ["qemu-img", "compare", "-F", "vhdx", nbd, str(local)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert compare.returncode == 0, compare.stdout + compare.stderr
+    finally:
+        proc.terminate()
+        proc.wait(30)
