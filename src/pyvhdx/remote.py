@@ -11,9 +11,9 @@ Unallocated ranges are never read by pyvhdx, so they are never fetched.
 
 A differencing child's parent is looked up beside it, in the same bucket and
 folder, with the confinement rules of a local chain (:func:`attach_remote_parent`,
-which :func:`pyvhdx.open` calls for a remote child instead of
-:func:`pyvhdx.chain.attach_parent`): a relative locator that stays inside the
-child's folder, else the locator's base name there.
+which :func:`pyvhdx.open` calls for a remote child: the search of
+:func:`pyvhdx.chain.attach_parent` over the objects beside it): a relative locator
+that stays inside the child's folder, else the locator's base name there.
 An error of the storage service is a :class:`RemoteError` naming the URL.
 """
 
