@@ -8,7 +8,6 @@ fraction (never a float or a rounded decimal) and printed from integers.
 from __future__ import annotations
 
 import re
-from fractions import Fraction
 
 from .errors import InvalidArgumentError
 
@@ -64,6 +63,8 @@ def parse_size(text: str) -> int:
         InvalidArgumentError: not a size, or not a whole number of bytes (also a
             ValueError).
     """
+    from fractions import Fraction  # here: imported by few commands, at start-up
+
     match = _SIZE_PATTERN.fullmatch(text.strip())
     if match is None:
         raise InvalidArgumentError(

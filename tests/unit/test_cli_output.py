@@ -438,11 +438,35 @@ def test_the_command_line_starts_without_the_heavy_modules() -> None:
         import pyvhdx.cli
         with contextlib.redirect_stdout(io.StringIO()):
             assert pyvhdx.cli.main(["--help"]) == 0
-        heavy = {"numpy", "tqdm", "construct", "crc32c", "pyvhdx.image", "pyvhdx.convert"}
+        heavy = {"numpy", "tqdm", "construct", "crc32c", "pyvhdx.image", "pyvhdx.convert",
+                 "pyvhdx.cli.reports", "pyvhdx.info", "dataclasses", "json", "traceback",
+                 "fractions"}
         print(sorted(m for m in sys.modules if m in heavy or m.split(".")[0] in heavy))
     """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout == "[]\n"
+
+
+def test_a_chosen_subcommand_parses_as_with_every_parser_built() -> None:
+    """``main`` builds the options of the chosen subcommand only (a fifth of the
+    start-up): each subcommand's help, and a usage error, read as with all built."""
+    import argparse
+
+    from pyvhdx.cli import build_parser
+    from pyvhdx.cli.commands import COMMAND_NAMES
+
+    def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return dict(action.choices)
+
+    full = subparsers(build_parser())
+    assert list(full) == list(COMMAND_NAMES)
+    for name in COMMAND_NAMES:
+        lazy = subparsers(build_parser(["--debug", name, "x"]))
+        assert lazy[name].format_help() == full[name].format_help(), name
+        others = [n for n in COMMAND_NAMES if n != name]
+        assert all(not lazy[n]._actions[1:] for n in others), name  # only -h
+    assert build_parser(["--help"]).format_help() == build_parser().format_help()
 
 
 def test_lazy_package_attributes_stay_the_functions() -> None:

@@ -27,15 +27,14 @@ import os
 import signal
 import sys
 import threading
-import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 from .._version import __version__
 from ..errors import PyvhdxError
 from ..sizes import format_size
-from .commands import SUBCOMMANDS
+from .commands import COMMAND_NAMES, SUBCOMMANDS
 from .common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -49,7 +48,6 @@ from .common import (
     report_error,
 )
 from .render import render_fields, table_lines, transposed_lines
-from .reports import inspect_lines
 
 __all__ = [  # what tests and the ``pyvhdx`` script import
     "build_parser",
@@ -63,8 +61,23 @@ __all__ = [  # what tests and the ``pyvhdx`` script import
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``pyvhdx`` argument parser with every subcommand."""
+def __getattr__(name: str) -> Any:
+    """``inspect_lines``, re-exported from :mod:`.reports`, which is imported when
+    first used rather than at start-up."""
+    if name == "inspect_lines":
+        from .reports import inspect_lines
+
+        return inspect_lines
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``pyvhdx`` argument parser with every subcommand.
+
+    Given the command line ``argv``, only the subcommand it chooses gets its
+    options; the others are names and help lines (building all of them is a
+    fifth of the start-up of ``pyvhdx info``).
+    """
     # --debug is accepted before and after the subcommand. Its default is SUPPRESS,
     # so an absent one does not overwrite one given before (main reads it with getattr).
     common = argparse.ArgumentParser(add_help=False)
@@ -82,9 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in SUBCOMMANDS:
-        add(sub, common)
+    chosen = None if argv is None else _chosen_command(argv)
+    for name, add in zip(COMMAND_NAMES, SUBCOMMANDS, strict=True):
+        add(sub, common, full=chosen is None or name == chosen)
     return parser
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is not an option (the
+    options before a subcommand take no value)."""
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word
+    return None
 
 
 def _warning_printer(debug: bool) -> Callable[..., None]:
@@ -182,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         Ctrl-C, 128 + the signal number after SIGTERM or SIGHUP.
     """
     _tolerant_streams()
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage error (2), --help, --version (0)
@@ -206,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             return exit_status(exc)
         except KeyboardInterrupt as exc:
             if debug:
+                import traceback
+
                 traceback.print_exc()
             if isinstance(exc, _Terminated):
                 error(f"interrupted by {signal.Signals(exc.signum).name}")

@@ -1,15 +1,13 @@
 """The subcommands: ``cmd_<name>(args) -> int``, each with its argparse parser.
 
 Adding a subcommand: write ``cmd_<name>(args) -> int``, decorate it with
-:func:`_subcommand` (its parser) and name it in :data:`SUBCOMMANDS`. Reports
+:func:`_subcommand` (its parser) and name it in :data:`COMMAND_NAMES`. Reports
 are built in :mod:`pyvhdx.cli.reports`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -17,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..constants import DiskType, ImageFormat
 from ..errors import PyvhdxError
-from ..info import kebab_fields
 from ..suffix import format_from_suffix
 from .common import (
     EXIT_FAILURE,
@@ -35,15 +32,6 @@ from .common import (
     want_progress,
 )
 from .render import format_size, print_json, print_lines, printable, render_fields
-from .reports import (
-    check_lines,
-    created_rows,
-    info_rows,
-    inspect_lines,
-    map_json,
-    map_table,
-    merge_rows,
-)
 
 if TYPE_CHECKING:  # the library is imported by the commands that use it, not for --help
     from ..image import DiskImage
@@ -112,6 +100,8 @@ def _storage_option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
+    import json
+
     try:
         return key.strip(), json.loads(value)
     except ValueError:
@@ -237,11 +227,15 @@ def _report(args: argparse.Namespace, data: Any, lines: Callable[[], Iterable[st
 
 def _result_json(result: Any) -> dict[str, Any]:
     """A library result dataclass as JSON: its fields, in order, keys in kebab case."""
+    import dataclasses
+
+    from ..info import kebab_fields
+
     return kebab_fields(result, *(field.name for field in dataclasses.fields(result)))
 
 
 _Command = Callable[[argparse.Namespace], int]
-_ADDERS: dict[str, Callable[[Any, argparse.ArgumentParser], None]] = {}
+_ADDERS: dict[str, Callable[..., None]] = {}
 
 
 def _subcommand(
@@ -251,7 +245,10 @@ def _subcommand(
     shared by all (``common``, given when the parser is built) and ``options``."""
 
     def register(func: _Command) -> _Command:
-        def add(sub: Any, common: argparse.ArgumentParser) -> None:
+        def add(sub: Any, common: argparse.ArgumentParser, *, full: bool = True) -> None:
+            if not full:  # named in the list of commands only: built when chosen
+                sub.add_parser(name, help=help)
+                return
             parser = sub.add_parser(
                 name, parents=[common], help=help, description=description, epilog=epilog
             )
@@ -286,7 +283,7 @@ def _subcommand(
 def cmd_info(args: argparse.Namespace) -> int:
     """``pyvhdx info``: what the image is, which copies were used, what is wrong;
     with ``--backing-chain``, for each image of the chain (as ``qemu-img info``)."""
-    from .reports import backing_chain, backing_keys, info_json
+    from .reports import backing_chain, backing_keys, info_json, info_rows
 
     args.allow_missing_parent = True  # describe the child even when its parent is gone
     data: list[dict[str, Any]] = []
@@ -372,6 +369,8 @@ def cmd_create(args: argparse.Namespace) -> int:
         data["requested-size"] = args.size
     else:
         data["backing-filename"] = args.parent
+    from .reports import created_rows
+
     return _report(
         args, data, lambda: render_fields(created_rows(info, size, args.size, args.parent))
     )
@@ -498,6 +497,8 @@ def _merge_report(args: argparse.Namespace, *results: Any) -> int:
     """What merge, merge --into and apply print: one report a merge (JSON: a list for
     --into)."""
     data = [_result_json(r) for r in results]
+    from .reports import merge_rows
+
     lines = [line for r in results for line in render_fields(merge_rows(r))]
     many = getattr(args, "into", None) is not None
     return _report(args, data if many else data[0], lambda: lines)
@@ -526,6 +527,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         report = check_image(args.image, format=args.format)
     except (OSError, PyvhdxError) as exc:
         return cannot_run(exc, args)
+    from .reports import check_lines
+
     _report(args, report.to_dict(), lambda: check_lines(report))
     return report.exit_code
 
@@ -569,6 +572,8 @@ def cmd_map(args: argparse.Namespace) -> int:
         start = min(args.offset, size)
         length = size - start if args.length is None else min(args.length, size - start)
         runs = allocation_map(img, start, length) if length else iter(())
+        from .reports import map_json, map_table
+
         if args.json:
             sys.stdout.write(map_json(runs))  # all or nothing: JSON is never cut short
         else:
@@ -621,6 +626,8 @@ def _open_second(args: argparse.Namespace) -> DiskImage:
 )
 def cmd_compare(args: argparse.Namespace) -> int:
     """``pyvhdx compare``: 0 identical, 1 different, 2 error (as ``qemu-img compare``)."""
+    import dataclasses
+
     from ..compare import find_difference
 
     say = (lambda text: None) if args.quiet or args.json else print
@@ -687,6 +694,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         report = inspect_image(
             args.image, format=args.format, scan_unreferenced=args.scan, **options
         )
+    from .reports import inspect_lines
+
     _report(args, report, lambda: inspect_lines(report))
     probe = report.get("open", {})
     if not probe.get("opens", True):  # the report is whole, but the image is not usable
@@ -1183,27 +1192,28 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 #: The subcommands' parser builders, in the order ``pyvhdx --help`` lists them.
-SUBCOMMANDS: Final = [
-    _ADDERS[name]
-    for name in (
-        "info",
-        "convert",
-        "create",
-        "merge",
-        "check",
-        "map",
-        "compare",
-        "inspect",
-        "hash",
-        "resize",
-        "compact",
-        "set-parent",
-        "set",
-        "measure",
-        "diff",
-        "apply",
-        "serve",
-        "mount",
-        "scan",
-    )
-]
+#: The subcommands in the order ``pyvhdx --help`` lists them.
+COMMAND_NAMES: Final = (
+    "info",
+    "convert",
+    "create",
+    "merge",
+    "check",
+    "map",
+    "compare",
+    "inspect",
+    "hash",
+    "resize",
+    "compact",
+    "set-parent",
+    "set",
+    "measure",
+    "diff",
+    "apply",
+    "serve",
+    "mount",
+    "scan",
+)
+#: ``add(subparsers, common, full=True)`` for each subcommand, in that order: with
+#: ``full=False`` only its name and help line are added.
+SUBCOMMANDS: Final = [_ADDERS[name] for name in COMMAND_NAMES]

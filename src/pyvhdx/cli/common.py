@@ -8,7 +8,6 @@ import contextlib
 import os
 import re
 import sys
-import traceback
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -165,6 +164,8 @@ def report_error(exc: BaseException, debug: bool, files: tuple[str, ...] = ()) -
     strerror``; a library error that names none of ``files`` prefixed with them), or
     the traceback with ``debug``."""
     if debug:
+        import traceback
+
         traceback.print_exc()
     elif isinstance(exc, OSError) and exc.strerror:
         error(os_error_text(exc, *files))

@@ -6,9 +6,7 @@ opens images. Strings that come from images are escaped (:func:`printable`).
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-import json
 import os
 import sys
 import uuid
@@ -135,6 +133,8 @@ def render_fields(rows: Iterable[Row], indent: int = 0, *, tables: bool = False)
 
 def _json_default(value: Any) -> Any:
     """``json.dumps`` hook: make any value the library might hand over serializable."""
+    import dataclasses  # here: the modules a command imports at start are few
+
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -158,6 +158,8 @@ def _json_default(value: Any) -> Any:
 
 def print_json(data: Any) -> None:
     """Print ``data`` as indented JSON, keys in their given order."""
+    import json
+
     print(json.dumps(data, indent=2, sort_keys=False, default=_json_default))
 
 
