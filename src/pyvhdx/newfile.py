@@ -35,7 +35,6 @@ import enum
 import errno
 import os
 import re
-import secrets
 import stat
 import struct
 import warnings
@@ -347,6 +346,8 @@ def _for_destination(exc: OSError, temp: Path | None, dest: Destination, note: s
 
 def _open_temp(target: Path) -> tuple[Path, int]:
     """Create and lock a new temporary file beside ``target`` (mode 0666 & ~umask)."""
+    import secrets  # here: 12 ms to import (hmac, _hashlib), and only writers need it
+
     while True:
         rand = "".join(secrets.choice(_TEMP_CHARS) for _ in range(_TEMP_RANDOM))
         temp = target.parent / f".{_temp_stem(target.name)}.{rand}{TEMP_SUFFIX}"
