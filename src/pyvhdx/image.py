@@ -179,12 +179,17 @@ class DiskImage:
         src = self._source
         self._fd: int | None = src.fd if (src.overlay is None and _HAS_PREADV) else None
         self._stop_fast: Callable[[], None] | None = None
+        # a large read_at may read the file itself, unless a subclass reads otherwise
+        self._direct: bool = self._fd is not None and type(self).readinto_at is _GENERAL_READINTO
         if self._fd is not None:
             # (not for a method a subclass or a test has replaced)
+            # (read_at is general only while readinto_at is: a subclass's readinto_at
+            # is what the general read_at reads through)
             fast = self._fast_reader()
-            if type(self).readinto_at is _GENERAL_READINTO:
+            general_readinto = type(self).readinto_at is _GENERAL_READINTO
+            if general_readinto:
                 self.readinto_at = fast  # type: ignore[method-assign, assignment]
-            if type(self).read_at is _GENERAL_READ_AT:
+            if general_readinto and type(self).read_at is _GENERAL_READ_AT:
                 self.read_at = fast  # type: ignore[method-assign, assignment]
         self.parent: DiskImage | None = None
         self._owns_parent = False
@@ -237,13 +242,14 @@ class DiskImage:
         if offset < 0:
             raise InvalidArgumentError(f"negative offset {offset}")
         length = max(0, min(length, self._h.virtual_size - offset))
-        if length >= _DIRECT_READ and self._fd is not None and not self._closed:
+        fd = self._fd if self._direct else None
+        if length >= _DIRECT_READ and fd is not None and not self._closed:
             # one stored run (contiguous in the file) or one run of zeros: no buffer to copy
             runs = self._table.map(offset, length)
             if len(runs) == 1:
                 kind = int(runs.kind[0])
                 if kind == RunKind.DATA:
-                    data = os.pread(self._fd, length, int(runs.file_offset[0]))
+                    data = os.pread(fd, length, int(runs.file_offset[0]))
                     if len(data) == length:
                         return data
                 elif kind in (RunKind.ZERO, RunKind.UNMAPPED):

@@ -206,3 +206,26 @@ def test_bound_reader_fails_after_close(disks: tuple[bytes, dict[str, Path]], ki
             read_bytes(0, 4096)
     finally:
         os.close(other)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_subclass_readinto_at_is_what_read_at_reads_through(
+    disks: tuple[bytes, dict[str, Path]], kind: str
+) -> None:
+    """The fast ``read_at`` (and the large read's direct ``pread``) are the general
+    method's shortcuts: a subclass that reads otherwise (here: decrypts, modelled as
+    inverting every byte) gets its own ``readinto_at`` under ``read_at`` too."""
+    raw, images = disks
+
+    class Inverted(pyvhdx.DiskImage):
+        def readinto_at(self, offset: int, buffer: Any) -> int:
+            n = super().readinto_at(offset, buffer)
+            view = memoryview(buffer).cast("B")
+            view[:n] = bytes(255 - b for b in view[:n])
+            return n
+
+    with pyvhdx.open(images[kind]) as base:
+        img = Inverted(base._h)  # a second image on the same handler, closed with it
+        for offset, length in ((0, 4096), (4 * MiB, 3 * MiB), (SIZE - 512, 512)):
+            want = bytes(255 - b for b in raw[offset : offset + length])
+            assert img.read_at(offset, length) == want, (offset, length)
