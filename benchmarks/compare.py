@@ -21,7 +21,10 @@ VHD. Then, in one run with the page cache warm, it measures (median of --runs):
   reads, and ``stream().read(65536)``, against libvhdi's
   ``read_buffer_at_offset`` and ``os.pread`` of the raw file (all return bytes);
 - command line start-up (``--only cli``): ``pyvhdx --help``, ``pyvhdx info``
-  against ``qemu-img info`` of a small VHDX;
+  against ``qemu-img info`` of a small VHDX, and ``python -c pass`` (the
+  interpreter's own start-up); ``--cli-python`` runs the command lines with the
+  ``pyvhdx`` script of another interpreter (a venv's: a pyenv or conda python
+  with many ``.pth`` files starts slower than a user's venv);
 - allocating small writes (``--only writes``): 2,000 one-byte writes, each into
   a new 1 MiB block of a 4 GiB VHDX, pyvhdx (a child process: open, write,
   close) against ``qemu-io -t writeback``.
@@ -350,7 +353,25 @@ def child_rows(label: str, medians: dict[str, tuple[float, float]], ref: str) ->
     return rows
 
 
+#: The command line the CLI rows run: the ``pyvhdx`` script beside --cli-python
+#: (set in main), else ``python -m pyvhdx``.
 PYVHDX_CLI = [sys.executable, "-m", "pyvhdx"]
+
+
+def cli_command(python: Path) -> list[str]:
+    """``pyvhdx`` as a user runs it with ``python``: the script pip installed beside
+    it, else ``python -m pyvhdx``. Its modules are compiled first: a shell that sets
+    PYTHONDONTWRITEBYTECODE would otherwise time the compiler at every start."""
+    import pyvhdx as package
+
+    subprocess.run(
+        [str(python), "-m", "compileall", "-q", str(Path(package.__file__).parent)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    script = python.parent / "pyvhdx"
+    return [str(script)] if script.exists() else [str(python), "-m", "pyvhdx"]
+
 
 #: 2,000 one-byte writes, each into a new 1 MiB block (block i * 2 of the 4 GiB disk)
 SMALL_WRITES = 2000
@@ -487,8 +508,16 @@ def main(argv: list[str] | None = None) -> int:
         choices=KINDS,
         help="images of the reads and api parts (repeatable; default: all)",
     )
+    ap.add_argument(
+        "--cli-python",
+        type=Path,
+        default=Path(sys.executable),
+        help="the interpreter of the command-line rows (a venv's python, where pyvhdx is "
+        "installed: its own start-up is then a user's; default: this one)",
+    )
     args = ap.parse_args(argv)
-    global CLOCK
+    global CLOCK, PYVHDX_CLI
+    PYVHDX_CLI = cli_command(args.cli_python)
     if args.cpu:
         CLOCK = time.process_time
     if shutil.which("qemu-img") is None:
@@ -652,6 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         if not small.exists():
             qemu("create", "-f", "vhdx", str(small), "64M")
         cli = {
+            "python -c pass": [str(args.cli_python), "-c", "pass"],  # the interpreter alone
             "pyvhdx --help": [*PYVHDX_CLI, "--help"],
             "pyvhdx info": [*PYVHDX_CLI, "info", str(small)],
             "qemu-img info": ["qemu-img", "info", str(small)],
