@@ -104,12 +104,16 @@ def convert_to_azure(
     force: bool = False,
     progress: Progress = None,
     storage_options: Mapping[str, Any] | None = None,
+    *,
+    source_options: Mapping[str, Any] | None = None,
 ) -> AzureResult:
     """Upload ``src`` as an Azure-ready fixed VHD page blob at ``url`` (see the module doc).
 
     ``storage_options`` go to adlfs (``connection_string``, ``account_name`` and
     ``account_key``, ``sas_token``, ``credential``...; else its environment
-    variables) and, for a URL source, to fsspec.
+    variables) and, for a URL source, to fsspec. ``source_options`` are more
+    keyword arguments of :func:`pyvhdx.open` for the source (``parent``,
+    ``salvage``, ``allow_missing_parent``, ``strict``), as for a file destination.
 
     Raises:
         InvalidArgumentError: not an Azure URL, a format other than VHD, or a size
@@ -135,7 +139,9 @@ def convert_to_azure(
         raise FileExistsError(f"{url}: exists (force replaces it)")
 
     def opener() -> DiskImage:
-        return open_image(src, format=src_format, storage_options=options)
+        return open_image(
+            src, format=src_format, storage_options=options, **(source_options or {})
+        )
 
     with opener() as img:
         destination_sector_sizes(img, ImageFormat.VHD, logical_sector_size, None)

@@ -92,7 +92,7 @@ def convert_image(
             not apply).
         source_options: more keyword arguments of :func:`pyvhdx.open` for the source
             (``parent``, ``salvage``, ``allow_missing_parent``, ``force_share``,
-            ``strict``); not with a URL destination.
+            ``strict``).
 
     Raises:
         FileExistsError: ``dst`` exists and ``force`` is false.
@@ -107,14 +107,8 @@ def convert_image(
     if is_url(dst):  # object storage: an Azure page blob
         from .azure import convert_to_azure
 
-        if source_options:
-            raise InvalidArgumentError(
-                f"{dst}: the source options ({', '.join(source_options)}) are for a "
-                "file destination"
-            )
-
         given = (format, src_format, logical_sector_size, force, progress, storage_options)
-        return convert_to_azure(src, str(dst), *given)
+        return convert_to_azure(src, str(dst), *given, source_options=source_options)
     dst_path = Path(dst)
     fmt = ImageFormat(format) if format is not None else format_from_suffix(dst_path)
     fmt = ImageFormat.RAW if fmt is None else fmt

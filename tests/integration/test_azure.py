@@ -169,3 +169,40 @@ def test_a_killed_upload_leaves_the_destination_absent(
     container = azurite["service"].get_container_client("images")
     names = [b.name for b in container.list_blobs(name_starts_with="killed/")]
     assert len(names) == 1 and names[0].startswith("killed/disk.vhd.pyvhdx-partial-"), names
+
+
+def test_a_chain_whose_parent_is_elsewhere_uploads_with_parent(
+    tmp_path: Path, azurite: dict[str, Any], qemu_img: str
+) -> None:
+    """``pyvhdx convert child.vhdx az://... --parent BASE``: the source options
+    (``--parent``) reach the source of an upload as of a file destination (they were
+    refused); the blob holds the chain's content."""
+    base, _ = _source(tmp_path)
+    child = tmp_path / "elsewhere" / "child.vhdx"
+    child.parent.mkdir()
+    pyvhdx.create(child, parent=base)
+    with pyvhdx.open(child, "r+", parent=base) as img:  # not in the child's folder
+        img.write_at(3 * MiB, b"\x5a" * (2 * MiB))
+    moved = tmp_path / "moved" / "base.vhdx"
+    moved.parent.mkdir()
+    base.rename(moved)  # the child's locators find nothing now
+    with pyvhdx.open(child, parent=moved) as img:
+        want = hashlib.sha256(img.read_at(0, SIZE) + bytes(AZURE_SIZE - SIZE)).hexdigest()
+
+    connection = azurite["options"]["connection_string"]
+    url = "az://images/chain.vhd"
+    cmd = [sys.executable, "-m", "pyvhdx", "convert", str(child), url]
+    cmd += ["--storage-option", f"connection_string={connection}", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 1 and "parent" in proc.stderr, proc.stderr  # not found alone
+    proc = subprocess.run([*cmd, "--parent", str(moved)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+    blob = azurite["service"].get_container_client("images").get_blob_client("chain.vhd")
+    local = tmp_path / "back.vhd"
+    local.write_bytes(blob.download_blob().readall())
+    raw = tmp_path / "back.raw"
+    subprocess.run(
+        [qemu_img, "convert", "-f", "vpc", "-O", "raw", str(local), str(raw)], check=True
+    )
+    assert hashlib.sha256(raw.read_bytes()).hexdigest() == want
