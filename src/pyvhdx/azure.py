@@ -139,9 +139,7 @@ def convert_to_azure(
         raise FileExistsError(f"{url}: exists (force replaces it)")
 
     def opener() -> DiskImage:
-        return open_image(
-            src, format=src_format, storage_options=options, **(source_options or {})
-        )
+        return open_image(src, format=src_format, storage_options=options, **(source_options or {}))
 
     with opener() as img:
         destination_sector_sizes(img, ImageFormat.VHD, logical_sector_size, None)
