@@ -23,7 +23,7 @@ import pyvhdx
 from pyvhdx.check import check_image
 from pyvhdx.hashing import hash_image
 from pyvhdx.inspect import inspect_image
-from pyvhdx.remote import RemoteFile, open_remote
+from pyvhdx.remote import RemoteError, RemoteFile, open_remote
 from tests.conftest import free_port, moto_server, require
 
 MiB = 1 << 20
@@ -257,3 +257,84 @@ def test_cli_serves_a_url(images: dict[str, tuple[Path, str]], s3: dict[str, Any
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def _put_bytes(s3: dict[str, Any], key: str, size: int) -> bytes:
+    data = random.Random(size).randbytes(size)
+    s3["fs"].pipe_file(f"images/{key}", data)
+    return data
+
+
+def test_sequential_reads_read_ahead(s3: dict[str, Any]) -> None:
+    """A sequential read has the next window fetched in the background: it returns
+    the object's bytes, fetches each byte once and none past the end, in fewer
+    requests than windows of 4 blocks would take, and the cached blocks with the
+    window in flight stay within the cache."""
+    data = _put_bytes(s3, "ra/seq", 40 * MiB + 12345)
+    f = open_remote("s3://images/ra/seq", s3["options"], cache_bytes=16 * MiB)
+    got, seen_ahead = bytearray(), 0
+    try:
+        while chunk := f.read(3 * MiB - 512):
+            got += chunk
+            ahead = f.ahead
+            if ahead is not None:
+                seen_ahead += 1
+                assert ahead.last < (len(data) + MiB - 1) // MiB, (ahead.first, ahead.last)
+                assert len(f.cache) + ahead.last + 1 - ahead.first <= f.max_blocks
+            else:
+                assert len(f.cache) <= f.max_blocks
+    finally:
+        f.close()
+    assert bytes(got) == data
+    assert seen_ahead > 0
+    assert f.bytes_fetched == len(data), f.bytes_fetched
+    assert f.requests <= 8, f.requests  # 4, 8, then windows of 8 blocks (half the cache)
+
+
+def test_random_reads_do_not_read_ahead(s3: dict[str, Any]) -> None:
+    """Reads here and there fetch one window each, and nothing in the background."""
+    data = _put_bytes(s3, "ra/random", 40 * MiB)
+    f = open_remote("s3://images/ra/random", s3["options"])
+    try:
+        for n, block in enumerate((30, 2, 17, 9, 25, 36), 1):
+            f.seek(block * MiB + 1000)
+            assert f.read(64 * 1024) == data[block * MiB + 1000 : block * MiB + 1000 + 64 * 1024]
+            assert f.ahead is None and f.requests == n, (block, f.requests)
+    finally:
+        f.close()
+
+
+def test_close_joins_the_read_ahead(s3: dict[str, Any]) -> None:
+    """close() waits for the request in flight: no thread is left running, and the
+    file reads no more."""
+    _put_bytes(s3, "ra/close", 40 * MiB)
+    f = open_remote("s3://images/ra/close", s3["options"])
+    f.read(4 * MiB)  # blocks 0-3
+    f.read(MiB)  # goes on from there: sequential, the next window in flight
+    ahead = f.ahead
+    assert ahead is not None
+    f.close()
+    assert f.ahead is None and not ahead.thread.is_alive() and not f.cache
+    with pytest.raises(ValueError, match="closed"):
+        f.read(1)
+
+
+def test_read_ahead_errors_reach_the_reader(s3: dict[str, Any]) -> None:
+    """A background request that fails (here: the object shrank to 8 MiB after it
+    was opened) raises its RemoteError, naming the URL, in the read that needs it."""
+    data = _put_bytes(s3, "ra/shrinks", 32 * MiB)
+    url = "s3://images/ra/shrinks"
+    f = open_remote(url, s3["options"], cache_bytes=8 * MiB)  # windows of 4 blocks
+    try:
+        s3["fs"].pipe_file("images/ra/shrinks", data[: 8 * MiB])
+        assert f.read(MiB) == data[:MiB]  # blocks 0-3
+        f.seek(4 * MiB)
+        assert f.read(MiB) == data[4 * MiB : 5 * MiB]  # blocks 4-7, 8-11 ahead
+        ahead = f.ahead
+        assert ahead is not None and (ahead.first, ahead.last) == (8, 11)
+        f.seek(8 * MiB)
+        with pytest.raises(RemoteError, match=url):
+            f.read(MiB)
+        assert f.ahead is None and not ahead.thread.is_alive()
+    finally:
+        f.close()
