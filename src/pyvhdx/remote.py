@@ -49,6 +49,10 @@ BLOCK: Final = 1 << 20
 #: Bytes of fetched blocks kept by default (128 blocks of 1 MiB), read-ahead included.
 DEFAULT_CACHE_BYTES: Final = 128 << 20
 _MAX_REQUEST: Final = 64 << 20  # one ranged request fetches at most this
+# The Azure SDK fetches a range over its max_single_get_size (32 MiB) as one GET of
+# 32 MiB, then 4 MiB ones: from Azurite, 260 MiB in 64 MiB requests took 1.0-1.2 s,
+# in 32 MiB ones 0.55-0.7 s (and the plain cat 1.2-1.3 s).
+_MAX_REQUEST_BY_PROTOCOL: Final = {"az": 32 << 20, "abfs": 32 << 20, "abfss": 32 << 20}
 _FIRST_WINDOW: Final = 4  # blocks a first read fetches: header area, log, metadata, BAT
 _GROWTH: Final = 4  # a sequential read's window grows so many times with each fetch
 
@@ -115,7 +119,8 @@ class RemoteFile(io.RawIOBase):
     A read fetches the blocks it needs that are not cached. A read that goes on
     where the last fetch ended is sequential: it fetches a window ahead of it that
     grows fourfold with each such fetch (4 blocks, then 16, 64, up to half of
-    ``cache_bytes`` and at most 64 MiB), and the window after it is requested at
+    ``cache_bytes`` and at most 64 MiB, 32 MiB from Azure, whose SDK cuts larger
+    ranges into 4 MiB requests), and the window after it is requested at
     once by a thread (one read-ahead request in flight), so that the store's cost
     per request and the transfer overlap with the reader's own work and with the
     next request (fewer, larger requests: against moto, which reads the whole
@@ -143,7 +148,10 @@ class RemoteFile(io.RawIOBase):
         self.size = int(_call(self.name, lambda: fs.size(path)))
         self.pos = 0
         self.max_blocks = max(1, cache_bytes // BLOCK)
-        self.max_window = max(1, min(_MAX_REQUEST // BLOCK, self.max_blocks // 2))
+        protocols = getattr(fs, "protocol", ())
+        protocols = (protocols,) if isinstance(protocols, str) else protocols
+        self.max_request = min(_MAX_REQUEST_BY_PROTOCOL.get(p, _MAX_REQUEST) for p in protocols)
+        self.max_window = max(1, min(self.max_request // BLOCK, self.max_blocks // 2))
         self.requests = 0
         self.bytes_fetched = 0
         self.next_block = -1  # the block after the last fetch (sequential reads)
@@ -223,7 +231,7 @@ class RemoteFile(io.RawIOBase):
         missing = [b for b in range(first, last + 1) if b not in self.cache]
         run: list[int] = []
         for b in missing:
-            if run and (b != run[-1] + 1 or (len(run) + 1) * BLOCK > _MAX_REQUEST):
+            if run and (b != run[-1] + 1 or (len(run) + 1) * BLOCK > self.max_request):
                 self._install(run[0], run[-1], self._request(run[0], run[-1]), keep)
                 run = []
             run.append(b)
