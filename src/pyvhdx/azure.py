@@ -37,7 +37,7 @@ from .constants import DiskType, ImageFormat
 from .errors import InvalidArgumentError
 from .image import DiskImage, open_image
 from .progress import Progress, reporting
-from .remote import RemoteError, _call
+from .remote import RemoteError, _call, options_for
 from .transfer import CHUNK, ConvertResult, destination_sector_sizes, read_ahead
 
 __all__ = ["MAX_PAGE_WRITE", "AzureResult", "convert_to_azure", "sector_runs"]
@@ -80,11 +80,13 @@ def _blob_clients(url: str, options: Mapping[str, Any]) -> tuple[Any, Any, str, 
     try:
         import fsspec
 
-        fs, path = fsspec.core.url_to_fs(url, **dict(options))
-    except (ImportError, ValueError) as exc:
+        fs, path = fsspec.core.url_to_fs(url, **options_for(url, options))
+    except ImportError as exc:
         raise InvalidArgumentError(
             f"{url}: Azure destinations need the 'remote' extra (adlfs): {exc}"
         ) from exc
+    except ValueError as exc:  # adlfs: no account or credentials among the options
+        raise InvalidArgumentError(f"{url}: {exc}") from exc
     if not hasattr(fs, "service_client"):
         raise InvalidArgumentError(
             f"{url}: convert writes to Azure Blob Storage only (az:// or abfs:// URLs)"

@@ -43,6 +43,7 @@ __all__ = [
     "attach_remote_parent",
     "is_url",
     "open_remote",
+    "options_for",
 ]
 
 BLOCK: Final = 1 << 20
@@ -366,13 +367,38 @@ def attach_remote_parent(
     )
 
 
+def options_for(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """fsspec's options for ``url`` out of ``storage_options``.
+
+    As fsspec reads the options of a chained URL, a key that names a protocol
+    fsspec knows (``"s3"``, ``"az"``, ``"abfs"``, ``"gcs"``, ``"http"``...) and
+    holds a mapping gives options for URLs of that protocol only, over the
+    others; the other keys go to every store. So one ``storage_options`` serves a
+    copy between two stores: ``{"s3": {"endpoint_url": ...}, "az":
+    {"connection_string": ...}}``.
+    """
+    from fsspec.registry import known_implementations
+
+    scheme = url.split("://", 1)[0].lower() if is_url(url) else "file"
+    shared: dict[str, Any] = {}
+    own: dict[str, Any] = {}
+    for key, value in (storage_options or {}).items():
+        if key in known_implementations and isinstance(value, Mapping):
+            if key == scheme:
+                own.update(value)
+        else:
+            shared[key] = value
+    return {**shared, **own}
+
+
 def open_remote(
     url: str,
     storage_options: Mapping[str, Any] | None = None,
     *,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> RemoteFile:
-    """The object ``url`` as a :class:`RemoteFile` (``storage_options`` go to fsspec).
+    """The object ``url`` as a :class:`RemoteFile` (``storage_options`` go to fsspec,
+    :func:`options_for` the URL).
 
     Raises:
         InvalidArgumentError: fsspec is not installed (the ``remote`` extra), or it
@@ -386,7 +412,7 @@ def open_remote(
             f"{url}: remote images need the 'remote' extra (pip install 'pyvhdx[remote]')"
         ) from exc
     try:
-        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(url, **options_for(url, storage_options))
     except (ImportError, ValueError) as exc:
         raise InvalidArgumentError(f"{url}: {exc}") from exc
     return RemoteFile(fs, path, url=url, cache_bytes=cache_bytes)

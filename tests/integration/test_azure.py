@@ -206,3 +206,40 @@ def test_a_chain_whose_parent_is_elsewhere_uploads_with_parent(
         [qemu_img, "convert", "-f", "vpc", "-O", "raw", str(local), str(raw)], check=True
     )
     assert hashlib.sha256(raw.read_bytes()).hexdigest() == want
+
+
+def test_one_storage_options_for_two_stores(
+    tmp_path: Path, azurite: dict[str, Any], qemu_img: str
+) -> None:
+    """``convert s3://... az://...``: options keyed by protocol (as fsspec reads a
+    chained URL's) go to their own store only; moto's S3 server and Azurite each get
+    theirs, through one ``storage_options`` and through the command line."""
+    import s3fs
+
+    from tests.conftest import moto_server
+
+    src, digest = _source(tmp_path)
+    with moto_server() as s3_options:
+        s3fs.S3FileSystem(**s3_options).put_file(str(src), "images/disk.vhdx")
+        options = {"s3": s3_options, "az": azurite["options"]}
+        pyvhdx.convert("s3://images/disk.vhdx", "az://images/from-s3.vhd", storage_options=options)
+        cmd = [sys.executable, "-m", "pyvhdx", "convert", "--no-progress"]
+        for proto, opts in options.items():
+            cmd += ["--storage-option", f"{proto}={json.dumps(opts)}"]
+        proc = subprocess.run(
+            [*cmd, "s3://images/disk.vhdx", "az://images/cli.vhd"], capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        # either store given the other's options alone fails, naming the URL
+        with pytest.raises(pyvhdx.InvalidArgumentError, match=r"^az://images/x\.vhd: .*account"):
+            pyvhdx.convert("s3://images/disk.vhdx", "az://images/x.vhd", storage_options=s3_options)
+
+    container = azurite["service"].get_container_client("images")
+    for name in ("from-s3.vhd", "cli.vhd"):
+        local = tmp_path / name
+        local.write_bytes(container.get_blob_client(name).download_blob().readall())
+        raw = tmp_path / f"{name}.raw"
+        subprocess.run(
+            [qemu_img, "convert", "-f", "vpc", "-O", "raw", str(local), str(raw)], check=True
+        )
+        assert hashlib.sha256(raw.read_bytes()).hexdigest() == digest, name

@@ -160,7 +160,9 @@ def _reading_options(*parents: _Option) -> _Option:
                 metavar="KEY=VALUE",
                 help="an fsspec option for an image given as a URL (s3://, az://, gs://, "
                 "http(s)://), e.g. anon=true or endpoint_url=http://host:9000; repeat for "
-                "several; VALUE is read as JSON when it parses (true, 10), else as a string",
+                "several; VALUE is read as JSON when it parses (true, 10), else as a string; "
+                "a protocol as KEY holds a store's own options, as in "
+                '\'s3={"anon": true}\' beside \'az={"account_name": "x"}\'',
             ),
         ],
     )
