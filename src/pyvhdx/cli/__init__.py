@@ -74,9 +74,9 @@ def __getattr__(name: str) -> Any:
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The ``pyvhdx`` argument parser with every subcommand.
 
-    Given the command line ``argv``, only the subcommand it chooses gets its
-    options; the others are names and help lines (building all of them is a
-    fifth of the start-up of ``pyvhdx info``).
+    Given the command line ``argv``, only the subcommand it runs is built (building
+    all of them took a fifth of the start-up of ``pyvhdx --help``); a command line
+    that runs none gets every subcommand's name and help line.
     """
     # --debug is accepted before and after the subcommand. Its default is SUPPRESS,
     # so an absent one does not overwrite one given before (main reads it with getattr).
@@ -97,18 +97,22 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = None if argv is None else _chosen_command(argv)
     for name, add in zip(COMMAND_NAMES, SUBCOMMANDS, strict=True):
-        add(sub, common, full=chosen is None or name == chosen)
+        if chosen is None:  # all of them: in full for the API, else names for the help
+            add(sub, common, full=argv is None)
+        elif name == chosen:
+            add(sub, common)
     return parser
 
 
 def _chosen_command(argv: Sequence[str]) -> str | None:
-    """The subcommand ``argv`` names: its first word that is not an option (the
-    options before a subcommand take no value)."""
+    """The subcommand ``argv`` runs: its first word that is not an option (the
+    options before a subcommand take no value), if that is a subcommand and no
+    ``--help`` or ``--version`` comes before it (they list every subcommand)."""
     for word in argv:
-        if word == "--":
+        if word in ("--", "-h", "--help", "--version"):
             return None
         if not word.startswith("-"):
-            return word
+            return word if word in COMMAND_NAMES else None
     return None
 
 
