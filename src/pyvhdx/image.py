@@ -182,9 +182,8 @@ class DiskImage:
         # a large read_at may read the file itself, unless a subclass reads otherwise
         self._direct: bool = self._fd is not None and type(self).readinto_at is _GENERAL_READINTO
         if self._fd is not None:
-            # (not for a method a subclass or a test has replaced)
-            # (read_at is general only while readinto_at is: a subclass's readinto_at
-            # is what the general read_at reads through)
+            # not for a method a subclass or a test has replaced; nor read_at while
+            # readinto_at is replaced: the general read_at reads through it
             fast = self._fast_reader()
             general_readinto = type(self).readinto_at is _GENERAL_READINTO
             if general_readinto:
