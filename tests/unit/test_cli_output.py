@@ -466,7 +466,7 @@ def test_a_chosen_subcommand_parses_as_with_every_parser_built() -> None:
         lazy = subparsers(build_parser(["--debug", name, "x"]))
         assert list(lazy) == [name]  # the others are not built
         assert lazy[name].format_help() == full[name].format_help(), name
-    for argv in (["--help"], ["--help", "info"], ["infox", "x"], []):
+    for argv in (["--help"], ["--help", "info"], ["--he", "info"], ["infox", "x"], []):
         parser = build_parser(argv)
         assert parser.format_help() == build_parser().format_help(), argv
         assert list(subparsers(parser)) == list(COMMAND_NAMES)

@@ -109,7 +109,8 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
     options before a subcommand take no value), if that is a subcommand and no
     ``--help`` or ``--version`` comes before it (they list every subcommand)."""
     for word in argv:
-        if word in ("--", "-h", "--help", "--version"):
+        abbreviated = len(word) > 2 and ("--help".startswith(word) or "--version".startswith(word))
+        if word == "--" or word.startswith("-h") or abbreviated:  # argparse takes --he
             return None
         if not word.startswith("-"):
             return word if word in COMMAND_NAMES else None
