@@ -279,6 +279,12 @@ class RemoteFile(io.RawIOBase):
         fast from moto and Azurite as in one: benchmarks/remotebench.py.)"""
         start, stop = first * BLOCK, min(self.size, (last + 1) * BLOCK)
         data = _call(self.name, lambda: self.fs.cat_file(self.path, start=start, end=stop))
+        if len(data) != stop - start and len(data) == self.size:
+            raise RemoteError(
+                f"{self.name}: the server sent the whole object ({self.size} bytes) for a "
+                f"byte range: it ignores HTTP Range requests, which pyvhdx reads remote "
+                "images with; serve it from a server that takes them, or download it"
+            )
         if len(data) != stop - start:
             raise RemoteError(
                 f"{self.name}: {len(data)} bytes at {start} instead of {stop - start} "
