@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import importlib.util
 import os
 import random
 import re
@@ -24,8 +25,14 @@ import pytest
 import pyvhdx
 from pyvhdx.hashing import hash_image
 from pyvhdx.remote import RemoteError
+from tests.conftest import require
 
-pytest.importorskip("aiohttp")  # fsspec's HTTP file system (the remote extra)
+
+@pytest.fixture(autouse=True)
+def _aiohttp() -> None:
+    if importlib.util.find_spec("aiohttp") is None:
+        require("aiohttp", "fsspec reads http(s) URLs with it (the remote extra)")
+
 
 MiB = 1 << 20
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
