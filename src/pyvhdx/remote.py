@@ -215,6 +215,8 @@ class RemoteFile(io.RawIOBase):
         first = next((b for b in keep if b not in self.cache), -1)
         if first < 0:
             return
+        if self.ahead is not None and len(keep) + self._in_flight() > self.max_blocks:
+            self._drop_ahead()  # this read's blocks beside the window in flight: over the bound
         sequential = first == self.next_block
         grown = min(self.window * _GROWTH, self.max_window)
         self.window = grown if sequential else min(_FIRST_WINDOW, self.max_blocks)
