@@ -384,6 +384,9 @@ def options_for(url: str, storage_options: Mapping[str, Any] | None) -> dict[str
     others; the other keys go to every store. So one ``storage_options`` serves a
     copy between two stores: ``{"s3": {"endpoint_url": ...}, "az":
     {"connection_string": ...}}``.
+
+    Raises:
+        InvalidArgumentError: a key that names a protocol holds no mapping.
     """
     from fsspec.registry import known_implementations
 
@@ -391,11 +394,15 @@ def options_for(url: str, storage_options: Mapping[str, Any] | None) -> dict[str
     shared: dict[str, Any] = {}
     own: dict[str, Any] = {}
     for key, value in (storage_options or {}).items():
-        if key in known_implementations and isinstance(value, Mapping):
-            if key == scheme:
-                own.update(value)
-        else:
+        if key not in known_implementations:
             shared[key] = value
+        elif not isinstance(value, Mapping):
+            raise InvalidArgumentError(
+                f"the storage option {key!r} names a protocol: give it that store's "
+                f"options as a mapping (a JSON object on the command line), not {value!r}"
+            )
+        elif key == scheme:
+            own.update(value)
     return {**shared, **own}
 
 
@@ -421,6 +428,6 @@ def open_remote(
         ) from exc
     try:
         fs, path = fsspec.core.url_to_fs(url, **options_for(url, storage_options))
-    except (ImportError, ValueError) as exc:
+    except (ImportError, ValueError, TypeError) as exc:  # TypeError: an option it lacks
         raise InvalidArgumentError(f"{url}: {exc}") from exc
     return RemoteFile(fs, path, url=url, cache_bytes=cache_bytes)

@@ -97,3 +97,19 @@ def test_reading_a_closed_file_is_refused(blob: tuple[str, bytes], tmp_path: Pat
     f.close()
     with pytest.raises(ValueError, match="closed"):
         f.read(10)
+
+
+def test_options_per_protocol() -> None:
+    """Keys naming a protocol hold that store's options (over the shared ones); one
+    that holds no mapping is an InvalidArgumentError, not a traceback from fsspec."""
+    import pyvhdx
+    from pyvhdx.remote import options_for
+
+    given = {"anon": True, "s3": {"anon": False, "key": "k"}, "az": {"account_name": "a"}}
+    assert options_for("s3://b/x", given) == {"anon": False, "key": "k"}
+    assert options_for("az://c/x", given) == {"anon": True, "account_name": "a"}
+    assert options_for("/local/x", given) == {"anon": True}
+    with pytest.raises(pyvhdx.InvalidArgumentError, match=r"'s3' names a protocol"):
+        options_for("az://c/x", {"s3": "notadict"})
+    with pytest.raises(pyvhdx.InvalidArgumentError, match=r"^s3://b/x\.vhdx: the storage option"):
+        pyvhdx.open("s3://b/x.vhdx", storage_options={"s3": "notadict"})
