@@ -430,4 +430,7 @@ def open_remote(
         fs, path = fsspec.core.url_to_fs(url, **options_for(url, storage_options))
     except (ImportError, ValueError, TypeError) as exc:  # TypeError: an option it lacks
         raise InvalidArgumentError(f"{url}: {exc}") from exc
+    split = getattr(fs, "split_path", None)  # object stores: (bucket, key, version)
+    if url.endswith("/") or not path.strip("/") or (split is not None and not split(path)[1]):
+        raise InvalidArgumentError(f"{url}: names a folder or bucket, not an object")
     return RemoteFile(fs, path, url=url, cache_bytes=cache_bytes)

@@ -113,3 +113,13 @@ def test_options_per_protocol() -> None:
         options_for("az://c/x", {"s3": "notadict"})
     with pytest.raises(pyvhdx.InvalidArgumentError, match=r"^s3://b/x\.vhdx: the storage option"):
         pyvhdx.open("s3://b/x.vhdx", storage_options={"s3": "notadict"})
+
+
+@pytest.mark.parametrize("url", ["s3://", "s3://bucket", "s3://bucket/dir/", "file:///tmp/"])
+def test_a_folder_url_is_refused(url: str) -> None:
+    """``s3://`` opened as an empty raw image (the store's root has size 0): a URL
+    that names no object is refused before any request."""
+    import pyvhdx
+
+    with pytest.raises(pyvhdx.InvalidArgumentError, match="names a folder or bucket"):
+        pyvhdx.open(url, storage_options={"anon": True} if url.startswith("s3") else None)
