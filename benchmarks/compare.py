@@ -353,11 +353,6 @@ def child_rows(label: str, medians: dict[str, tuple[float, float]], ref: str) ->
     return rows
 
 
-#: The command line the CLI rows run: the ``pyvhdx`` script beside --cli-python
-#: (set in main), else ``python -m pyvhdx``.
-PYVHDX_CLI = [sys.executable, "-m", "pyvhdx"]
-
-
 def cli_command(python: Path) -> list[str]:
     """``pyvhdx`` as a user runs it with ``python``: the script pip installed beside
     it, else ``python -m pyvhdx``. Its modules are compiled first: a shell that sets
@@ -516,8 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         "installed: its own start-up is then a user's; default: this one)",
     )
     args = ap.parse_args(argv)
-    global CLOCK, PYVHDX_CLI
-    PYVHDX_CLI = cli_command(args.cli_python)
+    global CLOCK
     if args.cpu:
         CLOCK = time.process_time
     if shutil.which("qemu-img") is None:
@@ -551,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(("raw file", "random 4 KiB reads/s", ref_rand, 1.0, {}))
 
     parts = set(args.only or ["reads", "api", "open", "convert", "cli", "writes"])
+    # the command line the CLI rows run (compiled once, here, only when they run)
+    pyvhdx_cli = cli_command(args.cli_python) if parts & {"convert", "cli"} else []
     kinds = args.kind or KINDS
     for kind in kinds if "reads" in parts else ():
         figures: dict[str, dict[str, float]] = {}
@@ -653,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
             out_fmt = ext
             cli = {
                 "pyvhdx convert --no-sync": [
-                    *PYVHDX_CLI,
+                    *pyvhdx_cli,
                     "convert",
                     "--no-sync",
                     "--no-progress",
@@ -682,8 +678,8 @@ def main(argv: list[str] | None = None) -> int:
             qemu("create", "-f", "vhdx", str(small), "64M")
         cli = {
             "python -c pass": [str(args.cli_python), "-c", "pass"],  # the interpreter alone
-            "pyvhdx --help": [*PYVHDX_CLI, "--help"],
-            "pyvhdx info": [*PYVHDX_CLI, "info", str(small)],
+            "pyvhdx --help": [*pyvhdx_cli, "--help"],
+            "pyvhdx info": [*pyvhdx_cli, "info", str(small)],
             "qemu-img info": ["qemu-img", "info", str(small)],
         }
         rows.extend(child_rows("start-up", child_rounds(cli, max(5, runs)), "qemu-img info"))
