@@ -13,6 +13,8 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -309,12 +311,21 @@ def test_close_joins_the_read_ahead(s3: dict[str, Any]) -> None:
     file reads no more."""
     _put_bytes(s3, "ra/close", 40 * MiB)
     f = open_remote("s3://images/ra/close", s3["options"])
+    request = f._request
+
+    def slow(first: int, last: int) -> bytes:
+        if threading.current_thread().name == "pyvhdx-read-ahead":
+            time.sleep(1)  # still in flight when close() is called
+        return request(first, last)
+
+    f._request = slow  # type: ignore[method-assign]
     f.read(4 * MiB)  # blocks 0-3
     f.read(MiB)  # goes on from there: sequential, the next window in flight
     ahead = f.ahead
-    assert ahead is not None
+    assert ahead is not None and ahead.thread.is_alive()
     f.close()
     assert f.ahead is None and not ahead.thread.is_alive() and not f.cache
+    assert ahead.data is not None  # the request ended before close() returned
     with pytest.raises(ValueError, match="closed"):
         f.read(1)
 
