@@ -625,7 +625,9 @@ def run_cli_campaign(args: argparse.Namespace) -> int:
                 deadline is None or time.monotonic() < deadline
             ):
                 mutation, rng_seed = fuzzlib.case_mutation(seeds, args.seed, case_id)
-                for r in fuzzlib.run_cli_case(ws, mutation, rng_seed, time_limit=args.time_limit):
+                for r in fuzzlib.run_cli_case(
+                    ws, mutation, rng_seed, time_limit=args.time_limit, cpu_time=args.cpu_time
+                ):
                     runs += 1
                     statuses[f"{r.argv[0]} {r.status}"] += 1
                     if not r.problems:
