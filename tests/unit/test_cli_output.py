@@ -163,6 +163,19 @@ def test_info_backing_chain(
     assert out.count("\n\nimage:") == 2
 
 
+def test_info_json_of_a_chain_given_as_a_url(
+    capsys: pytest.CaptureFixture[str], chain: tuple[Path, Path, Path]
+) -> None:
+    """A parent found beside a URL is named by its URL (full-backing-filename was
+    the URL joined to the working folder as a path: ``/cwd/file:/...``)."""
+    pytest.importorskip("fsspec")
+    _base, mid, top = chain
+    status, out, _ = run(capsys, "info", "--json", top.as_uri())
+    assert status == 0
+    data = json.loads(out)
+    assert data["backing-filename"] == data["full-backing-filename"] == mid.as_uri()
+
+
 def test_info_of_an_orphan_names_the_recorded_parent(
     capsys: pytest.CaptureFixture[str], orphan: Path
 ) -> None:

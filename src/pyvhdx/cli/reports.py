@@ -47,9 +47,12 @@ def backing_keys(img: DiskImage) -> dict[str, Any]:
     disk without a parent."""
     parent = img.parent
     if parent is not None:
+        from ..remote import is_url
+
+        name = parent.name  # a URL as it is (abspath made s3://b/x a path under the cwd)
         return {
-            "backing-filename": parent.name,
-            "full-backing-filename": os.path.abspath(parent.name),
+            "backing-filename": name,
+            "full-backing-filename": name if is_url(name) else os.path.abspath(name),
             "backing-filename-format": parent.format.value,
         }
     if img.disk_type is not DiskType.DIFFERENCING:
