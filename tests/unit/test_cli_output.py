@@ -378,6 +378,18 @@ def test_text_reports_escape_what_the_image_holds(
         assert not {"\x1b", "\x07"} & set(out + err)
 
 
+def test_a_hostile_file_name_is_escaped_in_text_reports(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """print_lines escapes what a report did not (check's first line is the file name)."""
+    image = tmp_path / HOSTILE
+    pyvhdx.create(image, 8 * MiB)
+    for argv in (["check"], ["info"], ["hash"]):
+        status, out, _ = run(capsys, *argv, image)
+        assert status == 0, argv
+        assert "p\\x1b[31m\\x07.vhdx" in out and not {"\x1b", "\x07"} & set(out), argv
+
+
 def test_errors_name_their_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     vhd = tmp_path / "a.vhd"
     pyvhdx.create(vhd, 8 * MiB)
