@@ -1193,7 +1193,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if any(r["error"] for r in rows) else EXIT_OK
 
 
-#: The subcommands' parser builders, in the order ``pyvhdx --help`` lists them.
 #: The subcommands in the order ``pyvhdx --help`` lists them.
 COMMAND_NAMES: Final = (
     "info",
