@@ -137,17 +137,24 @@ def test_vhdx_grow_with_a_moved_bat(
     pyvhdx.create(pristine, 20 * MiB + 512, disk_type="dynamic", block_size=MiB)
     with pyvhdx.open(pristine, "r+") as img:
         img.write_at(0, os.urandom(3 * MiB))
-        img.write_at(20 * MiB, b"\xa5" * 512)  # the last sector: a stale tail to zero
+        img.write_at(20 * MiB, b"\xa5" * 512)  # the last sector: its block is stored
         header = img.handler.header  # type: ignore[attr-defined]
         log_offset, log_length = header["log_offset"], header["log_length"]
+        last_block = img.handler.table.code(20)
     with open(pristine, "r+b") as f:  # an empty log (LogGuid is nil): a hole once sparse
         f.seek(log_offset)
         f.write(bytes(log_length))
+        f.seek(last_block + 4096)  # stale bytes past the disk's end: the grow zeros them
+        f.write(b"\x5a" * 4096)
     _sparse(pristine)
     old = _digest(pristine)
+    with pyvhdx.open(pristine) as img:
+        grown = img.read_at(0, img.get_size()) + bytes(32 * MiB - img.get_size())
     failures, seen, lengths = _until_it_fits(
         full_disk, capsys, pristine, ["resize", "{}", str(256 << 30)], 4096, "run the resize again"
     )
+    # the resize that fitted: the old disk, then zeros (not the stale bytes)
+    assert _digest(full_disk.root / pristine.name) == (256 << 30, hashlib.sha256(grown).hexdigest())
     assert failures >= 2  # the BAT copy, then the log entry (its region is a hole)
     assert seen == {old}  # before the log entry is whole, the disk is the old one
     # a failure before the log entry gives the new space back (after it, the file keeps
