@@ -144,9 +144,13 @@ def _zero_tail(
         return end
     stop = min(bs, size - block * bs)
     if _tail_is_free(f, code + used, code + stop, code):
-        tail = f.source.read_exact(code + used, stop - used, "payload block")
-        if tail != bytes(len(tail)):  # zeros (a hole, often) are not written again
-            f.source.pwrite(bytes(len(tail)), code + used)
+        # a step at a time (a block may be 256 MiB); zeros (a hole, often) are not
+        # written again
+        zeros = bytes(min(_COPY_STEP, stop - used))
+        for pos in range(code + used, code + stop, _COPY_STEP):
+            step = zeros[: code + stop - pos]
+            if f.source.read_exact(pos, len(step), "payload block") != step:
+                f.source.pwrite(step, pos)
         return end
     data = f.source.read_exact(code, used, "payload block")
     f.source.pwrite(data + bytes(bs - used), end)
