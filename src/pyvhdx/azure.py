@@ -37,7 +37,7 @@ from .constants import DiskType, ImageFormat
 from .errors import InvalidArgumentError
 from .image import DiskImage, open_image
 from .progress import Progress, reporting
-from .remote import RemoteError, _call, options_for
+from .remote import RemoteError, _call, filesystem
 from .transfer import CHUNK, ConvertResult, destination_sector_sizes, read_ahead
 
 __all__ = ["MAX_PAGE_WRITE", "AzureResult", "convert_to_azure", "sector_runs"]
@@ -77,16 +77,7 @@ def sector_runs(data: memoryview, min_gap: int = _GAP) -> Iterator[tuple[int, in
 
 def _blob_clients(url: str, options: Mapping[str, Any]) -> tuple[Any, Any, str, str]:
     """(file system, its container client, container, blob name) of an Azure URL."""
-    try:
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(url, **options_for(url, options))
-    except ImportError as exc:
-        raise InvalidArgumentError(
-            f"{url}: Azure destinations need the 'remote' extra (adlfs): {exc}"
-        ) from exc
-    except ValueError as exc:  # adlfs: no account or credentials among the options
-        raise InvalidArgumentError(f"{url}: {exc}") from exc
+    fs, path = filesystem(url, options)
     if not hasattr(fs, "service_client"):
         raise InvalidArgumentError(
             f"{url}: convert writes to Azure Blob Storage only (az:// or abfs:// URLs)"

@@ -41,6 +41,7 @@ __all__ = [
     "RemoteError",
     "RemoteFile",
     "attach_remote_parent",
+    "filesystem",
     "is_url",
     "open_remote",
     "options_for",
@@ -406,6 +407,28 @@ def options_for(url: str, storage_options: Mapping[str, Any] | None) -> dict[str
     return {**shared, **own}
 
 
+def filesystem(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    """fsspec's file system and path of ``url`` (:func:`options_for` the URL).
+
+    Raises:
+        InvalidArgumentError: fsspec is not installed (the ``remote`` extra), it knows
+            no file system for the URL's scheme (or lacks that file system's package),
+            or the options do not suit it.
+    """
+    try:
+        import fsspec
+    except ImportError as exc:
+        raise InvalidArgumentError(
+            f"{url}: remote images need the 'remote' extra (pip install 'pyvhdx[remote]')"
+        ) from exc
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **options_for(url, storage_options))
+    except (ImportError, ValueError, TypeError) as exc:
+        # ValueError: adlfs given no account or credentials; TypeError: an option it lacks
+        raise InvalidArgumentError(f"{url}: {exc}") from exc
+    return fs, path
+
+
 def open_remote(
     url: str,
     storage_options: Mapping[str, Any] | None = None,
@@ -420,16 +443,7 @@ def open_remote(
             knows no file system for the URL's scheme.
         FileNotFoundError: no such object.
     """
-    try:
-        import fsspec
-    except ImportError as exc:
-        raise InvalidArgumentError(
-            f"{url}: remote images need the 'remote' extra (pip install 'pyvhdx[remote]')"
-        ) from exc
-    try:
-        fs, path = fsspec.core.url_to_fs(url, **options_for(url, storage_options))
-    except (ImportError, ValueError, TypeError) as exc:  # TypeError: an option it lacks
-        raise InvalidArgumentError(f"{url}: {exc}") from exc
+    fs, path = filesystem(url, storage_options)
     split = getattr(fs, "split_path", None)  # object stores: (bucket, key, version)
     if url.endswith("/") or not path.strip("/") or (split is not None and not split(path)[1]):
         raise InvalidArgumentError(f"{url}: names a folder or bucket, not an object")
