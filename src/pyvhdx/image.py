@@ -179,16 +179,14 @@ class DiskImage:
         src = self._source
         self._fd: int | None = src.fd if (src.overlay is None and _HAS_PREADV) else None
         self._stop_fast: Callable[[], None] | None = None
-        # a large read_at may read the file itself, unless a subclass reads otherwise
+        # the fast paths (and a large read_at reading the file itself), unless a
+        # subclass or a test has replaced readinto_at: the general read_at reads
+        # through it; nor read_at itself where that is replaced
         self._direct: bool = self._fd is not None and type(self).readinto_at is _GENERAL_READINTO
-        if self._fd is not None:
-            # not for a method a subclass or a test has replaced; nor read_at while
-            # readinto_at is replaced: the general read_at reads through it
+        if self._direct:
             fast = self._fast_reader()
-            general_readinto = type(self).readinto_at is _GENERAL_READINTO
-            if general_readinto:
-                self.readinto_at = fast  # type: ignore[method-assign, assignment]
-            if general_readinto and type(self).read_at is _GENERAL_READ_AT:
+            self.readinto_at = fast  # type: ignore[method-assign, assignment]
+            if type(self).read_at is _GENERAL_READ_AT:
                 self.read_at = fast  # type: ignore[method-assign, assignment]
         self.parent: DiskImage | None = None
         self._owns_parent = False
