@@ -225,8 +225,7 @@ class RemoteFile(io.RawIOBase):
         stop = min(eof, first + self.window - 1)
         if self.ahead is not None and self.ahead.first > last:
             stop = min(stop, self.ahead.first - 1)
-        while stop > last and any(b in self.cache for b in range(last + 1, stop + 1)):
-            stop -= 1
+        stop = next((b - 1 for b in range(last + 1, stop + 1) if b in self.cache), stop)
         if sequential:  # the next window is requested first: both are in flight at once
             self._read_ahead(max(last, stop) + 1, range(keep.start, max(last, stop) + 1))
         self._fetch_missing(first, max(last, stop), keep)
