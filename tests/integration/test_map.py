@@ -370,3 +370,36 @@ def test_merge_zero_runs_against_block_by_block(codes: list[int], window: tuple[
         else:
             naive.append([lo, hi - lo, kind])
     assert [(s, n, k) for s, n, k, _ in runs.rows()] == [tuple(r) for r in naive]
+
+
+def test_zero_runs_merge_across_extent_windows(tmp_path: Path) -> None:
+    """``extents(merge_zero=True)`` maps a window of table chunks at a time: a zero run
+    that a window's edge cuts is one run all the same, ZERO if any part of it is,
+    whatever lies on either side (ZERO then UNMAPPED, UNMAPPED then ZERO, UNMAPPED on
+    both), and so is the map."""
+    from pyvhdx.bat import LOAD_CHUNK_SHIFT
+    from pyvhdx.image import _EXTENT_WINDOW_SHIFT
+
+    bs = 32 * MiB
+    per = 1 << (LOAD_CHUNK_SHIFT + _EXTENT_WINDOW_SHIFT)  # blocks one window maps
+    edges = [per, 2 * per, 3 * per]
+    # cycling_vhdx: block b is NOT_PRESENT, ZERO or UNMAPPED as b % 3 is 0, 1 or 2; each
+    # edge gets a zero run of two blocks, the last of one window and the first of the next
+    sides = {((e - 1) % 3 == 1, e % 3 == 1) for e in edges}
+    assert sides == {(True, False), (False, True), (False, False)}
+    data = sorted({b for e in edges for b in (e - 2, e + 1)})
+    vhdx = cycling_vhdx(tmp_path / "edges.vhdx", data, bs)
+    expected: list[tuple[int, int, RunKind]] = []
+    pos = 0
+    for b in [*data, 64 * TiB // bs]:
+        if b * bs > pos:
+            zero = any(x % 3 == 1 for x in range(pos // bs, min(b, pos // bs + 3)))
+            expected.append((pos, b * bs - pos, RunKind.ZERO if zero else RunKind.UNMAPPED))
+        if b < 64 * TiB // bs:
+            expected.append((b * bs, bs, RunKind.DATA))
+        pos = (b + 1) * bs
+    with pyvhdx.open(vhdx) as img:
+        merged = [(e.start, e.length, e.kind) for e in img.extents(merge_zero=True)]
+        mapped = [(a.start, a.length, a.kind) for a in allocation_map(img)]
+    assert merged == expected
+    assert mapped == expected
