@@ -144,15 +144,12 @@ def _resolve(img: DiskImage, offset: int, length: int | None, depth: int) -> Ite
             )
 
 
-_ZEROS: Final = (RunKind.ZERO, RunKind.UNMAPPED)
-
-
 def _extends(pending: Allocation, run: Allocation) -> bool:
-    """``run``, which starts where ``pending`` ends, is part of the same map entry."""
-    if run.depth != pending.depth or run.hole != pending.hole:
+    """``run``, which starts where ``pending`` ends, is part of the same map entry.
+    (ZERO and UNMAPPED runs of one depth are never neighbours here:
+    :meth:`DiskImage.extents` with ``merge_zero`` has merged them.)"""
+    if run.depth != pending.depth or run.hole != pending.hole or run.kind is not pending.kind:
         return False
-    if run.kind is not pending.kind:
-        return run.kind in _ZEROS and pending.kind in _ZEROS
     return run.kind is not RunKind.DATA or (
         pending.file_offset is not None and run.file_offset == pending.file_offset + pending.length
     )
@@ -175,8 +172,7 @@ def allocation_map(
     pending: Allocation | None = None
     for run in _resolve(img, offset, length, 0):
         if pending is not None and _extends(pending, run):
-            kind = RunKind.ZERO if RunKind.ZERO in (run.kind, pending.kind) else run.kind
-            pending = pending._replace(length=pending.length + run.length, kind=kind)
+            pending = pending._replace(length=pending.length + run.length)
             continue
         if pending is not None:
             yield pending
