@@ -478,3 +478,61 @@ def test_socket_refused(tmp_path: Path) -> None:
             pyvhdx.open(path)
     finally:
         s.close()
+
+
+# -- the commands that change an image in place, against a second opener --------------
+
+
+def _in_place_commands(image: Path, tmp_path: Path) -> list[list[str]]:
+    """Every command that rewrites an image where it is, each on a file that it would
+    change: ``image`` itself, and for set-parent a child in a folder of its own."""
+    fmt = image.suffix[1:]
+    folder = tmp_path / "chain"
+    folder.mkdir()
+    pyvhdx.create(folder / f"old.{fmt}", 8 * MiB, format=fmt)
+    pyvhdx.create(folder / f"new.{fmt}", 8 * MiB, format=fmt)
+    child = folder / f"child.{fmt}"
+    pyvhdx.create(child, parent=folder / f"old.{fmt}")
+    commands = [
+        ["resize", str(image), "16M"],
+        ["compact", str(image), "--mode", "quick"],
+        ["set-parent", str(child), str(folder / f"new.{fmt}"), "--ignore-id-mismatch"],
+    ]
+    if fmt == "vhdx":
+        commands.append(["set", str(image), "--reset-identifier"])
+    return commands
+
+
+@pytest.mark.parametrize("holder", ["pyvhdx reader", "qemu-io writer"])
+def test_in_place_commands_refuse_a_second_opener(
+    image: Path, tmp_path: Path, holders: list[Holder], qemu_holders: list[QemuHolder], holder: str
+) -> None:
+    """resize, compact, set-parent and set while another process holds the image (a
+    pyvhdx reader, or qemu-io writing): each refuses with one line naming the lock
+    and exit status 1, the file keeps every byte, and once the holder is gone the
+    same command runs (the way forward)."""
+    import hashlib
+
+    vhdx = image.suffix == ".vhdx"
+    for argv in _in_place_commands(image, tmp_path):
+        target = Path(argv[1])
+        before = hashlib.sha256(target.read_bytes()).hexdigest()
+        # qemu opens no VHDX differencing disk: a pyvhdx writer holds that child instead
+        by_qemu = holder == "qemu-io writer" and not (argv[0] == "set-parent" and vhdx)
+        if by_qemu:
+            q = QemuHolder(target)
+            qemu_holders.append(q)
+        else:
+            h = Holder(target, "r" if holder == "pyvhdx reader" else "r+")
+            holders.append(h)
+            assert h.opened, h.first
+        r = _cli(*argv)
+        assert r.returncode == 1, (argv, r.stdout, r.stderr)
+        assert r.stderr.count("\n") == 1 and "lock" in r.stderr.lower(), (argv, r.stderr)
+        assert hashlib.sha256(target.read_bytes()).hexdigest() == before, argv
+        if by_qemu:
+            q.close()
+        else:
+            h.finish()
+        r = _cli(*argv)
+        assert r.returncode == 0, (argv, r.stderr)
