@@ -380,6 +380,7 @@ def write_raw_delta(
     ``delta`` may be neither NEW nor ``base`` (when given), nor one of their parents."""
     _refuse_an_input(delta, new, *([] if base is None else [base]))
     target = Path(delta)
+    runs_file = target.with_name(target.name + ".json")
     with open_image(new) as n, new_file(target, overwrite=True, size=result.new_size) as out:
         os.ftruncate(out.fd, result.new_size)
 
@@ -389,6 +390,11 @@ def write_raw_delta(
                 done += os.pwrite(out.fd, data[done:], pos + done)
 
         _copy_runs(n, result.runs, write)
-    runs_file = target.with_name(target.name + ".json")
-    runs_file.write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+        # Each file goes in place whole, the raw one first. An older runs file goes
+        # before it: a kill between the two leaves the raw file with no runs file
+        # (run diff again), never beside the runs of another one.
+        runs_file.unlink(missing_ok=True)
+    text = (json.dumps(result.to_dict(), indent=1) + "\n").encode()
+    with new_file(runs_file, overwrite=True) as out:
+        os.write(out.fd, text)  # a new file: one write of a few KiB
     return runs_file

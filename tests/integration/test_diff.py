@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -281,3 +282,41 @@ def test_delta_never_replaces_an_input(
     err = capsys.readouterr().err
     assert "cannot write the delta" in err and err.count("\n") == 1
     assert {p: p.read_bytes() for p in (base, mid, new)} == before
+
+
+def test_raw_delta_never_pairs_with_stale_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A raw delta rewritten over an older one, crashed (an exception at the runs
+    file's creation, as a kill there) after the raw file went in place: the runs of
+    the older delta are gone, not left beside the new raw file; the runs file is
+    never partial; the same call then finishes."""
+    from pyvhdx.newfile import new_file as real
+
+    base = _base(tmp_path, ".vhdx")
+    new = tmp_path / "new.vhdx"
+    shutil.copyfile(base, new)
+    delta = tmp_path / "delta.raw"
+    with pyvhdx.open(new, "r+") as img:
+        img.write_at(2 * MiB, b"a" * 512)
+    write_raw_delta(new, delta, diff_images(base, new))  # the older pair
+    with pyvhdx.open(new, "r+") as img:
+        img.write_at(9 * MiB, b"b" * 512)
+    result = diff_images(base, new)
+
+    def crash_at_runs(path: Any, **kw: Any) -> Any:
+        if str(path).endswith(".json"):
+            raise KeyboardInterrupt("killed")
+        return real(path, **kw)
+
+    monkeypatch.setattr("pyvhdx.diff.new_file", crash_at_runs)
+    with pytest.raises(KeyboardInterrupt):
+        write_raw_delta(new, delta, result)
+    assert not (tmp_path / "delta.raw.json").exists()
+    with pyvhdx.open(new) as img:
+        assert delta.read_bytes()[9 * MiB : 9 * MiB + 512] == img.read_at(9 * MiB, 512)
+    monkeypatch.setattr("pyvhdx.diff.new_file", real)
+    runs_file = write_raw_delta(new, delta, result)
+    runs = [(r["start"], r["length"]) for r in json.loads(runs_file.read_text())["runs"]]
+    assert runs == result.runs and any(s <= 9 * MiB < s + n for s, n in runs)
+    assert [p.name for p in tmp_path.iterdir() if "pyvhdx" in p.name] == []  # no temp left
